@@ -1,0 +1,35 @@
+# The README's commands. A fresh machine needs only Python 3.11 and pip.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel keeps set-up to seconds; users with a GPU install their own torch (see README).
+TORCH_SPEC ?= torch==2.13.0
+WORKDIR ?= runs/demo
+
+.PHONY: setup demo test test-all bench clean
+
+$(BIN)/booru-embed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(BIN)/booru-embed
+
+setup: $(BIN)/booru-embed
+
+demo: setup
+	$(BIN)/booru-embed demo --workdir $(WORKDIR)
+
+test: setup
+	$(BIN)/python -m pytest -n 2 -q
+
+test-all: setup
+	$(BIN)/python -m pytest -n 2 -q -m "not gpu"
+
+bench: setup
+	$(BIN)/python bench/bench_build_dataset.py
+	$(BIN)/python bench/bench_tokenizer.py
+	$(BIN)/python bench/bench_model.py
+
+clean:
+	rm -rf $(VENV) runs
