@@ -1,0 +1,183 @@
+"""Push a MODEL_DIR to the Hugging Face Hub with a model card filled from its last evaluation.
+
+Publishing is its own small step (training never talks to the Hub): check the folder, render
+``model_card.md`` into the repository's ``README.md``, add the sentence-transformers files, and send
+everything in one commit. The local folder is only read, never changed, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from .errors import UsageError
+from .st_compat import sentence_transformers_files
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+DEFAULT_DATASETS = ("danbooru",)
+LICENSE = "apache-2.0"
+TAGS = ("booru-embed", "danbooru", "tag-embedding", "feature-extraction", "sentence-transformers", "custom_code")
+# Folders written by training that do not belong in a published model.
+SKIPPED_FOLDERS = ("checkpoints", "logs")
+
+
+def check_model_dir(model_dir: str | Path) -> list[Path]:
+    """Check that ``model_dir`` holds a complete model; return the files to publish (top level, sorted).
+
+    Needs ``config.json`` with an ``auto_map``, the remote-code files it names, safetensors weights and
+    ``tokenizer_config.json``. Raises ``UsageError`` naming what is missing.
+    """
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise UsageError(f"model folder not found: {folder}")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{folder} is not a model folder: config.json is missing")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{config_path} is not valid JSON: {error}") from None
+    if not config.get("auto_map"):
+        raise UsageError(f"{config_path} has no auto_map: save the model with save_pretrained")
+    needed = {"tokenizer_config.json"}
+    for reference in config["auto_map"].values():
+        for class_path in reference if isinstance(reference, list) else [reference]:
+            if class_path:
+                needed.add(class_path.split("--")[-1].split(".")[0] + ".py")
+    missing = sorted(name for name in needed if not (folder / name).is_file())
+    if not any(folder.glob("*.safetensors")):
+        missing.append("model.safetensors")
+    if missing:
+        raise UsageError(f"{folder} is incomplete, missing: {', '.join(missing)}")
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+def _format_number(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(metrics: dict) -> str:
+    """A markdown table of flat ``model.*``/``baseline.*`` metrics, one row per measure."""
+    rows: dict[str, dict[str, object]] = {}
+    for key, value in metrics.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        side, _, measure = key.partition(".")
+        if side in ("model", "baseline") and measure:
+            rows.setdefault(measure, {})[side] = value
+    if not rows:
+        return "No evaluation was recorded for this model (`eval_metrics.json` is missing)."
+    lines = ["| measure | model | baseline |", "|---|---:|---:|"]
+    for measure in sorted(rows):
+        model_value, baseline_value = rows[measure].get("model", "–"), rows[measure].get("baseline", "–")
+        lines.append(f"| {measure} | {_format_number(model_value)} | {_format_number(baseline_value)} |")
+    return "\n".join(lines)
+
+
+def _metadata(datasets: list[str]) -> str:
+    lines = ["library_name: transformers", "pipeline_tag: feature-extraction", f"license: {LICENSE}", "tags:"]
+    lines += [f"- {tag}" for tag in TAGS]
+    lines += ["datasets:"] + [f"- {json.dumps(name)}" for name in datasets]
+    return "\n".join(lines)
+
+
+def _model_table(config: dict) -> str:
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "embedding_dim", "nested_dims", "num_categories")
+    return "\n".join(f"| {key} | {config[key]} |" for key in keys if key in config)
+
+
+def _training_summary(model_dir: Path) -> str:
+    path = model_dir / "training_config.json"
+    if not path.is_file():
+        return "No `training_config.json` was saved with this model."
+    config = json.loads(path.read_text(encoding="utf-8"))
+    shown = {key: value for key, value in config.items() if isinstance(value, (int, float, str, bool))}
+    lines = ["Hyper-parameters from `training_config.json` (the file is in this repository):", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in shown.items()]
+    return "\n".join(lines)
+
+
+def render_model_card(model_dir: str | Path, repo_id: str, datasets: list[str] | None = None) -> str:
+    """Fill ``model_card.md`` with the model's config, training settings and ``eval_metrics.json``."""
+    folder = Path(model_dir)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    metrics_path = folder / "eval_metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    values = {
+        "metadata": _metadata(list(datasets or DEFAULT_DATASETS)),
+        "model_name": repo_id.split("/")[-1],
+        "repo_id": repo_id,
+        "embedding_dim": str(config.get("embedding_dim", "")),
+        "nested_dims": "/".join(str(d) for d in config.get("nested_dims", [])),
+        "model_table": _model_table(config),
+        "metrics_table": metrics_table(metrics),
+        "training_summary": _training_summary(folder),
+    }
+    text = MODEL_CARD_TEMPLATE.read_text(encoding="utf-8")
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def publish(model_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+            endpoint: str | None = None, datasets: list[str] | None = None,
+            commit_message: str = "Upload booru-embed model") -> str:
+    """Push ``model_dir`` to the Hub repository ``repo_id`` (created if needed); returns the commit URL.
+
+    Sends the top-level files (weights, config with auto_map, remote code, tokenizer files, metrics,
+    training config), a ``README.md`` model card rendered from ``model_card.md``, and the
+    sentence-transformers files. ``checkpoints/`` and ``logs/`` stay local. ``token`` defaults to the
+    logged-in token (``HF_TOKEN`` or ``hf auth login``), ``endpoint`` to ``HF_ENDPOINT``. Raises
+    ``UsageError`` (one line) for a bad folder, repo id or token and for a failed push.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if not REPO_ID.match(repo_id):
+        raise UsageError(f"--repo-id must look like OWNER/NAME, got {repo_id!r}")
+    files = check_model_dir(model_dir)
+    token = token or get_token()
+    if not token:
+        raise UsageError("no Hugging Face token: set HF_TOKEN or run `hf auth login` first")
+    card = render_model_card(model_dir, repo_id, datasets)
+    generated = {"README.md": card.encode(), **sentence_transformers_files()}
+    operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
+                  for path in files if path.name not in generated]
+    operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content)
+                   for name, content in generated.items()]
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=commit_message)
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as error:
+        raise UsageError(f"push to {repo_id} failed: {_one_line(error)}") from None
+    return commit.commit_url
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``booru-embed publish``."""
+    parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="trained model folder")
+    parser.add_argument("--repo-id", required=True, help="Hub repository, OWNER/NAME (created if needed)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dataset", action="append", dest="datasets", metavar="ID",
+                        help=f"dataset named in the model card metadata (repeatable; default: {DEFAULT_DATASETS[0]})")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the `hf auth login` token)")
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    """Run ``booru-embed publish``."""
+    url = publish(args.model_dir, args.repo_id, private=args.private, token=args.token, datasets=args.datasets)
+    print(f"published {args.model_dir} -> {url}")
+    return 0

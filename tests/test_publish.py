@@ -1,0 +1,153 @@
+"""publish: folder checks, the model card, and pushes to a local fake Hub (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from booru_embed.cli import main
+from booru_embed.errors import UsageError
+from booru_embed.publish import check_model_dir, metrics_table, publish, render_model_card
+
+from fake_hub import FakeHub
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_booru_embed.BooruEmbedConfig",
+    "AutoModel": "modeling_booru_embed.BooruEmbedModel",
+    "AutoModelForPreTraining": "modeling_booru_embed.BooruEmbedForPreTraining",
+    "AutoTokenizer": ["tokenization_booru_embed.BooruEmbedTokenizer", None],
+}
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the sha256 of its content."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A folder with the files a model folder has (contents are placeholders, nothing loads them)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = {"model_type": "booru_embed", "auto_map": AUTO_MAP, "vocab_size": 120, "hidden_size": 32,
+              "embedding_dim": 64, "nested_dims": [16, 32]}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * 40)
+    for name in ("configuration_booru_embed.py", "modeling_booru_embed.py", "tokenization_booru_embed.py"):
+        (folder / name).write_text(f"# {name}\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": AUTO_MAP["AutoTokenizer"]}}))
+    (folder / "vocab.json").write_text(json.dumps({"<pad>": 0, "<cls>": 1, "<mask>": 2, "1girl": 3}))
+    (folder / "eval_metrics.json").write_text(json.dumps(
+        {"model.mlm_micro_f1": 0.61234, "baseline.mlm_micro_f1": 0.4, "model.retrieval_recall@10": 0.7,
+         "num_posts": 300, "note": "text is ignored"}))
+    (folder / "training_config.json").write_text(json.dumps({"learning_rate": 0.001, "max_steps": 50}))
+    (folder / "checkpoints" / "step-10").mkdir(parents=True)
+    (folder / "checkpoints" / "step-10" / "optimizer.bin").write_bytes(b"\0" * 100)
+    (folder / "logs").mkdir()
+    (folder / "logs" / "events.out").write_bytes(b"events")
+    return folder
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let huggingface_hub make requests (conftest sets HF_HUB_OFFLINE=1); they only go to the fake Hub."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+def test_check_model_dir_lists_top_level_files(model_dir: Path) -> None:
+    names = [path.name for path in check_model_dir(model_dir)]
+    assert "model.safetensors" in names and "config.json" in names
+    assert "checkpoints" not in names and "logs" not in names
+
+
+@pytest.mark.parametrize("remove, expected", [
+    ("model.safetensors", "missing: model.safetensors"),
+    ("modeling_booru_embed.py", "missing: modeling_booru_embed.py"),
+    ("tokenization_booru_embed.py", "missing: tokenization_booru_embed.py"),
+    ("tokenizer_config.json", "missing: tokenizer_config.json"),
+    ("config.json", "config.json is missing"),
+])
+def test_check_model_dir_names_missing_file(model_dir: Path, remove: str, expected: str) -> None:
+    (model_dir / remove).unlink()
+    with pytest.raises(UsageError, match=expected):
+        check_model_dir(model_dir)
+
+
+def test_check_model_dir_rejects_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="model folder not found"):
+        check_model_dir(tmp_path / "nope")
+
+
+def test_metrics_table_pairs_model_and_baseline() -> None:
+    table = metrics_table({"model.f1": 0.5, "baseline.f1": 0.25, "model.only": 3, "other": 1.0, "model.s": "x"})
+    lines = table.splitlines()
+    assert "| f1 | 0.5000 | 0.2500 |" in lines
+    assert "| only | 3 | – |" in lines
+    assert not any("other" in line or "| s |" in line for line in lines)
+
+
+def test_model_card_has_metadata_and_metrics(model_dir: Path) -> None:
+    card = render_model_card(model_dir, "someone/booru-embed-tiny", datasets=["someone/danbooru-tags"])
+    assert "{{" not in card
+    header = card.split("---")[1]
+    assert "library_name: transformers" in header and "pipeline_tag: feature-extraction" in header
+    assert "license: apache-2.0" in header and '- "someone/danbooru-tags"' in header
+    assert "| mlm_micro_f1 | 0.6123 | 0.4000 |" in card
+    assert 'from_pretrained("someone/booru-embed-tiny", trust_remote_code=True)' in card
+    assert "| learning_rate | 0.001 |" in card
+
+
+def test_publish_pushes_files_and_card(model_dir: Path, online: None) -> None:
+    before = folder_digest(model_dir)
+    with FakeHub() as hub:
+        url = publish(model_dir, "someone/tiny", private=True, token=hub.token, endpoint=hub.endpoint)
+        repo = hub.repos["someone/tiny"]
+    assert url.startswith(f"{hub.endpoint}/someone/tiny/commit/")
+    assert repo.private
+    for name in ("config.json", "model.safetensors", "modeling_booru_embed.py", "tokenization_booru_embed.py",
+                 "configuration_booru_embed.py", "tokenizer_config.json", "vocab.json", "eval_metrics.json"):
+        assert repo.files[name] == (model_dir / name).read_bytes(), name
+    assert not any(name.startswith(("checkpoints", "logs")) for name in repo.files)
+    assert "| model_retrieval_recall@10" not in repo.files["README.md"].decode()
+    assert "| retrieval_recall@10 | 0.7000 | – |" in repo.files["README.md"].decode()
+    assert json.loads(repo.files["modules.json"])[0]["type"].endswith("Transformer")
+    assert folder_digest(model_dir) == before
+
+
+def test_publish_without_token_fails_in_one_line(model_dir: Path, online: None, capsys) -> None:
+    before = folder_digest(model_dir)
+    with FakeHub() as hub:
+        code = main(["publish", str(model_dir), "--repo-id", "someone/tiny"])
+        assert hub.requests == []
+    error = capsys.readouterr().err
+    assert code == 2 and "no Hugging Face token" in error and len(error.strip().splitlines()) == 1
+    assert folder_digest(model_dir) == before
+
+
+def test_publish_server_error_fails_in_one_line_and_keeps_folder(model_dir: Path, online: None) -> None:
+    before = folder_digest(model_dir)
+    with FakeHub() as hub:
+        hub.fail_commits = True
+        with pytest.raises(UsageError, match=r"push to someone/tiny failed: .*500") as raised:
+            publish(model_dir, "someone/tiny", token=hub.token, endpoint=hub.endpoint)
+        assert hub.repos["someone/tiny"].files == {}
+    assert "\n" not in str(raised.value)
+    assert folder_digest(model_dir) == before
+
+
+def test_publish_wrong_token_is_one_line(model_dir: Path, online: None) -> None:
+    with FakeHub() as hub, pytest.raises(UsageError, match="push to someone/tiny failed"):
+        publish(model_dir, "someone/tiny", token="hf_wrong", endpoint=hub.endpoint)
+
+
+@pytest.mark.parametrize("repo_id", ["tiny", "a/b/c", "someone/", "/tiny", "some one/tiny"])
+def test_publish_rejects_bad_repo_id(model_dir: Path, repo_id: str) -> None:
+    with pytest.raises(UsageError, match="OWNER/NAME"):
+        publish(model_dir, repo_id, token="hf_x")
