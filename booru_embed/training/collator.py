@@ -1,0 +1,351 @@
+"""Batches for pre-training: masked posts, contrastive views and packing, built fresh every epoch.
+
+Each post of a batch becomes three sequences, in this order in the batch (``B`` posts give ``3B``
+sequences): the *masked* post (for masked-tag prediction), then *view a* and *view b* (two random
+subsets of its tags, for the contrastive objective). Read-back and the rating / score heads use the
+pooled embeddings of all three.
+
+Masking, as a set. The model has no positions, so ``k`` mask tokens in one post are identical inputs
+and would all produce the same output: their targets can only be "the set of hidden tags". The hidden
+tags are therefore replaced by ONE ``<mask>`` token whose target is the whole hidden set (uniform
+weights, see ``objectives.set_prediction_loss``). It has category 0 (special), i.e. it does NOT keep
+the category of the hidden tags: at inference (``suggest``, evaluation) we do not know which
+categories are missing, nor how many tags, and a single category-less ``<mask>`` appended to the
+visible tags is exactly the training input. Rating and score are fixed slots: when masked, they become
+a ``<mask>`` with category 1 (rating) or 2 (score), predicted among the rating / score tokens.
+
+Everything random is drawn from ``numpy.random.default_rng([seed, epoch, *post ids])``: the masks
+of a batch depend only on its posts and the epoch, not on worker processes or on where a run resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+# Category ids (INTERFACES.md): 0 special, 1 rating, 2 score, 3.. tags.
+SPECIAL, RATING, SCORE = 0, 1, 2
+FIRST_TAG_CATEGORY = 3
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the collator, objectives and evaluation need to know about the vocabulary."""
+
+    token_categories: np.ndarray  # (vocab,) category id of every token
+    rating_token_ids: tuple[int, ...]  # class order of the rating head (g, s, q, e)
+    score_token_ids: tuple[int, ...]  # class order of the score head (bucket order)
+    unk_token_ids: frozenset[int]
+    pad_token_id: int = 0
+    cls_token_id: int = 1
+    mask_token_id: int = 2
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> TokenInfo:
+        """Read the attributes of a ``BooruEmbedTokenizer``."""
+        ratings = tokenizer.rating_token_ids
+        return cls(
+            token_categories=np.asarray(tokenizer.token_categories, dtype=np.int64),
+            rating_token_ids=tuple(int(ratings[r]) for r in ("g", "s", "q", "e") if r in ratings),
+            score_token_ids=tuple(int(i) for i in tokenizer.score_token_ids),
+            unk_token_ids=frozenset(int(i) for i in tokenizer.unk_token_ids.values()),
+            pad_token_id=int(tokenizer.pad_token_id),
+            cls_token_id=int(tokenizer.cls_token_id),
+            mask_token_id=int(tokenizer.mask_token_id),
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the vocabulary (including padding rows)."""
+        return len(self.token_categories)
+
+    def tag_candidates(self) -> np.ndarray:
+        """(vocab,) bool: tokens that can be a predicted tag (a tag category, not an unknown-tag token)."""
+        candidates = self.token_categories >= FIRST_TAG_CATEGORY
+        candidates[list(self.unk_token_ids)] = False
+        return candidates
+
+    def candidates_by_group(self) -> torch.Tensor:
+        """(3, vocab) bool: candidates of a ``<mask>`` with category 0 (tags), 1 (rating), 2 (score)."""
+        table = torch.zeros(3, self.vocab_size, dtype=torch.bool)
+        table[SPECIAL] = torch.from_numpy(self.tag_candidates())
+        table[RATING, list(self.rating_token_ids)] = True
+        table[SCORE, list(self.score_token_ids)] = True
+        return table
+
+
+@dataclass
+class Post:
+    """One encoded post split into its parts (token ids; ``tag_categories`` parallel to ``tags``)."""
+
+    rating: int | None
+    score: int | None
+    tags: np.ndarray
+    tag_categories: np.ndarray
+
+    @classmethod
+    def from_encoded(cls, input_ids: Sequence[int], category_ids: Sequence[int]) -> Post:
+        """Split ``[<cls>] [rating] [score] tags...`` by category."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        cats = np.asarray(category_ids, dtype=np.int64)
+        rating = ids[cats == RATING]
+        score = ids[cats == SCORE]
+        is_tag = cats >= FIRST_TAG_CATEGORY
+        return cls(
+            rating=int(rating[0]) if len(rating) else None,
+            score=int(score[0]) if len(score) else None,
+            tags=ids[is_tag],
+            tag_categories=cats[is_tag],
+        )
+
+
+def build_sequence(
+    info: TokenInfo,
+    rating: int | None,
+    score: int | None,
+    tags: np.ndarray,
+    tag_categories: np.ndarray,
+    mask_rating: bool = False,
+    mask_score: bool = False,
+    mask_tags: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token and category ids of ``[<cls>] [rating|<mask>] [score|<mask>] tags [<mask>]``."""
+    ids, cats = [info.cls_token_id], [SPECIAL]
+    if rating is not None:
+        ids.append(info.mask_token_id if mask_rating else rating)
+        cats.append(RATING)
+    if score is not None:
+        ids.append(info.mask_token_id if mask_score else score)
+        cats.append(SCORE)
+    ids.extend(tags.tolist())
+    cats.extend(tag_categories.tolist())
+    if mask_tags:
+        ids.append(info.mask_token_id)
+        cats.append(SPECIAL)
+    return np.asarray(ids, dtype=np.int64), np.asarray(cats, dtype=np.int64)
+
+
+def pack_sequences(
+    sequences: Sequence[tuple[np.ndarray, np.ndarray]], packed: bool = True, pad_token_id: int = 0
+) -> dict[str, Any]:
+    """Model inputs for a list of (input_ids, category_ids) sequences.
+
+    Packed: ``input_ids``/``category_ids`` (1, total), ``cu_seqlens`` (n+1,) int32 from 0, ``max_seqlen``.
+    Padded: (n, longest) with ``attention_mask``. Sequences keep their order in both layouts.
+    """
+    lengths = np.array([len(ids) for ids, _ in sequences], dtype=np.int64)
+    if packed:
+        ids = torch.from_numpy(np.concatenate([s[0] for s in sequences]))[None]  # (1, total)
+        cats = torch.from_numpy(np.concatenate([s[1] for s in sequences]))[None]  # (1, total)
+        cu = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+        cu[1:] = torch.from_numpy(np.cumsum(lengths)).to(torch.int32)
+        return {"input_ids": ids, "category_ids": cats, "cu_seqlens": cu, "max_seqlen": int(lengths.max())}
+    width = int(lengths.max())
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (n, longest)
+    cats = torch.zeros((len(sequences), width), dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (seq_ids, seq_cats) in enumerate(sequences):
+        ids[row, : len(seq_ids)] = torch.from_numpy(seq_ids)
+        cats[row, : len(seq_cats)] = torch.from_numpy(seq_cats)
+        attention[row, : len(seq_ids)] = 1
+    return {"input_ids": ids, "category_ids": cats, "attention_mask": attention}
+
+
+def mark_masks(batch: dict[str, Any], mask_token_id: int) -> torch.Tensor:
+    """(same shape as input_ids) bool: the ``<mask>`` tokens, in the row-major order the model returns."""
+    return batch["input_ids"] == mask_token_id
+
+
+class PretrainingCollator:
+    """Turn a list of encoded posts into one pre-training batch (see the module docstring for the layout).
+
+    Output keys: the model inputs of ``pack_sequences`` plus ``mlm_positions``; for the set loss
+    ``mlm_group_kind`` (G,) 0 tags / 1 rating / 2 score, ``mlm_target_group``/``mlm_target_ids``/
+    ``mlm_target_weights`` (targets, weights summing to 1 per group), ``mlm_exclude_group``/
+    ``mlm_exclude_ids`` (visible tags, never valid answers); ``readback_sequence``/``readback_ids``
+    (the post's tags, for each of its 3 sequences); ``rating_labels``/``score_labels`` (3B,) class
+    index, -100 where the token is visible or unknown; ``num_posts``; ``num_tokens``.
+    """
+
+    def __init__(self, info: TokenInfo, config: Any, packed: bool | None = None) -> None:
+        self.info = info
+        self.config = config
+        self.packed = config.packed if packed is None else packed
+        self.seed = int(config.seed)
+        self.epoch = 0
+        self._rating_class = {t: i for i, t in enumerate(info.rating_token_ids)}
+        self._score_class = {t: i for i, t in enumerate(info.score_token_ids)}
+        self._unk = np.array(sorted(info.unk_token_ids), dtype=np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the masks and views of ``epoch`` (a fresh, reproducible draw per epoch)."""
+        self.epoch = int(epoch)
+
+    def _shuffle_within_categories(self, post: Post, rng: np.random.Generator) -> Post:
+        """Drop repeated known tags, keep at most ``max_tags`` (a random subset), shuffle within categories.
+
+        Repeats of a known tag would be both hidden and visible; repeats of an unknown-tag token are
+        kept (they say how many unknown tags the post has).
+        """
+        _, first = np.unique(post.tags, return_index=True)
+        unique = np.zeros(len(post.tags), dtype=bool)
+        unique[first] = True
+        candidates = np.flatnonzero(unique | np.isin(post.tags, self._unk))
+        order = candidates[rng.permutation(len(candidates))][: self.config.max_tags]
+        order = order[np.argsort(post.tag_categories[order], kind="stable")]
+        return Post(post.rating, post.score, post.tags[order], post.tag_categories[order])
+
+    def _view(self, post: Post, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        cfg = self.config
+        n = len(post.tags)
+        keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * n)) if n else 0
+        kept = np.sort(rng.choice(n, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
+        keep_rating = post.rating is not None and rng.random() < cfg.view_metadata_probability
+        keep_score = post.score is not None and rng.random() < cfg.view_metadata_probability
+        ids, cats = build_sequence(
+            self.info,
+            post.rating if keep_rating else None,
+            post.score if keep_score else None,
+            post.tags[kept],
+            post.tag_categories[kept],
+        )
+        return ids, cats, keep_rating, keep_score
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Build the batch of ``examples`` (dicts with ``id``, ``input_ids``, ``category_ids``)."""
+        cfg = self.config
+        rng = np.random.default_rng([self.seed, self.epoch, *(int(e["id"]) for e in examples)])
+        num_posts = len(examples)
+        masked_seqs, view_a, view_b = [], [], []
+        groups: list[int] = []
+        target_group, target_ids, target_weights = [], [], []
+        exclude_group, exclude_ids = [], []
+        readback_seq, readback_ids = [], []
+        rating_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
+        score_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
+        for p, example in enumerate(examples):
+            post = self._shuffle_within_categories(Post.from_encoded(example["input_ids"], example["category_ids"]), rng)
+            maskable = np.flatnonzero(~np.isin(post.tags, self._unk))
+            fraction = rng.uniform(cfg.mask_fraction_min, cfg.mask_fraction_max)
+            k = min(len(maskable), max(1, round(fraction * len(maskable)))) if len(maskable) else 0
+            hidden = np.zeros(len(post.tags), dtype=bool)
+            hidden[rng.choice(maskable, size=k, replace=False)] = True
+            mask_rating = post.rating is not None and rng.random() < cfg.metadata_mask_probability
+            mask_score = post.score is not None and rng.random() < cfg.metadata_mask_probability
+            masked_seqs.append(
+                build_sequence(
+                    self.info, post.rating, post.score, post.tags[~hidden], post.tag_categories[~hidden],
+                    mask_rating, mask_score, mask_tags=k > 0,
+                )
+            )
+            # mask groups in the row-major order of their <mask> tokens: rating, score, tags
+            for kind, masked, token in ((RATING, mask_rating, post.rating), (SCORE, mask_score, post.score)):
+                if masked:
+                    target_group.append(len(groups))
+                    target_ids.append(token)
+                    target_weights.append(1.0)
+                    groups.append(kind)
+            if k:
+                g = len(groups)
+                groups.append(SPECIAL)
+                target_group.extend([g] * k)
+                target_ids.extend(post.tags[hidden].tolist())
+                target_weights.extend([1.0 / k] * k)
+                visible = post.tags[~hidden]
+                exclude_group.extend([g] * len(visible))
+                exclude_ids.extend(visible.tolist())
+            labels_visible = []
+            for v, views in enumerate((view_a, view_b)):
+                ids, cats, kept_rating, kept_score = self._view(post, rng)
+                views.append((ids, cats))
+                labels_visible.append((1 + v, kept_rating, kept_score))
+            labels_visible.append((0, post.rating is not None and not mask_rating, post.score is not None and not mask_score))
+            for block, rating_seen, score_seen in labels_visible:
+                s = block * num_posts + p
+                if post.rating is not None and not rating_seen:
+                    rating_labels[s] = self._rating_class[post.rating]
+                if post.score is not None and not score_seen:
+                    score_labels[s] = self._score_class[post.score]
+            tags = np.unique(post.tags[maskable])
+            for block in range(3):
+                readback_seq.extend([block * num_posts + p] * len(tags))
+                readback_ids.extend(tags.tolist())
+        sequences = masked_seqs + view_a + view_b
+        batch = pack_sequences(sequences, packed=self.packed, pad_token_id=self.info.pad_token_id)
+        batch["mlm_positions"] = mark_masks(batch, self.info.mask_token_id)
+        batch.update(
+            mlm_group_kind=torch.tensor(groups, dtype=torch.long),
+            mlm_target_group=torch.tensor(target_group, dtype=torch.long),
+            mlm_target_ids=torch.tensor(target_ids, dtype=torch.long),
+            mlm_target_weights=torch.tensor(target_weights, dtype=torch.float32),
+            mlm_exclude_group=torch.tensor(exclude_group, dtype=torch.long),
+            mlm_exclude_ids=torch.tensor(exclude_ids, dtype=torch.long),
+            readback_sequence=torch.tensor(readback_seq, dtype=torch.long),
+            readback_ids=torch.tensor(readback_ids, dtype=torch.long),
+            rating_labels=torch.from_numpy(rating_labels),
+            score_labels=torch.from_numpy(score_labels),
+            num_posts=torch.tensor(num_posts),
+            num_tokens=torch.tensor(sum(len(s[0]) for s in sequences)),
+        )
+        return batch
+
+
+MODEL_INPUT_KEYS = ("input_ids", "category_ids", "attention_mask", "cu_seqlens", "max_seqlen", "mlm_positions")
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a batch that the model's forward takes."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` post indices, in a fresh order every epoch, seeded by (seed, epoch).
+
+    With ``lengths`` given (padded path), indices are length-bucketed: shuffled, cut into chunks of
+    ``bucket_batches`` batches, sorted by length inside a chunk, batched, and the batches shuffled, so
+    a batch holds posts of similar length and pads little. The last incomplete batch is dropped (the
+    contrastive objective wants full batches); a dropped post comes back in the next epoch's order.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int = 0,
+        lengths: np.ndarray | None = None,
+        bucket_batches: int = 50,
+    ) -> None:
+        self.num_items = int(num_items)
+        self.batch_size = int(batch_size)
+        self.drop_last = True
+        self.seed = int(seed)
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.bucket_batches = bucket_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_items)
+        usable = len(self) * self.batch_size
+        if self.lengths is not None:
+            chunk = self.batch_size * self.bucket_batches
+            pieces = [order[i : i + chunk] for i in range(0, len(order), chunk)]
+            order = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")] for p in pieces])
+        batches = order[:usable].reshape(-1, self.batch_size) if usable else np.zeros((0, self.batch_size), dtype=np.int64)
+        if self.lengths is not None:
+            batches = batches[rng.permutation(len(batches))]
+        for batch in batches:
+            yield batch.tolist()

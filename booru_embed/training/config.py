@@ -1,0 +1,189 @@
+"""The training hyper-parameters: one typed dataclass, read from a config JSON and from flags.
+
+Precedence, lowest first: the defaults below, the ``"training"`` block of the model config JSON
+(``hub_configs/NAME.json``), then the command-line flags given explicitly. The resolved values are
+written to ``MODEL_DIR/training_config.json`` so every model can be reproduced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+LR_SCHEDULES = ("cosine", "wsd", "constant")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def _opt(default: Any, help_text: str, **extra: Any) -> Any:
+    """A dataclass field with its ``--help`` text kept in the field metadata."""
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run depends on (paths, optimisation, objectives, logging)."""
+
+    # paths
+    dataset: str | None = _opt(None, "DATA_DIR written by `booru-embed build-dataset` (split `train`, `test`)")
+    tokenizer: str | None = _opt(None, "TOKENIZER_DIR written by `booru-embed build-tokenizer`")
+    output: str | None = _opt(None, "MODEL_DIR to write (model, tokenizer, checkpoints/, logs/)")
+    config: str | None = _opt(None, "model config JSON (hub_configs/NAME.json); its `training` block sets defaults")
+    resume: bool = _opt(False, "continue from the last checkpoint in MODEL_DIR/checkpoints")
+    # length of the run
+    max_steps: int = _opt(0, "optimizer steps to run; 0 means `num_epochs` full epochs")
+    num_epochs: int = _opt(1, "epochs over the training split when --max-steps is 0")
+    # batches
+    batch_size: int = _opt(64, "posts per micro-batch per process (each post gives 3 sequences: masked, 2 views)")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
+    max_tags: int = _opt(128, "posts with more tags keep a fresh random subset of this many each epoch")
+    packed: bool = _opt(True, "pack the sequences of a batch into one row with cu_seqlens (else padded, length-bucketed)")
+    num_workers: int = _opt(1, "DataLoader worker processes")
+    # optimisation
+    learning_rate: float = _opt(1e-3, "peak learning rate of AdamW")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to norms, biases and embeddings)")
+    adam_beta1: float = _opt(0.9, "AdamW beta1")
+    adam_beta2: float = _opt(0.98, "AdamW beta2")
+    adam_epsilon: float = _opt(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm; 0 disables clipping")
+    lr_schedule: str = _opt("cosine", "learning-rate schedule after warm-up", choices=LR_SCHEDULES)
+    warmup_steps: int = _opt(100, "linear warm-up steps")
+    decay_fraction: float = _opt(0.2, "wsd: share of the steps spent in the final linear decay")
+    min_lr_ratio: float = _opt(0.1, "final learning rate as a share of the peak")
+    mixed_precision: str = _opt("no", "autocast precision", choices=MIXED_PRECISION)
+    torch_compile: bool = _opt(False, "compile the model with torch.compile")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
+    attn_implementation: str | None = _opt(None, "attention backend (eager, sdpa, flex_attention, flash_attention_2)")
+    seed: int = _opt(0, "seed of weights, data order and masks (a resumed run repeats them exactly)")
+    # objectives
+    mask_fraction_min: float = _opt(0.15, "smallest share of a post's tags hidden for masked-tag prediction")
+    mask_fraction_max: float = _opt(0.85, "largest share of a post's tags hidden for masked-tag prediction")
+    metadata_mask_probability: float = _opt(0.25, "chance to mask the rating / score token of a masked post")
+    view_keep_min: float = _opt(0.3, "smallest share of tags kept in a contrastive view")
+    view_keep_max: float = _opt(0.8, "largest share of tags kept in a contrastive view")
+    view_metadata_probability: float = _opt(0.5, "chance that a view keeps the rating / score token")
+    temperature: float = _opt(0.05, "InfoNCE temperature of the contrastive objective")
+    mlm_weight: float = _opt(1.0, "weight of masked-tag (set) prediction")
+    contrastive_weight: float = _opt(1.0, "weight of the contrastive (two views) objective")
+    readback_weight: float = _opt(1.0, "weight of reading the tags back from the pooled embedding")
+    rating_weight: float = _opt(0.1, "weight of the rating head")
+    score_weight: float = _opt(0.1, "weight of the score-bucket head")
+    # logging, checkpoints, evaluation
+    log_every: int = _opt(10, "optimizer steps between TensorBoard / progress-bar loss updates")
+    checkpoint_every: int = _opt(500, "optimizer steps between checkpoints; 0 saves only at the end")
+    keep_checkpoints: int = _opt(2, "checkpoints kept (older ones are deleted)")
+    eval_every: int = _opt(0, "optimizer steps between evaluations on the test split; 0 evaluates only at the end")
+    eval_posts: int = _opt(1000, "test posts used by the evaluations during and at the end of training; 0 skips")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` for a value that cannot work (one line naming the field)."""
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.max_steps >= 0, "max_steps must be >= 0"),
+            (self.num_epochs >= 1, "num_epochs must be >= 1"),
+            (self.max_tags >= 1, "max_tags must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
+            (0 <= self.decay_fraction <= 1, "decay_fraction must be in [0, 1]"),
+            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+            (0 < self.mask_fraction_min <= self.mask_fraction_max <= 1, "need 0 < mask_fraction_min <= mask_fraction_max <= 1"),
+            (0 < self.view_keep_min <= self.view_keep_max <= 1, "need 0 < view_keep_min <= view_keep_max <= 1"),
+            (0 <= self.metadata_mask_probability <= 1, "metadata_mask_probability must be in [0, 1]"),
+            (0 <= self.view_metadata_probability <= 1, "view_metadata_probability must be in [0, 1]"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved values, as written to ``training_config.json``."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        """Write the values as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        """Build from a mapping; an unknown key is a ``UsageError`` (a typo must not be ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_sources(cls, config_json: str | None = None, **overrides: Any) -> TrainingConfig:
+        """Defaults, then the ``training`` block of ``config_json``, then ``overrides`` (None = not given)."""
+        values: dict[str, Any] = {}
+        if config_json:
+            values.update(read_model_config(config_json)[1])
+            values["config"] = str(config_json)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+
+def read_model_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a hub config JSON into (model config values, ``training`` block)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"model config not found: {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} must hold a JSON object")
+    training = values.pop("training", {}) or {}
+    if not isinstance(training, dict):
+        raise UsageError(f"{path}: `training` must be a JSON object")
+    return values, training
+
+
+def _base_type(annotation: Any) -> type:
+    """``int | None`` -> ``int``; ``str`` -> ``str`` (annotations are strings under __future__)."""
+    hint = eval(annotation, {}, {}) if isinstance(annotation, str) else annotation  # noqa: S307 (own literals)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, positional: tuple[str, ...] = ()) -> None:
+    """Add one flag per ``TrainingConfig`` field; flags default to None so unset ones don't override."""
+    group = parser.add_argument_group("training hyper-parameters (defaults shown; a config's `training` block overrides them)")
+    for f in dataclasses.fields(TrainingConfig):
+        if f.name in positional:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        kind = _base_type(f.type)
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(
+                flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"), help=help_text
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """The ``TrainingConfig`` of parsed command-line arguments."""
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainingConfig)}
+    config_json = values.pop("config")
+    return TrainingConfig.from_sources(config_json, **values)

@@ -1,0 +1,128 @@
+"""The pre-training losses, on plain tensors (the model's forward returns logits, not losses).
+
+* ``set_prediction_loss``: masked-tag prediction as a set. A post's hidden tags sit behind one
+  ``<mask>`` (see ``collator``), so the target is a set, not a token. We use a softmax over the
+  candidate vocabulary with a target distribution uniform over the hidden set (cross-entropy against
+  it). Why this rather than a multi-label BCE: the optimum of this loss is p(t) = P(t is one of the
+  hidden tags, drawn uniformly), which ranks tags exactly by how likely they are missing; it costs one
+  softmax per post (BCE needs a sigmoid per vocabulary entry with heavy class imbalance); and its scale
+  (about log of the candidate count) sits well beside the other losses. Visible tags are removed from
+  the candidates (logit -inf): repeating a tag already present is never rewarded.
+* ``info_nce``: two views of a post close, the other posts of the batch apart, at every nested size.
+* ``readback_loss``: the post's tags from the pooled embedding alone, multi-label BCE at every nested
+  size, summed over the vocabulary and divided by the number of positive (post, tag) pairs, so its
+  scale does not grow with the vocabulary (the focal-loss normalisation).
+* ``classification_loss``: rating and score-bucket heads (cross-entropy, -100 ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .collator import IGNORE_INDEX
+
+
+def set_prediction_loss(
+    logits: torch.Tensor,
+    group_kind: torch.Tensor,
+    target_group: torch.Tensor,
+    target_ids: torch.Tensor,
+    target_weights: torch.Tensor,
+    exclude_group: torch.Tensor,
+    exclude_ids: torch.Tensor,
+    candidates_by_kind: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over mask groups of the cross-entropy between softmax(logits) and the uniform hidden set.
+
+    ``logits`` (G, vocab), one row per ``<mask>``; ``group_kind`` (G,) indexes ``candidates_by_kind``
+    (kinds, vocab) bool; targets are (group, id, weight) triples with weights summing to 1 per group;
+    excluded (group, id) pairs (the visible tags) are not candidates.
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    allowed = candidates_by_kind[group_kind].clone()  # (G, vocab)
+    allowed[exclude_group, exclude_ids] = False
+    log_probs = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
+    return -(target_weights * log_probs[target_group, target_ids]).sum() / logits.shape[0]
+
+
+def info_nce(
+    view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, dims: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE between row i of ``view_a`` and row i of ``view_b``, averaged over ``dims``.
+
+    Each size d uses the first d dimensions, L2-normalised (Matryoshka). Returns (loss, top-1 accuracy
+    of finding the other view at the largest size).
+    """
+    labels = torch.arange(view_a.shape[0], device=view_a.device)
+    losses = []
+    for d in dims:
+        a = F.normalize(view_a[:, :d].float(), dim=-1)
+        b = F.normalize(view_b[:, :d].float(), dim=-1)
+        logits = a @ b.T / temperature  # (posts, posts)
+        losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2)
+    accuracy = (logits.argmax(dim=-1) == labels).float().mean()
+    return torch.stack(losses).mean(), accuracy
+
+
+def readback_loss(logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor) -> torch.Tensor:
+    """Multi-label BCE of ``logits`` (sizes, sequences, vocab) against the (sequence, tag) positives."""
+    targets = torch.zeros(logits.shape[1:], dtype=torch.float32, device=logits.device)  # (sequences, vocab)
+    targets[sequence_index, tag_ids] = 1.0
+    targets = targets.expand(logits.shape[0], -1, -1)
+    total = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum")
+    return total / max(1, logits.shape[0] * len(tag_ids))
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled rows (label -100 = no label); 0 (with a graph) when none is."""
+    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum") / count
+
+
+def pretraining_losses(
+    outputs: Any, batch: dict[str, Any], config: Any, candidates_by_kind: torch.Tensor, dims: Sequence[int]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted total and every objective on its own (detached) for one collated batch.
+
+    ``outputs`` is a ``BooruEmbedForPreTrainingOutput``; ``dims`` the nested sizes plus the full size.
+    """
+    posts = int(batch["num_posts"])
+    embeddings = outputs.embeddings
+    mlm = set_prediction_loss(
+        outputs.mlm_logits,
+        batch["mlm_group_kind"],
+        batch["mlm_target_group"],
+        batch["mlm_target_ids"],
+        batch["mlm_target_weights"],
+        batch["mlm_exclude_group"],
+        batch["mlm_exclude_ids"],
+        candidates_by_kind,
+    )
+    contrastive, view_accuracy = info_nce(
+        embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims
+    )
+    readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
+    rating = classification_loss(outputs.rating_logits, batch["rating_labels"])
+    score = classification_loss(outputs.score_logits, batch["score_labels"])
+    total = (
+        config.mlm_weight * mlm
+        + config.contrastive_weight * contrastive
+        + config.readback_weight * readback
+        + config.rating_weight * rating
+        + config.score_weight * score
+    )
+    parts = {
+        "loss": total,
+        "mlm": mlm,
+        "contrastive": contrastive,
+        "readback": readback,
+        "rating": rating,
+        "score": score,
+        "view_accuracy": view_accuracy,
+    }
+    return total, {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,164 @@
+"""The pre-training collator and batch sampler, on plain id arrays (no tokenizer needed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from booru_embed.training.collator import (
+    IGNORE_INDEX,
+    EpochBatchSampler,
+    Post,
+    PretrainingCollator,
+    TokenInfo,
+)
+from booru_embed.training.config import TrainingConfig
+
+# vocabulary: 0 pad, 1 cls, 2 mask, 3-6 ratings g s q e, 7-9 score buckets, 10 <unk_general>,
+# 11-40 general tags, 41-45 characters
+CATEGORIES = np.array([0, 0, 0] + [1] * 4 + [2] * 3 + [3] + [3] * 30 + [6] * 5)
+INFO = TokenInfo(
+    token_categories=CATEGORIES,
+    rating_token_ids=(3, 4, 5, 6),
+    score_token_ids=(7, 8, 9),
+    unk_token_ids=frozenset({10}),
+)
+
+
+def make_post(post_id: int, rng: np.random.Generator, rating: int | None = 4, score: int | None = 8) -> dict:
+    """An encoded post: cls, rating, score, some general tags, a character, maybe an unknown tag."""
+    general = rng.choice(np.arange(11, 41), size=rng.integers(2, 12), replace=False).tolist()
+    tags = general + [int(rng.integers(41, 46))] + ([10] if post_id % 3 == 0 else [])
+    ids = [1] + ([rating] if rating else []) + ([score] if score else []) + tags
+    return {"id": post_id, "input_ids": ids, "category_ids": CATEGORIES[ids].tolist()}
+
+
+def sequences_of(batch: dict) -> list[np.ndarray]:
+    """Split a packed batch back into its sequences."""
+    ids = batch["input_ids"][0].numpy()
+    cu = batch["cu_seqlens"].numpy()
+    return [ids[cu[i] : cu[i + 1]] for i in range(len(cu) - 1)]
+
+
+@pytest.fixture
+def posts() -> list[dict]:
+    rng = np.random.default_rng(1)
+    return [make_post(i, rng, rating=None if i == 5 else 4, score=None if i == 6 else 8) for i in range(16)]
+
+
+def test_batch_layout_and_mask_targets(posts):
+    config = TrainingConfig(metadata_mask_probability=0.5)
+    batch = PretrainingCollator(INFO, config)(posts)
+    b = len(posts)
+    seqs = sequences_of(batch)
+    assert len(seqs) == 3 * b and batch["cu_seqlens"][0] == 0 and batch["cu_seqlens"].dtype == torch.int32
+    assert all(s[0] == INFO.cls_token_id for s in seqs)
+    assert batch["max_seqlen"] == max(len(s) for s in seqs)
+    assert int(batch["num_tokens"]) == sum(len(s) for s in seqs)
+    # only the masked posts (first block) hold <mask> tokens: one per group, row-major
+    assert int(batch["mlm_positions"].sum()) == len(batch["mlm_group_kind"])
+    assert all((s == INFO.mask_token_id).sum() == 0 for s in seqs[b:])
+    weights = torch.zeros(len(batch["mlm_group_kind"])).index_add_(0, batch["mlm_target_group"], batch["mlm_target_weights"])
+    torch.testing.assert_close(weights, torch.ones_like(weights))
+    group = 0
+    for p, post in enumerate(posts):
+        full = Post.from_encoded(post["input_ids"], post["category_ids"])
+        seq = seqs[p]
+        visible = set(seq[(seq > 9)].tolist())
+        for kind, token in ((1, full.rating), (2, full.score)):
+            if token is not None and token not in seq:
+                assert batch["mlm_group_kind"][group] == kind
+                assert batch["mlm_target_ids"][batch["mlm_target_group"] == group].tolist() == [token]
+                group += 1
+        hidden = batch["mlm_target_ids"][batch["mlm_target_group"] == group].tolist()
+        assert batch["mlm_group_kind"][group] == 0 and seq[-1] == INFO.mask_token_id
+        assert hidden and 10 not in hidden, "unknown-tag tokens are never hidden"
+        assert set(hidden) | visible == set(full.tags.tolist()) and not set(hidden) & visible
+        excluded = batch["mlm_exclude_ids"][batch["mlm_exclude_group"] == group].tolist()
+        assert set(excluded) == visible
+        group += 1
+        for view in (seqs[b + p], seqs[2 * b + p]):
+            assert set(view[view > 9].tolist()) <= set(full.tags.tolist()) and (view > 9).sum() >= 1
+        readback = batch["readback_ids"][batch["readback_sequence"] == p].tolist()
+        assert sorted(readback) == sorted(set(full.tags.tolist()) - {10})
+        assert batch["readback_ids"][batch["readback_sequence"] == 2 * b + p].tolist() == readback
+    assert group == len(batch["mlm_group_kind"])
+
+
+def test_rating_and_score_labels_only_where_hidden(posts):
+    batch = PretrainingCollator(INFO, TrainingConfig())(posts)
+    seqs = sequences_of(batch)
+    for s, seq in enumerate(seqs):
+        post = posts[s % len(posts)]
+        rating = next((t for t in post["input_ids"] if 3 <= t <= 6), None)
+        expected = IGNORE_INDEX if rating is None or rating in seq else INFO.rating_token_ids.index(rating)
+        assert batch["rating_labels"][s] == expected
+        score = next((t for t in post["input_ids"] if 7 <= t <= 9), None)
+        expected = IGNORE_INDEX if score is None or score in seq else INFO.score_token_ids.index(score)
+        assert batch["score_labels"][s] == expected
+    assert (batch["rating_labels"] != IGNORE_INDEX).any() and (batch["score_labels"] != IGNORE_INDEX).any()
+
+
+def test_masks_are_reproducible_per_epoch_and_fresh_across_epochs(posts):
+    collator = PretrainingCollator(INFO, TrainingConfig(seed=3))
+    first = collator(posts)
+    again = PretrainingCollator(INFO, TrainingConfig(seed=3))(posts)
+    assert torch.equal(first["input_ids"], again["input_ids"])
+    collator.set_epoch(1)
+    assert not torch.equal(collator(posts)["input_ids"], first["input_ids"])
+
+
+def test_padded_layout_holds_the_same_sequences(posts):
+    config = TrainingConfig()
+    packed = PretrainingCollator(INFO, config, packed=True)(posts)
+    padded = PretrainingCollator(INFO, config, packed=False)(posts)
+    rows = [r[m.bool()].numpy() for r, m in zip(padded["input_ids"], padded["attention_mask"])]
+    assert all(np.array_equal(a, b) for a, b in zip(rows, sequences_of(packed)))
+    assert torch.equal(padded["mlm_positions"].sum(), packed["mlm_positions"].sum())
+    assert torch.equal(padded["mlm_target_ids"], packed["mlm_target_ids"])
+
+
+def test_max_tags_keeps_a_subset():
+    rng = np.random.default_rng(0)
+    post = make_post(1, rng)
+    batch = PretrainingCollator(INFO, TrainingConfig(max_tags=3))([post, make_post(2, rng)])
+    assert all((s > 9).sum() <= 3 for s in sequences_of(batch))
+
+
+def test_sampler_orders_are_seeded_permutations():
+    sampler = EpochBatchSampler(103, 10, seed=5)
+    first = [i for b in sampler for i in b]
+    assert len(sampler) == 10 and len(first) == 100 == len(set(first))
+    assert first == [i for b in EpochBatchSampler(103, 10, seed=5) for i in b]
+    sampler.set_epoch(1)
+    assert first != [i for b in sampler for i in b]
+
+
+def test_sampler_length_buckets_reduce_padding():
+    lengths = np.random.default_rng(0).integers(1, 100, size=2000)
+    def padding(sampler: EpochBatchSampler) -> int:
+        return sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in sampler)
+    bucketed = EpochBatchSampler(2000, 20, lengths=lengths, bucket_batches=10)
+    assert sorted(i for b in bucketed for i in b) == list(range(2000))
+    assert padding(bucketed) < padding(EpochBatchSampler(2000, 20)) / 3
+
+
+def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
+    from booru_embed.errors import UsageError
+
+    with pytest.raises(UsageError, match="mask_fraction"):
+        TrainingConfig(mask_fraction_min=0.9, mask_fraction_max=0.1)
+    with pytest.raises(UsageError, match="unknown training option"):
+        TrainingConfig.from_dict({"learning_rte": 1.0})
+    path = tmp_path / "tiny.json"
+    path.write_text('{"hidden_size": 8, "training": {"batch_size": 7, "learning_rate": 0.5}}')
+    config = TrainingConfig.from_sources(str(path), learning_rate=0.25, seed=None)
+    assert (config.batch_size, config.learning_rate, config.seed) == (7, 0.25, 0)
+
+
+def test_collator_works_with_namespace_config(posts):
+    config = SimpleNamespace(**TrainingConfig().to_dict())
+    assert PretrainingCollator(INFO, config)(posts[:2])["num_posts"] == 2

@@ -1,0 +1,96 @@
+"""The pre-training losses on plain tensors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from booru_embed.training.objectives import classification_loss, info_nce, readback_loss, set_prediction_loss
+
+VOCAB = 12
+CANDIDATES = torch.zeros(3, VOCAB, dtype=torch.bool)
+CANDIDATES[0, 5:] = True  # tags
+CANDIDATES[1, 1:3] = True  # ratings
+CANDIDATES[2, 3:5] = True  # scores
+
+
+def one_group(logits: torch.Tensor, hidden: list[int], visible: list[int]) -> torch.Tensor:
+    return set_prediction_loss(
+        logits[None],
+        torch.tensor([0]),
+        torch.zeros(len(hidden), dtype=torch.long),
+        torch.tensor(hidden),
+        torch.full((len(hidden),), 1.0 / len(hidden)),
+        torch.zeros(len(visible), dtype=torch.long),
+        torch.tensor(visible, dtype=torch.long),
+        CANDIDATES,
+    )
+
+
+def test_set_loss_is_cross_entropy_against_the_uniform_hidden_set():
+    logits = torch.randn(VOCAB)
+    loss = one_group(logits, hidden=[6, 9], visible=[5, 7])
+    allowed = [8, 6, 9, 10, 11]
+    log_z = torch.logsumexp(logits[allowed], 0)
+    expected = -((logits[6] - log_z) + (logits[9] - log_z)) / 2
+    torch.testing.assert_close(loss, expected)
+
+
+def test_visible_tags_and_non_candidates_never_count():
+    logits = torch.zeros(VOCAB)
+    base = one_group(logits, hidden=[6, 9], visible=[5, 7])
+    boosted = logits.clone()
+    boosted[[5, 7, 0, 1, 2]] = 50.0  # visible tags and specials/ratings: not candidates of a tag mask
+    torch.testing.assert_close(one_group(boosted, hidden=[6, 9], visible=[5, 7]), base)
+    torch.testing.assert_close(base, torch.tensor(math.log(5.0)))  # uniform over the 5 candidates
+
+
+def test_set_loss_is_minimised_by_spreading_over_the_hidden_set():
+    hidden = [6, 9]
+    def loss_of(weight_on_6: float) -> float:
+        logits = torch.full((VOCAB,), -30.0)
+        logits[6], logits[9] = math.log(weight_on_6), math.log(1 - weight_on_6)
+        return float(one_group(logits, hidden, visible=[5]))
+    assert loss_of(0.5) < loss_of(0.8) < loss_of(0.99)
+    assert math.isclose(loss_of(0.5), math.log(2), rel_tol=1e-4)
+
+
+def test_rating_groups_only_choose_among_ratings_and_empty_is_zero():
+    logits = torch.zeros(1, VOCAB, requires_grad=True)
+    loss = set_prediction_loss(
+        logits, torch.tensor([1]), torch.tensor([0]), torch.tensor([2]), torch.tensor([1.0]),
+        torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), CANDIDATES,
+    )
+    torch.testing.assert_close(loss, torch.tensor(math.log(2.0)))
+    empty = torch.zeros(0, VOCAB, requires_grad=True)
+    none = set_prediction_loss(empty, *(torch.zeros(0, dtype=torch.long),) * 4, torch.zeros(0, dtype=torch.long),
+                               torch.zeros(0, dtype=torch.long), CANDIDATES)
+    assert float(none.detach()) == 0.0 and none.requires_grad
+
+
+def test_info_nce_rewards_matching_views_at_every_size():
+    torch.manual_seed(0)
+    a = torch.randn(16, 8)
+    matched, accuracy = info_nce(a, a + 0.01 * torch.randn(16, 8), 0.05, [2, 4, 8])
+    shuffled, _ = info_nce(a, a[torch.randperm(16)], 0.05, [2, 4, 8])
+    assert matched < 0.5 < shuffled and accuracy == 1.0
+    # only the first 2 dims match: the size-2 term is low, the full-size term is not
+    b = torch.cat([a[:, :2], torch.randn(16, 6)], dim=1)
+    assert info_nce(a, b, 0.05, [2])[0] < info_nce(a, b, 0.05, [8])[0]
+
+
+def test_readback_loss_is_zero_for_perfect_logits_and_normalised_by_positives():
+    seq, ids = torch.tensor([0, 0, 1]), torch.tensor([3, 5, 7])
+    perfect = torch.full((2, 2, VOCAB), -40.0)
+    perfect[:, seq, ids] = 40.0
+    assert float(readback_loss(perfect, seq, ids)) < 1e-6
+    zeros = torch.zeros(2, 2, VOCAB)
+    torch.testing.assert_close(readback_loss(zeros, seq, ids), torch.tensor(2 * VOCAB * math.log(2) / 3))
+
+
+def test_classification_loss_ignores_unlabelled_rows():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [9.0, -9.0]])
+    labels = torch.tensor([0, -100, -100])
+    torch.testing.assert_close(classification_loss(logits, labels), torch.nn.functional.cross_entropy(logits[:1], labels[:1]))
+    assert float(classification_loss(logits, torch.full((3,), -100))) == 0.0
