@@ -1,0 +1,721 @@
+"""Whole-tag tokenizer for Danbooru tag sets: one tag, one token, and every token knows its category.
+
+Remote code: this file is copied next to the weights and loaded with
+``AutoTokenizer.from_pretrained(folder, trust_remote_code=True)``, so it imports only the standard
+library, numpy, pyarrow and public transformers APIs (``datasets`` only inside ``encode_dataset``).
+
+An encoded post is ``<cls> [rating] [score bucket] tags...`` in canonical order: character, copyright,
+artist, general, meta; inside a category rarer tags come first and the category's unknown token last.
+That order is also the truncation priority, so truncating keeps a prefix and never drops the post.
+
+Files of a tokenizer folder:
+- ``vocab.json``: every vocabulary row in id order as ``[token, kind, category, count]`` (kind is
+  ``special``, ``rating``, ``score``, ``tag`` or ``unused``) and the score bucket boundaries. Tags and
+  the other kinds are separate namespaces: a tag literally named ``<pad>`` is a tag, never padding.
+- ``aliases.json`` (antecedent -> canonical tag) and ``implications.json`` (antecedent -> consequents).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from transformers import BatchEncoding, PreTrainedTokenizer
+from transformers.tokenization_utils_base import TruncationStrategy
+from transformers.utils import PaddingStrategy
+
+CATEGORY_NAMES = ("special", "rating", "score", "general", "artist", "copyright", "character", "meta")
+CATEGORY_IDS = {name: index for index, name in enumerate(CATEGORY_NAMES)}
+TAG_CATEGORIES = ("general", "artist", "copyright", "character", "meta")
+# Canonical order of a post's tags and, read left to right, the truncation priority.
+PRIORITY_ORDER = ("character", "copyright", "artist", "general", "meta")
+RATINGS = ("g", "s", "q", "e")
+RATING_ALIASES = {"general": "g", "sensitive": "s", "questionable": "q", "explicit": "e"}
+PAD_TOKEN, CLS_TOKEN, MASK_TOKEN = "<pad>", "<cls>", "<mask>"
+UNK_TOKENS = {category: f"<unk_{category}>" for category in TAG_CATEGORIES}
+VOCAB_FORMAT = 1
+
+
+def normalize_tag(tag: str) -> str:
+    """A tag as Danbooru writes it: trimmed, lower-case, inner whitespace runs as one underscore."""
+    return "_".join(tag.lower().split())
+
+
+def rating_token(rating: str) -> str:
+    """The vocabulary token of a rating letter (``g`` -> ``rating:g``)."""
+    return f"rating:{rating}"
+
+
+def score_token_names(boundaries: list[int]) -> list[str]:
+    """Token names of the score buckets cut at ``boundaries``, in Danbooru's search syntax."""
+    if not boundaries:
+        return ["score:any"]
+    names = [f"score:<{boundaries[0]}"]
+    for low, high in zip(boundaries, boundaries[1:]):
+        names.append(f"score:{low}" if high == low + 1 else f"score:{low}..{high - 1}")
+    names.append(f"score:>={boundaries[-1]}")
+    return names
+
+
+def write_vocab_file(path: str | os.PathLike, rows: list[tuple[str, str, int, int]], score_boundaries: list[int]) -> None:
+    """Write ``vocab.json``: rows ``(token, kind, category, count)`` in id order and the score boundaries."""
+    payload = {"format": VOCAB_FORMAT, "score_boundaries": [int(b) for b in score_boundaries], "tokens": [list(r) for r in rows]}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, ensure_ascii=False, indent=0)
+        handle.write("\n")
+
+
+def _read_json(path: str | os.PathLike | None, default: Any) -> Any:
+    if path is None:
+        return default
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def resolve_alias(tag: str, aliases: Mapping[str, str]) -> str:
+    """Follow antecedent -> consequent until a canonical tag (cycles stop where they repeat)."""
+    seen = {tag}
+    while tag in aliases and aliases[tag] not in seen:
+        tag = aliases[tag]
+        seen.add(tag)
+    return tag
+
+
+class BooruEmbedTokenizer(PreTrainedTokenizer):
+    """Maps Danbooru tag sets to one token per tag, with the category of every token.
+
+    Input forms (one post): a Danbooru tag string (``"1girl solo rating:g"``), a prompt-style comma
+    list (``"1girl, long hair, hatsune miku \\(vocaloid\\)"``), a list of tags (pass
+    ``is_split_into_words=True`` for a single list; a list of lists is a batch), or a dict by category
+    (``{"general": [...], "artist": [...], "rating": "g", "score": 12}``). A list of strings without
+    ``is_split_into_words`` is a batch of tag strings, as in transformers.
+    """
+
+    vocab_files_names = {"vocab_file": "vocab.json", "aliases_file": "aliases.json", "implications_file": "implications.json"}
+    model_input_names = ["input_ids", "category_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab_file: str | None = None,
+        aliases_file: str | None = None,
+        implications_file: str | None = None,
+        pad_token: str = PAD_TOKEN,
+        cls_token: str = CLS_TOKEN,
+        mask_token: str = MASK_TOKEN,
+        unk_token: str = UNK_TOKENS["general"],
+        **kwargs: Any,
+    ) -> None:
+        if vocab_file is None:
+            raise ValueError("BooruEmbedTokenizer needs a vocab_file (vocab.json written by `booru-embed build-tokenizer`)")
+        vocab = _read_json(vocab_file, None)
+        if vocab.get("format") != VOCAB_FORMAT:
+            raise ValueError(f"{vocab_file}: unsupported vocabulary format {vocab.get('format')!r}")
+        self._load_vocabulary(vocab["tokens"], [int(b) for b in vocab["score_boundaries"]])
+        self._load_aliases(_read_json(aliases_file, {}))
+        self._implications: dict[str, list[str]] = {k: list(v) for k, v in _read_json(implications_file, {}).items()}
+        kwargs.setdefault("extra_special_tokens", [UNK_TOKENS[c] for c in TAG_CATEGORIES if UNK_TOKENS[c] != unk_token])
+        super().__init__(pad_token=pad_token, cls_token=cls_token, mask_token=mask_token, unk_token=unk_token, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------
+    # Vocabulary
+    # ----------------------------------------------------------------------------------------------
+    def _load_vocabulary(self, rows: list[list[Any]], score_boundaries: list[int]) -> None:
+        self._tokens: list[str] = [str(r[0]) for r in rows]
+        self._kinds: list[str] = [str(r[1]) for r in rows]
+        self.token_categories: list[int] = [int(r[2]) for r in rows]
+        self.token_counts: list[int] = [int(r[3]) for r in rows]
+        self._score_boundaries = score_boundaries
+        self._tag_ids: dict[str, int] = {}
+        self._other_ids: dict[str, int] = {}
+        for index, (token, kind) in enumerate(zip(self._tokens, self._kinds)):
+            (self._tag_ids if kind == "tag" else self._other_ids)[token] = index
+        for token, expected in ((PAD_TOKEN, 0), (CLS_TOKEN, 1), (MASK_TOKEN, 2)):
+            if self._other_ids.get(token) != expected:
+                raise ValueError(f"vocabulary must have {token} at id {expected}")
+        self._unk_ids = {c: self._other_ids[UNK_TOKENS[c]] for c in TAG_CATEGORIES}
+        self._rating_ids = {r: self._other_ids[rating_token(r)] for r in RATINGS}
+        self._score_ids = [self._other_ids[name] for name in score_token_names(score_boundaries)]
+        self._tag_token_ids = [i for i, kind in enumerate(self._kinds) if kind == "tag"]
+        self._rank, self._group = self._canonical_ranks()
+        self._rank_to_id = np.argsort(self._rank).astype(np.int64)
+        self._categories_np = np.asarray(self.token_categories, dtype=np.int8)
+
+    def _canonical_ranks(self) -> tuple[list[int], list[int]]:
+        """Rank (canonical position) and shuffle group of every id: prefix tokens, then categories by priority."""
+        order = [1, *self._rating_ids.values(), *self._score_ids]
+        groups = [0] + [1] * len(self._rating_ids) + [2] * len(self._score_ids)
+        for group, category in enumerate(PRIORITY_ORDER, start=3):
+            category_id = CATEGORY_IDS[category]
+            tags = [i for i in self._tag_token_ids if self.token_categories[i] == category_id]
+            tags.sort(key=lambda i: (self.token_counts[i], self._tokens[i]))
+            order += [*tags, self._unk_ids[category]]
+            groups += [group] * (len(tags) + 1)
+        placed = set(order)
+        rest = [i for i in range(len(self._tokens)) if i not in placed]
+        order += rest
+        groups += [len(PRIORITY_ORDER) + 3] * len(rest)
+        rank, group_of = [0] * len(order), [0] * len(order)
+        for position, (index, group) in enumerate(zip(order, groups)):
+            rank[index], group_of[index] = position, group
+        return rank, group_of
+
+    def _load_aliases(self, aliases: Mapping[str, str]) -> None:
+        self._aliases: dict[str, str] = dict(aliases)
+        self._lookup: dict[str, int] = {}
+        for antecedent in self._aliases:
+            canonical = resolve_alias(antecedent, self._aliases)
+            if canonical in self._tag_ids:
+                self._lookup[antecedent] = self._tag_ids[canonical]
+        self._lookup.update({tag: i for tag, i in self._tag_ids.items() if tag not in self._aliases})
+        self._lookup_arrow: tuple[pa.Array, np.ndarray] | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of vocabulary rows, padding rows included (a multiple of 64)."""
+        return len(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token string -> id. Where a tag is spelled like a special token, the special token wins here."""
+        vocab = dict(self._tag_ids)
+        vocab.update(self._other_ids)
+        return vocab
+
+    @property
+    def rating_token_ids(self) -> dict[str, int]:
+        """Rating letter (g, s, q, e) -> token id."""
+        return dict(self._rating_ids)
+
+    @property
+    def score_token_ids(self) -> list[int]:
+        """Token id of each score bucket, lowest bucket first."""
+        return list(self._score_ids)
+
+    @property
+    def score_boundaries(self) -> list[int]:
+        """Lower bounds of score buckets 1..n-1 (bucket 0 is everything below the first)."""
+        return list(self._score_boundaries)
+
+    @property
+    def unk_token_ids(self) -> dict[str, int]:
+        """Category name (general, artist, copyright, character, meta) -> id of its unknown-tag token."""
+        return dict(self._unk_ids)
+
+    @property
+    def tag_token_ids(self) -> list[int]:
+        """Ids of the real tags (no special, rating, score, unknown or padding rows), in id order."""
+        return list(self._tag_token_ids)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """The alias table given at build time (antecedent -> canonical tag)."""
+        return dict(self._aliases)
+
+    @property
+    def implications(self) -> dict[str, list[str]]:
+        """Implication table given at build time: antecedent -> consequents (aliases resolved)."""
+        return {k: list(v) for k, v in self._implications.items()}
+
+    def tag_to_id(self, tag: str) -> int | None:
+        """Id of a tag (normalised, aliases resolved), or None when the tag is not in the vocabulary."""
+        found = self._lookup.get(tag)
+        return found if found is not None else self._lookup.get(normalize_tag(tag))
+
+    def score_bucket(self, score: int) -> int:
+        """Index of the score bucket that ``score`` falls into."""
+        return bisect.bisect_right(self._score_boundaries, int(score))
+
+    def _convert_token_to_id(self, token: str) -> int:
+        found = self._other_ids.get(token)
+        if found is None:
+            found = self._tag_ids.get(token, self._unk_ids["general"])
+        return found
+
+    def _convert_id_to_token(self, index: int) -> str:
+        if not 0 <= index < len(self._tokens):
+            raise ValueError(f"token id {index} is outside the vocabulary of size {len(self._tokens)}")
+        return self._tokens[index]
+
+    def _add_tokens(self, new_tokens: list[Any], special_tokens: bool = False) -> int:
+        vocab = self.get_vocab()
+        missing = [str(t) for t in new_tokens or [] if str(t) not in vocab]
+        if missing:
+            raise ValueError(f"the whole-tag vocabulary is fixed at build time; rebuild it to add {missing[:3]}")
+        return super()._add_tokens(new_tokens, special_tokens=special_tokens)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Write vocab.json, and aliases.json / implications.json when the tables are not empty."""
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        vocab_path = os.path.join(save_directory, prefix + self.vocab_files_names["vocab_file"])
+        rows = list(zip(self._tokens, self._kinds, self.token_categories, self.token_counts))
+        write_vocab_file(vocab_path, rows, self._score_boundaries)
+        saved = [vocab_path]
+        for key, table in (("aliases_file", self._aliases), ("implications_file", self._implications)):
+            if table:
+                path = os.path.join(save_directory, prefix + self.vocab_files_names[key])
+                with open(path, "w", encoding="utf-8") as handle:
+                    json.dump(table, handle, ensure_ascii=False, indent=0, sort_keys=True)
+                    handle.write("\n")
+                saved.append(path)
+        return tuple(saved)
+
+    # ----------------------------------------------------------------------------------------------
+    # One post -> ids
+    # ----------------------------------------------------------------------------------------------
+    def _resolve(self, tag: Any, unk_id: int) -> int | None:
+        """Id of one tag that missed the exact lookup: normalise, resolve aliases, else the unknown token."""
+        if tag is None:
+            return None
+        if not isinstance(tag, str):
+            raise ValueError(f"tags must be strings, got {type(tag).__name__} {tag!r}")
+        tag = normalize_tag(tag)
+        if not tag:
+            return None
+        found = self._lookup.get(tag)
+        return unk_id if found is None else found
+
+    def _rating_id(self, rating: Any) -> int | None:
+        if rating is None:
+            return None
+        key = str(rating).strip().lower()
+        if not key:
+            return None
+        key = RATING_ALIASES.get(key, key)
+        if key not in self._rating_ids:
+            raise ValueError(f"unknown rating {rating!r}: expected one of g, s, q, e (or general, sensitive, questionable, explicit)")
+        return self._rating_ids[key]
+
+    def _score_id(self, score: Any) -> int | None:
+        if score is None or (isinstance(score, float) and score != score):
+            return None
+        if isinstance(score, bool):
+            raise ValueError(f"score must be an integer, got {score!r}")
+        try:
+            value = int(score)
+        except (TypeError, ValueError):
+            raise ValueError(f"score must be an integer, got {score!r}") from None
+        return self._score_ids[bisect.bisect_right(self._score_boundaries, value)]
+
+    def _metatag_id(self, tag: str) -> int | None:
+        """Id of a ``rating:x`` or ``score:...`` metatag (None when ``tag`` is an ordinary tag)."""
+        if tag.startswith("rating:"):
+            return self._rating_id(tag[len("rating:"):])
+        if tag.startswith("score:"):
+            found = self._other_ids.get(tag)
+            if found is not None and found in self._score_ids:
+                return found
+            return self._score_id(tag[len("score:"):])
+        return None
+
+    def _tag_list_ids(self, items: list[Any], prompt_style: bool) -> set[int]:
+        ids: set[int] = set()
+        unk = self._unk_ids["general"]
+        for item in items:
+            if not isinstance(item, str):
+                raise ValueError(f"tags must be strings, got {type(item).__name__} {item!r}")
+            if prompt_style:
+                item = item.replace("\\(", "(").replace("\\)", ")")
+            found = self._lookup.get(item)
+            if found is None:
+                tag = normalize_tag(item)
+                if not tag:
+                    continue
+                found = self._metatag_id(tag) if ":" in tag else None
+                if found is None:
+                    found = self._lookup.get(tag, unk)
+            ids.add(found)
+        return ids
+
+    def _dict_ids(self, post: Mapping[str, Any]) -> set[int]:
+        ids: set[int] = set()
+        lookup_get = self._lookup.get
+        for key, values in post.items():
+            if key in self._unk_ids:
+                if not values:
+                    continue
+                if isinstance(values, str):
+                    values = values.split()
+                found = list(map(lookup_get, values))
+                if None in found:
+                    unk = self._unk_ids[key]
+                    found = [f if f is not None else self._resolve(v, unk) for f, v in zip(found, values)]
+                    found = [f for f in found if f is not None]
+                ids.update(found)
+            elif key == "rating":
+                rating = self._rating_id(values)
+                if rating is not None:
+                    ids.add(rating)
+            elif key == "score":
+                score = self._score_id(values)
+                if score is not None:
+                    ids.add(score)
+            elif key != "id":
+                raise ValueError(f"unknown key {key!r} in a tag dict: expected {', '.join(TAG_CATEGORIES)}, rating, score (or id)")
+        return ids
+
+    def _post_ids(self, post: Any) -> list[int]:
+        """Canonically ordered, duplicate-free ids of one post, starting with ``<cls>``."""
+        if isinstance(post, str):
+            prompt_style = "," in post
+            ids = self._tag_list_ids(post.split(",") if prompt_style else post.split(), prompt_style)
+        elif isinstance(post, Mapping):
+            ids = self._dict_ids(post)
+        elif isinstance(post, (list, tuple)):
+            ids = self._tag_list_ids(list(post), False)
+        else:
+            raise ValueError(f"a tag set must be a string, a list of tags or a dict by category, got {type(post).__name__}")
+        ids.add(self.cls_token_id)
+        return sorted(ids, key=self._rank.__getitem__)
+
+    def _shuffle_within_categories(self, ids: list[int], rng: random.Random) -> list[int]:
+        out: list[int] = []
+        for _, run in itertools.groupby(ids, key=self._group.__getitem__):
+            run = list(run)
+            rng.shuffle(run)
+            out += run
+        return out
+
+    def tokenize(self, text: Any, pair: Any = None, add_special_tokens: bool = False, **kwargs: Any) -> list[str]:
+        """Token strings of one tag set in canonical order (``<cls>`` only with ``add_special_tokens``)."""
+        if pair is not None:
+            raise ValueError("tag sets have no pairs")
+        ids = self._post_ids(text)
+        return [self._tokens[i] for i in (ids if add_special_tokens else ids[1:])]
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        return self.tokenize(text)
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        """Prefix the pooling token: ``[<cls>] + ids`` (tag sets have no pairs)."""
+        if token_ids_1 is not None:
+            raise ValueError("tag sets have no pairs")
+        return [self.cls_token_id, *token_ids_0]
+
+    def get_special_tokens_mask(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None, already_has_special_tokens: bool = False
+    ) -> list[int]:
+        """1 for special tokens (pad, cls, mask, unknowns), 0 for tags, ratings and score buckets."""
+        if already_has_special_tokens:
+            return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens=True)
+        if token_ids_1 is not None:
+            raise ValueError("tag sets have no pairs")
+        return [1] + [0] * len(token_ids_0)
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """One: the pooling token."""
+        return 1
+
+    # ----------------------------------------------------------------------------------------------
+    # transformers entry points: __call__ / encode -> _encode_plus, pad -> _pad, decode -> _decode
+    # ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _as_batch(text: Any, is_split_into_words: bool) -> tuple[list[Any], bool]:
+        if isinstance(text, (str, Mapping)):
+            return [text], False
+        if isinstance(text, (list, tuple)):
+            if is_split_into_words and all(isinstance(t, str) for t in text):
+                return [text], False
+            return list(text), True
+        raise ValueError(f"a tag set must be a string, a list of tags or a dict by category, got {type(text).__name__}")
+
+    def _encode_plus(
+        self,
+        text: Any,
+        text_pair: Any = None,
+        add_special_tokens: bool = True,
+        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
+        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
+        max_length: int | None = None,
+        stride: int = 0,
+        is_split_into_words: bool = False,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: Any = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        verbose: bool = True,
+        split_special_tokens: bool = False,
+        shuffle_within_categories: bool = False,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> BatchEncoding:
+        if kwargs:
+            raise TypeError(f"unexpected tokenizer arguments: {', '.join(sorted(kwargs))}")
+        if text_pair is not None:
+            raise ValueError("tag sets have no pairs: pass text_pair=None")
+        if return_overflowing_tokens or return_offsets_mapping or stride:
+            raise ValueError("overflowing tokens, offsets and stride do not apply to tag sets")
+        posts, batched = self._as_batch(text, is_split_into_words)
+        limit = None
+        if truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE and max_length is not None:
+            if max_length < 1:
+                raise ValueError(f"max_length must be at least 1 (the <cls> token), got {max_length}")
+            limit = max_length
+        rng = random.Random(seed) if shuffle_within_categories else None
+        sequences = []
+        for post in posts:
+            ids = self._post_ids(post)
+            if not add_special_tokens:
+                ids = ids[1:]
+            if limit is not None:
+                ids = ids[:limit]
+            if rng is not None:
+                ids = self._shuffle_within_categories(ids, rng)
+            sequences.append(ids)
+        return self._batch_encoding(
+            sequences,
+            batched=batched,
+            padding_strategy=padding_strategy,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side or self.padding_side,
+            return_tensors=return_tensors,
+            return_attention_mask=return_attention_mask is not False,
+            return_token_type_ids=bool(return_token_type_ids),
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_length=return_length,
+        )
+
+    def _batch_encoding(
+        self,
+        sequences: list[list[int]],
+        batched: bool,
+        padding_strategy: PaddingStrategy,
+        max_length: int | None,
+        pad_to_multiple_of: int | None,
+        padding_side: str,
+        return_tensors: Any,
+        return_attention_mask: bool,
+        return_token_type_ids: bool,
+        return_special_tokens_mask: bool,
+        return_length: bool,
+    ) -> BatchEncoding:
+        """Pad with numpy (one scatter for the whole batch) and convert to the requested tensors."""
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        longest = int(lengths.max()) if len(sequences) else 0
+        width = None
+        if padding_strategy == PaddingStrategy.LONGEST:
+            width = longest
+        elif padding_strategy == PaddingStrategy.MAX_LENGTH:
+            width = max(max_length or 0, longest) if max_length is not None else longest
+        if width is not None and pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        if width is None and len(set(lengths.tolist())) <= 1 and return_tensors is not None:
+            width = longest
+        special = set(self.all_special_ids) if return_special_tokens_mask else set()
+        if width is None:
+            out: dict[str, Any] = {
+                "input_ids": sequences,
+                "category_ids": [[self.token_categories[i] for i in s] for s in sequences],
+            }
+            if return_attention_mask:
+                out["attention_mask"] = [[1] * len(s) for s in sequences]
+            if return_token_type_ids:
+                out["token_type_ids"] = [[0] * len(s) for s in sequences]
+            if return_special_tokens_mask:
+                out["special_tokens_mask"] = [[int(i in special) for i in s] for s in sequences]
+        else:
+            rows = np.repeat(np.arange(len(sequences)), lengths)
+            starts = np.cumsum(lengths) - lengths
+            cols = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+            if padding_side == "left":
+                cols += np.repeat(width - lengths, lengths)
+            input_ids = np.full((len(sequences), width), self.pad_token_id, dtype=np.int64)
+            input_ids[rows, cols] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=len(rows))
+            mask = np.zeros((len(sequences), width), dtype=np.int64)
+            mask[rows, cols] = 1
+            out = {"input_ids": input_ids, "category_ids": self._categories_np[input_ids].astype(np.int64)}
+            if return_attention_mask:
+                out["attention_mask"] = mask
+            if return_token_type_ids:
+                out["token_type_ids"] = np.zeros_like(input_ids)
+            if return_special_tokens_mask:
+                out["special_tokens_mask"] = np.isin(input_ids, list(special)).astype(np.int64)
+            if return_tensors is None:
+                out = {key: value.tolist() for key, value in out.items()}
+        if return_length:
+            out["length"] = lengths if width is not None and return_tensors is not None else lengths.tolist()
+        if not batched and return_tensors is None:
+            out = {key: value[0] for key, value in out.items()}
+        if width is not None and return_tensors is not None:
+            if str(return_tensors) == "pt":
+                import torch
+
+                out = {key: torch.from_numpy(value) for key, value in out.items()}
+            return BatchEncoding(out)
+        return BatchEncoding(out, tensor_type=return_tensors)
+
+    def _pad(
+        self,
+        encoded_inputs: dict[str, Any] | BatchEncoding,
+        max_length: int | None = None,
+        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+    ) -> dict:
+        """transformers' padding, extended to pad ``category_ids`` with the special category 0."""
+        categories = encoded_inputs.pop("category_ids", None)
+        padded = super()._pad(encoded_inputs, max_length, padding_strategy, pad_to_multiple_of, padding_side, return_attention_mask)
+        if categories is not None:
+            missing = len(padded["input_ids"]) - len(categories)
+            side = padding_side or self.padding_side
+            categories = list(categories)
+            padded["category_ids"] = categories + [0] * missing if side == "right" else [0] * missing + categories
+        return padded
+
+    def _decode(
+        self,
+        token_ids: int | list[int],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """The canonical tag string: duplicate-free, canonical order, space separated (Danbooru style)."""
+        ids = [token_ids] if isinstance(token_ids, int) else [int(i) for i in token_ids]
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        for index in ids:
+            self._convert_id_to_token(index)
+        kept = sorted({i for i in ids if i not in skip}, key=self._rank.__getitem__)
+        return " ".join(self._tokens[i] for i in kept)
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Join tokens the Danbooru way, with spaces."""
+        return " ".join(tokens)
+
+    # ----------------------------------------------------------------------------------------------
+    # Bulk path: a whole datasets split with Arrow compute and numpy
+    # ----------------------------------------------------------------------------------------------
+    def encode_dataset(
+        self,
+        split: Any,
+        shuffle_within_categories: bool = False,
+        seed: int | None = None,
+        max_length: int | None = None,
+        batch_size: int = 100_000,
+    ) -> Any:
+        """Encode a split with the DATA_DIR columns into ``id``, ``input_ids``, ``category_ids``, ``length``.
+
+        Same ids and order as ``__call__`` on every row (no padding); ``max_length`` truncates by the same
+        priority. Vectorised: tags are looked up with ``pyarrow.compute.index_in`` and each post is ordered
+        by one integer sort of ``(row, rank)`` keys; only tags that miss the exact lookup go through Python.
+        """
+        import datasets
+
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be at least 1 (the <cls> token), got {max_length}")
+        # Sort keys pack (row, group, noise, rank) into 63 bits: rows need batch_size.bit_length() bits.
+        if batch_size.bit_length() + 20 + (len(self._tokens) - 1).bit_length() > 63:
+            raise ValueError(f"batch_size {batch_size} is too large for a vocabulary of {len(self._tokens)} tokens")
+        rng = np.random.default_rng(seed) if shuffle_within_categories else None
+        tables = [
+            self._encode_table(batch, max_length, rng)
+            for batch in split.with_format("arrow").iter(batch_size=batch_size)
+        ]
+        if not tables:
+            tables = [self._encode_table(split.with_format("arrow")[:0], max_length, rng)]
+        return datasets.Dataset(datasets.table.InMemoryTable(pa.concat_tables(tables)))
+
+    def _arrow_lookup(self) -> tuple[pa.Array, np.ndarray]:
+        if self._lookup_arrow is None:
+            keys = list(self._lookup)
+            self._lookup_arrow = (pa.array(keys, type=pa.string()), np.fromiter((self._lookup[k] for k in keys), np.int64, len(keys)))
+        return self._lookup_arrow
+
+    def _column_ids(self, column: pa.ChunkedArray, category: str) -> tuple[np.ndarray, np.ndarray]:
+        """Row index and token id of every tag in one list<string> column."""
+        lists = column.combine_chunks()
+        values = pc.cast(lists.flatten(), pa.string())
+        rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+        keys, key_ids = self._arrow_lookup()
+        position = pc.index_in(values, value_set=keys)
+        ids = key_ids[position.fill_null(0).to_numpy()]
+        missing = position.is_null()
+        if pc.any(missing).as_py():
+            missed = values.filter(missing)
+            unique = pc.unique(missed)
+            unk = self._unk_ids[category]
+            resolved = np.array([-1 if r is None else r for r in (self._resolve(t, unk) for t in unique.to_pylist())], np.int64)
+            ids[missing.to_numpy(zero_copy_only=False)] = resolved[pc.index_in(missed, value_set=unique).to_numpy()]
+        keep = ids >= 0
+        return rows[keep], ids[keep]
+
+    def _metadata_ids(self, table: pa.Table) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        rows, ids = [], []
+        if "rating" in table.column_names:
+            ratings = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(table["rating"].combine_chunks(), pa.string())))
+            keys = [*RATINGS, *RATING_ALIASES]
+            key_ids = np.array([self._rating_ids[RATING_ALIASES.get(k, k)] for k in keys], dtype=np.int64)
+            position = pc.index_in(ratings, value_set=pa.array(keys))
+            bad = pc.and_(position.is_null(), pc.not_equal(ratings, ""))
+            if pc.any(bad).as_py():
+                self._rating_id(ratings.filter(bad)[0].as_py())
+            valid = position.is_valid()
+            rows.append(np.flatnonzero(valid.to_numpy(zero_copy_only=False)).astype(np.int64))
+            ids.append(key_ids[position.filter(valid).to_numpy()])
+        if "score" in table.column_names:
+            scores = table["score"]
+            valid = pc.is_valid(scores).to_numpy(zero_copy_only=False)
+            values = scores.fill_null(0).to_numpy().astype(np.int64)
+            buckets = np.searchsorted(np.asarray(self._score_boundaries, dtype=np.int64), values, side="right")
+            rows.append(np.flatnonzero(valid).astype(np.int64))
+            ids.append(np.asarray(self._score_ids, dtype=np.int64)[buckets[valid]])
+        return rows, ids
+
+    def _encode_table(self, table: pa.Table, max_length: int | None, rng: np.random.Generator | None) -> pa.Table:
+        num_rows = table.num_rows
+        rows = [np.arange(num_rows, dtype=np.int64)]
+        ids = [np.full(num_rows, self.cls_token_id, dtype=np.int64)]
+        meta_rows, meta_ids = self._metadata_ids(table)
+        rows += meta_rows
+        ids += meta_ids
+        for category in TAG_CATEGORIES:
+            if category in table.column_names:
+                column_rows, column_ids = self._column_ids(table[category], category)
+                rows.append(column_rows)
+                ids.append(column_ids)
+        rank = np.asarray(self._rank, dtype=np.int64)
+        rank_bits = max(1, (len(self._tokens) - 1).bit_length())
+        # One sort of (row, rank) packed into int64 orders every post canonically; equal keys are duplicates.
+        keys = np.sort((np.concatenate(rows) << rank_bits) | rank[np.concatenate(ids)])
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+        post = keys >> rank_bits
+        token_ids = self._rank_to_id[keys & ((1 << rank_bits) - 1)]
+        counts = np.bincount(post, minlength=num_rows)
+        if max_length is not None:
+            within = np.arange(len(post)) - np.repeat(np.cumsum(counts) - counts, counts)
+            keep = within < max_length
+            post, token_ids = post[keep], token_ids[keep]
+            counts = np.minimum(counts, max_length)
+        if rng is not None:
+            group = np.asarray(self._group, dtype=np.int64)[token_ids]
+            noise = rng.integers(0, 1 << 16, size=len(token_ids), dtype=np.int64)
+            shuffled = np.sort((((post << 4 | group) << 16 | noise) << rank_bits) | rank[token_ids])
+            token_ids = self._rank_to_id[shuffled & ((1 << rank_bits) - 1)]
+        offsets = pa.array(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
+        columns = {}
+        if "id" in table.column_names:
+            columns["id"] = table["id"]
+        columns["input_ids"] = pa.ListArray.from_arrays(offsets, pa.array(token_ids.astype(np.int32)))
+        columns["category_ids"] = pa.ListArray.from_arrays(offsets, pa.array(self._categories_np[token_ids]))
+        columns["length"] = pa.array(counts.astype(np.int32))
+        return pa.table(columns)
+
+
+BooruEmbedTokenizer.register_for_auto_class("AutoTokenizer")
+
+__all__ = ["BooruEmbedTokenizer", "CATEGORY_IDS", "CATEGORY_NAMES", "PRIORITY_ORDER", "TAG_CATEGORIES"]
