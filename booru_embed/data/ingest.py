@@ -1,0 +1,681 @@
+"""``build-dataset``: Danbooru exports (CSV, TSV, Parquet, JSON Lines) -> a ``datasets`` DATA_DIR.
+
+The input is streamed in blocks that end on a record boundary, so memory stays bounded whatever
+the input size. Each block is parsed by pyarrow (the fast path). When pyarrow reports anything
+irregular in a block (a row with the wrong number of fields, invalid UTF-8, blank lines) that block
+alone is parsed again by Python's ``csv``/``json`` modules, which know the line of every record, so
+every rejected row is reported with its file, line and reason and good data keeps full speed.
+Field checks (id, score, rating, NUL bytes, tag count) are vectorised over the whole block.
+
+Passing rows go to one Arrow file per split; the split is a hash of the post id
+(:func:`test_split_mask`). A post id seen again keeps its last occurrence: the ids of each split
+(8 bytes a row) are kept in memory and resolved at the end. The final DatasetDict is written with
+``datasets.DatasetDict.save_to_disk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import itertools
+import json
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import UsageError
+
+TAG_COLUMNS = ("meta", "general", "artist", "copyright", "character")
+INPUT_COLUMNS = ("id", "rating", "score") + tuple(f"tag_string_{c}" for c in TAG_COLUMNS)
+RATINGS = ("g", "s", "q", "e")
+SCHEMA = pa.schema([("id", pa.int64()), ("rating", pa.string()), ("score", pa.int32())]
+                   + [(c, pa.list_(pa.string())) for c in TAG_COLUMNS])
+SPLITS = ("train", "test")
+DEFAULT_MAX_TAGS = 2000  # Danbooru's most heavily tagged posts have several hundred tags
+BLOCK_BYTES = 32 << 20
+RAW_CHARS = 300  # raw text kept per rejected row
+_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def test_split_mask(ids: np.ndarray, test_fraction: float) -> np.ndarray:
+    """True for the post ids that belong to the test split.
+
+    The split is ``splitmix64(id) / 2**64 < test_fraction``: a stable function of the id alone, so a
+    post never changes split when the export is refreshed, reordered or cut into other files, and
+    the test split at a smaller fraction is a subset of the one at a larger fraction.
+    """
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < test_fraction
+
+
+@dataclass
+class _Block:
+    """Rows of one input block as strings, before the field checks."""
+
+    columns: dict[str, pa.Array]  # the INPUT_COLUMNS as string arrays (nulls = missing)
+    lines: np.ndarray  # int64 line (or row) number of every row
+    raw: Callable[[int], str]  # row index -> raw text of that row
+    rejects: list[tuple[int, str, str, str]] = field(default_factory=list)  # structural: line, reason, detail, raw
+
+
+# ----------------------------------------------------------------------------- input files
+
+def _expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
+        if not matches:
+            raise UsageError(f"no input file matches {text}")
+        for match in matches:
+            path = Path(match)
+            if not path.is_file():
+                raise UsageError(f"input file not found: {path}")
+            files.append(path)
+    if not files:
+        raise UsageError("no input files given")
+    return files
+
+
+def _format_of(path: Path) -> tuple[str, str | None]:
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = _COMPRESSION.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes = suffixes[:-1]
+    kind = _FORMATS.get(suffixes[-1]) if suffixes else None
+    if kind is None or (kind == "parquet" and compression):
+        raise UsageError(f"{path}: unknown input format (use .csv, .tsv, .parquet or .jsonl, optionally .gz/.bz2/.zst)")
+    return kind, compression
+
+
+def _open(path: Path, compression: str | None):
+    return pa.input_stream(str(path), compression=compression)
+
+
+def _missing_columns(names: Sequence[str]) -> list[str]:
+    return [c for c in INPUT_COLUMNS if c not in names]
+
+
+def _check_input(path: Path) -> None:
+    """Stop early on an empty file or a wrong header (nothing has been written yet)."""
+    kind, compression = _format_of(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+        except (pa.ArrowInvalid, OSError) as error:
+            raise UsageError(f"{path}: not a readable Parquet file ({error})") from None
+    else:
+        with _open(path, compression) as stream:
+            head = stream.read(1 << 16)
+        if not head.strip():
+            raise UsageError(f"{path}: empty file")
+        first = head.split(b"\n", 1)[0].lstrip(b"\xef\xbb\xbf").rstrip(b"\r").decode("utf-8", "replace")
+        if kind == "jsonl":
+            try:
+                record = json.loads(first)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path}: first line is not a JSON object")
+            names = list(record)
+        else:
+            names = next(csv.reader([first], delimiter="," if kind == "csv" else "\t"))
+    missing = _missing_columns(names)
+    if missing:
+        raise UsageError(f"{path}: wrong header, missing column(s) {', '.join(missing)} "
+                         f"(expected {','.join(INPUT_COLUMNS)})")
+
+
+# ----------------------------------------------------------------------------- text blocks
+
+def _record_end(data: bytes, quoted: bool) -> int:
+    """Index of the last newline in ``data`` that ends a record (-1 if none)."""
+    end = data.rfind(b"\n")
+    if not quoted or end < 0:
+        return end
+    open_quotes = data.count(b'"', 0, end) % 2  # the block starts on a record boundary
+    while end >= 0 and open_quotes:
+        previous = data.rfind(b"\n", 0, end)
+        open_quotes ^= data.count(b'"', previous + 1, end) % 2
+        end = previous
+    return end
+
+
+def _text_blocks(stream, quoted: bool, block_bytes: int, path: Path) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(block, line of its first byte)``; every block ends with a newline on a record boundary."""
+    pending = b""
+    line = 1
+    while True:
+        chunk = stream.read(block_bytes)
+        data = pending + chunk if pending else chunk
+        if not chunk:
+            if data:
+                yield (data if data.endswith(b"\n") else data + b"\n"), line
+            return
+        end = _record_end(data, quoted)
+        if end < 0:
+            if len(data) > 8 * block_bytes:
+                raise UsageError(f"{path}: unterminated quoted field starting near line {line}")
+            pending = data
+            continue
+        block, pending = data[: end + 1], data[end + 1:]
+        yield block, line
+        line += block.count(b"\n")
+
+
+def _raw_lines(block: bytes) -> Callable[[int, int], str]:
+    """A function (first line index, number of lines) -> the raw text of those lines of ``block``."""
+    newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+
+    def raw(index: int, count: int) -> str:
+        start = 0 if index == 0 else int(newlines[index - 1]) + 1
+        return block[start: int(newlines[index + count - 1])].decode("utf-8", "backslashreplace")
+
+    return raw
+
+
+def _fast_csv(block: bytes, first_line: int, header: list[str], delimiter: str) -> _Block | None:
+    """Parse a block with pyarrow; None when anything is irregular (the slow path decides then)."""
+    import pyarrow.csv as pacsv
+
+    irregular: list[object] = []
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(block),
+            read_options=pacsv.ReadOptions(column_names=header),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter == "," else False,
+                                             newlines_in_values=delimiter == ",",
+                                             invalid_row_handler=lambda row: irregular.append(row) or "skip"),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                 include_columns=list(INPUT_COLUMNS),
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid:
+        return None
+    if irregular:
+        return None
+    rows, newlines = table.num_rows, block.count(b"\n")
+    offsets = np.arange(rows, dtype=np.int64)
+    if newlines != rows:
+        if len(header) != len(INPUT_COLUMNS):
+            return None  # newlines may hide in columns we did not read
+        inside = np.zeros(rows, dtype=np.int64)
+        for name in INPUT_COLUMNS:
+            inside += pc.count_substring(table[name], "\n").to_numpy(zero_copy_only=False)
+        if rows + int(inside.sum()) != newlines:
+            return None  # blank lines: let the slow path count them
+        offsets += np.concatenate([[0], np.cumsum(inside)[:-1]])
+    else:
+        inside = np.zeros(rows, dtype=np.int64)
+    columns = {name: table[name].combine_chunks() for name in INPUT_COLUMNS}
+    line_raw = None
+
+    def raw(i: int) -> str:
+        nonlocal line_raw
+        line_raw = line_raw or _raw_lines(block)
+        return line_raw(int(offsets[i]), int(inside[i]) + 1)
+
+    return _Block(columns, first_line + offsets, raw)
+
+
+def _slow_csv(block: bytes, first_line: int, header: list[str], delimiter: str) -> _Block:
+    """Parse a block record by record with Python's csv module, which knows every record's lines."""
+    text = block.decode("utf-8", "surrogateescape")
+    physical = text.split("\n")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
+    wanted = [header.index(c) for c in INPUT_COLUMNS]
+    good: list[list[str]] = []
+    lines: list[int] = []
+    raws: list[str] = []
+    rejects = []
+    previous = 0
+    for fields in reader:
+        start, previous = previous, reader.line_num
+        if not fields:
+            continue  # a blank line holds no post
+        raw = "\n".join(physical[start:previous])
+        line = first_line + start
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            rejects.append((line, "invalid_utf8", "not valid UTF-8", _printable(raw)))
+            continue
+        if len(fields) != len(header):
+            rejects.append((line, "wrong_column_count", f"{len(fields)} fields, expected {len(header)}", raw))
+            continue
+        good.append([fields[i] for i in wanted])
+        lines.append(line)
+        raws.append(raw)
+    columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
+    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _csv_blocks(path: Path, kind: str, compression: str | None, block_bytes: int) -> Iterator[tuple[_Block, int]]:
+    delimiter = "," if kind == "csv" else "\t"
+    with _open(path, compression) as stream:
+        blocks = _text_blocks(stream, delimiter == ",", block_bytes, path)
+        head, _ = next(blocks)
+        cut = head.find(b"\n")
+        names = head[:cut].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r").decode("utf-8", "replace")
+        header = next(csv.reader([names], delimiter=delimiter))
+        first = [(head[cut + 1:], 2)] if len(head) > cut + 1 else []
+        for block, line in itertools.chain(first, blocks):
+            parsed = _fast_csv(block, line, header, delimiter) or _slow_csv(block, line, header, delimiter)
+            yield parsed, len(block)
+
+
+def _json_value(value: object) -> str | None:
+    if value is None or isinstance(value, (dict, bool)):
+        return None
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _to_strings(array: pa.Array) -> pa.Array:
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        return pc.binary_join(array, " ")
+    return array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
+
+
+def _jsonl_blocks(path: Path, compression: str | None, block_bytes: int) -> Iterator[tuple[_Block, int]]:
+    import pyarrow.json as pajson
+
+    with _open(path, compression) as stream:
+        for block, first_line in _text_blocks(stream, False, block_bytes, path):
+            parsed = None
+            try:
+                table = pajson.read_json(io.BytesIO(block),
+                                         parse_options=pajson.ParseOptions(unexpected_field_behavior="infer"))
+                if table.num_rows == block.count(b"\n"):
+                    columns = {c: (_to_strings(table[c].combine_chunks()) if c in table.column_names
+                                   else pa.nulls(table.num_rows, pa.string())) for c in INPUT_COLUMNS}
+                    line_raw = _raw_lines(block)
+                    parsed = _Block(columns, first_line + np.arange(table.num_rows), lambda i: line_raw(i, 1))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                parsed = None
+            yield parsed or _slow_jsonl(block, first_line), len(block)
+
+
+def _slow_jsonl(block: bytes, first_line: int) -> _Block:
+    good, lines, raws, rejects = [], [], [], []
+    for offset, raw_bytes in enumerate(block.split(b"\n")[:-1]):
+        line = first_line + offset
+        raw = raw_bytes.decode("utf-8", "surrogateescape")
+        if not raw.strip():
+            continue
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            rejects.append((line, "invalid_utf8", "not valid UTF-8", _printable(raw)))
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as error:
+            rejects.append((line, "invalid_json", str(error), raw))
+            continue
+        if not isinstance(record, dict):
+            rejects.append((line, "invalid_json", "not a JSON object", raw))
+            continue
+        good.append([_json_value(record.get(c)) for c in INPUT_COLUMNS])
+        lines.append(line)
+        raws.append(raw)
+    columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
+    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects)
+
+
+def _parquet_blocks(path: Path) -> Iterator[tuple[_Block, int]]:
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(path)
+    total = max(1, source.metadata.num_rows)
+    size = path.stat().st_size
+    row = 1
+    for batch in source.iter_batches(batch_size=200_000, columns=list(INPUT_COLUMNS)):
+        columns = {c: _to_strings(batch.column(c)) for c in INPUT_COLUMNS}
+        start = row
+
+        def raw(i: int, start: int = start, columns: dict = columns) -> str:
+            return json.dumps({c: columns[c][i].as_py() for c in INPUT_COLUMNS}, ensure_ascii=False)
+
+        yield _Block(columns, start + np.arange(batch.num_rows), raw), int(size * batch.num_rows / total)
+        row += batch.num_rows
+
+
+def _blocks(path: Path, block_bytes: int) -> Iterator[tuple[_Block, int]]:
+    """Every block of rows of one input file, with the number of input bytes it stands for."""
+    kind, compression = _format_of(path)
+    if kind == "parquet":
+        return _parquet_blocks(path)
+    if kind == "jsonl":
+        return _jsonl_blocks(path, compression, block_bytes)
+    return _csv_blocks(path, kind, compression, block_bytes)
+
+
+# ----------------------------------------------------------------------------- field checks
+
+def _split_spaces(strings: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Split space-separated strings: all non-empty tokens in one string array, and the row of each.
+
+    Works on the Arrow buffers directly: the tokens are the bytes between spaces, so dropping the
+    spaces from the data buffer and putting an offset where each token starts gives the tokens
+    with a single copy of the data.
+    """
+    if strings.null_count:
+        strings = pc.fill_null(strings, "")
+    rows = len(strings)
+    _, offset_buffer, data_buffer = strings.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32, count=rows + 1, offset=strings.offset * 4).astype(np.int64)
+    size = int(offsets[-1] - offsets[0])
+    data = (np.frombuffer(data_buffer, dtype=np.uint8, count=size, offset=int(offsets[0])) if size
+            else np.zeros(0, dtype=np.uint8))
+    offsets -= offsets[0]
+    is_space = data == 32
+    spaces = np.flatnonzero(is_space)
+    spaces_before = np.searchsorted(spaces, offsets)  # spaces before each row start, (rows + 1,)
+    tokens = np.diff(spaces_before) + 1  # a row with k spaces has k + 1 tokens, some maybe empty
+    first = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(tokens, out=first[1:])
+    start = np.empty(int(first[-1]), dtype=np.int64)  # where each token starts once spaces are gone
+    after_space = np.ones(len(start), dtype=bool)
+    after_space[first[:-1]] = False
+    start[first[:-1]] = offsets[:-1] - spaces_before[:-1]
+    start[after_space] = spaces - np.arange(len(spaces))
+    total = size - len(spaces)
+    nonempty = np.append(start[1:], total) > start
+    token_offsets = np.append(start[nonempty], total).astype(np.int32)
+    values = pa.Array.from_buffers(pa.string(), int(nonempty.sum()),
+                                   [None, pa.py_buffer(token_offsets), pa.py_buffer(data[~is_space])])
+    return values, np.repeat(np.arange(rows), tokens)[nonempty]
+
+
+def _tag_lists(strings: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
+    """Space-separated tag strings -> lists without empty strings or repeats (first order kept),
+    and the number of tags each string had."""
+    rows = len(strings)
+    flat, parents = _split_spaces(strings)
+    counts = np.bincount(parents, minlength=rows)
+    if len(flat) > 1:
+        same_row = parents[1:] == parents[:-1]
+        before, after = flat.slice(0, len(flat) - 1), flat.slice(1)
+        unsorted = same_row & pc.greater(before, after).to_numpy(zero_copy_only=False)
+        if unsorted.any():
+            codes = pc.dictionary_encode(flat).indices.to_numpy().astype(np.int64)
+            _, first = np.unique(parents * (int(codes.max()) + 1) + codes, return_index=True)
+            unique = np.zeros(len(flat), dtype=bool)
+            unique[first] = True
+        else:  # Danbooru writes tags sorted: a repeat sits next to its first occurrence
+            unique = np.ones(len(flat), dtype=bool)
+            unique[1:] = ~(same_row & pc.equal(before, after).to_numpy(zero_copy_only=False))
+        if not unique.all():
+            flat, parents = flat.filter(pa.array(unique)), parents[unique]
+    offsets = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parents, minlength=rows), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), flat), counts
+
+
+def _check_rows(block: _Block, max_tags: int) -> tuple[pa.Table, list[tuple[int, str, str, str]]]:
+    """The rows of ``block`` that pass every field check as a SCHEMA table, and the rejected rows."""
+    columns = block.columns
+    rows = len(block.lines)
+    reason = np.zeros(rows, dtype=np.int8)  # 0: passes, else 1 + index in codes
+    codes: list[str] = []
+    detail_of: dict[int, str] = {}
+
+    def flag(mask: np.ndarray, code: str, column: str | None) -> None:
+        new = np.flatnonzero(mask & (reason == 0))
+        codes.append(code)
+        reason[new] = len(codes)
+        if column is not None:
+            for i in new.tolist():
+                detail_of[i] = f"{column}={columns[column][i].as_py()!r}"[:120]
+
+    def as_numpy(array: pa.Array) -> np.ndarray:
+        return array.to_numpy(zero_copy_only=False)
+
+    missing = np.zeros(rows, dtype=bool)
+    nul = np.zeros(rows, dtype=bool)
+    for name in INPUT_COLUMNS:
+        missing |= as_numpy(columns[name].is_null())
+        nul |= as_numpy(pc.fill_null(pc.match_substring(columns[name], "\x00"), False))
+    flag(missing, "missing_field", None)
+    flag(nul, "nul_byte", None)
+    flag(~as_numpy(pc.fill_null(pc.match_substring_regex(columns["id"], r"^[0-9]{1,18}$"), False)), "bad_id", "id")
+    score_ok = as_numpy(pc.fill_null(pc.match_substring_regex(columns["score"], r"^-?[0-9]{1,10}$"), False))
+    score = np.zeros(rows, dtype=np.int64)
+    score[score_ok] = as_numpy(pc.cast(columns["score"].filter(pa.array(score_ok)), pa.int64()))
+    score_ok &= (score >= -(2**31)) & (score < 2**31)
+    flag(~score_ok, "bad_score", "score")
+    flag(~as_numpy(pc.fill_null(pc.is_in(columns["rating"], pa.array(RATINGS)), False)), "bad_rating", "rating")
+    lists, total = {}, np.zeros(rows, dtype=np.int64)
+    for name in TAG_COLUMNS:
+        lists[name], counts = _tag_lists(columns[f"tag_string_{name}"])
+        total += counts
+    flag(total > max_tags, "too_many_tags", None)
+    for i in np.flatnonzero(total > max_tags).tolist():
+        detail_of.setdefault(i, f"{int(total[i])} tags, at most {max_tags} allowed")
+
+    good = reason == 0
+    keep = pa.array(good)
+    table = pa.table({
+        "id": pc.cast(columns["id"].filter(keep), pa.int64()),
+        "rating": columns["rating"].filter(keep),
+        "score": pa.array(score[good].astype(np.int32)),
+        **{name: lists[name].filter(keep) for name in TAG_COLUMNS},
+    }, schema=SCHEMA)
+    rejects = []
+    for i in np.flatnonzero(~good).tolist():
+        code = codes[reason[i] - 1]
+        rejects.append((int(block.lines[i]), code, detail_of.get(i, code.replace("_", " ")), block.raw(i)))
+    return table, rejects
+
+
+# ----------------------------------------------------------------------------- the build
+
+class _SplitWriter:
+    """Appends checked rows to one Arrow stream file per split and remembers their ids."""
+
+    def __init__(self, folder: Path, test_fraction: float, schema: pa.Schema):
+        self.test_fraction = test_fraction
+        self.schema = schema
+        self.paths = {s: folder / f"{s}.arrow" for s in SPLITS}
+        self.sinks = {s: pa.OSFile(str(p), "wb") for s, p in self.paths.items()}
+        self.writers = {s: pa.ipc.new_stream(self.sinks[s], schema) for s in SPLITS}
+        self.ids: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+
+    def write(self, table: pa.Table) -> None:
+        table = table.replace_schema_metadata(self.schema.metadata)
+        ids = table["id"].to_numpy()
+        is_test = test_split_mask(ids, self.test_fraction)
+        for split, mask in (("train", ~is_test), ("test", is_test)):
+            if mask.all():
+                part = table
+            elif mask.any():
+                part = table.filter(pa.array(mask))
+            else:
+                continue
+            self.writers[split].write_table(part)
+            self.ids[split].append(ids[mask])
+
+    def close(self) -> None:
+        for split in SPLITS:
+            self.writers[split].close()
+            self.sinks[split].close()
+
+    def drop_duplicates(self, split: str) -> tuple[int, int]:
+        """Keep the last occurrence of every id in the split's file; return (rows kept, rows dropped)."""
+        ids = np.concatenate(self.ids[split]) if self.ids[split] else np.zeros(0, dtype=np.int64)
+        _, first_from_end = np.unique(ids[::-1], return_index=True)
+        if len(first_from_end) == len(ids):
+            return len(ids), 0
+        keep = np.zeros(len(ids), dtype=bool)
+        keep[len(ids) - 1 - first_from_end] = True
+        path = self.paths[split]
+        deduplicated = path.with_suffix(".dedup.arrow")
+        with pa.OSFile(str(path), "rb") as source, pa.OSFile(str(deduplicated), "wb") as sink, \
+                pa.ipc.new_stream(sink, self.schema) as writer:
+            done = 0
+            for batch in pa.ipc.open_stream(source):
+                writer.write_batch(batch.filter(pa.array(keep[done: done + batch.num_rows])))
+                done += batch.num_rows
+        deduplicated.replace(path)
+        return int(keep.sum()), int(len(ids) - keep.sum())
+
+
+def _save_dataset_dict(output: Path, files: dict[str, Path], features) -> None:
+    """Turn one finished Arrow stream file per split into a DatasetDict folder without copying rows.
+
+    ``save_to_disk`` writes an empty DatasetDict with the right features (the metadata files
+    ``load_from_disk`` reads), then each split's single shard is replaced by the finished file,
+    which has the same schema and the same ``huggingface`` schema metadata. A fresh fingerprint
+    keeps ``datasets`` from mixing caches of different builds.
+    """
+    import datasets
+
+    empty = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        datasets.DatasetDict({s: empty for s in files}).save_to_disk(str(output), num_shards={s: 1 for s in files})
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    for split, path in files.items():
+        path.replace(output / split / "data-00000-of-00001.arrow")
+        state_path = output / split / "state.json"
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state["_fingerprint"] = uuid.uuid4().hex[:16]
+        state_path.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _prepare_output(output: Path) -> None:
+    if output.exists():
+        if not output.is_dir():
+            raise UsageError(f"output {output} exists and is not a folder")
+        ours = (output / "build_info.json").exists() or (output / "dataset_dict.json").exists()
+        if any(output.iterdir()) and not ours:
+            raise UsageError(f"output folder {output} is not empty and holds no dataset; choose another")
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+
+
+def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: float = 0.05,
+                  max_tags: int = DEFAULT_MAX_TAGS, block_bytes: int = BLOCK_BYTES,
+                  progress: bool | None = None) -> dict:
+    """Build DATA_DIR ``output`` from export files (paths or globs); return the build info.
+
+    Writes the DatasetDict (``train``, ``test``), ``rejects.jsonl`` (one object per rejected row:
+    file, line, reason, detail, raw) and ``build_info.json`` (rows read, kept, rejected by reason,
+    duplicates, rows per split). Raises UsageError, before writing anything, for a missing file, an
+    unknown format, an empty file or a wrong header; and for an input without any rows.
+    ``progress``: show a progress bar (None: only on a terminal).
+    """
+    import datasets
+    from tqdm.auto import tqdm
+
+    if not 0.0 <= test_fraction < 1.0:
+        raise UsageError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if max_tags < 1:
+        raise UsageError(f"--max-tags must be positive, got {max_tags}")
+    files = _expand_inputs(inputs)
+    for path in files:
+        _check_input(path)
+    output = Path(output)
+    _prepare_output(output)
+    started = time.perf_counter()
+    scratch = output / ".build-tmp"
+    scratch.mkdir()
+    features = datasets.Features.from_arrow_schema(SCHEMA)
+    writer = _SplitWriter(scratch, test_fraction, features.arrow_schema)
+    reasons: Counter[str] = Counter()
+    per_file: dict[str, dict[str, int]] = {}
+    rows_read = 0
+    with open(output / "rejects.jsonl", "w", encoding="utf-8") as rejects_file, \
+            tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="build-dataset",
+                 disable=None if progress is None else not progress) as bar:
+        for path in files:
+            counts = per_file.setdefault(str(path), {"rows": 0, "rejected": 0})
+            for block, size in _blocks(path, block_bytes):
+                table, rejects = _check_rows(block, max_tags)
+                writer.write(table)
+                for line, reason, detail, raw in sorted(block.rejects + rejects):
+                    reasons[reason] += 1
+                    rejects_file.write(json.dumps({"file": str(path), "line": line, "reason": reason,
+                                                   "detail": detail, "raw": raw[:RAW_CHARS]}, ensure_ascii=False) + "\n")
+                rows = len(block.lines) + len(block.rejects)
+                counts["rows"] += rows
+                counts["rejected"] += len(block.rejects) + len(rejects)
+                rows_read += rows
+                bar.update(size)
+    writer.close()
+    if rows_read == 0:
+        shutil.rmtree(output)
+        raise UsageError(f"no posts in the input ({len(files)} file(s) with a header only)")
+    splits, duplicates = {}, 0
+    for split in SPLITS:
+        splits[split], dropped = writer.drop_duplicates(split)
+        duplicates += dropped
+    _save_dataset_dict(output, writer.paths, features)
+    shutil.rmtree(scratch)
+    rejected = sum(reasons.values())
+    info = {
+        "inputs": [str(p) for p in files],
+        "rows_read": rows_read,
+        "kept": rows_read - rejected - duplicates,
+        "rejected": rejected,
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "duplicates": duplicates,
+        "splits": splits,
+        "test_fraction": test_fraction,
+        "split_rule": "test if splitmix64(id) / 2**64 < test_fraction",
+        "max_tags": max_tags,
+        "per_file": per_file,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if info["kept"] != sum(splits.values()):
+        raise RuntimeError(f"row accounting is off: {info}")
+    (output / "build_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info
+
+
+def add_build_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``booru-embed build-dataset``."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="export files or globs (.csv, .tsv, .parquet, .jsonl; .gz/.bz2/.zst compressed text too)")
+    parser.add_argument("--output", type=Path, required=True, help="DATA_DIR to write")
+    parser.add_argument("--test-fraction", type=float, default=0.05, help="share of posts in the test split (default 0.05)")
+    parser.add_argument("--max-tags", type=int, default=DEFAULT_MAX_TAGS,
+                        help=f"reject posts with more tags than this (default {DEFAULT_MAX_TAGS})")
+
+
+def run_build_dataset(args: argparse.Namespace) -> int:
+    """Run ``booru-embed build-dataset`` and print the summary."""
+    info = build_dataset(args.inputs, args.output, test_fraction=args.test_fraction, max_tags=args.max_tags)
+    print(f"read {info['rows_read']} rows from {len(info['inputs'])} file(s) in {info['seconds']:.1f} s: "
+          f"kept {info['kept']} (train {info['splits']['train']}, test {info['splits']['test']}), "
+          f"duplicates {info['duplicates']}, rejected {info['rejected']}")
+    for reason, count in info["rejected_by_reason"].items():
+        print(f"  rejected {count} x {reason} (see {Path(args.output) / 'rejects.jsonl'})")
+    print(f"wrote {args.output}")
+    return 0
