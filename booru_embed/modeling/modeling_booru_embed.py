@@ -1,0 +1,680 @@
+"""BooruEmbed: a transformer over unordered Danbooru tag sets (remote code, loadable with trust_remote_code).
+
+Reads top to bottom: outputs, embeddings, attention (with the packed-post layouts), MLP, block,
+pretrained base, encoder, heads.
+
+Inputs come in one of two layouts:
+- padded: `input_ids`/`category_ids` (posts, tokens) with `attention_mask` (1 = real token);
+- packed: `input_ids`/`category_ids` (1, total_tokens), posts back to back, with `cu_seqlens` (int32,
+  posts + 1, starting at 0) and optionally `max_seqlen`, or `position_ids` restarting at 0 for every post.
+
+Every post starts with its `<cls>` token, whose final hidden state is projected to the pooled embedding.
+Packed posts attend only within themselves on every attention backend:
+- `flash_attention_2` (flash_attn installed and CUDA) and `booru_varlen` get `cu_seqlens` directly;
+- `flex_attention` gets a document `BlockMask`;
+- `eager`, `sdpa` and any other backend see each post regrouped into its own row of a (posts, max_seqlen)
+  batch with a key padding mask, for the attention product only. This is the block-diagonal mask without
+  materialising it: cost posts x max_seqlen^2 instead of total_tokens^2.
+`booru_varlen` is registered here: flash_attn's varlen kernel if installed, else PyTorch's
+`torch.nn.attention.varlen.varlen_attn` (CUDA, half precision), else the regrouped SDPA above. Asking for
+`flash_attention_2` where flash_attn or CUDA is missing loads the model with `booru_varlen` instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AttentionInterface, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_booru_embed import BooruEmbedConfig
+
+try:
+    from flash_attn import flash_attn_varlen_func as _flash_attn_varlen_func
+except (ImportError, OSError):  # not installed, or built for another CUDA/torch
+    _flash_attn_varlen_func = None
+
+try:
+    from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
+except ImportError:  # torch < 2.10
+    _torch_varlen_attn = None
+
+logger = logging.get_logger(__name__)
+
+VARLEN_ATTENTION = "booru_varlen"
+# Backends that take cu_seqlens instead of a mask; a padded batch is unpadded once before the first block.
+_VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", VARLEN_ATTENTION)
+# Devices on which the varlen kernels run (both flash_attn and PyTorch's varlen_attn are CUDA kernels).
+_KERNEL_DEVICES = ("cuda",)
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class BooruEmbedModelOutput(ModelOutput):
+    """Output of [`BooruEmbedModel`].
+
+    Args:
+        last_hidden_state: (posts, tokens, hidden) padded, or (1, total_tokens, hidden) packed; padding rows are 0.
+        pooler_output: (posts, embedding_dim), L2-normalised only when `normalize_embeddings=True`.
+        hidden_states: the input of every block and the final output, when `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class BooruEmbedForPreTrainingOutput(ModelOutput):
+    """Output of [`BooruEmbedForPreTraining`]; the training code computes the losses from it.
+
+    Args:
+        mlm_logits: (selected tokens, vocab) for the tokens where `mlm_positions` is True, row-major order;
+            None without `mlm_positions`.
+        embeddings: (posts, embedding_dim) pooled embedding, not normalised.
+        readback_logits: (len(nested_dims) + 1, posts, vocab) tags read back from the first d dims of the
+            embedding for d in `nested_dims + [embedding_dim]`.
+        rating_logits: (posts, num_ratings).
+        score_logits: (posts, num_score_buckets).
+        last_hidden_state: as in [`BooruEmbedModelOutput`].
+    """
+
+    mlm_logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    readback_logits: torch.FloatTensor | None = None
+    rating_logits: torch.FloatTensor | None = None
+    score_logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+# -------------------------------------------------------------------------------------------------- embeddings
+
+
+class BooruEmbedEmbeddings(nn.Module):
+    """Token embedding plus category embedding; no positions, since a tag set has no order."""
+
+    def __init__(self, config: BooruEmbedConfig) -> None:
+        super().__init__()
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.category_embeddings = nn.Embedding(config.num_categories, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        """(…, tokens) ids -> (…, tokens, hidden)."""
+        return self.token_embeddings(input_ids) + self.category_embeddings(category_ids.long())
+
+
+# --------------------------------------------------------------------------------------------------- attention
+
+
+@dataclass
+class PostLayout:
+    """Where the posts of a packed row are, computed once per forward and shared by every block.
+
+    Attributes:
+        cu_seqlens: (posts + 1,) int32 offsets of the posts in the packed row.
+        max_seqlen: length of the longest post.
+        slots: (posts, max_seqlen) packed position of each token of each post (clamped past the end).
+        valid: (posts, max_seqlen) True where the slot holds a token of the post.
+    """
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    slots: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None, total_tokens: int) -> PostLayout:
+        """Build the layout of `total_tokens` packed tokens split at `cu_seqlens`."""
+        cu_seqlens = cu_seqlens.to(torch.int32)
+        lengths = cu_seqlens.diff()
+        if max_seqlen is None:
+            max_seqlen = int(lengths.max())
+        offsets = torch.arange(max_seqlen, device=cu_seqlens.device)
+        valid = offsets[None, :] < lengths[:, None]  # (posts, max_seqlen)
+        slots = (cu_seqlens[:-1, None].long() + offsets[None, :]).clamp(max=total_tokens - 1)
+        return cls(cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen), slots=slots, valid=valid)
+
+    @classmethod
+    def from_position_ids(cls, position_ids: torch.Tensor) -> PostLayout:
+        """Build the layout from (1, total_tokens) positions that restart at 0 for every post."""
+        flat = position_ids.reshape(-1)
+        starts = torch.nonzero(flat == 0).reshape(-1)
+        end = torch.tensor([flat.numel()], device=flat.device)
+        return cls.from_cu_seqlens(torch.cat([starts, end]), None, flat.numel())
+
+    def regroup(self, states: torch.Tensor) -> torch.Tensor:
+        """(1, heads, total_tokens, head_dim) -> (posts, heads, max_seqlen, head_dim)."""
+        return states[0][:, self.slots].transpose(0, 1)
+
+    def ungroup(self, states: torch.Tensor) -> torch.Tensor:
+        """(posts, max_seqlen, heads, head_dim) -> (1, total_tokens, heads, head_dim), dropping the padding."""
+        return states[self.valid].unsqueeze(0)
+
+    def key_mask(self) -> torch.Tensor:
+        """(posts, 1, 1, max_seqlen) boolean mask: True where a key may be attended."""
+        return self.valid[:, None, None, :]
+
+    def document_block_mask(self, total_tokens: int) -> object:
+        """A flex-attention BlockMask letting each token attend only to tokens of its own post."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        lengths = self.cu_seqlens.diff().long()
+        document = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+
+        def same_post(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+            return document[q_idx] == document[kv_idx]
+
+        return create_block_mask(same_post, None, None, total_tokens, total_tokens, device=document.device)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention; `attention_mask` is boolean (True = attend) or additive. Returns (batch, tokens, heads, dim)."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, queries, keys)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (batch, queries, heads, head_dim)
+    return output, weights
+
+
+def _varlen_kernel(query: torch.Tensor) -> Callable[..., torch.Tensor] | None:
+    """The fused varlen kernel for this tensor, with flash_attn's calling convention, or None."""
+    if query.device.type not in _KERNEL_DEVICES or query.dtype not in _KERNEL_DTYPES:
+        return None
+    if _flash_attn_varlen_func is not None:
+        return _flash_attn_varlen_func
+    if _torch_varlen_attn is not None:
+        return _torch_varlen_kernel
+    return None
+
+
+def _torch_varlen_kernel(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """PyTorch's varlen attention behind flash_attn's signature (no dropout, never causal here)."""
+    return _torch_varlen_attn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=softmax_scale)
+
+
+def varlen_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    post_layout: PostLayout | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """The `booru_varlen` backend: attention within each packed post given by `cu_seq_lens_q`.
+
+    `query`/`key`/`value` are (1, heads, total_tokens, head_dim); returns (1, total_tokens, heads, head_dim).
+    Uses flash_attn's or PyTorch's varlen kernel where one runs, else SDPA on the posts regrouped into rows.
+    """
+    kernel = _varlen_kernel(query)
+    if kernel is not None:
+        q, k, v = (states[0].transpose(0, 1) for states in (query, key, value))  # (total_tokens, heads, head_dim)
+        output = kernel(
+            q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q,
+            dropout_p=dropout, softmax_scale=scaling, causal=False,
+        )
+        return output.unsqueeze(0), None
+    if post_layout is None:
+        post_layout = PostLayout.from_cu_seqlens(cu_seq_lens_q, max_length_q, query.shape[2])
+    output = F.scaled_dot_product_attention(
+        post_layout.regroup(query),
+        post_layout.regroup(key),
+        post_layout.regroup(value),
+        attn_mask=post_layout.key_mask(),
+        dropout_p=dropout,
+        scale=scaling,
+    )  # (posts, heads, max_seqlen, head_dim)
+    return post_layout.ungroup(output.transpose(1, 2)), None
+
+
+AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+
+
+class BooruEmbedAttention(nn.Module):
+    """Bidirectional multi-head self-attention without biases, dispatched to the configured backend."""
+
+    def __init__(self, config: BooruEmbedConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | object | None = None,
+        post_layout: PostLayout | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        """(batch, tokens, hidden) -> (batch, tokens, hidden).
+
+        With `post_layout` and a backend that takes neither cu_seqlens nor a BlockMask, the packed posts are
+        regrouped into rows for the attention product.
+        """
+        batch, tokens, _ = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, tokens, head_dim)
+
+        implementation = self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        regroup = post_layout is not None and implementation not in _VARLEN_BACKENDS + ("flex_attention",)
+        if regroup:
+            query, key, value = (post_layout.regroup(states) for states in (query, key, value))
+            attention_mask = post_layout.key_mask()
+        elif implementation == VARLEN_ATTENTION:
+            kwargs["post_layout"] = post_layout
+        output, _ = attention(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False, **kwargs
+        )  # (batch or posts, tokens or max_seqlen, heads, head_dim)
+        if regroup:
+            output = post_layout.ungroup(output)
+        return self.o_proj(output.reshape(batch, tokens, -1))
+
+
+# --------------------------------------------------------------------------------------------------- MLP, block
+
+
+class BooruEmbedMLP(nn.Module):
+    """SwiGLU feed-forward without biases."""
+
+    def __init__(self, config: BooruEmbedConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(…, hidden) -> (…, hidden)."""
+        gate, up = self.gate_up_proj(hidden_states).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class BooruEmbedLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: BooruEmbedConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.attention = BooruEmbedAttention(config, layer_idx)
+        self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = BooruEmbedMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, **attention_kwargs: object) -> torch.Tensor:
+        """(batch, tokens, hidden) -> (batch, tokens, hidden)."""
+        hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), **attention_kwargs)
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+# ------------------------------------------------------------------------------------------- pretrained base
+
+
+class BooruEmbedPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, attention-backend flags and loading for all BooruEmbed models."""
+
+    config_class = BooruEmbedConfig
+    config: BooruEmbedConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BooruEmbedLayer"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) weights; residual output projections scaled by 1/sqrt(2 * layers)."""
+        super()._init_weights(module)
+        residual_std = self.config.initializer_range / (2 * self.config.num_hidden_layers) ** 0.5
+        if isinstance(module, BooruEmbedAttention):
+            init.normal_(module.o_proj.weight, mean=0.0, std=residual_std)
+        elif isinstance(module, BooruEmbedMLP):
+            init.normal_(module.down_proj.weight, mean=0.0, std=residual_std)
+        elif isinstance(module, BooruEmbedTagHead):
+            init.zeros_(module.bias)
+
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, *args: object, **kwargs: object
+    ) -> str:
+        """Serve `flash_attention_2` with `booru_varlen` where flash_attn or CUDA is missing, instead of failing."""
+        if attn_implementation == "flash_attention_2" and not (
+            _flash_attn_varlen_func is not None and torch.cuda.is_available()
+        ):
+            logger.warning_once(
+                "flash_attention_2 needs the flash_attn package and a CUDA device; using booru_varlen "
+                "(PyTorch varlen attention on CUDA, regrouped SDPA elsewhere) instead."
+            )
+            attn_implementation = VARLEN_ATTENTION
+        return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------- encoder
+
+
+class BooruEmbedModel(BooruEmbedPreTrainedModel):
+    """The encoder: per-tag hidden states and the pooled, Matryoshka-nested tag-set embedding."""
+
+    def __init__(self, config: BooruEmbedConfig) -> None:
+        super().__init__(config)
+        self.embeddings = BooruEmbedEmbeddings(config)
+        self.layers = nn.ModuleList(BooruEmbedLayer(config, index) for index in range(config.num_hidden_layers))
+        self.final_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.pooler = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding matrix (also the output matrix of the tag-predicting heads)."""
+        return self.embeddings.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """Replace the token embedding matrix."""
+        self.embeddings.token_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        category_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        normalize_embeddings: bool = False,
+        output_hidden_states: bool = False,
+        **kwargs: object,
+    ) -> BooruEmbedModelOutput:
+        """Encode padded posts (`attention_mask`) or packed posts (`cu_seqlens` or `position_ids`).
+
+        Args:
+            input_ids: (posts, tokens) padded or (1, total_tokens) packed token ids; each post starts with `<cls>`.
+            category_ids: category of every token, same shape.
+            attention_mask: (posts, tokens), 1 for real tokens; padded layout only (default: no padding).
+            cu_seqlens: (posts + 1,) int32 offsets of the packed posts, starting at 0.
+            max_seqlen: length of the longest packed post (computed from `cu_seqlens` when omitted).
+            position_ids: (1, total_tokens) restarting at 0 for every post; an alternative to `cu_seqlens`.
+            normalize_embeddings: L2-normalise `pooler_output`.
+            output_hidden_states: also return the input of every block and the final hidden states.
+        """
+        if category_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"category_ids {tuple(category_ids.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+            )
+        packed = cu_seqlens is not None or position_ids is not None
+        if packed and attention_mask is not None:
+            raise ValueError("give either attention_mask (padded posts) or cu_seqlens/position_ids (packed posts)")
+        if packed and input_ids.shape[0] != 1:
+            raise ValueError(f"packed posts must be one row of shape (1, total_tokens), got {tuple(input_ids.shape)}")
+        hidden_states = self.embeddings(input_ids, category_ids)
+
+        if packed:
+            total_tokens = input_ids.shape[1]
+            if cu_seqlens is not None:
+                layout = PostLayout.from_cu_seqlens(cu_seqlens, max_seqlen, total_tokens)
+            else:
+                layout = PostLayout.from_position_ids(position_ids)
+            hidden_states, all_states = self._encode_packed(hidden_states, layout, output_hidden_states)
+            first_tokens = hidden_states[0, layout.cu_seqlens[:-1].long()]
+        elif self.config._attn_implementation in _VARLEN_BACKENDS:
+            # Varlen kernels take no mask: unpad once, run packed, scatter back.
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            real = attention_mask.bool()
+            lengths = real.sum(dim=1, dtype=torch.int32)
+            cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+            layout = PostLayout.from_cu_seqlens(cu, int(lengths.max()), int(cu[-1]))
+            packed_states, all_states = self._encode_packed(hidden_states[real][None], layout, output_hidden_states)
+            first_tokens = packed_states[0, layout.cu_seqlens[:-1].long()]
+            hidden_states = hidden_states.new_zeros(hidden_states.shape)
+            hidden_states[real] = packed_states[0]
+            if all_states is not None:
+                all_states = tuple(self._scatter(states[0], real) for states in all_states)
+        else:
+            mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+            )
+            hidden_states, all_states = self._run_blocks(hidden_states, output_hidden_states, attention_mask=mask)
+            first = attention_mask.int().argmax(dim=1) if attention_mask is not None else 0
+            first_tokens = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), first]
+            if attention_mask is not None:
+                hidden_states = hidden_states * attention_mask[..., None].to(hidden_states.dtype)
+
+        pooled = self.pooler(first_tokens)
+        if normalize_embeddings:
+            pooled = F.normalize(pooled, dim=-1)
+        return BooruEmbedModelOutput(last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_states)
+
+    def _encode_packed(
+        self, hidden_states: torch.Tensor, layout: PostLayout, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Run the blocks on one packed row with the attention arguments of the configured backend."""
+        implementation = self.config._attn_implementation
+        if implementation in _VARLEN_BACKENDS:
+            attention_kwargs = {
+                "cu_seq_lens_q": layout.cu_seqlens,
+                "cu_seq_lens_k": layout.cu_seqlens,
+                "max_length_q": layout.max_seqlen,
+                "max_length_k": layout.max_seqlen,
+            }
+        elif implementation == "flex_attention":
+            attention_kwargs = {"attention_mask": layout.document_block_mask(hidden_states.shape[1])}
+        else:
+            attention_kwargs = {}
+        return self._run_blocks(hidden_states, output_hidden_states, post_layout=layout, **attention_kwargs)
+
+    def _run_blocks(
+        self, hidden_states: torch.Tensor, output_hidden_states: bool, **attention_kwargs: object
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """All blocks and the final norm; also the states between blocks when asked."""
+        all_states = [] if output_hidden_states else None
+        for layer in self.layers:
+            if all_states is not None:
+                all_states.append(hidden_states)
+            hidden_states = layer(hidden_states, **attention_kwargs)
+        hidden_states = self.final_norm(hidden_states)
+        if all_states is not None:
+            all_states.append(hidden_states)
+            return hidden_states, tuple(all_states)
+        return hidden_states, None
+
+    @staticmethod
+    def _scatter(packed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(total_tokens, hidden) -> (posts, tokens, hidden) with zeros at padding."""
+        padded = packed.new_zeros((*real.shape, packed.shape[-1]))
+        padded[real] = packed
+        return padded
+
+
+# ------------------------------------------------------------------------------------------------------- heads
+
+
+class BooruEmbedTagHead(nn.Module):
+    """Scores every tag from a vector: dense -> GELU -> RMSNorm -> dot with the token embeddings + bias.
+
+    The output matrix is the token embedding matrix itself (tied by construction, nothing to re-tie on load).
+    With `normalize_input`, the input is RMS-normalised first, so the logits do not depend on its scale:
+    read-back works the same on raw and on L2-normalised (truncated) embeddings.
+    """
+
+    def __init__(self, input_dim: int, config: BooruEmbedConfig, normalize_input: bool = False) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.normalize_input = normalize_input
+        self.eps = config.rms_norm_eps
+        self.dense = nn.Linear(input_dim, config.hidden_size, bias=False)
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, features: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """(…, input_dim) -> (…, vocab) logits."""
+        if self.normalize_input:
+            features = F.rms_norm(features, (self.input_dim,), eps=self.eps)
+        hidden = self.norm(F.gelu(self.dense(features)))
+        return F.linear(hidden, token_embeddings, self.bias)
+
+
+class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
+    """The encoder with the masked-tag prediction head."""
+
+    def __init__(self, config: BooruEmbedConfig) -> None:
+        super().__init__(config)
+        self.model = BooruEmbedModel(config)
+        self.mlm_head = BooruEmbedTagHead(config.hidden_size, config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        category_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> MaskedLMOutput:
+        """Masked-tag logits, and the cross-entropy `loss` when `labels` (-100 = ignore) are given.
+
+        Logits cover every token, or only the tokens where `mlm_positions` is True (row-major), or, with
+        `labels` and no `mlm_positions`, only the labelled tokens (which is all the loss needs).
+        """
+        outputs = self.model(
+            input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if mlm_positions is None and labels is not None:
+            mlm_positions = labels != -100
+        if mlm_positions is not None:
+            hidden_states = hidden_states[mlm_positions]
+        logits = self.mlm_head(hidden_states, self.model.embeddings.token_embeddings.weight)
+        loss = None
+        if labels is not None:
+            targets = labels[mlm_positions] if mlm_positions is not None else labels
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
+    """The encoder with every training head: masked tags, tag read-back per nested size, rating, score bucket."""
+
+    def __init__(self, config: BooruEmbedConfig) -> None:
+        super().__init__(config)
+        self.model = BooruEmbedModel(config)
+        self.mlm_head = BooruEmbedTagHead(config.hidden_size, config)
+        self.readback_dims = [*config.nested_dims, config.embedding_dim]
+        # One decoder per nested size: each prefix of the embedding gets a read-back head of its own.
+        self.readback_heads = nn.ModuleList(
+            BooruEmbedTagHead(dim, config, normalize_input=True) for dim in self.readback_dims
+        )
+        self.rating_head = nn.Linear(config.embedding_dim, config.num_ratings)
+        self.score_head = nn.Linear(config.embedding_dim, config.num_score_buckets)
+        self.post_init()
+
+    def readback(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Tag logits (…, vocab) read back from embeddings whose width is one of `nested_dims + [embedding_dim]`.
+
+        The embeddings may be raw or L2-normalised: the head RMS-normalises its input.
+        """
+        width = embeddings.shape[-1]
+        if width not in self.readback_dims:
+            raise ValueError(f"embeddings of width {width} cannot be read back; widths: {self.readback_dims}")
+        head = self.readback_heads[self.readback_dims.index(width)]
+        return head(embeddings, self.model.embeddings.token_embeddings.weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        category_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> BooruEmbedForPreTrainingOutput:
+        """All head outputs for padded or packed posts (see [`BooruEmbedModel.forward`]).
+
+        Args:
+            mlm_positions: boolean, shape of `input_ids`: the tokens to score for masked-tag prediction.
+        """
+        outputs = self.model(
+            input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
+        )
+        token_embeddings = self.model.embeddings.token_embeddings.weight
+        mlm_logits = None
+        if mlm_positions is not None:
+            mlm_logits = self.mlm_head(outputs.last_hidden_state[mlm_positions], token_embeddings)
+        embeddings = outputs.pooler_output
+        readback_logits = torch.stack(
+            [head(embeddings[:, : head.input_dim], token_embeddings) for head in self.readback_heads]
+        )  # (len(nested_dims) + 1, posts, vocab)
+        return BooruEmbedForPreTrainingOutput(
+            mlm_logits=mlm_logits,
+            embeddings=embeddings,
+            readback_logits=readback_logits,
+            rating_logits=self.rating_head(embeddings),
+            score_logits=self.score_head(embeddings),
+            last_hidden_state=outputs.last_hidden_state,
+        )
+
+
+BooruEmbedConfig.register_for_auto_class()
+BooruEmbedModel.register_for_auto_class("AutoModel")
+BooruEmbedForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+BooruEmbedForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+
+__all__ = [
+    "BooruEmbedForMaskedLM",
+    "BooruEmbedForPreTraining",
+    "BooruEmbedModel",
+    "BooruEmbedModelOutput",
+    "BooruEmbedForPreTrainingOutput",
+    "BooruEmbedPreTrainedModel",
+]
