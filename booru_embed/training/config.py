@@ -40,6 +40,8 @@ class TrainingConfig:
     # length of the run
     max_steps: int = _opt(0, "optimizer steps to run; 0 means `num_epochs` full epochs")
     num_epochs: int = _opt(1, "epochs over the training split when --max-steps is 0")
+    stop_after_steps: int = _opt(0, "save a checkpoint and stop after this many steps of this session "
+                                    "(preemptible or time-sliced jobs; continue with --resume); 0 runs to the end")
     # batches
     batch_size: int = _opt(64, "posts per micro-batch per process (each post gives 3 sequences: masked, 2 views)")
     gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
@@ -93,6 +95,7 @@ class TrainingConfig:
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (self.max_steps >= 0, "max_steps must be >= 0"),
             (self.num_epochs >= 1, "num_epochs must be >= 1"),
+            (self.stop_after_steps >= 0, "stop_after_steps must be >= 0"),
             (self.max_tags >= 1, "max_tags must be >= 1"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),

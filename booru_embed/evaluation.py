@@ -1,0 +1,575 @@
+"""Evaluation: what the model learned, side by side with a co-occurrence baseline on the same cases.
+
+``booru-embed evaluate MODEL_DIR --dataset DATA_DIR --output METRICS_JSON [--implications FILE]
+[--truth FILE] [--max-posts N]``. Every metric is computed for the model (``model.*``) and, where a
+classical method exists, for the baseline (``baseline.*``) on exactly the same cases (same posts, same
+hidden tags, drawn with a fixed seed). The keys are documented in README.md (section training).
+
+The baseline is Danbooru's "related tags": from the training split, the cosine of two tags'
+post sets, ``cos(a, b) = n(a and b) / sqrt(n(a) n(b))``; missing tags of a post are scored by the sum
+of their cosines to the visible tags. Retrieval's baseline is TF-IDF cosine over the visible tags
+(IDF from the training split); rating / score's is naive Bayes over the visible tags.
+
+Threshold metrics follow the WD tagger reports: micro F1 at the threshold where precision equals
+recall (that is, when as many (post, tag) pairs are predicted as there are true ones, so F1 = the
+share of true pairs among the top-scored ones); macro F1 is the mean over tags of F1 at that same
+threshold. Candidates outside each case's top ``TOP_K`` are treated as not predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+
+TOP_K = 100  # candidates kept per case; P=R thresholds never reach deeper on tag-set data
+POPULAR_TAGS = 2000  # "popular" = the 2000 most frequent tags of the training split
+HIDE_FRACTION = 0.25  # share of a test post's tags hidden in the masked-tag cases
+SEED = 1234
+CATEGORY_NAMES = {3: "general", 4: "artist", 5: "copyright", 6: "character", 7: "meta"}
+RATING_NAMES = ("g", "s", "q", "e")
+
+
+# ---------------------------------------------------------------- metrics on plain arrays
+
+
+def f1_at_equal_precision_recall(
+    scores: np.ndarray, hits: np.ndarray, tags: np.ndarray, positives_per_tag: dict[int, int]
+) -> tuple[float, float, float]:
+    """(micro F1, macro F1, threshold) at the threshold where precision equals recall.
+
+    ``scores``/``hits``/``tags`` are parallel arrays of scored (case, tag) pairs (``hits`` True when
+    the tag is a true answer of its case); ``positives_per_tag`` counts the true pairs of every tag,
+    scored or not. Precision equals recall when the number predicted equals the number of positives P,
+    so the threshold is the P-th highest score and micro F1 = hits among the top P / P. Macro F1 is the
+    mean over tags with a positive of 2 tp / (predicted + positives) at that threshold.
+    """
+    total = sum(positives_per_tag.values())
+    if total == 0:
+        return float("nan"), float("nan"), float("nan")
+    order = np.argsort(-scores, kind="stable")[:total]
+    micro = float(hits[order].sum() / total)
+    threshold = float(scores[order[-1]]) if len(order) else float("inf")
+    predicted = np.bincount(tags[order], minlength=1)
+    true_positive = np.bincount(tags[order][hits[order]], minlength=1)
+    f1s = []
+    for tag, positives in positives_per_tag.items():
+        if positives:
+            tp = true_positive[tag] if tag < len(true_positive) else 0
+            pred = predicted[tag] if tag < len(predicted) else 0
+            f1s.append(2 * tp / (pred + positives))
+    return micro, float(np.mean(f1s)), threshold
+
+
+def recall_at_k(ranked: np.ndarray, positives: Sequence[set[int]], k: int) -> float:
+    """Mean over cases of |top-k ∩ positives| / min(k, |positives|) (1.0 = as good as possible)."""
+    values = [len(set(row[:k].tolist()) & pos) / min(k, len(pos)) for row, pos in zip(ranked, positives) if pos]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def retrieval_recall_at_k(
+    vectors: np.ndarray, labels: Sequence[set[int]], k: int = 10, chunk: int = 1024
+) -> tuple[float, float]:
+    """(recall@k, chance) of finding posts that share a label among the k nearest by cosine.
+
+    For each query with at least one other post sharing a label: (neighbours among its k nearest,
+    itself excluded, that share a label) / min(k, posts sharing a label). Chance is the same
+    quantity expected from k random neighbours.
+    """
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    label_to_posts: dict[int, set[int]] = {}
+    for i, ls in enumerate(labels):
+        for label in ls:
+            label_to_posts.setdefault(label, set()).add(i)
+    n = len(labels)
+    recalls, chances = [], []
+    for start in range(0, n, chunk):
+        sims = unit[start : start + chunk] @ unit.T  # (chunk, n)
+        for row, i in enumerate(range(start, min(n, start + chunk))):
+            relevant = set().union(*(label_to_posts[lab] for lab in labels[i])) - {i} if labels[i] else set()
+            if not relevant:
+                continue
+            sims[row, i] = -np.inf
+            top = np.argpartition(-sims[row], min(k, n - 2))[:k] if n - 1 > k else np.flatnonzero(np.isfinite(sims[row]))
+            best = min(k, len(relevant))
+            recalls.append(len(relevant.intersection(top.tolist())) / best)
+            chances.append(min(k, n - 1) * len(relevant) / (n - 1) / best)
+    if not recalls:
+        return float("nan"), float("nan")
+    return float(np.mean(recalls)), float(np.mean(chances))
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k highest scores of every row, best first."""
+    k = min(k, scores.shape[1])
+    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, idx, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+class RankingAccumulator:
+    """Collects the scores of many cases, per tag group, for the threshold and recall@k metrics."""
+
+    def __init__(self, groups: dict[str, np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> None:
+        self.groups = groups  # name -> (vocab,) bool
+        self.ks = ks
+        self.pairs: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {g: [] for g in groups}
+        self.positives: dict[str, dict[int, int]] = {g: {} for g in groups}
+        self.ranked: list[np.ndarray] = []
+        self.answers: list[set[int]] = []
+
+    def add(self, scores: np.ndarray, answers: Sequence[set[int]]) -> None:
+        """Add cases: ``scores`` (cases, vocab) with -inf for non-candidates; ``answers`` the true tags."""
+        for name, members in self.groups.items():
+            masked = np.where(members[None], scores, -np.inf)
+            idx, vals = _top_k(masked, TOP_K)
+            finite = np.isfinite(vals)
+            hits = np.array([[t in ans for t in row] for row, ans in zip(idx, answers)], dtype=bool).reshape(idx.shape)
+            self.pairs[name].append((vals[finite], hits[finite], idx[finite]))
+            counts = self.positives[name]
+            for ans in answers:
+                for t in ans:
+                    if members[t]:
+                        counts[t] = counts.get(t, 0) + 1
+            if name == "all":
+                self.ranked.extend(idx[:, : max(self.ks)])
+                self.answers.extend(answers)
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """``{prefix}.micro_f1``, ``.macro_f1``, per group ``.{group}.micro_f1``, and ``.recall@k``."""
+        out: dict[str, float] = {}
+        for name in self.groups:
+            if not self.pairs[name]:
+                continue
+            scores, hits, tags = (np.concatenate(parts) for parts in zip(*self.pairs[name]))
+            micro, macro, _ = f1_at_equal_precision_recall(scores, hits, tags, self.positives[name])
+            key = prefix if name == "all" else f"{prefix}.{name}"
+            out[f"{key}.micro_f1"] = micro
+            out[f"{key}.macro_f1"] = macro
+        ranked = np.array(self.ranked) if self.ranked else np.zeros((0, 1), dtype=np.int64)
+        for k in self.ks:
+            out[f"{prefix}.recall@{k}"] = recall_at_k(ranked, self.answers, k)
+        return out
+
+
+# ---------------------------------------------------------------- the co-occurrence baseline
+
+
+class CooccurrenceBaseline:
+    """Danbooru's related tags from the training split (see the module docstring)."""
+
+    def __init__(self, posts: Sequence[np.ndarray], vocab_size: int, ratings: np.ndarray, scores: np.ndarray,
+                 num_ratings: int, num_scores: int) -> None:
+        from scipy import sparse
+
+        rows = np.repeat(np.arange(len(posts)), [len(p) for p in posts])
+        cols = np.concatenate(posts) if posts else np.zeros(0, dtype=np.int64)
+        incidence = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(posts), vocab_size))
+        incidence.data[:] = 1.0  # a tag counts once per post
+        self.counts = np.asarray(incidence.sum(axis=0)).ravel()
+        co = (incidence.T @ incidence).tocoo()
+        norm = np.sqrt(self.counts[co.row] * self.counts[co.col])
+        cosine = sparse.csr_matrix((co.data / np.maximum(norm, 1e-12), (co.row, co.col)), shape=(vocab_size, vocab_size))
+        cosine.setdiag(0.0)
+        cosine.eliminate_zeros()
+        self.cosine = cosine.astype(np.float32)
+        self.idf = np.log((1 + len(posts)) / (1 + self.counts)).astype(np.float32) + 1.0
+        self.rating_log_prob = self._log_conditional(incidence, ratings, num_ratings)
+        self.score_log_prob = self._log_conditional(incidence, scores, num_scores)
+        self.vocab_size = vocab_size
+
+    @staticmethod
+    def _log_conditional(incidence: Any, labels: np.ndarray, num_classes: int) -> np.ndarray:
+        """(vocab, classes) log P(class | tag) with add-one smoothing; -1 labels are unknown."""
+        from scipy import sparse
+
+        known = labels >= 0
+        onehot = sparse.csr_matrix(
+            (np.ones(known.sum(), dtype=np.float32), (np.flatnonzero(known), labels[known])),
+            shape=(incidence.shape[0], num_classes),
+        )
+        table = np.asarray((incidence.T @ onehot).todense()) + 1.0
+        return np.log(table / table.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def _incidence(self, visible: Sequence[np.ndarray], weights: np.ndarray | None = None) -> Any:
+        from scipy import sparse
+
+        rows = np.repeat(np.arange(len(visible)), [len(v) for v in visible])
+        cols = np.concatenate(visible) if len(visible) else np.zeros(0, dtype=np.int64)
+        data = np.ones(len(cols), dtype=np.float32) if weights is None else weights[cols]
+        return sparse.csr_matrix((data, (rows, cols)), shape=(len(visible), self.vocab_size))
+
+    def suggest_scores(self, visible: Sequence[np.ndarray]) -> np.ndarray:
+        """(cases, vocab) sum of cosines to the visible tags."""
+        return np.asarray((self._incidence(visible) @ self.cosine).todense(), dtype=np.float32)
+
+    def tfidf(self, visible: Sequence[np.ndarray]) -> np.ndarray:
+        """(cases, vocab) TF-IDF vectors of the visible tags (dense; callers pass modest batches)."""
+        return np.asarray(self._incidence(visible, self.idf).todense(), dtype=np.float32)
+
+    def classify(self, visible: Sequence[np.ndarray], log_prob: np.ndarray) -> np.ndarray:
+        """Naive-Bayes class of each case from its visible tags (sum of log P(class | tag))."""
+        return np.asarray(self._incidence(visible) @ log_prob).argmax(axis=1)
+
+
+# ---------------------------------------------------------------- the model side
+
+
+class ModelRunner:
+    """Runs a ``BooruEmbedForPreTraining`` over lists of sequences in packed batches (no grad)."""
+
+    def __init__(self, model: Any, info: Any, batch_tokens: int = 16384) -> None:
+        self.model = model
+        self.info = info
+        self.batch_tokens = batch_tokens
+        self.device = next(model.parameters()).device
+
+    def _batches(self, sequences: Sequence[tuple[np.ndarray, np.ndarray]]):
+        start = 0
+        while start < len(sequences):
+            end, tokens = start, 0
+            while end < len(sequences) and (end == start or tokens + len(sequences[end][0]) <= self.batch_tokens):
+                tokens += len(sequences[end][0])
+                end += 1
+            yield sequences[start:end]
+            start = end
+
+    def run(self, sequences: Sequence[tuple[np.ndarray, np.ndarray]], want: str) -> np.ndarray:
+        """Stack one output over all sequences: ``mlm`` (logits at the single tag ``<mask>`` of each),
+        ``embeddings``, ``readback`` (sizes, n, vocab), ``rating``, ``score`` (logits)."""
+        import torch
+
+        from .training.collator import mark_masks, model_inputs, pack_sequences
+
+        outputs = []
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            for chunk in self._batches(sequences):
+                batch = pack_sequences(chunk, packed=True, pad_token_id=self.info.pad_token_id)
+                if want == "mlm":
+                    batch["mlm_positions"] = mark_masks(batch, self.info.mask_token_id)
+                batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in model_inputs(batch).items()}
+                out = self.model(**batch)
+                value = {
+                    "mlm": lambda: out.mlm_logits,
+                    "embeddings": lambda: out.embeddings,
+                    "readback": lambda: out.readback_logits,
+                    "rating": lambda: out.rating_logits,
+                    "score": lambda: out.score_logits,
+                }[want]()
+                outputs.append(value.float().cpu().numpy())
+        self.model.train(was_training)
+        return np.concatenate(outputs, axis=1 if want == "readback" else 0)
+
+
+def _log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    masked = np.where(allowed, logits, -np.inf)
+    peak = masked.max(axis=1, keepdims=True)
+    return masked - peak - np.log(np.exp(masked - peak).sum(axis=1, keepdims=True))
+
+
+# ---------------------------------------------------------------- the evaluation
+
+
+class Evaluator:
+    """All metrics of a model on a test split, with the baseline built once from the training split.
+
+    ``train_posts``/``test_posts`` are lists of ``collator.Post``; ``info`` a ``collator.TokenInfo``;
+    ``tag_to_id`` maps a tag name to its token id or None (implications, ground-truth names).
+    """
+
+    def __init__(self, info: Any, train_posts: Sequence[Any], test_posts: Sequence[Any],
+                 tag_to_id: Callable[[str], int | None], max_posts: int | None = None, seed: int = SEED) -> None:
+        self.info = info
+        self.candidates = info.tag_candidates()
+        self.tag_to_id = tag_to_id
+        self.seed = seed
+        test = list(test_posts)
+        if max_posts:
+            test = [test[i] for i in sorted(np.random.default_rng(seed).permutation(len(test))[:max_posts])]
+        self.test = test
+        rating_class = {t: i for i, t in enumerate(info.rating_token_ids)}
+        score_class = {t: i for i, t in enumerate(info.score_token_ids)}
+        self.rating_class, self.score_class = rating_class, score_class
+        self.baseline = CooccurrenceBaseline(
+            [self._known(p) for p in train_posts], info.vocab_size,
+            np.array([rating_class.get(p.rating, -1) for p in train_posts]),
+            np.array([score_class.get(p.score, -1) for p in train_posts]),
+            len(info.rating_token_ids), len(info.score_token_ids),
+        )
+        ranked = np.argsort(-np.where(self.candidates, self.baseline.counts, -1), kind="stable")
+        popular = np.zeros(info.vocab_size, dtype=bool)
+        popular[ranked[:POPULAR_TAGS]] = True
+        cats = info.token_categories
+        self.groups = {"all": self.candidates}
+        self.groups.update({name: self.candidates & (cats == c) for c, name in CATEGORY_NAMES.items()})
+        self.groups["top2000"] = self.candidates & popular
+        self.groups["rest"] = self.candidates & ~popular
+
+    def _known(self, post: Any) -> np.ndarray:
+        return np.unique(post.tags[self.candidates[post.tags]])
+
+    def _sequence(self, post: Any | None, tags: np.ndarray, rating: bool = True, mask: bool = False):
+        """Model input of ``tags`` (+ the post's rating and score when ``rating``; + ``<mask>`` when ``mask``)."""
+        from .training.collator import build_sequence
+
+        keep = rating and post is not None
+        return build_sequence(
+            self.info, post.rating if keep else None, post.score if keep else None,
+            tags, self.info.token_categories[tags], mask_tags=mask,
+        )
+
+    def _suggest(self, runner: ModelRunner | None, cases: list[tuple[Any, np.ndarray, set[int]]],
+                 prefix: str, out: dict[str, float], with_groups: bool = True, ks: Sequence[int] = (1, 5, 10)) -> None:
+        """Score (post, visible tags, hidden tags) cases by model and baseline; add ranking metrics."""
+        groups = self.groups if with_groups else {"all": self.groups["all"]}
+        for who in ("model", "baseline"):
+            if who == "model" and runner is None:
+                continue
+            acc = RankingAccumulator(groups, ks)
+            for start in range(0, len(cases), 512):
+                chunk = cases[start : start + 512]
+                visible = [c[1] for c in chunk]
+                allowed = np.repeat(self.candidates[None], len(chunk), axis=0)
+                for row, vis in enumerate(visible):
+                    allowed[row, vis] = False
+                if who == "model":
+                    logits = runner.run([self._sequence(c[0], c[1], mask=True) for c in chunk], "mlm")
+                    scores = _log_softmax(logits, allowed)
+                else:
+                    scores = np.where(allowed, self.baseline.suggest_scores(visible), -np.inf)
+                acc.add(scores, [c[2] for c in chunk])
+            out.update(acc.metrics(f"{who}.{prefix}"))
+
+    def masked_cases(self) -> list[tuple[Any, np.ndarray, set[int]]]:
+        """Each test post with >= 2 known tags hides a seeded random 25% of them (at least one)."""
+        rng = np.random.default_rng([self.seed, 1])
+        cases = []
+        for post in self.test:
+            known = self._known(post)
+            if len(known) < 2:
+                continue
+            hide = rng.choice(len(known), size=max(1, round(HIDE_FRACTION * len(known))), replace=False)
+            hidden = np.zeros(len(known), dtype=bool)
+            hidden[hide] = True
+            visible = np.concatenate([known[~hidden], post.tags[~self.candidates[post.tags]]])
+            cases.append((post, visible, set(known[hidden].tolist())))
+        return cases
+
+    def readback(self, runner: ModelRunner, out: dict[str, float], dims: Sequence[int]) -> None:
+        """F1 (P=R) of reading every post's tags back from its embedding, per nested size."""
+        posts = [p for p in self.test if len(self._known(p))]
+        logits = runner.run([self._sequence(p, p.tags) for p in posts], "readback")  # (sizes, n, vocab)
+        answers = [set(self._known(p).tolist()) for p in posts]
+        for size, d in enumerate(dims):
+            acc = RankingAccumulator({"all": self.candidates}, ks=(1,))
+            acc.add(np.where(self.candidates[None], logits[size], -np.inf), answers)
+            out[f"model.readback.dim{d}.micro_f1"] = acc.metrics("x")["x.micro_f1"]
+
+    def retrieval(self, runner: ModelRunner | None, out: dict[str, float], category: int, name: str) -> None:
+        """recall@10 of finding posts sharing the removed character (artist) tags among neighbours."""
+        cats = self.info.token_categories
+        posts, labels = [], []
+        for post in self.test:
+            known = self._known(post)
+            removed = known[cats[known] == category]
+            if len(removed):
+                posts.append((post, post.tags[~np.isin(post.tags, removed)]))
+                labels.append(set(removed.tolist()))
+        if len(posts) < 2:
+            return
+        if runner is not None:
+            vectors = runner.run([self._sequence(p, tags) for p, tags in posts], "embeddings")
+            out[f"model.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(vectors, labels)
+        tfidf = self.baseline.tfidf([tags[self.candidates[tags]] for _, tags in posts])
+        out[f"baseline.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(tfidf, labels)
+        out[f"chance.retrieval.{name}.recall@10"] = chance
+        out[f"count.retrieval.{name}.queries"] = float(len(posts))
+
+    def implication_cases(self, implications: Sequence[tuple[str, str]]) -> list[tuple[Any, np.ndarray, set[int]]]:
+        """One case per test post holding an (antecedent, consequent) pair: the consequent hidden."""
+        pairs: dict[int, list[int]] = {}
+        for antecedent, consequent in implications:
+            a, c = self.tag_to_id(antecedent), self.tag_to_id(consequent)
+            if a is not None and c is not None and self.candidates[a] and self.candidates[c]:
+                pairs.setdefault(a, []).append(c)
+        rng = np.random.default_rng([self.seed, 2])
+        cases = []
+        for post in self.test:
+            tags = set(post.tags.tolist())
+            options = sorted({c for a in tags & pairs.keys() for c in pairs[a] if c in tags})
+            if options:
+                c = options[int(rng.integers(len(options)))]
+                cases.append((post, post.tags[post.tags != c], {c}))
+        return cases
+
+    def classification(self, runner: ModelRunner | None, out: dict[str, float]) -> None:
+        """Rating and score-bucket accuracy with both tokens removed from the input."""
+        for name, classes, log_prob, token in (
+            ("rating", self.rating_class, self.baseline.rating_log_prob, lambda p: p.rating),
+            ("score", self.score_class, self.baseline.score_log_prob, lambda p: p.score),
+        ):
+            posts = [p for p in self.test if token(p) in classes and len(p.tags)]
+            if not posts:
+                continue
+            truth = np.array([classes[token(p)] for p in posts])
+            if runner is not None:
+                logits = runner.run([self._sequence(p, p.tags, rating=False) for p in posts], name)
+                out[f"model.{name}.accuracy"] = float((logits.argmax(axis=1) == truth).mean())
+            guess = self.baseline.classify([p.tags[self.candidates[p.tags]] for p in posts], log_prob)
+            out[f"baseline.{name}.accuracy"] = float((guess == truth).mean())
+
+    def traits(self, runner: ModelRunner | None, truth: dict[str, Any], out: dict[str, float]) -> None:
+        """Recovery of each character's hidden traits from {character, copyright} alone."""
+        cases = []
+        for character, entry in truth.get("characters", {}).items():
+            c = self.tag_to_id(character)
+            traits = {self.tag_to_id(t) for t in entry.get("traits", [])} - {None}
+            if c is None or not traits:
+                continue
+            copyright_id = self.tag_to_id(entry["copyright"]) if entry.get("copyright") else None
+            visible = [c] + ([copyright_id] if copyright_id is not None else [])
+            cases.append((None, np.array(visible, dtype=np.int64), traits))
+        if not cases:
+            return
+        for who in ("model", "baseline"):
+            if who == "model" and runner is None:
+                continue
+            allowed = np.repeat(self.candidates[None], len(cases), axis=0)
+            for row, (_, vis, _) in enumerate(cases):
+                allowed[row, vis] = False
+            if who == "model":
+                logits = runner.run([self._sequence(p, vis, rating=False, mask=True) for p, vis, _ in cases], "mlm")
+                scores = _log_softmax(logits, allowed)
+            else:
+                scores = np.where(allowed, self.baseline.suggest_scores([vis for _, vis, _ in cases]), -np.inf)
+            ranked, _ = _top_k(scores, TOP_K)
+            answers = [t for _, _, t in cases]
+            r_precision = [len(set(row[: len(t)].tolist()) & t) / len(t) for row, t in zip(ranked, answers)]
+            out[f"{who}.traits.r_precision"] = float(np.mean(r_precision))
+            out[f"{who}.traits.recall@10"] = recall_at_k(ranked, answers, 10)
+        out["count.traits.characters"] = float(len(cases))
+
+    def run(self, model: Any | None, implications: Sequence[tuple[str, str]] = (),
+            truth: dict[str, Any] | None = None) -> dict[str, float]:
+        """Every metric; ``model=None`` computes the baseline side only."""
+        started = time.perf_counter()
+        runner = None if model is None else ModelRunner(model, self.info)
+        out: dict[str, float] = {}
+        cases = self.masked_cases()
+        out["count.masked.cases"] = float(len(cases))
+        out["count.masked.hidden_tags"] = float(sum(len(c[2]) for c in cases))
+        self._suggest(runner, cases, "masked", out)
+        if runner is not None:
+            config = model.config
+            self.readback(runner, out, list(config.nested_dims) + [config.embedding_dim])
+        self.retrieval(runner, out, 6, "character")
+        self.retrieval(runner, out, 4, "artist")
+        if implications:
+            imp_cases = self.implication_cases(implications)
+            out["count.implications.cases"] = float(len(imp_cases))
+            if imp_cases:
+                self._suggest(runner, imp_cases, "implications", out, with_groups=False, ks=(1, 5))
+        self.classification(runner, out)
+        if truth:
+            self.traits(runner, truth, out)
+        out["count.test_posts"] = float(len(self.test))
+        out["time.seconds"] = time.perf_counter() - started
+        return {k: out[k] for k in sorted(out)}
+
+
+# ---------------------------------------------------------------- loading and the command
+
+
+def posts_from_encoded(encoded: Any) -> list[Any]:
+    """``collator.Post`` objects of a split encoded by ``tokenizer.encode_dataset``."""
+    from .training.collator import Post
+
+    ids = encoded.data.column("input_ids").to_pylist()
+    cats = encoded.data.column("category_ids").to_pylist()
+    return [Post.from_encoded(i, c) for i, c in zip(ids, cats)]
+
+
+def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Path | None = None,
+             implications: str | Path | None = None, max_posts: int | None = None,
+             truth: str | Path | None = None) -> dict[str, float]:
+    """Evaluate MODEL_DIR on DATA_DIR's test split vs the baseline; write METRICS_JSON and
+    ``MODEL_DIR/eval_metrics.json``; return the flat metrics."""
+    import datasets
+    from transformers import AutoModelForPreTraining, AutoTokenizer
+
+    from .training.collator import TokenInfo
+
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"not a model folder (no config.json): {model_dir}")
+    try:
+        splits = datasets.load_from_disk(str(data_dir))
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"cannot read dataset {data_dir}: {error}") from None
+    if not {"train", "test"} <= set(splits):
+        raise UsageError(f"{data_dir} needs splits `train` and `test`")
+    from .vocab import read_pair_table
+
+    pairs = read_pair_table(implications, "implication") if implications else []
+    truth_table = None
+    if truth:
+        if not Path(truth).is_file():
+            raise UsageError(f"ground-truth file not found: {truth}")
+        truth_table = json.loads(Path(truth).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+    model = AutoModelForPreTraining.from_pretrained(str(model_dir), trust_remote_code=True)
+    info = TokenInfo.from_tokenizer(tokenizer)
+    if not pairs:
+        pairs = [(a, c) for a, consequents in tokenizer.implications.items() for c in consequents]
+    evaluator = Evaluator(
+        info,
+        posts_from_encoded(tokenizer.encode_dataset(splits["train"])),
+        posts_from_encoded(tokenizer.encode_dataset(splits["test"])),
+        tokenizer.tag_to_id,
+        max_posts=max_posts,
+    )
+    metrics = evaluator.run(model, pairs, truth_table)
+    text = json.dumps(metrics, indent=2) + "\n"
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(text)
+    (model_dir / "eval_metrics.json").write_text(text)
+    return metrics
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``booru-embed evaluate``."""
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model folder written by training")
+    parser.add_argument("--dataset", required=True, metavar="DATA_DIR", help="dataset folder (train for the baseline, test for the cases)")
+    parser.add_argument("--output", required=True, metavar="METRICS_JSON", help="where to write the flat metrics")
+    parser.add_argument("--implications", metavar="FILE", help="implications TSV (antecedent, consequent) for the implication metrics")
+    parser.add_argument("--truth", metavar="FILE", help="ground-truth JSON of a generated corpus, for character-trait recovery")
+    parser.add_argument("--max-posts", type=int, metavar="N", help="evaluate on a seeded sample of N test posts")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``booru-embed evaluate``; print the model vs baseline table."""
+    metrics = evaluate(args.model_dir, args.dataset, args.output, args.implications, args.max_posts, args.truth)
+    print(format_metrics(metrics))
+    return 0
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A two-column model | baseline table of the metrics."""
+    names = sorted({k.split(".", 1)[1] for k in metrics if k.startswith(("model.", "baseline."))})
+    rows = [f"{'metric':<40} {'model':>8} {'baseline':>9}"]
+    for name in names:
+        cells = [metrics.get(f"{who}.{name}") for who in ("model", "baseline")]
+        rows.append(f"{name:<40} " + " ".join(f"{c:>8.4f}" if c is not None else f"{'-':>8}" for c in cells))
+    return "\n".join(rows)

@@ -1,0 +1,157 @@
+"""The Accelerate training loop: model folder, resume, SIGTERM, schedules and errors (tiny CPU runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from booru_embed.errors import UsageError
+from booru_embed.training.config import TrainingConfig
+from booru_embed.training.loop import LOSS_LOG, checkpoints, fit, lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO_MODEL = {
+    "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+    "embedding_dim": 32, "nested_dims": [8, 16],
+}
+
+
+def make_corpus(root: Path, posts: int) -> tuple[Path, Path, Path]:
+    """Generated corpus -> DATA_DIR -> TOKENIZER_DIR; returns (data, tokenizer, truth)."""
+    from booru_embed.data.ingest import build_dataset
+    from booru_embed.data.synthetic import generate_corpus
+    from booru_embed.vocab import build_tokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    truth = generate_corpus(root / "corpus.csv", posts, seed=0, tag_data=None)
+    build_dataset([root / "corpus.csv"], root / "data", progress=False)
+    build_tokenizer(root / "data", root / "tokenizer")
+    return root / "data", root / "tokenizer", truth
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "micro.json").write_text(json.dumps(MICRO_MODEL))
+    data, tokenizer, _ = make_corpus(root, 420)
+    return data, tokenizer, root / "micro.json"
+
+
+def config_for(corpus: tuple[Path, Path, Path], output: Path, **overrides) -> TrainingConfig:
+    data, tokenizer, model_json = corpus
+    values = dict(
+        dataset=str(data), tokenizer=str(tokenizer), output=str(output), config=str(model_json),
+        batch_size=32, warmup_steps=2, num_workers=0, eval_posts=0, progress=False, checkpoint_every=0,
+    )
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+def losses(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "logs" / LOSS_LOG).read_text().splitlines()]
+
+
+def test_train_writes_a_loadable_model_folder(small_corpus, tmp_path):
+    from transformers import AutoModel, AutoModelForPreTraining, AutoTokenizer
+
+    out = tmp_path / "model"
+    result = fit(config_for(small_corpus, out, max_steps=4, checkpoint_every=2, keep_checkpoints=1, eval_posts=40))
+    assert result.finished and result.state.step == 4 and result.state.tokens > 0
+    assert [p.name for p in checkpoints(out)] == ["step_4"]
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert [r["step"] for r in losses(out)] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["mlm"] > 0 for r in losses(out))
+    assert list((out / "logs").rglob("events.out.tfevents*")), "TensorBoard logs under MODEL_DIR/logs"
+    saved = json.loads((out / "training_config.json").read_text())
+    assert saved["max_steps"] == 4 and saved["batch_size"] == 32
+    metrics = json.loads((out / "eval_metrics.json").read_text())
+    assert 0 <= metrics["model.masked.micro_f1"] <= 1 and "baseline.masked.micro_f1" in metrics
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForPreTraining"].endswith("BooruEmbedForPreTraining")
+    assert (out / "model.safetensors").is_file()
+
+    tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    loaded = AutoModelForPreTraining.from_pretrained(out, trust_remote_code=True).eval()
+    assert config["vocab_size"] == len(tokenizer.token_categories)
+    batch = tokenizer(["tag_a tag_b", "tag_c"], return_tensors="pt", padding=True)
+    inputs = {k: batch[k] for k in ("input_ids", "category_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).embeddings, result.model.eval()(**inputs).embeddings)
+    assert AutoModel.from_pretrained(out, trust_remote_code=True) is not None
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(small_corpus, tmp_path):
+    # 13 batches of 32 posts per epoch, 2 per step: 7 steps per epoch, so the run crosses an epoch
+    # boundary after the interruption, and the resumed half skips into the middle of an epoch.
+    common = dict(max_steps=10, gradient_accumulation_steps=2)
+    straight = fit(config_for(small_corpus, tmp_path / "straight", **common))
+    first = fit(config_for(small_corpus, tmp_path / "split", stop_after_steps=5, num_workers=1, **common))
+    assert not first.finished and [p.name for p in checkpoints(tmp_path / "split")] == ["step_5"]
+    assert not (tmp_path / "split" / "model.safetensors").exists()
+    second = fit(config_for(small_corpus, tmp_path / "split", resume=True, **common))
+    assert second.finished and second.state.step == 10 and second.state.epoch == 1
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
+    data, tokenizer, model_json = small_corpus
+    out = tmp_path / "model"
+    command = [sys.executable, str(REPO / "train_hf.py"), "--config", str(model_json), "--dataset", str(data),
+               "--tokenizer", str(tokenizer), "--output", str(out), "--max-steps", "100000", "--batch-size", "8",
+               "--num-workers", "0", "--no-progress", "--eval-posts", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "logs" / LOSS_LOG
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    text, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, text
+    saved = checkpoints(out)
+    assert len(saved) == 1 and "continue with --resume" in text
+    step = int(saved[0].name.split("_")[1])
+    assert step == losses(out)[-1]["step"] >= 2
+
+
+def test_lr_schedules():
+    config = TrainingConfig(warmup_steps=10, min_lr_ratio=0.1, lr_schedule="cosine")
+    assert lr_factor(0, 100, config) == pytest.approx(0.1) and lr_factor(9, 100, config) == 1.0
+    assert lr_factor(55, 100, config) == pytest.approx(0.55) and lr_factor(100, 100, config) == pytest.approx(0.1)
+    wsd = TrainingConfig(warmup_steps=10, min_lr_ratio=0.0, lr_schedule="wsd", decay_fraction=0.2)
+    assert lr_factor(79, 100, wsd) == 1.0 and lr_factor(90, 100, wsd) == pytest.approx(0.5)
+    assert lr_factor(50, 100, TrainingConfig(warmup_steps=10, lr_schedule="constant")) == 1.0
+
+
+def test_usage_errors_are_one_line(small_corpus, tmp_path):
+    from booru_embed.cli import main
+
+    with pytest.raises(UsageError, match="cannot read dataset"):
+        fit(config_for(small_corpus, tmp_path / "m", dataset=str(tmp_path / "missing")))
+    with pytest.raises(UsageError, match="required"):
+        fit(TrainingConfig(output=str(tmp_path / "m")))
+    (tmp_path / "busy" / "checkpoints" / "step_3").mkdir(parents=True)
+    (tmp_path / "busy" / "checkpoints" / "step_3" / "trainer_state.json").write_text("{}")
+    with pytest.raises(UsageError, match="--resume"):
+        fit(config_for(small_corpus, tmp_path / "busy"))
+    assert main(["train", "--dataset", str(tmp_path / "nope"), "--tokenizer", str(small_corpus[1]),
+                 "--output", str(tmp_path / "m2"), "--batch-size", "0"]) == 2
+
+
+def test_help_documents_the_hyper_parameters():
+    text = subprocess.run([sys.executable, str(REPO / "train_hf.py"), "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    for flag in ("--max-steps", "--resume", "--learning-rate", "--lr-schedule", "--mixed-precision",
+                 "--gradient-accumulation-steps", "--torch-compile", "--gradient-checkpointing", "--temperature"):
+        assert flag in text
