@@ -8,7 +8,7 @@ every rejected row is reported with its file, line and reason and good data keep
 Field checks (id, score, rating, NUL bytes, tag count) are vectorised over the whole block.
 
 Passing rows go to one Arrow file per split; the split is a hash of the post id
-(:func:`test_split_mask`). A post id seen again keeps its last occurrence: the ids of each split
+(:func:`is_test_post`). A post id seen again keeps its last occurrence: the ids of each split
 (8 bytes a row) are kept in memory and resolved at the end. The final DatasetDict is written with
 ``datasets.DatasetDict.save_to_disk``.
 """
@@ -43,13 +43,14 @@ SCHEMA = pa.schema([("id", pa.int64()), ("rating", pa.string()), ("score", pa.in
 SPLITS = ("train", "test")
 DEFAULT_MAX_TAGS = 2000  # Danbooru's most heavily tagged posts have several hundred tags
 BLOCK_BYTES = 32 << 20
+MAX_RECORD_BYTES = 256 << 20  # a record longer than this means a quote was never closed
 RAW_CHARS = 300  # raw text kept per rejected row
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
-def test_split_mask(ids: np.ndarray, test_fraction: float) -> np.ndarray:
+def is_test_post(ids: np.ndarray, test_fraction: float) -> np.ndarray:
     """True for the post ids that belong to the test split.
 
     The split is ``splitmix64(id) / 2**64 < test_fraction``: a stable function of the id alone, so a
@@ -171,7 +172,7 @@ def _text_blocks(stream, quoted: bool, block_bytes: int, path: Path) -> Iterator
             return
         end = _record_end(data, quoted)
         if end < 0:
-            if len(data) > 8 * block_bytes:
+            if len(data) > max(8 * block_bytes, MAX_RECORD_BYTES):
                 raise UsageError(f"{path}: unterminated quoted field starting near line {line}")
             pending = data
             continue
@@ -507,7 +508,7 @@ class _SplitWriter:
     def write(self, table: pa.Table) -> None:
         table = table.replace_schema_metadata(self.schema.metadata)
         ids = table["id"].to_numpy()
-        is_test = test_split_mask(ids, self.test_fraction)
+        is_test = is_test_post(ids, self.test_fraction)
         for split, mask in (("train", ~is_test), ("test", is_test)):
             if mask.all():
                 part = table
