@@ -1,0 +1,410 @@
+"""BooruEmbedder, the high-level API: embed tag sets, suggest missing tags, read tags back from embeddings.
+
+It loads any MODEL_DIR or Hub repository through ``AutoTokenizer`` and ``AutoModelForPreTraining``
+(``trust_remote_code=True``), so it uses exactly the code published with the weights. Also the
+``booru-embed suggest`` and ``booru-embed embed`` commands.
+
+How ``suggest`` works: training hides a random share of a post's tags behind ONE category-less
+``<mask>`` token whose target is the hidden set (see ``training/collator.py``). Suggesting is that
+input: the visible tags plus one ``<mask>``; the masked-tag head's softmax over the tags that are not
+present ranks the missing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+TagSet = str | Sequence[str] | Mapping[str, Any]
+CATEGORY_NAMES = ("special", "rating", "score", "general", "artist", "copyright", "character", "meta")
+TAG_CATEGORIES = ("general", "artist", "copyright", "character", "meta")
+SPECIAL_CATEGORY = 0  # the <mask> of suggest has category 0, as in training
+PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
+
+
+def _is_local_path(name: str) -> bool:
+    """Whether ``name`` means a folder rather than a Hub repo id (``OWNER/NAME`` or ``NAME``)."""
+    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+class BooruEmbedder:
+    """Embeds Danbooru tag sets and suggests missing tags with a trained booru-embed model.
+
+    A tag set is a Danbooru tag string (``"1girl solo long_hair"``), a prompt-style comma list
+    (``"1girl, long hair"``), a list of tags, or a dict by category with optional ``rating`` and ``score``.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        """Wrap a loaded ``BooruEmbedForPreTraining`` and its tokenizer (use ``from_pretrained`` normally)."""
+        import torch
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.embedding_dim = int(model.config.embedding_dim)
+        self.dims = [*(int(d) for d in model.config.nested_dims), self.embedding_dim]
+        categories = torch.as_tensor(tokenizer.token_categories, dtype=torch.long)
+        self._categories = categories
+        self._is_tag = torch.zeros(len(categories), dtype=torch.bool)
+        self._is_tag[tokenizer.tag_token_ids] = True
+
+    @classmethod
+    def from_pretrained(cls, model_dir_or_repo_id: str | Path, device: str | None = None,
+                        dtype: str | torch.dtype | None = None, **kwargs: Any) -> BooruEmbedder:
+        """Load a MODEL_DIR or Hub repo id (``OWNER/NAME``); ``device`` defaults to CUDA when available.
+
+        ``dtype`` is a torch dtype or its name (``"bfloat16"``); ``kwargs`` go to both ``from_pretrained``
+        calls (``revision``, ``token``, ...). A missing folder or unreachable repository raises
+        ``UsageError`` with one line.
+        """
+        import torch
+        from transformers import AutoModelForPreTraining, AutoTokenizer
+
+        name = str(model_dir_or_repo_id)
+        if _is_local_path(name):
+            folder = Path(name).expanduser()
+            if not (folder / "config.json").is_file():
+                raise UsageError(f"not a model folder (no config.json): {folder}")
+            name = str(folder)
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise UsageError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+            dtype = getattr(torch, dtype)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True, **kwargs)
+            model = AutoModelForPreTraining.from_pretrained(name, trust_remote_code=True,
+                                                            dtype=dtype or torch.float32, **kwargs)
+        except OSError as error:
+            first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise UsageError(f"cannot load model {name}: {first}") from None
+        return cls(model.to(device), tokenizer)
+
+    # ------------------------------------------------------------------------------------------
+    # Inputs
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _as_list(tagsets: TagSet | Iterable[TagSet]) -> list[TagSet]:
+        """One tag set (string or dict) becomes a list of one; a list of tag strings is a list of tag sets."""
+        if isinstance(tagsets, (str, Mapping)):
+            return [tagsets]
+        return list(tagsets)
+
+    def _ids(self, tagsets: list[TagSet]) -> list[list[int]]:
+        """Token ids of each tag set, ``<cls>`` first; ValueError for a bad form."""
+        return [list(ids) for ids in self.tokenizer(tagsets)["input_ids"]] if tagsets else []
+
+    def unknown_tags(self, tagset: TagSet) -> list[str]:
+        """The tags of ``tagset`` that are not in the vocabulary (they are read as unknown-tag tokens)."""
+        if isinstance(tagset, Mapping):
+            tags = [t for key, values in tagset.items() if key in TAG_CATEGORIES
+                    for t in ([values] if isinstance(values, str) else values or [])]
+            tags = [t for value in tags for t in value.split()]
+        elif isinstance(tagset, str):
+            prompt_style = "," in tagset
+            tags = [t.strip() for t in (tagset.split(",") if prompt_style else tagset.split()) if t.strip()]
+            if prompt_style:
+                tags = [t.replace("\\(", "(").replace("\\)", ")") for t in tags]
+        else:
+            tags = list(tagset)
+        metatag = ("rating:", "score:")
+        return [t for t in dict.fromkeys(tags) if not t.lower().startswith(metatag) and self.tokenizer.tag_to_id(t) is None]
+
+    def _batch(self, sequences: list[list[int]], extra: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Padded model inputs for token-id lists (``extra`` ids appended to every one, category 0)."""
+        import torch
+
+        extra = extra or []
+        width = max(len(s) for s in sequences) + len(extra)
+        input_ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            full = ids + extra
+            input_ids[row, : len(full)] = torch.as_tensor(full)
+            attention[row, : len(full)] = 1
+        categories = self._categories[input_ids]
+        if extra:
+            lengths = attention.sum(dim=1)
+            for offset in range(1, len(extra) + 1):
+                categories[torch.arange(len(sequences)), lengths - offset] = SPECIAL_CATEGORY
+        return {"input_ids": input_ids.to(self.device), "category_ids": categories.to(self.device),
+                "attention_mask": attention.to(self.device)}
+
+    def _check_dim(self, dim: int | None) -> int:
+        if dim is None:
+            return self.embedding_dim
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.embedding_dim:
+            raise ValueError(f"dim must be an integer from 1 to {self.embedding_dim} (trained sizes: "
+                             f"{', '.join(map(str, self.dims))}), got {dim!r}")
+        return int(dim)
+
+    # ------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------
+    def embed(self, tagsets: TagSet | Iterable[TagSet], dim: int | None = None, batch_size: int = 256,
+              progress: bool | None = None) -> np.ndarray:
+        """Embeddings (n, dim) float32 with L2-normalised rows, in the order of ``tagsets``.
+
+        ``dim`` keeps the leading ``dim`` values before normalising; the trained (Matryoshka) sizes are
+        ``self.dims``, other sizes up to ``embedding_dim`` work but were not trained on their own.
+        Posts are batched by length; a progress bar shows for large inputs (``progress`` forces it).
+        Raises ValueError for an empty tag set or a bad ``dim``.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        width = self._check_dim(dim)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        sequences = self._ids(self._as_list(tagsets))
+        for index, ids in enumerate(sequences):
+            if len(ids) == 1:
+                raise ValueError(f"tag set {index} is empty")
+        out = np.zeros((len(sequences), width), dtype=np.float32)
+        order = np.argsort([len(s) for s in sequences], kind="stable")
+        show = len(sequences) >= PROGRESS_MIN_POSTS if progress is None else progress
+        with torch.inference_mode(), tqdm(total=len(sequences), desc="embed", unit="post", disable=not show) as bar:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                pooled = self.model.model(**self._batch([sequences[i] for i in rows])).pooler_output
+                vectors = torch.nn.functional.normalize(pooled[:, :width].float(), dim=-1)
+                out[rows] = vectors.cpu().numpy()
+                bar.update(len(rows))
+        return out
+
+    def suggest(self, tagset: TagSet, top_k: int = 10, categories: Iterable[str] | None = None,
+                expand_implications: bool = True) -> list[tuple[str, float]]:
+        """Missing tags for ``tagset``, ranked: ``[(tag, score), ...]`` with ``score`` a probability.
+
+        Never returns a tag already present, nor special, unknown, rating or score tokens. ``categories``
+        (e.g. ``["general"]``) restricts the answers. When the model stores an implication table, tags
+        implied by present tags come first (score 1.0), and each suggested tag is followed by the
+        missing tags it implies (with its score), so the list can be longer than ``top_k``.
+        """
+        import torch
+
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        allowed = self._category_filter(categories)
+        if isinstance(tagset, (list, tuple)) and not all(isinstance(tag, str) for tag in tagset):
+            raise ValueError("suggest takes one tag set; a list must hold tag strings")
+        ids = self._ids([tagset])[0]
+        if len(ids) == 1:
+            raise ValueError("the tag set is empty: give at least one tag")
+        candidates = self._is_tag.clone()
+        candidates[ids] = False
+        with torch.inference_mode():
+            batch = self._batch([ids], extra=[self.tokenizer.mask_token_id])
+            positions = batch["input_ids"] == self.tokenizer.mask_token_id
+            logits = self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
+        probabilities = torch.softmax(logits.masked_fill(~candidates, float("-inf")), dim=-1)
+        probabilities[~(candidates & allowed)] = 0.0
+        count = min(top_k, int((candidates & allowed).sum()))
+        scores, chosen = probabilities.topk(count)
+        ranked = [(self.tokenizer.convert_ids_to_tokens(int(i)), float(s)) for s, i in zip(scores, chosen)]
+        if not expand_implications or not self.tokenizer.implications:
+            return ranked
+        present = {self.tokenizer.convert_ids_to_tokens(i) for i in ids}
+        return self._with_implications(ranked, present, allowed)
+
+    def _category_filter(self, categories: Iterable[str] | None) -> torch.Tensor:
+        """(vocab,) bool of the tokens whose category is in ``categories`` (all when None)."""
+        import torch
+
+        if categories is None:
+            return torch.ones_like(self._is_tag)
+        names = [categories] if isinstance(categories, str) else list(categories)
+        wrong = [name for name in names if name not in TAG_CATEGORIES]
+        if wrong or not names:
+            raise ValueError(f"categories must be among {', '.join(TAG_CATEGORIES)}, got {names!r}")
+        wanted = [CATEGORY_NAMES.index(name) for name in names]
+        return (self._categories[:, None] == self._categories.new_tensor(wanted)[None]).any(dim=1)
+
+    def _implied(self, tags: Iterable[str]) -> list[str]:
+        """Every tag implied by ``tags``, transitively, in a stable order."""
+        table, found, stack = self.tokenizer.implications, {}, list(tags)
+        while stack:
+            for consequent in table.get(stack.pop(0), []):
+                if consequent not in found:
+                    found[consequent] = None
+                    stack.append(consequent)
+        return list(found)
+
+    def _with_implications(self, ranked: list[tuple[str, float]], present: set[str],
+                           allowed: torch.Tensor) -> list[tuple[str, float]]:
+        """Put tags implied by present tags first, and each suggestion's implied tags right after it."""
+        def usable(tag: str) -> bool:
+            index = self.tokenizer.tag_to_id(tag)
+            return tag not in present and (index is None or bool(allowed[index]))
+
+        out: dict[str, float] = {tag: 1.0 for tag in self._implied(present) if usable(tag)}
+        for tag, score in ranked:
+            for name in [tag, *self._implied([tag])]:
+                if usable(name) and name not in out:
+                    out[name] = score
+        return list(out.items())
+
+    def decode(self, embeddings: np.ndarray | torch.Tensor, top_k: int | None = None,
+               threshold: float = 0.5) -> list[list[str]]:
+        """Tags read back from embeddings (n, d) with d one of ``self.dims`` (raw or L2-normalised).
+
+        With ``top_k`` the ``top_k`` most likely tags of each row, else every tag whose probability
+        exceeds ``threshold``; most likely first. Embeddings from ``embed`` or from elsewhere work alike.
+        """
+        import torch
+
+        array = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        if array.ndim == 1:
+            array = array[None]
+        if array.ndim != 2 or array.shape[1] not in self.dims:
+            raise ValueError(f"embeddings must have shape (n, d) with d in {self.dims}, got {tuple(array.shape)}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            logits = self.model.readback(array.to(self.device, dtype)).float().cpu()
+        probabilities = torch.sigmoid(logits).masked_fill(~self._is_tag, 0.0)
+        rows = []
+        for row in probabilities:
+            if top_k is not None:
+                scores, chosen = row.topk(min(top_k, int(self._is_tag.sum())))
+            else:
+                chosen = torch.nonzero(row > threshold).flatten()
+                chosen = chosen[row[chosen].argsort(descending=True)]
+            rows.append(self.tokenizer.convert_ids_to_tokens([int(i) for i in chosen]))
+        return rows
+
+    def category_of(self, tag: str) -> str | None:
+        """Category name of a vocabulary tag, None when the tag is unknown."""
+        index = self.tokenizer.tag_to_id(tag)
+        return None if index is None else CATEGORY_NAMES[int(self._categories[index])]
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------
+def _load(model_dir: str, device: str | None) -> BooruEmbedder:
+    """Load for a command: without transformers' weight-loading progress bar (noise for a small model)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    return BooruEmbedder.from_pretrained(model_dir, device=device)
+
+
+def _categories_arg(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    wrong = [name for name in names if name not in TAG_CATEGORIES]
+    if wrong or not names:
+        raise UsageError(f"--categories takes a comma list of {', '.join(TAG_CATEGORIES)}, got {value!r}")
+    return names
+
+
+def add_suggest_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``booru-embed suggest``."""
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model folder or Hub repo id")
+    parser.add_argument("tags", metavar="TAGS", help='tag set: "1girl solo long_hair" or "1girl, long hair"')
+    parser.add_argument("--top-k", type=int, default=10, help="number of suggestions (default: 10)")
+    parser.add_argument("--categories", help="only these categories, comma separated (e.g. general,character)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    """Run ``booru-embed suggest``."""
+    categories = _categories_arg(args.categories)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if not args.tags.replace(",", " ").split():
+        raise UsageError("the tag set is empty: give at least one tag")
+    embedder = _load(args.model_dir, args.device)
+    unknown = embedder.unknown_tags(args.tags)
+    try:
+        suggestions = embedder.suggest(args.tags, top_k=args.top_k, categories=categories)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    rows = [{"tag": tag, "score": round(score, 6), "category": embedder.category_of(tag)}
+            for tag, score in suggestions]
+    if args.json:
+        print(json.dumps({"tags": args.tags, "unknown_tags": unknown, "suggestions": rows}, ensure_ascii=False))
+        return 0
+    if unknown:
+        print(f"note: not in the vocabulary (read as unknown tags): {', '.join(unknown)}", file=sys.stderr)
+    for row in rows:
+        print(f"{row['score']:.4f}  {row['tag']}  ({row['category']})")
+    return 0
+
+
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``booru-embed embed``."""
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model folder or Hub repo id")
+    parser.add_argument("--input", required=True, type=Path,
+                        help="text file with one tag set per line, or a DATA_DIR (embeds its --split)")
+    parser.add_argument("--output", required=True, type=Path, help="output .npy file (n, dim) float32")
+    parser.add_argument("--dim", type=int, help="keep the first DIM dimensions (default: all)")
+    parser.add_argument("--split", default="test", help="split of a DATA_DIR input (default: test)")
+    parser.add_argument("--batch-size", type=int, default=256, help="posts per forward pass (default: 256)")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def _read_tagsets(path: Path, split: str) -> tuple[list[TagSet], np.ndarray | None]:
+    """Tag sets from a text file (one per line) or a DATA_DIR split; post ids for a DATA_DIR."""
+    if path.is_dir():
+        if not (path / "dataset_dict.json").is_file():
+            raise UsageError(f"--input {path} is a folder but not a DATA_DIR (no dataset_dict.json)")
+        import datasets
+
+        data = datasets.load_from_disk(str(path))
+        if split not in data:
+            raise UsageError(f"--split {split!r} is not in {path} (splits: {', '.join(data)})")
+        table = data[split]
+        columns = [c for c in (*TAG_CATEGORIES, "rating", "score") if c in table.column_names]
+        rows = table.select_columns(columns).to_list()
+        return rows, np.asarray(table["id"], dtype=np.int64)
+    if not path.is_file():
+        raise UsageError(f"--input not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    empty = [number for number, line in enumerate(lines, start=1) if not line.replace(",", " ").strip()]
+    if empty:
+        raise UsageError(f"{path}:{empty[0]}: empty tag set ({len(empty)} empty line(s); every line must hold one tag set)")
+    if not lines:
+        raise UsageError(f"--input {path} holds no tag sets")
+    return lines, None
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """Run ``booru-embed embed``."""
+    if args.output.suffix != ".npy":
+        raise UsageError(f"--output must end in .npy, got {args.output}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    tagsets, ids = _read_tagsets(args.input, args.split)
+    embedder = _load(args.model_dir, args.device)
+    try:
+        embedder._check_dim(args.dim)
+    except ValueError as error:
+        raise UsageError(f"--dim: {error}") from None
+    try:
+        vectors = embedder.embed(tagsets, dim=args.dim, batch_size=args.batch_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.output, vectors)
+    print(f"wrote {args.output}: {vectors.shape[0]} x {vectors.shape[1]} float32")
+    if ids is not None:
+        ids_path = args.output.with_name(args.output.stem + ".ids.npy")
+        np.save(ids_path, ids)
+        print(f"wrote {ids_path}: post ids of the rows")
+    return 0
