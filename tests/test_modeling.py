@@ -1,0 +1,398 @@
+"""The tag-set transformer: config checks, layouts (padded vs packed), backends, invariances, loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from booru_embed.modeling import modeling_booru_embed as modeling
+from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
+from booru_embed.modeling.modeling_booru_embed import (
+    BooruEmbedForMaskedLM,
+    BooruEmbedForPreTraining,
+    BooruEmbedModel,
+)
+
+VOCAB = 97
+LENGTHS = [5, 1, 9, 3, 12, 7]  # a one-token post (just <cls>) included on purpose
+
+
+def tiny_config(**overrides: object) -> BooruEmbedConfig:
+    """ModernBERT-tester sized: hidden 64, 2 layers, small vocabulary."""
+    values = dict(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        embedding_dim=32, nested_dims=[8, 16], num_score_buckets=3,
+    )
+    values.update(overrides)
+    return BooruEmbedConfig(**values)
+
+
+def make_posts(lengths: list[int], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random posts: <cls> (id 1, category 0) first, then distinct tag ids with categories 1..7."""
+    generator = torch.Generator().manual_seed(seed)
+    posts = []
+    for length in lengths:
+        tags = torch.randperm(VOCAB - 3, generator=generator)[: length - 1] + 3
+        categories = torch.randint(1, 8, (length - 1,), generator=generator)
+        posts.append((torch.cat([torch.tensor([1]), tags]), torch.cat([torch.tensor([0]), categories])))
+    return posts
+
+
+def pad(posts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Right-padded batch."""
+    width = max(len(ids) for ids, _ in posts)
+    batch = {name: torch.zeros(len(posts), width, dtype=torch.long) for name in ("input_ids", "category_ids", "attention_mask")}
+    for row, (ids, categories) in enumerate(posts):
+        batch["input_ids"][row, : len(ids)] = ids
+        batch["category_ids"][row, : len(ids)] = categories
+        batch["attention_mask"][row, : len(ids)] = 1
+    return batch
+
+
+def pack(posts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor | int]:
+    """One packed row with cu_seqlens."""
+    lengths = torch.tensor([len(ids) for ids, _ in posts])
+    return {
+        "input_ids": torch.cat([ids for ids, _ in posts])[None],
+        "category_ids": torch.cat([categories for _, categories in posts])[None],
+        "cu_seqlens": F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
+        "max_seqlen": int(lengths.max()),
+    }
+
+
+def build(model_class: type = BooruEmbedForPreTraining, attn: str = "sdpa", seed: int = 0, **overrides: object):
+    """A freshly initialised model in eval mode with the given attention backend."""
+    torch.manual_seed(seed)
+    model = model_class(tiny_config(**overrides)).eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def real_tokens(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(posts, tokens, hidden) padded -> (total_tokens, hidden) packed order."""
+    return hidden[mask.bool()]
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"hidden_size": 30}, "divisible by num_attention_heads"),
+        ({"nested_dims": [16, 8]}, "strictly increasing"),
+        ({"nested_dims": [8, 32]}, "between 1 and embedding_dim"),
+        ({"vocab_size": 2}, "below vocab_size"),
+        ({"num_hidden_layers": 0}, "positive integer"),
+        ({"rms_norm_eps": -1.0}, "positive number"),
+        ({"mask_token_id": 1}, "must differ"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_round_trip_and_auto_map(tmp_path: Path) -> None:
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "booru_embed"
+    assert set(saved["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForPreTraining"}
+    loaded = BooruEmbedConfig.from_pretrained(tmp_path)
+    assert loaded.nested_dims == [8, 16] and loaded.embedding_dim == 32 and loaded.head_dim == 16
+
+
+# ------------------------------------------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "booru_varlen"])
+def test_packed_equals_padded(attn: str) -> None:
+    model = build(attn=attn)
+    posts = make_posts(LENGTHS)
+    padded, packed = pad(posts), pack(posts)
+    mask = padded["attention_mask"]
+    with torch.no_grad():
+        a = model(**padded, mlm_positions=mask.bool())
+        b = model(**packed, mlm_positions=torch.ones_like(packed["input_ids"], dtype=torch.bool))
+    assert b.embeddings.shape == (len(LENGTHS), 32)
+    assert b.readback_logits.shape == (3, len(LENGTHS), VOCAB)
+    assert a.mlm_logits.shape == b.mlm_logits.shape == (sum(LENGTHS), VOCAB)
+    torch.testing.assert_close(b.embeddings, a.embeddings, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.mlm_logits, a.mlm_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.last_hidden_state[0], real_tokens(a.last_hidden_state, mask), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.readback_logits, a.readback_logits, atol=1e-5, rtol=1e-4)
+    # padding rows of the padded output are zero, so nothing downstream can pick up garbage
+    assert a.last_hidden_state[~mask.bool()].abs().max() == 0
+
+
+def test_position_ids_give_the_same_result_as_cu_seqlens() -> None:
+    model = build(BooruEmbedModel)
+    packed = pack(make_posts(LENGTHS))
+    position_ids = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    with torch.no_grad():
+        by_offsets = model(packed["input_ids"], packed["category_ids"], cu_seqlens=packed["cu_seqlens"])
+        by_positions = model(packed["input_ids"], packed["category_ids"], position_ids=position_ids)
+    torch.testing.assert_close(by_positions.pooler_output, by_offsets.pooler_output)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "booru_varlen"])
+def test_post_does_not_depend_on_other_posts(attn: str) -> None:
+    model = build(BooruEmbedModel, attn=attn)
+    posts = make_posts(LENGTHS)
+    with torch.no_grad():
+        alone = torch.cat([model(**pack([post])).pooler_output for post in posts])
+        together_packed = model(**pack(posts)).pooler_output
+        together_padded = model(**pad(posts)).pooler_output
+        reordered = model(**pack(posts[::-1])).pooler_output.flip(0)
+    for together in (together_packed, together_padded, reordered):
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_left_padding_pools_the_first_real_token() -> None:
+    model = build(BooruEmbedModel)
+    posts = make_posts(LENGTHS)
+    right = pad(posts)
+    left = {name: torch.zeros_like(value) for name, value in right.items()}
+    for row, (ids, categories) in enumerate(posts):
+        left["input_ids"][row, -len(ids) :] = ids
+        left["category_ids"][row, -len(ids) :] = categories
+        left["attention_mask"][row, -len(ids) :] = 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(**left).pooler_output, model(**right).pooler_output, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    model = build(BooruEmbedModel)
+    padded, packed = pad(make_posts([3, 4])), pack(make_posts([3, 4]))
+    with pytest.raises(ValueError, match="shape of input_ids"):
+        model(padded["input_ids"], padded["category_ids"][:, :2])
+    with pytest.raises(ValueError, match="either attention_mask"):
+        model(**packed, attention_mask=torch.ones_like(packed["input_ids"]))
+    with pytest.raises(ValueError, match="one row"):
+        model(padded["input_ids"], padded["category_ids"], cu_seqlens=packed["cu_seqlens"])
+
+
+# ------------------------------------------------------------------------------------------------- backends
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "booru_varlen"])
+def test_backends_agree_with_eager_on_padded_posts(attn: str) -> None:
+    padded = pad(make_posts(LENGTHS))
+    with torch.no_grad():
+        reference = build(attn="eager")(**padded, mlm_positions=padded["attention_mask"].bool())
+        other = build(attn=attn)(**padded, mlm_positions=padded["attention_mask"].bool())
+    torch.testing.assert_close(other.embeddings, reference.embeddings, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(other.mlm_logits, reference.mlm_logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_flex_attention_agrees_with_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flex compiles its kernel (about 20 s on CPU). torch 2.13's CPU codegen fails on the dynamic-shape
+    recompile that a second input shape triggers, so shapes stay static here."""
+    monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)
+    posts = make_posts(LENGTHS)
+    padded, packed = pad(posts), pack(posts)
+    flex = build(BooruEmbedModel, attn="flex_attention")
+    with torch.no_grad():
+        reference = build(BooruEmbedModel, attn="eager")(**padded).pooler_output
+        torch.testing.assert_close(flex(**padded).pooler_output, reference, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(flex(**packed).pooler_output, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_flash_attention_2_loads_without_flash_attn(tmp_path: Path) -> None:
+    """No flash_attn / no CUDA: `flash_attention_2` is served by booru_varlen instead of failing to load."""
+    if modeling._flash_attn_varlen_func is not None and torch.cuda.is_available():
+        pytest.skip("flash_attn and CUDA are available: flash_attention_2 is the real thing here")
+    build().save_pretrained(tmp_path)
+    model = BooruEmbedForPreTraining.from_pretrained(tmp_path, attn_implementation="flash_attention_2").eval()
+    assert model.config._attn_implementation == "booru_varlen"
+    padded = pad(make_posts(LENGTHS))
+    with torch.no_grad():
+        expected = build()(**padded).embeddings
+        torch.testing.assert_close(model(**padded).embeddings, expected, atol=1e-5, rtol=1e-4)
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    """Attention computed segment by segment with SDPA (float32), for the test doubles below."""
+    outputs = []
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        segment = [x[start:end].transpose(0, 1).float() for x in (q, k, v)]  # (heads, length, head_dim)
+        outputs.append(F.scaled_dot_product_attention(*segment, scale=scale).transpose(0, 1))
+    return torch.cat(outputs).to(q.dtype)
+
+
+@pytest.mark.parametrize("kernel", ["flash_attn", "torch_varlen"])
+def test_varlen_kernel_receives_cu_seqlens(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exercise the fused-kernel branch on CPU with a test double in place of the CUDA kernel."""
+    calls = []
+
+    def fake_flash(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                   softmax_scale=None, causal=False):
+        calls.append((q.shape, cu_seqlens_q.clone(), max_seqlen_q, causal))
+        return _reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
+
+    def fake_torch(q, k, v, cu_q, cu_k, max_q, max_k, scale=None):
+        calls.append((q.shape, cu_q.clone(), max_q, False))
+        return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+
+    monkeypatch.setattr(modeling, "_KERNEL_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(modeling, "_flash_attn_varlen_func", fake_flash if kernel == "flash_attn" else None)
+    monkeypatch.setattr(modeling, "_torch_varlen_attn", fake_torch)
+    posts = make_posts(LENGTHS)
+    packed, padded = pack(posts), pad(posts)
+    model = build(BooruEmbedModel, attn="booru_varlen").to(torch.bfloat16)
+    with torch.no_grad():
+        from_packed = model(**packed).pooler_output
+        from_padded = model(**padded).pooler_output
+    assert len(calls) == 2 * model.config.num_hidden_layers
+    shape, cu_seqlens, max_seqlen, causal = calls[0]
+    assert shape == (sum(LENGTHS), 4, 16)  # (total_tokens, heads, head_dim)
+    assert cu_seqlens.dtype == torch.int32 and cu_seqlens.tolist() == packed["cu_seqlens"].tolist()
+    assert max_seqlen == max(LENGTHS) and causal is False
+    torch.testing.assert_close(from_padded, from_packed)
+    monkeypatch.setattr(modeling, "_KERNEL_DEVICES", ("cuda",))  # the regrouped SDPA fallback
+    with torch.no_grad():
+        fallback = model(**packed).pooler_output
+    torch.testing.assert_close(from_packed.float(), fallback.float(), atol=2e-2, rtol=2e-2)
+
+
+# ---------------------------------------------------------------------------------------------- invariances
+
+
+def test_embedding_is_invariant_to_tag_order() -> None:
+    model = build(BooruEmbedModel)
+    posts = make_posts(LENGTHS, seed=1)
+    generator = torch.Generator().manual_seed(3)
+    shuffled = []
+    for ids, categories in posts:
+        order = torch.cat([torch.tensor([0]), torch.randperm(len(ids) - 1, generator=generator) + 1])
+        shuffled.append((ids[order], categories[order]))
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(posts, shuffled))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(**pack(shuffled)).pooler_output, model(**pack(posts)).pooler_output, atol=1e-5, rtol=1e-4
+        )
+
+
+def test_readback_heads_work_on_truncated_normalised_embeddings() -> None:
+    model = build()
+    with torch.no_grad():
+        out = model(**pack(make_posts(LENGTHS)))
+        for index, dim in enumerate([8, 16, 32]):
+            truncated = F.normalize(out.embeddings[:, :dim], dim=-1)
+            torch.testing.assert_close(model.readback(truncated), out.readback_logits[index], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="cannot be read back"):
+        model.readback(out.embeddings[:, :12])
+
+
+def test_tag_heads_share_the_token_embedding_matrix() -> None:
+    model = build()
+    model.model.embeddings.token_embeddings.weight.data[5] += 1.0
+    names = [name for name, _ in model.named_parameters()]
+    assert not any("decoder" in name for name in names)  # no separate output matrix to drift or re-tie
+    with torch.no_grad():
+        hidden = torch.randn(2, 64)
+        expected = model.mlm_head.norm(F.gelu(model.mlm_head.dense(hidden))) @ model.model.embeddings.token_embeddings.weight.T
+        torch.testing.assert_close(model.mlm_head(hidden, model.model.embeddings.token_embeddings.weight), expected)
+
+
+# ----------------------------------------------------------------------------------------- dtypes, training
+
+
+def test_bf16_forward_matches_float32() -> None:
+    packed = pack(make_posts(LENGTHS))
+    with torch.no_grad():
+        full = build(BooruEmbedModel)(**packed).pooler_output
+        half = build(BooruEmbedModel).to(torch.bfloat16)(**packed).pooler_output
+    assert half.dtype == torch.bfloat16
+    assert F.cosine_similarity(half.float(), full).min() > 0.98
+
+
+def test_masked_lm_loss_and_gradient_checkpointing_give_the_same_gradients() -> None:
+    posts = make_posts(LENGTHS)
+    packed = pack(posts)
+    labels = torch.full_like(packed["input_ids"], -100)
+    labels[0, 2::3] = packed["input_ids"][0, 2::3]
+    gradients = []
+    for checkpointing in (False, True):
+        model = build(BooruEmbedForMaskedLM).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.model.layers)
+        out = model(**packed, labels=labels)
+        assert out.logits.shape == ((labels != -100).sum(), VOCAB) and torch.isfinite(out.loss)
+        out.loss.backward()
+        gradients.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(gradients[0]) == len(gradients[1]) > 0
+    for plain, checkpointed in zip(*gradients):
+        torch.testing.assert_close(checkpointed, plain)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_mode() -> None:
+    model = build(BooruEmbedModel)
+    padded = pad(make_posts(LENGTHS))
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**padded).pooler_output, model(**padded).pooler_output, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+LOADER = textwrap.dedent(
+    """
+    import sys
+    sys.modules["booru_embed"] = None  # the package must not be importable: only the folder's code may be used
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining
+
+    folder = sys.argv[1]
+    inputs = torch.load(sys.argv[2])
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    assert type(config).__name__ == "BooruEmbedConfig", type(config)
+    with torch.no_grad():
+        base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        mlm = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
+        full = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).eval()
+        assert "booru_embed" not in (type(full).__module__ or "").split(".")[0]
+        outputs = {
+            "pooled": base(**inputs).pooler_output,
+            "mlm": mlm(**inputs).logits[0],
+            **{k: v for k, v in full(**inputs, mlm_positions=torch.ones_like(inputs["input_ids"], dtype=torch.bool)).items()},
+        }
+    torch.save(outputs, sys.argv[3])
+    """
+)
+
+
+def test_saved_folder_loads_in_fresh_process_without_the_package(tmp_path: Path) -> None:
+    model = build(seed=7)
+    model.save_pretrained(tmp_path / "model")
+    assert {"configuration_booru_embed.py", "modeling_booru_embed.py"} <= {p.name for p in (tmp_path / "model").iterdir()}
+    packed = pack(make_posts(LENGTHS))
+    torch.save(packed, tmp_path / "inputs.pt")
+    (tmp_path / "loader.py").write_text(LOADER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "loader.py"), str(tmp_path / "model"), str(tmp_path / "inputs.pt"),
+         str(tmp_path / "outputs.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = torch.load(tmp_path / "outputs.pt")
+    with torch.no_grad():
+        expected = model(**packed, mlm_positions=torch.ones_like(packed["input_ids"], dtype=torch.bool))
+    torch.testing.assert_close(loaded["pooled"], expected.embeddings, atol=0, rtol=0)
+    torch.testing.assert_close(loaded["mlm"], expected.mlm_logits, atol=0, rtol=0)
+    for name in ("mlm_logits", "embeddings", "readback_logits", "rating_logits", "score_logits", "last_hidden_state"):
+        torch.testing.assert_close(loaded[name], expected[name], atol=0, rtol=0)
