@@ -246,7 +246,8 @@ def build_tokenizer(
     kept: dict[str, list[tuple[str, int]]] = {}
     stats: dict[str, dict[str, float]] = {}
     for category, counts in by_category.items():
-        chosen = sorted(((t, n) for t, n in counts.items() if n >= thresholds[category]), key=lambda item: (-item[1], item[0]))
+        # Rarer first, as the tokenizer's canonical order: then plain id order is canonical order.
+        chosen = sorted(((t, n) for t, n in counts.items() if n >= thresholds[category]), key=lambda item: (item[1], item[0]))
         kept[category] = chosen
         total = sum(counts.values())
         stats[category] = {

@@ -18,6 +18,7 @@ Files of a tokenizer folder:
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import json
 import os
@@ -145,7 +146,10 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         self._score_ids = [self._other_ids[name] for name in score_token_names(score_boundaries)]
         self._tag_token_ids = [i for i, kind in enumerate(self._kinds) if kind == "tag"]
         self._rank, self._group = self._canonical_ranks()
-        self._rank_to_id = np.argsort(self._rank).astype(np.int64)
+        self._rank_to_id = np.argsort(self._rank).astype(np.int32)
+        self._cls_id = self._other_ids[CLS_TOKEN]
+        self._max_unk_id = max(self._unk_ids.values())
+        self._sorted_ids_are_canonical = self._id_order_is_rank_order()
         self._categories_np = np.asarray(self.token_categories, dtype=np.int8)
 
     def _canonical_ranks(self) -> tuple[list[int], list[int]]:
@@ -166,6 +170,13 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         for position, (index, group) in enumerate(zip(order, groups)):
             rank[index], group_of[index] = position, group
         return rank, group_of
+
+    def _id_order_is_rank_order(self) -> bool:
+        """True when ``<cls>`` < unknown tokens < every rating, score and tag id, and those ids ascend by rank."""
+        content = [i for i, kind in enumerate(self._kinds) if kind in ("rating", "score", "tag")]
+        if not content or not self._cls_id < min(self._unk_ids.values()) <= self._max_unk_id < content[0]:
+            return False
+        return all(self._rank[a] < self._rank[b] for a, b in zip(content, content[1:]))
 
     def _load_aliases(self, aliases: Mapping[str, str]) -> None:
         self._aliases: dict[str, str] = dict(aliases)
@@ -337,30 +348,32 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         return ids
 
     def _dict_ids(self, post: Mapping[str, Any]) -> set[int]:
-        ids: set[int] = set()
+        ids: set[Any] = set()
         lookup_get = self._lookup.get
         for key, values in post.items():
             if key in self._unk_ids:
-                if not values:
-                    continue
-                if isinstance(values, str):
-                    values = values.split()
-                found = list(map(lookup_get, values))
-                if None in found:
-                    unk = self._unk_ids[key]
-                    found = [f if f is not None else self._resolve(v, unk) for f, v in zip(found, values)]
-                    found = [f for f in found if f is not None]
-                ids.update(found)
+                if values:
+                    ids.update(map(lookup_get, values.split() if isinstance(values, str) else values))
             elif key == "rating":
-                rating = self._rating_id(values)
+                rating = self._rating_ids.get(values) if isinstance(values, str) else None
+                if rating is None:
+                    rating = self._rating_id(values)
                 if rating is not None:
                     ids.add(rating)
             elif key == "score":
-                score = self._score_id(values)
-                if score is not None:
+                if type(values) is int:
+                    ids.add(self._score_ids[bisect.bisect_right(self._score_boundaries, values)])
+                elif (score := self._score_id(values)) is not None:
                     ids.add(score)
             elif key != "id":
                 raise ValueError(f"unknown key {key!r} in a tag dict: expected {', '.join(TAG_CATEGORIES)}, rating, score (or id)")
+        if None in ids:  # some tags missed the exact lookup: resolve those one by one with their category
+            for category, unk in self._unk_ids.items():
+                values = post.get(category)
+                if values:
+                    values = values.split() if isinstance(values, str) else values
+                    ids.update(self._resolve(v, unk) for v in values if lookup_get(v) is None)
+            ids.discard(None)
         return ids
 
     def _post_ids(self, post: Any) -> list[int]:
@@ -374,7 +387,11 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
             ids = self._tag_list_ids(list(post), False)
         else:
             raise ValueError(f"a tag set must be a string, a list of tags or a dict by category, got {type(post).__name__}")
-        ids.add(self.cls_token_id)
+        ids.add(self._cls_id)
+        ordered = sorted(ids)
+        # Plain integer order is canonical when the vocabulary is laid out by rank and no unknown token is present.
+        if self._sorted_ids_are_canonical and (len(ordered) < 2 or ordered[1] > self._max_unk_id):
+            return ordered
         return sorted(ids, key=self._rank.__getitem__)
 
     def _shuffle_within_categories(self, ids: list[int], rng: random.Random) -> list[int]:
@@ -606,56 +623,83 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         shuffle_within_categories: bool = False,
         seed: int | None = None,
         max_length: int | None = None,
-        batch_size: int = 100_000,
+        batch_size: int | None = None,
     ) -> Any:
         """Encode a split with the DATA_DIR columns into ``id``, ``input_ids``, ``category_ids``, ``length``.
 
         Same ids and order as ``__call__`` on every row (no padding); ``max_length`` truncates by the same
-        priority. Vectorised: tags are looked up with ``pyarrow.compute.index_in`` and each post is ordered
-        by one integer sort of ``(row, rank)`` keys; only tags that miss the exact lookup go through Python.
+        priority. Vectorised: tags are looked up with ``pyarrow.compute.index_in`` and each batch of posts
+        is ordered by one sort of ``(row, rank)`` keys packed in uint32; only tags that miss the exact
+        lookup (unknown or oddly spelled) go through Python, once per distinct string.
         """
         import datasets
 
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be at least 1 (the <cls> token), got {max_length}")
-        # Sort keys pack (row, group, noise, rank) into 63 bits: rows need batch_size.bit_length() bits.
-        if batch_size.bit_length() + 20 + (len(self._tokens) - 1).bit_length() > 63:
-            raise ValueError(f"batch_size {batch_size} is too large for a vocabulary of {len(self._tokens)} tokens")
+        rows_per_batch = 1 << (32 - self._rank_bits)  # row and rank share one uint32 sort key
+        batch_size = min(batch_size or rows_per_batch, rows_per_batch)
         rng = np.random.default_rng(seed) if shuffle_within_categories else None
-        tables = [
-            self._encode_table(batch, max_length, rng)
-            for batch in split.with_format("arrow").iter(batch_size=batch_size)
-        ]
+        arrow = split.with_format("arrow")
+        tables = [self._encode_table(batch, max_length, rng) for batch in arrow.iter(batch_size=batch_size)]
         if not tables:
-            tables = [self._encode_table(split.with_format("arrow")[:0], max_length, rng)]
-        return datasets.Dataset(datasets.table.InMemoryTable(pa.concat_tables(tables)))
+            tables = [self._encode_table(arrow[:0], max_length, rng)]
+        source = getattr(split, "_fingerprint", None)
+        if source is None or (rng is not None and seed is None):
+            fingerprint = datasets.fingerprint.generate_random_fingerprint()
+        else:
+            options = (source, self._vocabulary_digest(), shuffle_within_categories, seed, max_length)
+            fingerprint = hashlib.sha256(repr(options).encode()).hexdigest()[:32]
+        return datasets.Dataset(datasets.table.InMemoryTable(pa.concat_tables(tables)), fingerprint=fingerprint)
+
+    def _vocabulary_digest(self) -> str:
+        digest = hashlib.sha256("\n".join(self._tokens).encode())
+        digest.update(repr(sorted(self._aliases.items())).encode())
+        return digest.hexdigest()
+
+    @property
+    def _rank_bits(self) -> int:
+        return max(1, (len(self._tokens) - 1).bit_length())
 
     def _arrow_lookup(self) -> tuple[pa.Array, np.ndarray]:
+        """Lookup keys (tags and aliases) as an Arrow array and the canonical rank of each key's token."""
         if self._lookup_arrow is None:
             keys = list(self._lookup)
-            self._lookup_arrow = (pa.array(keys, type=pa.string()), np.fromiter((self._lookup[k] for k in keys), np.int64, len(keys)))
+            ranks = np.fromiter((self._rank[self._lookup[k]] for k in keys), np.uint32, len(keys))
+            self._lookup_arrow = (pa.array(keys, type=pa.string()), ranks)
         return self._lookup_arrow
 
-    def _column_ids(self, column: pa.ChunkedArray, category: str) -> tuple[np.ndarray, np.ndarray]:
-        """Row index and token id of every tag in one list<string> column."""
+    def _column_keys(self, column: pa.ChunkedArray, category: str) -> np.ndarray:
+        """Sort key ``row << rank_bits | rank`` of every tag in one list<string> column."""
         lists = column.combine_chunks()
-        values = pc.cast(lists.flatten(), pa.string())
-        rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
-        keys, key_ids = self._arrow_lookup()
-        position = pc.index_in(values, value_set=keys)
-        ids = key_ids[position.fill_null(0).to_numpy()]
+        values = lists.flatten()
+        if values.type != pa.string():
+            values = values.cast(pa.string())
+        if lists.null_count:
+            keys = pc.list_parent_indices(lists).to_numpy().astype(np.uint32)
+        else:
+            keys = np.repeat(np.arange(len(lists), dtype=np.uint32), np.diff(lists.offsets.to_numpy()))
+        keys <<= np.uint32(self._rank_bits)
+        lookup_keys, key_ranks = self._arrow_lookup()
+        position = pc.index_in(values, value_set=lookup_keys)
+        if position.null_count == 0:
+            keys |= key_ranks[position.to_numpy()]
+            return keys
+        ranks = key_ranks[position.fill_null(0).to_numpy()]
         missing = position.is_null()
-        if pc.any(missing).as_py():
-            missed = values.filter(missing)
-            unique = pc.unique(missed)
-            unk = self._unk_ids[category]
-            resolved = np.array([-1 if r is None else r for r in (self._resolve(t, unk) for t in unique.to_pylist())], np.int64)
-            ids[missing.to_numpy(zero_copy_only=False)] = resolved[pc.index_in(missed, value_set=unique).to_numpy()]
-        keep = ids >= 0
-        return rows[keep], ids[keep]
+        missed = values.filter(missing)
+        unique = pc.unique(missed)
+        unk = self._unk_ids[category]
+        dropped = np.iinfo(np.uint32).max  # empty or null tags: not tags at all
+        resolved = [self._resolve(tag, unk) for tag in unique.to_pylist()]
+        resolved_ranks = np.array([dropped if r is None else self._rank[r] for r in resolved], dtype=np.uint32)
+        ranks[missing.to_numpy(zero_copy_only=False)] = resolved_ranks[pc.index_in(missed, value_set=unique).to_numpy()]
+        keys |= ranks
+        return keys[ranks != dropped]
 
-    def _metadata_ids(self, table: pa.Table) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        rows, ids = [], []
+    def _metadata_keys(self, table: pa.Table) -> list[np.ndarray]:
+        """Sort keys of the rating and score-bucket tokens (rows with a null rating or score have none)."""
+        rows, ranks = [], []
+        rank = np.asarray(self._rank, dtype=np.uint32)
         if "rating" in table.column_names:
             ratings = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(table["rating"].combine_chunks(), pa.string())))
             keys = [*RATINGS, *RATING_ALIASES]
@@ -665,55 +709,54 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
             if pc.any(bad).as_py():
                 self._rating_id(ratings.filter(bad)[0].as_py())
             valid = position.is_valid()
-            rows.append(np.flatnonzero(valid.to_numpy(zero_copy_only=False)).astype(np.int64))
-            ids.append(key_ids[position.filter(valid).to_numpy()])
+            rows.append(np.flatnonzero(valid.to_numpy(zero_copy_only=False)).astype(np.uint32))
+            ranks.append(rank[key_ids[position.filter(valid).to_numpy()]])
         if "score" in table.column_names:
             scores = table["score"]
             valid = pc.is_valid(scores).to_numpy(zero_copy_only=False)
             values = scores.fill_null(0).to_numpy().astype(np.int64)
             buckets = np.searchsorted(np.asarray(self._score_boundaries, dtype=np.int64), values, side="right")
-            rows.append(np.flatnonzero(valid).astype(np.int64))
-            ids.append(np.asarray(self._score_ids, dtype=np.int64)[buckets[valid]])
-        return rows, ids
+            rows.append(np.flatnonzero(valid).astype(np.uint32))
+            ranks.append(rank[np.asarray(self._score_ids, dtype=np.int64)[buckets[valid]]])
+        return [(r << np.uint32(self._rank_bits)) | k for r, k in zip(rows, ranks)]
 
     def _encode_table(self, table: pa.Table, max_length: int | None, rng: np.random.Generator | None) -> pa.Table:
         num_rows = table.num_rows
-        rows = [np.arange(num_rows, dtype=np.int64)]
-        ids = [np.full(num_rows, self.cls_token_id, dtype=np.int64)]
-        meta_rows, meta_ids = self._metadata_ids(table)
-        rows += meta_rows
-        ids += meta_ids
-        for category in TAG_CATEGORIES:
-            if category in table.column_names:
-                column_rows, column_ids = self._column_ids(table[category], category)
-                rows.append(column_rows)
-                ids.append(column_ids)
-        rank = np.asarray(self._rank, dtype=np.int64)
-        rank_bits = max(1, (len(self._tokens) - 1).bit_length())
-        # One sort of (row, rank) packed into int64 orders every post canonically; equal keys are duplicates.
-        keys = np.sort((np.concatenate(rows) << rank_bits) | rank[np.concatenate(ids)])
-        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
-        post = keys >> rank_bits
-        token_ids = self._rank_to_id[keys & ((1 << rank_bits) - 1)]
+        bits = np.uint32(self._rank_bits)
+        parts = [(np.arange(num_rows, dtype=np.uint32) << bits) | np.uint32(self._rank[self.cls_token_id])]
+        parts += self._metadata_keys(table)
+        parts += [self._column_keys(table[c], c) for c in TAG_CATEGORIES if c in table.column_names]
+        # One sort of (row, rank) keys orders every post canonically; equal neighbours are duplicates.
+        keys = np.sort(np.concatenate(parts))
+        duplicate = keys[1:] == keys[:-1]
+        if duplicate.any():
+            keys = keys[np.concatenate(([True], ~duplicate))]
+        post = keys >> bits
+        token_ids = self._rank_to_id[keys & np.uint32((1 << self._rank_bits) - 1)]
         counts = np.bincount(post, minlength=num_rows)
         if max_length is not None:
-            within = np.arange(len(post)) - np.repeat(np.cumsum(counts) - counts, counts)
-            keep = within < max_length
+            keep = np.arange(len(post)) - np.repeat(np.cumsum(counts) - counts, counts) < max_length
             post, token_ids = post[keep], token_ids[keep]
             counts = np.minimum(counts, max_length)
         if rng is not None:
-            group = np.asarray(self._group, dtype=np.int64)[token_ids]
-            noise = rng.integers(0, 1 << 16, size=len(token_ids), dtype=np.int64)
-            shuffled = np.sort((((post << 4 | group) << 16 | noise) << rank_bits) | rank[token_ids])
-            token_ids = self._rank_to_id[shuffled & ((1 << rank_bits) - 1)]
+            token_ids = self._shuffle_sorted(post.astype(np.int64), token_ids, rng)
         offsets = pa.array(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
         columns = {}
         if "id" in table.column_names:
             columns["id"] = table["id"]
-        columns["input_ids"] = pa.ListArray.from_arrays(offsets, pa.array(token_ids.astype(np.int32)))
+        columns["input_ids"] = pa.ListArray.from_arrays(offsets, pa.array(token_ids))
         columns["category_ids"] = pa.ListArray.from_arrays(offsets, pa.array(self._categories_np[token_ids]))
         columns["length"] = pa.array(counts.astype(np.int32))
         return pa.table(columns)
+
+    def _shuffle_sorted(self, post: np.ndarray, token_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Shuffle canonically ordered tokens within each (post, shuffle group) block: sort by random keys."""
+        rank = np.asarray(self._rank, dtype=np.int64)[token_ids]
+        group = np.asarray(self._group, dtype=np.int64)[token_ids]
+        noise = rng.integers(0, 1 << 16, size=len(token_ids), dtype=np.int64)
+        # (row, group, noise, rank) in int64: rows take at most 32 - rank_bits bits, groups 4, noise 16.
+        keys = np.sort((((post << 4 | group) << 16 | noise) << self._rank_bits) | rank)
+        return self._rank_to_id[keys & ((1 << self._rank_bits) - 1)]
 
 
 BooruEmbedTokenizer.register_for_auto_class("AutoTokenizer")
