@@ -252,6 +252,7 @@ def test_bulk_path_equals_call_on_every_post(tok, tmp_path):
         assert sorted(order) == sorted(canonical)
         assert [tok.token_categories[i] for i in order] == [tok.token_categories[i] for i in canonical]
     assert shuffled["input_ids"] != calls["input_ids"]
+    assert tok.encode_dataset(split, shuffle_within_categories=True, seed=1)["input_ids"] == shuffled["input_ids"]
 
 
 RELOAD_SCRIPT = """

@@ -24,6 +24,7 @@ import json
 import os
 import random
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ RATING_ALIASES = {"general": "g", "sensitive": "s", "questionable": "q", "explic
 PAD_TOKEN, CLS_TOKEN, MASK_TOKEN = "<pad>", "<cls>", "<mask>"
 UNK_TOKENS = {category: f"<unk_{category}>" for category in TAG_CATEGORIES}
 VOCAB_FORMAT = 1
+BULK_BATCH_ROWS = 65_536  # rows per Arrow batch of encode_dataset; batches run on parallel threads
 
 
 def normalize_tag(tag: str) -> str:
@@ -637,14 +639,24 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be at least 1 (the <cls> token), got {max_length}")
         rows_per_batch = 1 << (32 - self._rank_bits)  # row and rank share one uint32 sort key
-        batch_size = min(batch_size or rows_per_batch, rows_per_batch)
-        rng = np.random.default_rng(seed) if shuffle_within_categories else None
+        batch_size = min(batch_size or BULK_BATCH_ROWS, rows_per_batch)
         arrow = split.with_format("arrow")
-        tables = [self._encode_table(batch, max_length, rng) for batch in arrow.iter(batch_size=batch_size)]
-        if not tables:
-            tables = [self._encode_table(arrow[:0], max_length, rng)]
+        batches = list(arrow.iter(batch_size=batch_size)) or [arrow[:0]]
+        # One generator per batch, spawned from the seed: the result does not depend on thread timing.
+        generators = (
+            [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(batches))]
+            if shuffle_within_categories
+            else [None] * len(batches)
+        )
+        self._arrow_lookup()
+        workers = min(len(batches), os.cpu_count() or 1)
+        if workers > 1:  # Arrow compute and numpy sorts release the GIL
+            with ThreadPoolExecutor(workers) as pool:
+                tables = list(pool.map(self._encode_table, batches, itertools.repeat(max_length), generators))
+        else:
+            tables = [self._encode_table(b, max_length, g) for b, g in zip(batches, generators)]
         source = getattr(split, "_fingerprint", None)
-        if source is None or (rng is not None and seed is None):
+        if source is None or (shuffle_within_categories and seed is None):
             fingerprint = datasets.fingerprint.generate_random_fingerprint()
         else:
             options = (source, self._vocabulary_digest(), shuffle_within_categories, seed, max_length)
@@ -723,7 +735,7 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
     def _encode_table(self, table: pa.Table, max_length: int | None, rng: np.random.Generator | None) -> pa.Table:
         num_rows = table.num_rows
         bits = np.uint32(self._rank_bits)
-        parts = [(np.arange(num_rows, dtype=np.uint32) << bits) | np.uint32(self._rank[self.cls_token_id])]
+        parts = [(np.arange(num_rows, dtype=np.uint32) << bits) | np.uint32(self._rank[self._cls_id])]
         parts += self._metadata_keys(table)
         parts += [self._column_keys(table[c], c) for c in TAG_CATEGORIES if c in table.column_names]
         # One sort of (row, rank) keys orders every post canonically; equal neighbours are duplicates.
@@ -731,15 +743,14 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         duplicate = keys[1:] == keys[:-1]
         if duplicate.any():
             keys = keys[np.concatenate(([True], ~duplicate))]
-        post = keys >> bits
         token_ids = self._rank_to_id[keys & np.uint32((1 << self._rank_bits) - 1)]
-        counts = np.bincount(post, minlength=num_rows)
+        starts = np.searchsorted(keys, np.arange(num_rows, dtype=np.uint32) << bits)
+        counts = np.diff(np.append(starts, len(keys)))
         if max_length is not None:
-            keep = np.arange(len(post)) - np.repeat(np.cumsum(counts) - counts, counts) < max_length
-            post, token_ids = post[keep], token_ids[keep]
+            token_ids = token_ids[np.arange(len(token_ids)) - np.repeat(starts, counts) < max_length]
             counts = np.minimum(counts, max_length)
         if rng is not None:
-            token_ids = self._shuffle_sorted(post.astype(np.int64), token_ids, rng)
+            token_ids = self._shuffle_sorted(np.repeat(np.arange(num_rows, dtype=np.int64), counts), token_ids, rng)
         offsets = pa.array(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
         columns = {}
         if "id" in table.column_names:
