@@ -15,7 +15,6 @@ from booru_embed.vocab import (
     BUILD_INFO_FILE,
     assign_categories,
     build_tokenizer,
-    coverage_min_counts,
     load_implications,
     parse_min_counts,
     read_pair_table,
@@ -64,13 +63,11 @@ def test_explicit_min_counts_override_defaults(data_dir, tmp_path):
 
 
 def test_coverage_picks_thresholds_per_category(data_dir, tmp_path):
-    assert coverage_min_counts({"general": {"a": 40, "b": 10, "c": 3}, "artist": {"x": 3, "y": 1}}, 0.9) == {"general": 10, "artist": 1}
-    assert coverage_min_counts({"general": {"a": 40, "b": 10, "c": 3}}, 0.5) == {"general": 40}
     tok = build_tokenizer(data_dir, tmp_path / "tok", coverage=0.7, min_counts={"artist": 1})
     assert {"common", "mid", "few"} & kept_tags(tok) == {"common"}  # 40/53 >= 0.7
     assert {"artist_three", "artist_one"} <= kept_tags(tok)
-    with pytest.raises(UsageError):
-        coverage_min_counts({}, 1.5)
+    with pytest.raises(UsageError, match="coverage"):
+        build_tokenizer(data_dir, tmp_path / "bad", coverage=1.5)
 
 
 def test_vocabulary_layout_and_padding_rows(data_dir, tmp_path):
