@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import glob
 import io
 import itertools
 import json
+import os
 import shutil
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +75,11 @@ class _Block:
     columns: dict[str, pa.Array]  # the INPUT_COLUMNS as string arrays (nulls = missing)
     lines: np.ndarray  # int64 line (or row) number of every row
     raw: Callable[[int], str]  # row index -> raw text of that row
+    may_have_nul: bool = True  # False when the raw input has no NUL byte at all
     rejects: list[tuple[int, str, str, str]] = field(default_factory=list)  # structural: line, reason, detail, raw
+
+
+_Job = Callable[[], _Block]
 
 
 # ----------------------------------------------------------------------------- input files
@@ -159,16 +166,30 @@ def _record_end(data: bytes, quoted: bool) -> int:
     return end
 
 
-def _text_blocks(stream, quoted: bool, block_bytes: int, path: Path) -> Iterator[tuple[bytes, int]]:
-    """Yield ``(block, line of its first byte)``; every block ends with a newline on a record boundary."""
+@dataclass
+class _Text:
+    """A block of a text input: whole records, ending with a newline."""
+
+    data: bytes | memoryview
+    line: int  # line number of its first byte
+    newlines: int
+    has_nul: bool
+
+
+def _text_blocks(stream, quoted: bool, block_bytes: int, path: Path) -> Iterator[_Text]:
+    """Cut a text stream into blocks of whole records. On a seekable stream a block is a view of
+    what was read and the stream seeks back to the end of the last whole record (no copies)."""
     pending = b""
     line = 1
+    start = 0  # input offset of the first byte of ``data``
+    seekable = stream.seekable()
     while True:
         chunk = stream.read(block_bytes)
         data = pending + chunk if pending else chunk
         if not chunk:
             if data:
-                yield (data if data.endswith(b"\n") else data + b"\n"), line
+                data = data if data.endswith(b"\n") else data + b"\n"
+                yield _Text(data, line, data.count(b"\n"), b"\x00" in data)
             return
         end = _record_end(data, quoted)
         if end < 0:
@@ -176,30 +197,38 @@ def _text_blocks(stream, quoted: bool, block_bytes: int, path: Path) -> Iterator
                 raise UsageError(f"{path}: unterminated quoted field starting near line {line}")
             pending = data
             continue
-        block, pending = data[: end + 1], data[end + 1:]
-        yield block, line
-        line += block.count(b"\n")
+        newlines = data.count(b"\n", 0, end + 1)
+        has_nul = data.find(b"\x00", 0, end + 1) >= 0
+        if seekable:
+            start += end + 1
+            stream.seek(start)
+            pending = b""
+            yield _Text(memoryview(data)[: end + 1] if end + 1 < len(data) else data, line, newlines, has_nul)
+        else:
+            pending = data[end + 1:]
+            yield _Text(data[: end + 1], line, newlines, has_nul)
+        line += newlines
 
 
-def _raw_lines(block: bytes) -> Callable[[int, int], str]:
+def _raw_lines(block: bytes | memoryview) -> Callable[[int, int], str]:
     """A function (first line index, number of lines) -> the raw text of those lines of ``block``."""
     newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
 
     def raw(index: int, count: int) -> str:
         start = 0 if index == 0 else int(newlines[index - 1]) + 1
-        return block[start: int(newlines[index + count - 1])].decode("utf-8", "backslashreplace")
+        return str(block[start: int(newlines[index + count - 1])], "utf-8", "backslashreplace")
 
     return raw
 
 
-def _fast_csv(block: bytes, first_line: int, header: list[str], delimiter: str) -> _Block | None:
+def _fast_csv(text: _Text, header: list[str], delimiter: str) -> _Block | None:
     """Parse a block with pyarrow; None when anything is irregular (the slow path decides then)."""
     import pyarrow.csv as pacsv
 
     irregular: list[object] = []
     try:
         table = pacsv.read_csv(
-            io.BytesIO(block),
+            pa.BufferReader(pa.py_buffer(text.data)),
             read_options=pacsv.ReadOptions(column_names=header),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter == "," else False,
                                              newlines_in_values=delimiter == ",",
@@ -211,15 +240,15 @@ def _fast_csv(block: bytes, first_line: int, header: list[str], delimiter: str) 
         return None
     if irregular:
         return None
-    rows, newlines = table.num_rows, block.count(b"\n")
+    rows = table.num_rows
     offsets = np.arange(rows, dtype=np.int64)
-    if newlines != rows:
+    if text.newlines != rows:
         if len(header) != len(INPUT_COLUMNS):
             return None  # newlines may hide in columns we did not read
         inside = np.zeros(rows, dtype=np.int64)
         for name in INPUT_COLUMNS:
             inside += pc.count_substring(table[name], "\n").to_numpy(zero_copy_only=False)
-        if rows + int(inside.sum()) != newlines:
+        if rows + int(inside.sum()) != text.newlines:
             return None  # blank lines: let the slow path count them
         offsets += np.concatenate([[0], np.cumsum(inside)[:-1]])
     else:
@@ -229,17 +258,18 @@ def _fast_csv(block: bytes, first_line: int, header: list[str], delimiter: str) 
 
     def raw(i: int) -> str:
         nonlocal line_raw
-        line_raw = line_raw or _raw_lines(block)
+        line_raw = line_raw or _raw_lines(text.data)
         return line_raw(int(offsets[i]), int(inside[i]) + 1)
 
-    return _Block(columns, first_line + offsets, raw)
+    return _Block(columns, text.line + offsets, raw, may_have_nul=text.has_nul)
 
 
-def _slow_csv(block: bytes, first_line: int, header: list[str], delimiter: str) -> _Block:
+def _slow_csv(text: _Text, header: list[str], delimiter: str) -> _Block:
     """Parse a block record by record with Python's csv module, which knows every record's lines."""
-    text = block.decode("utf-8", "surrogateescape")
-    physical = text.split("\n")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+    first_line = text.line
+    decoded = str(text.data, "utf-8", "surrogateescape")
+    physical = decoded.split("\n")
+    reader = csv.reader(io.StringIO(decoded, newline=""), delimiter=delimiter,
                         quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
     wanted = [header.index(c) for c in INPUT_COLUMNS]
     good: list[list[str]] = []
@@ -265,25 +295,29 @@ def _slow_csv(block: bytes, first_line: int, header: list[str], delimiter: str) 
         lines.append(line)
         raws.append(raw)
     columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
-    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects)
+    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects=rejects)
 
 
 def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _csv_blocks(path: Path, kind: str, compression: str | None, block_bytes: int) -> Iterator[tuple[_Block, int]]:
+def _parse_csv(text: _Text, header: list[str], delimiter: str) -> _Block:
+    return _fast_csv(text, header, delimiter) or _slow_csv(text, header, delimiter)
+
+
+def _csv_jobs(path: Path, kind: str, compression: str | None, block_bytes: int) -> Iterator[tuple[_Job, int]]:
     delimiter = "," if kind == "csv" else "\t"
     with _open(path, compression) as stream:
         blocks = _text_blocks(stream, delimiter == ",", block_bytes, path)
-        head, _ = next(blocks)
-        cut = head.find(b"\n")
-        names = head[:cut].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r").decode("utf-8", "replace")
+        head = next(blocks)
+        data = bytes(head.data)
+        cut = data.find(b"\n")
+        names = data[:cut].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r").decode("utf-8", "replace")
         header = next(csv.reader([names], delimiter=delimiter))
-        first = [(head[cut + 1:], 2)] if len(head) > cut + 1 else []
-        for block, line in itertools.chain(first, blocks):
-            parsed = _fast_csv(block, line, header, delimiter) or _slow_csv(block, line, header, delimiter)
-            yield parsed, len(block)
+        first = [_Text(data[cut + 1:], 2, head.newlines - 1, head.has_nul)] if len(data) > cut + 1 else []
+        for text in itertools.chain(first, blocks):
+            yield functools.partial(_parse_csv, text, header, delimiter), len(text.data)
 
 
 def _json_value(value: object) -> str | None:
@@ -300,29 +334,32 @@ def _to_strings(array: pa.Array) -> pa.Array:
     return array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
 
 
-def _jsonl_blocks(path: Path, compression: str | None, block_bytes: int) -> Iterator[tuple[_Block, int]]:
+def _parse_jsonl(text: _Text) -> _Block:
     import pyarrow.json as pajson
 
+    try:
+        table = pajson.read_json(pa.BufferReader(pa.py_buffer(text.data)),
+                                 parse_options=pajson.ParseOptions(unexpected_field_behavior="infer"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return _slow_jsonl(text)
+    if table.num_rows != text.newlines:
+        return _slow_jsonl(text)  # blank lines: the slow path skips them
+    columns = {c: (_to_strings(table[c].combine_chunks()) if c in table.column_names
+                   else pa.nulls(table.num_rows, pa.string())) for c in INPUT_COLUMNS}
+    line_raw = _raw_lines(text.data)
+    return _Block(columns, text.line + np.arange(table.num_rows), lambda i: line_raw(i, 1), may_have_nul=text.has_nul)
+
+
+def _jsonl_jobs(path: Path, compression: str | None, block_bytes: int) -> Iterator[tuple[_Job, int]]:
     with _open(path, compression) as stream:
-        for block, first_line in _text_blocks(stream, False, block_bytes, path):
-            parsed = None
-            try:
-                table = pajson.read_json(io.BytesIO(block),
-                                         parse_options=pajson.ParseOptions(unexpected_field_behavior="infer"))
-                if table.num_rows == block.count(b"\n"):
-                    columns = {c: (_to_strings(table[c].combine_chunks()) if c in table.column_names
-                                   else pa.nulls(table.num_rows, pa.string())) for c in INPUT_COLUMNS}
-                    line_raw = _raw_lines(block)
-                    parsed = _Block(columns, first_line + np.arange(table.num_rows), lambda i: line_raw(i, 1))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                parsed = None
-            yield parsed or _slow_jsonl(block, first_line), len(block)
+        for text in _text_blocks(stream, False, block_bytes, path):
+            yield functools.partial(_parse_jsonl, text), len(text.data)
 
 
-def _slow_jsonl(block: bytes, first_line: int) -> _Block:
+def _slow_jsonl(text: _Text) -> _Block:
     good, lines, raws, rejects = [], [], [], []
-    for offset, raw_bytes in enumerate(block.split(b"\n")[:-1]):
-        line = first_line + offset
+    for offset, raw_bytes in enumerate(bytes(text.data).split(b"\n")[:-1]):
+        line = text.line + offset
         raw = raw_bytes.decode("utf-8", "surrogateescape")
         if not raw.strip():
             continue
@@ -343,10 +380,19 @@ def _slow_jsonl(block: bytes, first_line: int) -> _Block:
         lines.append(line)
         raws.append(raw)
     columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
-    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects)
+    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects=rejects)
 
 
-def _parquet_blocks(path: Path) -> Iterator[tuple[_Block, int]]:
+def _parse_parquet(batch: pa.RecordBatch, first_row: int) -> _Block:
+    columns = {c: _to_strings(batch.column(c)) for c in INPUT_COLUMNS}
+
+    def raw(i: int) -> str:
+        return json.dumps({c: columns[c][i].as_py() for c in INPUT_COLUMNS}, ensure_ascii=False)
+
+    return _Block(columns, first_row + np.arange(batch.num_rows), raw)
+
+
+def _parquet_jobs(path: Path) -> Iterator[tuple[_Job, int]]:
     import pyarrow.parquet as pq
 
     source = pq.ParquetFile(path)
@@ -354,68 +400,39 @@ def _parquet_blocks(path: Path) -> Iterator[tuple[_Block, int]]:
     size = path.stat().st_size
     row = 1
     for batch in source.iter_batches(batch_size=200_000, columns=list(INPUT_COLUMNS)):
-        columns = {c: _to_strings(batch.column(c)) for c in INPUT_COLUMNS}
-        start = row
-
-        def raw(i: int, start: int = start, columns: dict = columns) -> str:
-            return json.dumps({c: columns[c][i].as_py() for c in INPUT_COLUMNS}, ensure_ascii=False)
-
-        yield _Block(columns, start + np.arange(batch.num_rows), raw), int(size * batch.num_rows / total)
+        yield functools.partial(_parse_parquet, batch, row), int(size * batch.num_rows / total)
         row += batch.num_rows
 
 
-def _blocks(path: Path, block_bytes: int) -> Iterator[tuple[_Block, int]]:
-    """Every block of rows of one input file, with the number of input bytes it stands for."""
+def _jobs(path: Path, block_bytes: int) -> Iterator[tuple[_Job, int]]:
+    """Parse jobs for every block of one input file (run in worker threads, results used in order),
+    each with the number of input bytes it stands for."""
     kind, compression = _format_of(path)
     if kind == "parquet":
-        return _parquet_blocks(path)
+        return _parquet_jobs(path)
     if kind == "jsonl":
-        return _jsonl_blocks(path, compression, block_bytes)
-    return _csv_blocks(path, kind, compression, block_bytes)
+        return _jsonl_jobs(path, compression, block_bytes)
+    return _csv_jobs(path, kind, compression, block_bytes)
 
 
 # ----------------------------------------------------------------------------- field checks
 
-def _split_spaces(strings: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Split space-separated strings: all non-empty tokens in one string array, and the row of each.
-
-    Works on the Arrow buffers directly: the tokens are the bytes between spaces, so dropping the
-    spaces from the data buffer and putting an offset where each token starts gives the tokens
-    with a single copy of the data.
-    """
-    if strings.null_count:
-        strings = pc.fill_null(strings, "")
-    rows = len(strings)
-    _, offset_buffer, data_buffer = strings.buffers()
-    offsets = np.frombuffer(offset_buffer, dtype=np.int32, count=rows + 1, offset=strings.offset * 4).astype(np.int64)
-    size = int(offsets[-1] - offsets[0])
-    data = (np.frombuffer(data_buffer, dtype=np.uint8, count=size, offset=int(offsets[0])) if size
-            else np.zeros(0, dtype=np.uint8))
-    offsets -= offsets[0]
-    is_space = data == 32
-    spaces = np.flatnonzero(is_space)
-    spaces_before = np.searchsorted(spaces, offsets)  # spaces before each row start, (rows + 1,)
-    tokens = np.diff(spaces_before) + 1  # a row with k spaces has k + 1 tokens, some maybe empty
-    first = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(tokens, out=first[1:])
-    start = np.empty(int(first[-1]), dtype=np.int64)  # where each token starts once spaces are gone
-    after_space = np.ones(len(start), dtype=bool)
-    after_space[first[:-1]] = False
-    start[first[:-1]] = offsets[:-1] - spaces_before[:-1]
-    start[after_space] = spaces - np.arange(len(spaces))
-    total = size - len(spaces)
-    nonempty = np.append(start[1:], total) > start
-    token_offsets = np.append(start[nonempty], total).astype(np.int32)
-    values = pa.Array.from_buffers(pa.string(), int(nonempty.sum()),
-                                   [None, pa.py_buffer(token_offsets), pa.py_buffer(data[~is_space])])
-    return values, np.repeat(np.arange(rows), tokens)[nonempty]
-
-
 def _tag_lists(strings: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
     """Space-separated tag strings -> lists without empty strings or repeats (first order kept),
-    and the number of tags each string had."""
+    and the number of tags each string had.
+
+    Usually nothing needs removing (Danbooru's tag strings are sorted, single-spaced, without
+    repeats) and the split lists are returned as they are; the checks cost a pass over the tokens,
+    not over the bytes.
+    """
     rows = len(strings)
-    flat, parents = _split_spaces(strings)
+    lists = pc.split_pattern(pc.fill_null(strings, "") if strings.null_count else strings, " ")
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    keep = pc.not_equal(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False)
+    changed = not keep.all()  # "" splits to [""]; double or edge spaces leave empty tokens
+    if changed:
+        flat, parents = flat.filter(pa.array(keep)), parents[keep]
     counts = np.bincount(parents, minlength=rows)
     if len(flat) > 1:
         same_row = parents[1:] == parents[:-1]
@@ -426,11 +443,13 @@ def _tag_lists(strings: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
             _, first = np.unique(parents * (int(codes.max()) + 1) + codes, return_index=True)
             unique = np.zeros(len(flat), dtype=bool)
             unique[first] = True
-        else:  # Danbooru writes tags sorted: a repeat sits next to its first occurrence
+        else:  # sorted: a repeat sits next to its first occurrence
             unique = np.ones(len(flat), dtype=bool)
             unique[1:] = ~(same_row & pc.equal(before, after).to_numpy(zero_copy_only=False))
         if not unique.all():
-            flat, parents = flat.filter(pa.array(unique)), parents[unique]
+            flat, parents, changed = flat.filter(pa.array(unique)), parents[unique], True
+    if not changed:
+        return lists, counts
     offsets = np.zeros(rows + 1, dtype=np.int32)
     np.cumsum(np.bincount(parents, minlength=rows), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), flat), counts
@@ -455,20 +474,26 @@ def _check_rows(block: _Block, max_tags: int) -> tuple[pa.Table, list[tuple[int,
     def as_numpy(array: pa.Array) -> np.ndarray:
         return array.to_numpy(zero_copy_only=False)
 
+    def matches(array: pa.Array, pattern: str) -> np.ndarray:
+        found = pc.match_substring_regex(array, pattern)
+        return as_numpy(pc.fill_null(found, False) if found.null_count else found)
+
     missing = np.zeros(rows, dtype=bool)
     nul = np.zeros(rows, dtype=bool)
     for name in INPUT_COLUMNS:
-        missing |= as_numpy(columns[name].is_null())
-        nul |= as_numpy(pc.fill_null(pc.match_substring(columns[name], "\x00"), False))
+        if columns[name].null_count:
+            missing |= as_numpy(columns[name].is_null())
+        if block.may_have_nul:
+            nul |= as_numpy(pc.fill_null(pc.match_substring(columns[name], "\x00"), False))
     flag(missing, "missing_field", None)
     flag(nul, "nul_byte", None)
-    flag(~as_numpy(pc.fill_null(pc.match_substring_regex(columns["id"], r"^[0-9]{1,18}$"), False)), "bad_id", "id")
-    score_ok = as_numpy(pc.fill_null(pc.match_substring_regex(columns["score"], r"^-?[0-9]{1,10}$"), False))
+    flag(~matches(columns["id"], r"^[0-9]{1,18}$"), "bad_id", "id")
+    score_ok = matches(columns["score"], r"^-?[0-9]{1,10}$")
     score = np.zeros(rows, dtype=np.int64)
     score[score_ok] = as_numpy(pc.cast(columns["score"].filter(pa.array(score_ok)), pa.int64()))
     score_ok &= (score >= -(2**31)) & (score < 2**31)
     flag(~score_ok, "bad_score", "score")
-    flag(~as_numpy(pc.fill_null(pc.is_in(columns["rating"], pa.array(RATINGS)), False)), "bad_rating", "rating")
+    flag(~as_numpy(pc.is_in(columns["rating"], pa.array(RATINGS))), "bad_rating", "rating")
     lists, total = {}, np.zeros(rows, dtype=np.int64)
     for name in TAG_COLUMNS:
         lists[name], counts = _tag_lists(columns[f"tag_string_{name}"])
@@ -493,6 +518,13 @@ def _check_rows(block: _Block, max_tags: int) -> tuple[pa.Table, list[tuple[int,
 
 
 # ----------------------------------------------------------------------------- the build
+
+def _run_job(job: _Job, max_tags: int) -> tuple[int, pa.Table, list[tuple[int, str, str, str]]]:
+    """Parse and check one block: (rows read, passing rows, all rejects in line order)."""
+    block = job()
+    table, rejects = _check_rows(block, max_tags)
+    return len(block.lines) + len(block.rejects), table, sorted(block.rejects + rejects)
+
 
 class _SplitWriter:
     """Appends checked rows to one Arrow stream file per split and remembers their ids."""
@@ -610,25 +642,38 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
     features = datasets.Features.from_arrow_schema(SCHEMA)
     writer = _SplitWriter(scratch, test_fraction, features.arrow_schema)
     reasons: Counter[str] = Counter()
-    per_file: dict[str, dict[str, int]] = {}
+    per_file = {str(p): {"rows": 0, "rejected": 0} for p in files}
     rows_read = 0
+    workers = max(1, min(4, os.cpu_count() or 1))
     with open(output / "rejects.jsonl", "w", encoding="utf-8") as rejects_file, \
             tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="build-dataset",
-                 disable=None if progress is None else not progress) as bar:
+                 disable=None if progress is None else not progress) as bar, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build-dataset") as pool:
+        in_flight: deque[tuple[Path, Future, int]] = deque()
+
+        def finish_oldest() -> None:
+            nonlocal rows_read
+            path, future, size = in_flight.popleft()
+            rows, table, rejects = future.result()
+            writer.write(table)
+            for line, reason, detail, raw in rejects:
+                reasons[reason] += 1
+                rejects_file.write(json.dumps({"file": str(path), "line": line, "reason": reason,
+                                               "detail": detail, "raw": raw[:RAW_CHARS]}, ensure_ascii=False) + "\n")
+            per_file[str(path)]["rows"] += rows
+            per_file[str(path)]["rejected"] += len(rejects)
+            rows_read += rows
+            bar.update(size)
+
+        # blocks are parsed and checked in worker threads (pyarrow and numpy release the GIL) and
+        # written in input order, so "last occurrence" and line numbers follow the input
         for path in files:
-            counts = per_file.setdefault(str(path), {"rows": 0, "rejected": 0})
-            for block, size in _blocks(path, block_bytes):
-                table, rejects = _check_rows(block, max_tags)
-                writer.write(table)
-                for line, reason, detail, raw in sorted(block.rejects + rejects):
-                    reasons[reason] += 1
-                    rejects_file.write(json.dumps({"file": str(path), "line": line, "reason": reason,
-                                                   "detail": detail, "raw": raw[:RAW_CHARS]}, ensure_ascii=False) + "\n")
-                rows = len(block.lines) + len(block.rejects)
-                counts["rows"] += rows
-                counts["rejected"] += len(block.rejects) + len(rejects)
-                rows_read += rows
-                bar.update(size)
+            for job, size in _jobs(path, block_bytes):
+                in_flight.append((path, pool.submit(_run_job, job, max_tags), size))
+                while len(in_flight) > workers:
+                    finish_oldest()
+        while in_flight:
+            finish_oldest()
     writer.close()
     if rows_read == 0:
         shutil.rmtree(output)
