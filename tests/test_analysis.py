@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,13 @@ def _known_corpus(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[dict, Path]:
-    root = tmp_path_factory.mktemp("analysis")
-    data_dir = _known_corpus(root)
-    return analyze(data_dir, root / "report", coverage=0.9), root / "report"
+def known_data(tmp_path_factory) -> Path:
+    return _known_corpus(tmp_path_factory.mktemp("analysis"))
+
+
+@pytest.fixture(scope="module")
+def report(known_data) -> tuple[dict, Path]:
+    return analyze(known_data, known_data.parent / "report", coverage=0.9), known_data.parent / "report"
 
 
 def test_counts_are_exact(report):
@@ -103,16 +105,8 @@ def test_recommend_min_counts_unit():
     assert recommend_context_length(np.array([1, 2, 3, 100])) == 3 + 100
 
 
-def test_agrees_with_the_tokenizer_builder():
-    vocab = pytest.importorskip("booru_embed.vocab")
-    rng = random.Random(1)
-    counts = {c: {f"{c}{i}": rng.randint(1, 500) for i in range(rng.randint(1, 300))} for c in ("general", "artist")}
-    for coverage in (0.5, 0.9, 0.99, 1.0):
-        assert recommend_min_counts(counts, coverage) == vocab.coverage_min_counts(counts, coverage)
-
-
-def test_cli(tmp_path, capsys):
-    data_dir = _known_corpus(tmp_path)
+def test_cli(tmp_path, capsys, known_data):
+    data_dir = known_data
     assert main(["analyze", str(data_dir), "--output", str(tmp_path / "r"), "--split", "all", "--coverage", "0.5"]) == 0
     assert "context length" in capsys.readouterr().out
     assert json.loads((tmp_path / "r" / "stats.json").read_text())["split"] == "all"

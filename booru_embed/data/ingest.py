@@ -229,7 +229,8 @@ def _fast_csv(text: _Text, header: list[str], delimiter: str) -> _Block | None:
     try:
         table = pacsv.read_csv(
             pa.BufferReader(pa.py_buffer(text.data)),
-            read_options=pacsv.ReadOptions(column_names=header),
+            # one chunk, one thread: blocks are already parsed in parallel by the worker threads
+            read_options=pacsv.ReadOptions(column_names=header, use_threads=False, block_size=len(text.data) + 1),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter == "," else False,
                                              newlines_in_values=delimiter == ",",
                                              invalid_row_handler=lambda row: irregular.append(row) or "skip"),
@@ -417,46 +418,68 @@ def _jobs(path: Path, block_bytes: int) -> Iterator[tuple[_Job, int]]:
 
 # ----------------------------------------------------------------------------- field checks
 
+def _offsets(array: pa.Array) -> np.ndarray:
+    """The int32 offsets of a string or list array, as numpy (zero-copy)."""
+    return np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+
+
 def _tag_lists(strings: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
     """Space-separated tag strings -> lists without empty strings or repeats (first order kept),
     and the number of tags each string had.
 
-    Usually nothing needs removing (Danbooru's tag strings are sorted, single-spaced, without
-    repeats) and the split lists are returned as they are; the checks cost a pass over the tokens,
-    not over the bytes.
+    Danbooru's tag strings are sorted, single-spaced and without repeats: then one comparison of
+    neighbouring tokens proves it and the split lists are returned as they are. Otherwise empty
+    tokens and repeats are removed and the lists rebuilt.
     """
     rows = len(strings)
     lists = pc.split_pattern(pc.fill_null(strings, "") if strings.null_count else strings, " ")
     flat = pc.list_flatten(lists)
-    parents = pc.list_parent_indices(lists).to_numpy()
-    keep = pc.not_equal(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False)
-    changed = not keep.all()  # "" splits to [""]; double or edge spaces leave empty tokens
-    if changed:
-        flat, parents = flat.filter(pa.array(keep)), parents[keep]
-    counts = np.bincount(parents, minlength=rows)
+    row_starts = _offsets(lists) - _offsets(lists)[0]
+    value_offsets = _offsets(flat)
+    nonempty = value_offsets[1:] != value_offsets[:-1]  # "" splits to [""]; double or edge spaces leave ""
+    counts = np.diff(row_starts)
     if len(flat) > 1:
-        same_row = parents[1:] == parents[:-1]
-        before, after = flat.slice(0, len(flat) - 1), flat.slice(1)
-        unsorted = same_row & pc.greater(before, after).to_numpy(zero_copy_only=False)
-        if unsorted.any():
-            codes = pc.dictionary_encode(flat).indices.to_numpy().astype(np.int64)
-            _, first = np.unique(parents * (int(codes.max()) + 1) + codes, return_index=True)
-            unique = np.zeros(len(flat), dtype=bool)
-            unique[first] = True
-        else:  # sorted: a repeat sits next to its first occurrence
-            unique = np.ones(len(flat), dtype=bool)
-            unique[1:] = ~(same_row & pc.equal(before, after).to_numpy(zero_copy_only=False))
-        if not unique.all():
-            flat, parents, changed = flat.filter(pa.array(unique)), parents[unique], True
-    if not changed:
+        same_row = np.ones(len(flat) - 1, dtype=bool)
+        same_row[row_starts[1:-1][row_starts[1:-1] > 0] - 1] = False
+        increasing = pc.less(flat.slice(0, len(flat) - 1), flat.slice(1)).to_numpy(zero_copy_only=False)
+        in_order = not (same_row & ~increasing).any()
+    else:
+        in_order = True
+    if in_order and nonempty.all():
         return lists, counts
+    parents = np.repeat(np.arange(rows), counts)
+    flat, parents = flat.filter(pa.array(nonempty)), parents[nonempty]
+    counts = np.bincount(parents, minlength=rows)
+    if not in_order and len(flat) > 1:
+        codes = pc.dictionary_encode(flat).indices.to_numpy().astype(np.int64)
+        _, first = np.unique(parents * (int(codes.max()) + 1) + codes, return_index=True)
+        first.sort()
+        flat, parents = flat.take(pa.array(first)), parents[first]
     offsets = np.zeros(rows + 1, dtype=np.int32)
     np.cumsum(np.bincount(parents, minlength=rows), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), flat), counts
 
 
-def _check_rows(block: _Block, max_tags: int) -> tuple[pa.Table, list[tuple[int, str, str, str]]]:
-    """The rows of ``block`` that pass every field check as a SCHEMA table, and the rejected rows."""
+def _tag_counts(columns: dict[str, pa.Array], max_tags: int) -> np.ndarray:
+    """Non-empty tags per row over all categories, exact wherever the total could exceed ``max_tags``
+    (k tags need at least 2k - 1 characters, so shorter rows are not split here)."""
+    bound = np.zeros(len(columns["id"]), dtype=np.int64)
+    for name in TAG_COLUMNS:
+        bound += (np.diff(_offsets(columns[f"tag_string_{name}"])) + 1) // 2
+    suspects = np.flatnonzero(bound > max_tags)
+    if len(suspects):
+        bound[suspects] = 0
+        for name in TAG_COLUMNS:
+            bound[suspects] += _tag_lists(columns[f"tag_string_{name}"].take(pa.array(suspects)))[1]
+    return bound
+
+
+def _check_rows(block: _Block, max_tags: int, test_fraction: float) -> tuple[dict[str, pa.Table], list[tuple[int, str, str, str]]]:
+    """The rows of ``block`` that pass every field check as a SCHEMA table per split, and the rejected rows.
+
+    Rows are filtered (by checks and split) while still strings, which is cheaper than filtering
+    lists, and only then are the tag strings split.
+    """
     columns = block.columns
     rows = len(block.lines)
     reason = np.zeros(rows, dtype=np.int8)  # 0: passes, else 1 + index in codes
@@ -494,62 +517,58 @@ def _check_rows(block: _Block, max_tags: int) -> tuple[pa.Table, list[tuple[int,
     score_ok &= (score >= -(2**31)) & (score < 2**31)
     flag(~score_ok, "bad_score", "score")
     flag(~as_numpy(pc.is_in(columns["rating"], pa.array(RATINGS))), "bad_rating", "rating")
-    lists, total = {}, np.zeros(rows, dtype=np.int64)
     for name in TAG_COLUMNS:
-        lists[name], counts = _tag_lists(columns[f"tag_string_{name}"])
-        total += counts
+        if columns[f"tag_string_{name}"].null_count:
+            columns[f"tag_string_{name}"] = pc.fill_null(columns[f"tag_string_{name}"], "")
+    total = _tag_counts(columns, max_tags)
     flag(total > max_tags, "too_many_tags", None)
     for i in np.flatnonzero(total > max_tags).tolist():
         detail_of.setdefault(i, f"{int(total[i])} tags, at most {max_tags} allowed")
 
     good = reason == 0
-    keep = pa.array(good)
-    table = pa.table({
-        "id": pc.cast(columns["id"].filter(keep), pa.int64()),
-        "rating": columns["rating"].filter(keep),
-        "score": pa.array(score[good].astype(np.int32)),
-        **{name: lists[name].filter(keep) for name in TAG_COLUMNS},
-    }, schema=SCHEMA)
+    ids = np.zeros(rows, dtype=np.int64)
+    ids[good] = as_numpy(pc.cast(columns["id"].filter(pa.array(good)), pa.int64()))
+    is_test = is_test_post(ids, test_fraction)
+    tables = {}
+    for split, rows_in_split in (("train", good & ~is_test), ("test", good & is_test)):
+        keep = pa.array(rows_in_split)
+        tables[split] = pa.table({
+            "id": pa.array(ids[rows_in_split]),
+            "rating": columns["rating"].filter(keep),
+            "score": pa.array(score[rows_in_split].astype(np.int32)),
+            **{name: _tag_lists(columns[f"tag_string_{name}"].filter(keep))[0] for name in TAG_COLUMNS},
+        }, schema=SCHEMA)
     rejects = []
     for i in np.flatnonzero(~good).tolist():
         code = codes[reason[i] - 1]
         rejects.append((int(block.lines[i]), code, detail_of.get(i, code.replace("_", " ")), block.raw(i)))
-    return table, rejects
+    return tables, rejects
 
 
 # ----------------------------------------------------------------------------- the build
 
-def _run_job(job: _Job, max_tags: int) -> tuple[int, pa.Table, list[tuple[int, str, str, str]]]:
-    """Parse and check one block: (rows read, passing rows, all rejects in line order)."""
+def _run_job(job: _Job, max_tags: int, test_fraction: float) -> tuple[int, dict[str, pa.Table], list[tuple[int, str, str, str]]]:
+    """Parse and check one block: (rows read, passing rows by split, all rejects in line order)."""
     block = job()
-    table, rejects = _check_rows(block, max_tags)
-    return len(block.lines) + len(block.rejects), table, sorted(block.rejects + rejects)
+    tables, rejects = _check_rows(block, max_tags, test_fraction)
+    return len(block.lines) + len(block.rejects), tables, sorted(block.rejects + rejects)
 
 
 class _SplitWriter:
     """Appends checked rows to one Arrow stream file per split and remembers their ids."""
 
-    def __init__(self, folder: Path, test_fraction: float, schema: pa.Schema):
-        self.test_fraction = test_fraction
+    def __init__(self, folder: Path, schema: pa.Schema):
         self.schema = schema
         self.paths = {s: folder / f"{s}.arrow" for s in SPLITS}
         self.sinks = {s: pa.OSFile(str(p), "wb") for s, p in self.paths.items()}
         self.writers = {s: pa.ipc.new_stream(self.sinks[s], schema) for s in SPLITS}
         self.ids: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
 
-    def write(self, table: pa.Table) -> None:
-        table = table.replace_schema_metadata(self.schema.metadata)
-        ids = table["id"].to_numpy()
-        is_test = is_test_post(ids, self.test_fraction)
-        for split, mask in (("train", ~is_test), ("test", is_test)):
-            if mask.all():
-                part = table
-            elif mask.any():
-                part = table.filter(pa.array(mask))
-            else:
-                continue
-            self.writers[split].write_table(part)
-            self.ids[split].append(ids[mask])
+    def write(self, tables: dict[str, pa.Table]) -> None:
+        for split, table in tables.items():
+            if table.num_rows:
+                self.writers[split].write_table(table.replace_schema_metadata(self.schema.metadata))
+                self.ids[split].append(table["id"].to_numpy())
 
     def close(self) -> None:
         for split in SPLITS:
@@ -615,14 +634,15 @@ def _prepare_output(output: Path) -> None:
 
 def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: float = 0.05,
                   max_tags: int = DEFAULT_MAX_TAGS, block_bytes: int = BLOCK_BYTES,
-                  progress: bool | None = None) -> dict:
+                  progress: bool | None = None, workers: int | None = None) -> dict:
     """Build DATA_DIR ``output`` from export files (paths or globs); return the build info.
 
     Writes the DatasetDict (``train``, ``test``), ``rejects.jsonl`` (one object per rejected row:
     file, line, reason, detail, raw) and ``build_info.json`` (rows read, kept, rejected by reason,
     duplicates, rows per split). Raises UsageError, before writing anything, for a missing file, an
     unknown format, an empty file or a wrong header; and for an input without any rows.
-    ``progress``: show a progress bar (None: only on a terminal).
+    ``progress``: show a progress bar (None: only on a terminal). ``workers``: threads that parse
+    and check blocks (default: one per CPU, at most 4).
     """
     import datasets
     from tqdm.auto import tqdm
@@ -640,11 +660,11 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
     scratch = output / ".build-tmp"
     scratch.mkdir()
     features = datasets.Features.from_arrow_schema(SCHEMA)
-    writer = _SplitWriter(scratch, test_fraction, features.arrow_schema)
+    writer = _SplitWriter(scratch, features.arrow_schema)
     reasons: Counter[str] = Counter()
     per_file = {str(p): {"rows": 0, "rejected": 0} for p in files}
     rows_read = 0
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
     with open(output / "rejects.jsonl", "w", encoding="utf-8") as rejects_file, \
             tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="build-dataset",
                  disable=None if progress is None else not progress) as bar, \
@@ -654,8 +674,8 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
         def finish_oldest() -> None:
             nonlocal rows_read
             path, future, size = in_flight.popleft()
-            rows, table, rejects = future.result()
-            writer.write(table)
+            rows, tables, rejects = future.result()
+            writer.write(tables)
             for line, reason, detail, raw in rejects:
                 reasons[reason] += 1
                 rejects_file.write(json.dumps({"file": str(path), "line": line, "reason": reason,
@@ -669,7 +689,7 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
         # written in input order, so "last occurrence" and line numbers follow the input
         for path in files:
             for job, size in _jobs(path, block_bytes):
-                in_flight.append((path, pool.submit(_run_job, job, max_tags), size))
+                in_flight.append((path, pool.submit(_run_job, job, max_tags, test_fraction), size))
                 while len(in_flight) > workers:
                     finish_oldest()
         while in_flight:
