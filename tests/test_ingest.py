@@ -15,6 +15,7 @@ import pytest
 from datasets import load_from_disk
 
 from booru_embed.cli import main
+from booru_embed.data import ingest
 from booru_embed.data.ingest import build_dataset, is_test_post
 from booru_embed.data.synthetic import CSV_HEADER, generate_corpus
 from booru_embed.errors import UsageError
@@ -201,17 +202,22 @@ def test_bad_jsonl_and_parquet_rows(tmp_path):
     good = {"id": 1, "rating": "g", "score": 3, "tag_string_meta": "", "tag_string_general": "a b",
             "tag_string_artist": "", "tag_string_copyright": "", "tag_string_character": ""}
     lines = [json.dumps(good), "{not json", json.dumps({**good, "id": 2, "rating": None}),
-             json.dumps({**good, "id": "abc"}), json.dumps([1, 2]), json.dumps({**good, "id": 3})]
+             json.dumps({**good, "id": "abc"}), json.dumps([1, 2]), json.dumps({**good, "id": 3}),
+             json.dumps({**good, "id": 4, "tag_string_general": {"a": 1}}),
+             json.dumps({**good, "id": 5, "tag_string_artist": None, "tag_string_general": ["x", "y"]})]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     info = build_dataset([tmp_path / "p.jsonl"], tmp_path / "data")
     assert [(r["line"], r["reason"]) for r in _rejects(tmp_path / "data")] == [
-        (2, "invalid_json"), (3, "missing_field"), (4, "bad_id"), (5, "invalid_json")]
-    assert info["kept"] == 2 and info["rows_read"] == 6
-    table = pa.table({"id": [5, 6, None], "rating": ["g", "x", "s"], "score": [1, 2, 3],
-                      **{f"tag_string_{c}": ["", "a", "b"] for c in CATEGORIES}})
+        (2, "invalid_json"), (3, "missing_field"), (4, "bad_id"), (5, "invalid_json"), (7, "invalid_json")]
+    assert info["kept"] == 3 and info["rows_read"] == 8
+    rows = _all_rows(tmp_path / "data")
+    assert rows[5]["general"] == ["x", "y"] and rows[5]["artist"] == []
+    table = pa.table({"id": [5, 6, None, 7], "rating": ["g", "x", "s", "e"], "score": [1, 2, 3, None],
+                      **{f"tag_string_{c}": ["", "a", "b", None] for c in CATEGORIES}})
     pq.write_table(table, tmp_path / "p.parquet")
     info = build_dataset([tmp_path / "p.parquet"], tmp_path / "data2")
-    assert [(r["line"], r["reason"]) for r in _rejects(tmp_path / "data2")] == [(2, "bad_rating"), (3, "missing_field")]
+    assert [(r["line"], r["reason"]) for r in _rejects(tmp_path / "data2")] == [
+        (2, "bad_rating"), (3, "missing_field"), (4, "missing_field")]
     assert info["kept"] == 1
 
 
@@ -252,3 +258,15 @@ def test_rebuild_replaces_a_previous_dataset(tmp_path, capsys):
     _write(tmp_path / "p.csv", [_row(3, general="c")])
     assert main(["build-dataset", str(path), "--output", str(tmp_path / "data")]) == 0
     assert sorted(_all_rows(tmp_path / "data")) == [3]
+    with pytest.raises(UsageError, match="no posts"):  # a failed build leaves the earlier dataset alone
+        build_dataset([_write(tmp_path / "header.csv", [])], tmp_path / "data")
+    assert sorted(_all_rows(tmp_path / "data")) == [3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "header.csv", "p.csv"]
+
+
+def test_unterminated_quote_stops_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_RECORD_BYTES", 200)
+    path = _write(tmp_path / "p.csv", [_row(1, general="a"), '2,g,1,"","never closed', *[_row(i) for i in range(3, 40)]])
+    with pytest.raises(UsageError, match="unterminated quoted field starting near line 3"):
+        build_dataset([path], tmp_path / "data", block_bytes=64)
+    assert not (tmp_path / "data").exists()

@@ -131,7 +131,7 @@ def _check_input(path: Path) -> None:
             raise UsageError(f"{path}: not a readable Parquet file ({error})") from None
     else:
         with _open(path, compression) as stream:
-            head = stream.read(1 << 16)
+            head = stream.read(1 << 20)
         if not head.strip():
             raise UsageError(f"{path}: empty file")
         first = head.split(b"\n", 1)[0].lstrip(b"\xef\xbb\xbf").rstrip(b"\r").decode("utf-8", "replace")
@@ -322,11 +322,14 @@ def _csv_jobs(path: Path, kind: str, compression: str | None, block_bytes: int) 
 
 
 def _json_value(value: object) -> str | None:
-    if value is None or isinstance(value, (dict, bool)):
-        return None
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value)
-    return str(value)
+    """A JSON field as the string a CSV export would hold (tag lists joined); ValueError if it has none."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value)
+    raise ValueError(f"holds {json.dumps(value)[:40]}")
 
 
 def _to_strings(array: pa.Array) -> pa.Array:
@@ -341,12 +344,17 @@ def _parse_jsonl(text: _Text) -> _Block:
     try:
         table = pajson.read_json(pa.BufferReader(pa.py_buffer(text.data)),
                                  parse_options=pajson.ParseOptions(unexpected_field_behavior="infer"))
+        if table.num_rows != text.newlines:
+            return _slow_jsonl(text)  # blank lines: the slow path skips them
+        for name in INPUT_COLUMNS:
+            if name in table.column_names and not (pa.types.is_string(table[name].type) or pa.types.is_integer(table[name].type)
+                                                   or pa.types.is_null(table[name].type)
+                                                   or table[name].type == pa.list_(pa.string())):
+                return _slow_jsonl(text)  # floats, objects, booleans: the slow path says which row
+        columns = {c: (_to_strings(table[c].combine_chunks()) if c in table.column_names
+                       else pa.nulls(table.num_rows, pa.string())) for c in INPUT_COLUMNS}
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return _slow_jsonl(text)
-    if table.num_rows != text.newlines:
-        return _slow_jsonl(text)  # blank lines: the slow path skips them
-    columns = {c: (_to_strings(table[c].combine_chunks()) if c in table.column_names
-                   else pa.nulls(table.num_rows, pa.string())) for c in INPUT_COLUMNS}
     line_raw = _raw_lines(text.data)
     return _Block(columns, text.line + np.arange(table.num_rows), lambda i: line_raw(i, 1), may_have_nul=text.has_nul)
 
@@ -377,7 +385,12 @@ def _slow_jsonl(text: _Text) -> _Block:
         if not isinstance(record, dict):
             rejects.append((line, "invalid_json", "not a JSON object", raw))
             continue
-        good.append([_json_value(record.get(c)) for c in INPUT_COLUMNS])
+        try:
+            values = [_json_value(record.get(c)) for c in INPUT_COLUMNS]
+        except ValueError as error:
+            rejects.append((line, "invalid_json", f"a field {error}", raw))
+            continue
+        good.append(values)
         lines.append(line)
         raws.append(raw)
     columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
@@ -504,7 +517,7 @@ def _check_rows(block: _Block, max_tags: int, test_fraction: float) -> tuple[dic
     missing = np.zeros(rows, dtype=bool)
     nul = np.zeros(rows, dtype=bool)
     for name in INPUT_COLUMNS:
-        if columns[name].null_count:
+        if columns[name].null_count and name in ("id", "rating", "score"):  # a null tag string has no tags
             missing |= as_numpy(columns[name].is_null())
         if block.may_have_nul:
             nul |= as_numpy(pc.fill_null(pc.match_substring(columns[name], "\x00"), False))
@@ -621,51 +634,25 @@ def _save_dataset_dict(output: Path, files: dict[str, Path], features) -> None:
         state_path.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def _prepare_output(output: Path) -> None:
+def _check_output(output: Path) -> None:
+    """An output folder may be new, empty, or an earlier DATA_DIR (replaced once the build succeeds)."""
     if output.exists():
         if not output.is_dir():
             raise UsageError(f"output {output} exists and is not a folder")
         ours = (output / "build_info.json").exists() or (output / "dataset_dict.json").exists()
         if any(output.iterdir()) and not ours:
             raise UsageError(f"output folder {output} is not empty and holds no dataset; choose another")
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
 
 
-def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: float = 0.05,
-                  max_tags: int = DEFAULT_MAX_TAGS, block_bytes: int = BLOCK_BYTES,
-                  progress: bool | None = None, workers: int | None = None) -> dict:
-    """Build DATA_DIR ``output`` from export files (paths or globs); return the build info.
-
-    Writes the DatasetDict (``train``, ``test``), ``rejects.jsonl`` (one object per rejected row:
-    file, line, reason, detail, raw) and ``build_info.json`` (rows read, kept, rejected by reason,
-    duplicates, rows per split). Raises UsageError, before writing anything, for a missing file, an
-    unknown format, an empty file or a wrong header; and for an input without any rows.
-    ``progress``: show a progress bar (None: only on a terminal). ``workers``: threads that parse
-    and check blocks (default: one per CPU, at most 4).
-    """
-    import datasets
+def _stream_inputs(files: list[Path], folder: Path, writer: _SplitWriter, max_tags: int, test_fraction: float,
+                   block_bytes: int, progress: bool | None, workers: int) -> tuple[int, Counter, dict]:
+    """Parse, check and write every row of ``files``; return (rows read, rejects by reason, per file)."""
     from tqdm.auto import tqdm
 
-    if not 0.0 <= test_fraction < 1.0:
-        raise UsageError(f"--test-fraction must be in [0, 1), got {test_fraction}")
-    if max_tags < 1:
-        raise UsageError(f"--max-tags must be positive, got {max_tags}")
-    files = _expand_inputs(inputs)
-    for path in files:
-        _check_input(path)
-    output = Path(output)
-    _prepare_output(output)
-    started = time.perf_counter()
-    scratch = output / ".build-tmp"
-    scratch.mkdir()
-    features = datasets.Features.from_arrow_schema(SCHEMA)
-    writer = _SplitWriter(scratch, features.arrow_schema)
     reasons: Counter[str] = Counter()
     per_file = {str(p): {"rows": 0, "rejected": 0} for p in files}
     rows_read = 0
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
-    with open(output / "rejects.jsonl", "w", encoding="utf-8") as rejects_file, \
+    with open(folder / "rejects.jsonl", "w", encoding="utf-8") as rejects_file, \
             tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="build-dataset",
                  disable=None if progress is None else not progress) as bar, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build-dataset") as pool:
@@ -695,33 +682,76 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
         while in_flight:
             finish_oldest()
     writer.close()
-    if rows_read == 0:
-        shutil.rmtree(output)
-        raise UsageError(f"no posts in the input ({len(files)} file(s) with a header only)")
-    splits, duplicates = {}, 0
-    for split in SPLITS:
-        splits[split], dropped = writer.drop_duplicates(split)
-        duplicates += dropped
-    _save_dataset_dict(output, writer.paths, features)
-    shutil.rmtree(scratch)
-    rejected = sum(reasons.values())
-    info = {
-        "inputs": [str(p) for p in files],
-        "rows_read": rows_read,
-        "kept": rows_read - rejected - duplicates,
-        "rejected": rejected,
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "duplicates": duplicates,
-        "splits": splits,
-        "test_fraction": test_fraction,
-        "split_rule": "test if splitmix64(id) / 2**64 < test_fraction",
-        "max_tags": max_tags,
-        "per_file": per_file,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    if info["kept"] != sum(splits.values()):
-        raise RuntimeError(f"row accounting is off: {info}")
-    (output / "build_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return rows_read, reasons, per_file
+
+
+def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: float = 0.05,
+                  max_tags: int = DEFAULT_MAX_TAGS, block_bytes: int = BLOCK_BYTES,
+                  progress: bool | None = None, workers: int | None = None) -> dict:
+    """Build DATA_DIR ``output`` from export files (paths or globs); return the build info.
+
+    Writes the DatasetDict (``train``, ``test``), ``rejects.jsonl`` (one object per rejected row:
+    file, line, reason, detail, raw) and ``build_info.json`` (rows read, kept, rejected by reason,
+    duplicates, rows per split). Raises UsageError, before writing anything, for a missing file, an
+    unknown format, an empty file, a wrong header or an output folder that holds something else;
+    and, leaving ``output`` as it was, for an input without any rows. The build happens in a
+    sibling folder that replaces ``output`` only when it is complete.
+    ``progress``: show a progress bar (None: only on a terminal). ``workers``: threads that parse
+    and check blocks (default: one per CPU, at most 4).
+    """
+    import datasets
+
+    if not 0.0 <= test_fraction < 1.0:
+        raise UsageError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if max_tags < 1:
+        raise UsageError(f"--max-tags must be positive, got {max_tags}")
+    files = _expand_inputs(inputs)
+    for path in files:
+        _check_input(path)
+    output = Path(output)
+    _check_output(output)
+    started = time.perf_counter()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.building-{uuid.uuid4().hex[:8]}")
+    scratch = staging / ".rows"
+    scratch.mkdir(parents=True)
+    try:
+        features = datasets.Features.from_arrow_schema(SCHEMA)
+        writer = _SplitWriter(scratch, features.arrow_schema)
+        rows_read, reasons, per_file = _stream_inputs(files, staging, writer, max_tags, test_fraction, block_bytes,
+                                                      progress, workers or max(1, min(4, os.cpu_count() or 1)))
+        if rows_read == 0:
+            raise UsageError(f"no posts in the input ({len(files)} file(s) with a header only)")
+        splits, duplicates = {}, 0
+        for split in SPLITS:
+            splits[split], dropped = writer.drop_duplicates(split)
+            duplicates += dropped
+        _save_dataset_dict(staging, writer.paths, features)
+        shutil.rmtree(scratch)
+        rejected = sum(reasons.values())
+        info = {
+            "inputs": [str(p) for p in files],
+            "rows_read": rows_read,
+            "kept": rows_read - rejected - duplicates,
+            "rejected": rejected,
+            "rejected_by_reason": dict(sorted(reasons.items())),
+            "duplicates": duplicates,
+            "splits": splits,
+            "test_fraction": test_fraction,
+            "split_rule": "test if splitmix64(id) / 2**64 < test_fraction",
+            "max_tags": max_tags,
+            "per_file": per_file,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        if info["kept"] != sum(splits.values()):
+            raise RuntimeError(f"row accounting is off: {info}")
+        (staging / "build_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return info
 
 
