@@ -151,3 +151,50 @@ def test_publish_wrong_token_is_one_line(model_dir: Path, online: None) -> None:
 def test_publish_rejects_bad_repo_id(model_dir: Path, repo_id: str) -> None:
     with pytest.raises(UsageError, match="OWNER/NAME"):
         publish(model_dir, repo_id, token="hf_x")
+
+
+LOAD_FROM_HUB = """
+import sys
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+from booru_embed.embedder import BooruEmbedder
+
+repo_id, output = sys.argv[1], sys.argv[2]
+tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=True)
+model = AutoModel.from_pretrained(repo_id, trust_remote_code=True)
+batch = tokenizer(["1girl solo smile", "hatsune_miku, skirt"], padding=True, return_tensors="pt")
+with torch.inference_mode():
+    pooled = model(**batch, normalize_embeddings=True).pooler_output.numpy()
+suggested = BooruEmbedder.from_pretrained(repo_id).suggest("1girl cat_ears", top_k=3)
+np.savez(output, pooled=pooled, suggested=np.array([tag for tag, _ in suggested]))
+"""
+
+
+def test_hub_round_trip_loads_with_automodel(tmp_path: Path, online: None) -> None:
+    """Push a real (tiny, untrained) model, then load it back from the fake Hub in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from booru_embed.embedder import BooruEmbedder
+    from tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny")
+    local = BooruEmbedder.from_pretrained(model_dir, device="cpu")
+    with FakeHub() as hub:
+        publish(model_dir, "someone/booru-tiny", private=True, token=hub.token, endpoint=hub.endpoint)
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "fresh-hf-home")}
+        result = subprocess.run([sys.executable, "-c", LOAD_FROM_HUB, "someone/booru-tiny", str(tmp_path / "out.npz")],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        downloads = {path.rsplit("/", 1)[1] for method, path in hub.requests
+                     if method == "GET" and path.startswith("/someone/booru-tiny/resolve/")}
+    assert {"model.safetensors", "config.json", "modeling_booru_embed.py", "tokenizer_config.json", "vocab.json",
+            "tokenization_booru_embed.py", "implications.json"} <= downloads
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out["pooled"], local.embed(["1girl solo smile", "hatsune_miku, skirt"]), atol=1e-5)
+    assert out["suggested"].tolist() == [tag for tag, _ in local.suggest("1girl cat_ears", top_k=3)]

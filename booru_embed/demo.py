@@ -1,0 +1,166 @@
+"""`booru-embed demo`: the whole pipeline on a generated corpus, offline, in minutes on a laptop CPU.
+
+generate corpus -> build dataset -> analyze -> build tokenizer -> train `tiny` -> evaluate (model vs
+baseline) -> reload the saved folder with AutoModel in a fresh process -> suggest tags for posts whose
+answers the generator knows (a character with its traits removed should get them back).
+Every stage runs the same code as its `booru-embed` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import UsageError
+
+HUB_CONFIGS = Path(__file__).resolve().parent.parent / "hub_configs"
+MARKER = "demo.json"
+# Folders and files the demo writes inside its workdir (and may replace on a re-run).
+OUTPUTS = ("corpus", "data", "report", "tokenizer", "model", "metrics.json", MARKER)
+
+
+def _prepare_workdir(workdir: Path) -> None:
+    """Create ``workdir``; clear a previous demo's outputs, refuse a non-empty folder that is not one."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir} is a file")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / MARKER).is_file():
+            raise UsageError(f"--workdir {workdir} is not empty and holds no earlier demo: choose another folder")
+        for name in OUTPUTS:
+            path = workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def _stage(title: str, argv: list[str]) -> float:
+    """Run one `booru-embed` command in this process; print its title and time; raise if it fails."""
+    from .cli import main
+
+    print(f"\n=== {title}: booru-embed {' '.join(argv)}", flush=True)
+    start = time.perf_counter()
+    code = main(argv)
+    if code != 0:
+        raise UsageError(f"demo stage '{title}' failed (exit code {code})")
+    seconds = time.perf_counter() - start
+    print(f"--- {title}: {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def write_implications(truth_json: Path, output: Path) -> Path:
+    """Write the generator's implication pairs as the TSV (``antecedent<TAB>consequent``) build-tokenizer reads."""
+    truth = json.loads(truth_json.read_text(encoding="utf-8"))
+    lines = ["antecedent\tconsequent"] + [f"{a}\t{c}" for a, c in truth.get("implications", [])]
+    output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return output
+
+
+def known_answer_posts(truth: dict, count: int = 3) -> list[dict]:
+    """Posts whose missing tags the generator knows: a character with its copyright, traits removed."""
+    characters = sorted(truth["characters"].items(), key=lambda item: (-len(item[1]["traits"]), item[0]))
+    cases = []
+    for name, info in characters[:count]:
+        tags = {"character": [name], "copyright": [info["copyright"]], "general": ["solo"]}
+        cases.append({"tags": tags, "expected": sorted(info["traits"])})
+    return cases
+
+
+def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int = 10) -> float:
+    """Load ``model_dir`` (AutoModel check, then BooruEmbedder), print suggestions; return the trait recall."""
+    from transformers import AutoModel
+    from transformers.utils import logging
+
+    from .embedder import BooruEmbedder
+
+    logging.set_verbosity_error()  # AutoModel lists the heads it leaves out of the checkpoint: expected here
+    logging.disable_progress_bar()
+    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True)
+    print(f"reloaded {model_dir} with AutoModel: {type(model).__name__}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    embedder = BooruEmbedder.from_pretrained(model_dir)
+    truth = json.loads(Path(truth_json).read_text(encoding="utf-8"))
+    found = total = 0
+    for case in known_answer_posts(truth):
+        suggestions = embedder.suggest(case["tags"], top_k=top_k, categories=["general"])
+        expected = set(case["expected"])
+        hits = [tag for tag, _ in suggestions if tag in expected]
+        found, total = found + len(hits), total + len(expected)
+        shown = ", ".join(f"{tag}{'*' if tag in expected else ''} {score:.2f}" for tag, score in suggestions)
+        print(f"\npost: {case['tags']}\n  known traits: {', '.join(case['expected'])}")
+        print(f"  suggested (general, top {top_k}; * = a known trait): {shown}")
+        print(f"  traits recovered: {len(hits)}/{len(expected)}")
+    recall = found / total if total else 0.0
+    print(f"\ntraits recovered overall: {found}/{total} ({recall:.0%})")
+    return recall
+
+
+def run_demo_pipeline(workdir: Path, posts: int, max_steps: int | None, seed: int = 0) -> dict[str, str]:
+    """Run every stage into ``workdir``; return the output paths by name."""
+    _prepare_workdir(workdir)
+    paths = {name: workdir / name for name in ("corpus", "data", "report", "tokenizer", "model")}
+    paths["corpus_csv"] = paths["corpus"] / "posts.csv"
+    paths["metrics"] = workdir / "metrics.json"
+    (workdir / MARKER).write_text(json.dumps({"posts": posts, "max_steps": max_steps, "seed": seed}) + "\n")
+    paths["corpus"].mkdir()
+    timings = {}
+    print(f"=== generate corpus: {posts} posts -> {paths['corpus_csv']}", flush=True)
+    start = time.perf_counter()
+    from .data.synthetic import default_tag_data, generate_corpus
+
+    paths["truth"] = Path(generate_corpus(paths["corpus_csv"], posts, seed=seed, tag_data=default_tag_data()))
+    timings["generate"] = time.perf_counter() - start
+    paths["implications"] = write_implications(paths["truth"], paths["corpus"] / "implications.tsv")
+    timings["build"] = _stage("build dataset", ["build-dataset", str(paths["corpus_csv"]),
+                                                "--output", str(paths["data"])])
+    timings["analyze"] = _stage("analyze", ["analyze", str(paths["data"]), "--output", str(paths["report"])])
+    timings["tokenizer"] = _stage("build tokenizer", ["build-tokenizer", str(paths["data"]), "--output",
+                                                      str(paths["tokenizer"]), "--implications",
+                                                      str(paths["implications"])])
+    train = ["train", "--config", str(HUB_CONFIGS / "tiny.json"), "--dataset", str(paths["data"]),
+             "--tokenizer", str(paths["tokenizer"]), "--output", str(paths["model"]), "--seed", str(seed)]
+    timings["train"] = _stage("train tiny", train + (["--max-steps", str(max_steps)] if max_steps else []))
+    timings["evaluate"] = _stage("evaluate", ["evaluate", str(paths["model"]), "--dataset", str(paths["data"]),
+                                              "--output", str(paths["metrics"]), "--implications",
+                                              str(paths["implications"]), "--truth", str(paths["truth"])])
+    from .st_compat import write_sentence_transformers_files
+
+    write_sentence_transformers_files(paths["model"])
+    print("\n=== reload in a fresh process and suggest", flush=True)
+    start = time.perf_counter()
+    script = ("import sys; from booru_embed.demo import show_known_answers; "
+              "show_known_answers(sys.argv[1], sys.argv[2])")
+    subprocess.run([sys.executable, "-c", script, str(paths["model"]), str(paths["truth"])], check=True)
+    timings["reload+suggest"] = time.perf_counter() - start
+    print("\nstage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+    return {name: str(path) for name, path in paths.items()}
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``booru-embed demo``."""
+    parser.add_argument("--workdir", type=Path, default=Path("runs/demo"),
+                        help="folder for every output (default: runs/demo); an earlier demo there is replaced")
+    parser.add_argument("--posts", type=int, default=20000, help="posts in the generated corpus (default: 20000)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="training steps (default: the `tiny` config's recipe)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and of training")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run ``booru-embed demo``."""
+    if args.posts < 200:
+        raise UsageError(f"--posts must be at least 200, got {args.posts}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+    start = time.perf_counter()
+    paths = run_demo_pipeline(args.workdir, args.posts, args.max_steps, args.seed)
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs:")
+    for name, path in paths.items():
+        print(f"  {name:<13} {path}")
+    return 0
