@@ -125,8 +125,8 @@ class PostLayout:
     Attributes:
         cu_seqlens: (posts + 1,) int32 offsets of the posts in the packed row.
         max_seqlen: length of the longest post.
-        slots: (posts, max_seqlen) packed position of each token of each post (clamped past the end).
-        valid: (posts, max_seqlen) True where the slot holds a token of the post.
+        slots: (total_tokens,) index of each packed token in a (posts * max_seqlen) grid of rows.
+        valid: (posts, max_seqlen) True where a grid slot holds a token.
     """
 
     cu_seqlens: torch.Tensor
@@ -141,10 +141,12 @@ class PostLayout:
         lengths = cu_seqlens.diff()
         if max_seqlen is None:
             max_seqlen = int(lengths.max())
-        offsets = torch.arange(max_seqlen, device=cu_seqlens.device)
-        valid = offsets[None, :] < lengths[:, None]  # (posts, max_seqlen)
-        slots = (cu_seqlens[:-1, None].long() + offsets[None, :]).clamp(max=total_tokens - 1)
-        return cls(cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen), slots=slots, valid=valid)
+        device = cu_seqlens.device
+        post = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths.long(),
+                                       output_size=total_tokens)  # (total_tokens,) post of each token
+        offset = torch.arange(total_tokens, device=device) - cu_seqlens[:-1].long()[post]
+        valid = torch.arange(max_seqlen, device=device)[None, :] < lengths[:, None]  # (posts, max_seqlen)
+        return cls(cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen), slots=post * max_seqlen + offset, valid=valid)
 
     @classmethod
     def from_position_ids(cls, position_ids: torch.Tensor) -> PostLayout:
@@ -155,12 +157,17 @@ class PostLayout:
         return cls.from_cu_seqlens(torch.cat([starts, end]), None, flat.numel())
 
     def regroup(self, states: torch.Tensor) -> torch.Tensor:
-        """(1, heads, total_tokens, head_dim) -> (posts, heads, max_seqlen, head_dim)."""
-        return states[0][:, self.slots].transpose(0, 1)
+        """(total_tokens, features) -> (posts, max_seqlen, features), zeros in the empty slots.
+
+        index_copy / index_select rather than boolean indexing: their backward passes are a plain gather and
+        scatter-add, where boolean indexing falls back to a slow accumulating index_put on CPU.
+        """
+        grid = states.new_zeros(self.valid.numel(), states.shape[-1]).index_copy(0, self.slots, states)
+        return grid.view(*self.valid.shape, -1)
 
     def ungroup(self, states: torch.Tensor) -> torch.Tensor:
-        """(posts, max_seqlen, heads, head_dim) -> (1, total_tokens, heads, head_dim), dropping the padding."""
-        return states[self.valid].unsqueeze(0)
+        """(posts, max_seqlen, features) -> (total_tokens, features), dropping the empty slots."""
+        return states.reshape(self.valid.numel(), -1).index_select(0, self.slots)
 
     def key_mask(self) -> torch.Tensor:
         """(posts, 1, 1, max_seqlen) boolean mask: True where a key may be attended."""
@@ -170,8 +177,7 @@ class PostLayout:
         """A flex-attention BlockMask letting each token attend only to tokens of its own post."""
         from torch.nn.attention.flex_attention import create_block_mask
 
-        lengths = self.cu_seqlens.diff().long()
-        document = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+        document = torch.div(self.slots, self.max_seqlen, rounding_mode="floor")  # (total_tokens,) post of each token
 
         def same_post(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
             return document[q_idx] == document[kv_idx]
@@ -257,15 +263,18 @@ def varlen_attention_forward(
         return output.unsqueeze(0), None
     if post_layout is None:
         post_layout = PostLayout.from_cu_seqlens(cu_seq_lens_q, max_length_q, query.shape[2])
+    heads, head_dim = query.shape[1], query.shape[3]
+    query, key, value = (
+        post_layout.regroup(states[0].transpose(0, 1).reshape(-1, heads * head_dim))
+        .unflatten(-1, (heads, head_dim))
+        .transpose(1, 2)  # (posts, heads, max_seqlen, head_dim)
+        for states in (query, key, value)
+    )
     output = F.scaled_dot_product_attention(
-        post_layout.regroup(query),
-        post_layout.regroup(key),
-        post_layout.regroup(value),
-        attn_mask=post_layout.key_mask(),
-        dropout_p=dropout,
-        scale=scaling,
+        query, key, value, attn_mask=post_layout.key_mask(), dropout_p=dropout, scale=scaling
     )  # (posts, heads, max_seqlen, head_dim)
-    return post_layout.ungroup(output.transpose(1, 2)), None
+    output = post_layout.ungroup(output.transpose(1, 2).flatten(2))  # (total_tokens, heads * head_dim)
+    return output.unflatten(-1, (heads, head_dim)).unsqueeze(0), None
 
 
 AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
@@ -295,26 +304,28 @@ class BooruEmbedAttention(nn.Module):
         """(batch, tokens, hidden) -> (batch, tokens, hidden).
 
         With `post_layout` and a backend that takes neither cu_seqlens nor a BlockMask, the packed posts are
-        regrouped into rows for the attention product.
+        regrouped into rows of a (posts, max_seqlen) grid for the attention product only.
         """
         batch, tokens, _ = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, tokens, head_dim)
-
+        qkv = self.qkv_proj(hidden_states)  # (batch, tokens, 3 * hidden)
         implementation = self.config._attn_implementation
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         regroup = post_layout is not None and implementation not in _VARLEN_BACKENDS + ("flex_attention",)
         if regroup:
-            query, key, value = (post_layout.regroup(states) for states in (query, key, value))
+            qkv = post_layout.regroup(qkv[0])  # (posts, max_seqlen, 3 * hidden)
             attention_mask = post_layout.key_mask()
         elif implementation == VARLEN_ATTENTION:
             kwargs["post_layout"] = post_layout
+        rows, length = qkv.shape[:2]
+        qkv = qkv.view(rows, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (rows, heads, length, head_dim)
         output, _ = attention(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False, **kwargs
-        )  # (batch or posts, tokens or max_seqlen, heads, head_dim)
+        )  # (rows, length, heads, head_dim)
+        output = output.reshape(rows, length, -1)
         if regroup:
-            output = post_layout.ungroup(output)
-        return self.o_proj(output.reshape(batch, tokens, -1))
+            output = post_layout.ungroup(output)[None]  # (1, total_tokens, hidden)
+        return self.o_proj(output)
 
 
 # --------------------------------------------------------------------------------------------------- MLP, block
@@ -467,12 +478,14 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
             lengths = real.sum(dim=1, dtype=torch.int32)
             cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
             layout = PostLayout.from_cu_seqlens(cu, int(lengths.max()), int(cu[-1]))
-            packed_states, all_states = self._encode_packed(hidden_states[real][None], layout, output_hidden_states)
+            index = real.flatten().nonzero().squeeze(1)  # (total_tokens,) position of each real token in the batch
+            packed_states, all_states = self._encode_packed(
+                hidden_states.flatten(0, 1).index_select(0, index)[None], layout, output_hidden_states
+            )
             first_tokens = packed_states[0, layout.cu_seqlens[:-1].long()]
-            hidden_states = hidden_states.new_zeros(hidden_states.shape)
-            hidden_states[real] = packed_states[0]
+            hidden_states = self._scatter(packed_states[0], index, real.shape)
             if all_states is not None:
-                all_states = tuple(self._scatter(states[0], real) for states in all_states)
+                all_states = tuple(self._scatter(states[0], index, real.shape) for states in all_states)
         else:
             mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
@@ -522,11 +535,10 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
         return hidden_states, None
 
     @staticmethod
-    def _scatter(packed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(total_tokens, hidden) -> (posts, tokens, hidden) with zeros at padding."""
-        padded = packed.new_zeros((*real.shape, packed.shape[-1]))
-        padded[real] = packed
-        return padded
+    def _scatter(packed: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """(total_tokens, hidden) -> `shape` + (hidden,), real tokens at `index` of the flattened batch, zeros elsewhere."""
+        padded = packed.new_zeros(shape.numel(), packed.shape[-1]).index_copy(0, index, packed)
+        return padded.view(*shape, -1)
 
 
 # ------------------------------------------------------------------------------------------------------- heads
