@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -485,7 +486,8 @@ class Evaluator:
             self.traits(runner, truth, out)
         out["count.test_posts"] = float(len(self.test))
         out["time.seconds"] = time.perf_counter() - started
-        return {k: out[k] for k in sorted(out)}
+        # a metric without cases (e.g. no tag outside the top 2000) is left out, never written as NaN
+        return {k: out[k] for k in sorted(out) if math.isfinite(out[k])}
 
 
 # ---------------------------------------------------------------- loading and the command

@@ -1,7 +1,13 @@
-"""The Accelerate training loop: model folder, resume, SIGTERM, schedules and errors (tiny CPU runs)."""
+"""The Accelerate training loop: model folder, resume, SIGTERM, two processes, schedules, errors.
+
+Tiny CPU runs. As a script (under ``torch.distributed.run``) this file is the worker of the
+two-process test: it trains a few steps and writes, per rank, the post ids its collator received and
+a digest of its final weights.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -155,3 +161,81 @@ def test_help_documents_the_hyper_parameters():
     for flag in ("--max-steps", "--resume", "--learning-rate", "--lr-schedule", "--mixed-precision",
                  "--gradient-accumulation-steps", "--torch-compile", "--gradient-checkpointing", "--temperature"):
         assert flag in text
+
+
+def _worker(data: str, tokenizer: str, model_json: str, output: str) -> None:
+    """Train 4 steps on this rank, recording the post ids of every batch it built."""
+    import torch
+
+    from booru_embed.training import collator as collator_module
+    from booru_embed.training.config import TrainingConfig
+    from booru_embed.training.loop import fit
+
+    seen: list[int] = []
+    original = collator_module.PretrainingCollator.__call__
+
+    def recording(self, examples):
+        seen.extend(int(e["id"]) for e in examples)
+        return original(self, examples)
+
+    collator_module.PretrainingCollator.__call__ = recording
+    result = fit(TrainingConfig(
+        dataset=data, tokenizer=tokenizer, output=output, config=model_json, max_steps=4, batch_size=16,
+        warmup_steps=1, num_workers=0, eval_posts=0, progress=False, checkpoint_every=2,
+    ))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(result.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    rank = int(os.environ["RANK"])
+    Path(output, f"rank{rank}.json").write_text(json.dumps({"ids": seen, "weights": digest.hexdigest()}))
+
+
+@pytest.mark.slow
+def test_two_processes_share_weights_and_split_the_data(small_corpus, tmp_path):
+    data, tokenizer, model_json = small_corpus
+    out = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         __file__, str(data), str(tokenizer), str(model_json), str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    # 4 batches of 16 per rank (the prepared loader may fetch one batch ahead)
+    assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) >= 4 * 16
+    assert not set(ranks[0]["ids"]) & set(ranks[1]["ids"]), "each rank trains on its own posts"
+    assert "2 process(es)" in run.stdout + run.stderr
+    assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "step_4").is_dir()
+    assert sorted(p.name for p in (out / "checkpoints" / "step_4").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:5])
+
+
+def test_short_training_learns_beyond_chance(small_corpus, tmp_path):
+    """A fast learning check: 40 steps of a micro model vs the same model untrained, on training posts."""
+    from booru_embed.evaluation import Evaluator, posts_from_encoded
+    from booru_embed.training.collator import TokenInfo
+    from booru_embed.training.loop import build_model, load_tokenizer
+
+    import datasets
+
+    config = config_for(small_corpus, tmp_path / "m", max_steps=40, learning_rate=5e-3, warmup_steps=5)
+    result = fit(config)
+    tokenizer = load_tokenizer(config.tokenizer)
+    info = TokenInfo.from_tokenizer(tokenizer)
+    posts = posts_from_encoded(datasets.load_from_disk(str(tmp_path / "m" / "cache" / "train_encoded")))
+    evaluator = Evaluator(info, posts, posts, tokenizer.tag_to_id, max_posts=150)
+    trained = evaluator.run(result.model)
+    untrained = evaluator.run(build_model(config, tokenizer))
+    # a random ranking puts a hidden tag in the top (number hidden) with probability hidden / candidates
+    candidates = int(info.tag_candidates().sum())
+    chance = trained["count.masked.hidden_tags"] / trained["count.masked.cases"] / candidates
+    assert trained["model.masked.micro_f1"] > max(10 * chance, untrained["model.masked.micro_f1"] + 0.05)
+    assert trained["model.masked.recall@10"] > untrained["model.masked.recall@10"] + 0.1
+    assert trained["model.readback.dim32.micro_f1"] > untrained["model.readback.dim32.micro_f1"] + 0.05

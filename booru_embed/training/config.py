@@ -83,6 +83,7 @@ class TrainingConfig:
     keep_checkpoints: int = _opt(2, "checkpoints kept (older ones are deleted)")
     eval_every: int = _opt(0, "optimizer steps between evaluations on the test split; 0 evaluates only at the end")
     eval_posts: int = _opt(1000, "test posts used by the evaluations during and at the end of training; 0 skips")
+    eval_truth: str | None = _opt(None, "ground-truth JSON of a generated corpus: the evaluations add trait recovery")
     progress: bool = _opt(True, "show a progress bar")
 
     def __post_init__(self) -> None:

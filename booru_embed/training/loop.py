@@ -166,6 +166,11 @@ def save_checkpoint(accelerator: Any, output: Path, state: TrainState, keep: int
     return final
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which saves a checkpoint and stops them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _StopSignal:
     """Remembers a SIGTERM so the loop can save a checkpoint and exit at the next step boundary."""
 
@@ -204,16 +209,17 @@ def _evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded:
     )
 
 
-def _run_evaluation(accelerator: Any, evaluator: Any, model: Any, step: int) -> dict[str, float]:
+def _run_evaluation(accelerator: Any, evaluator: Any, model: Any, step: int, truth: dict | None) -> dict[str, float]:
     """Evaluate on the main process, log ``eval/*`` to the trackers; the others wait."""
     metrics: dict[str, float] = {}
     if evaluator is not None and accelerator.is_main_process:
-        metrics = evaluator.run(accelerator.unwrap_model(model))
+        metrics = evaluator.run(accelerator.unwrap_model(model), truth=truth)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items() if math.isfinite(v)}, step=step)
-        accelerator.print(
-            f"step {step}: masked micro-F1 model {metrics.get('model.masked.micro_f1', float('nan')):.4f} "
-            f"baseline {metrics.get('baseline.masked.micro_f1', float('nan')):.4f}"
-        )
+        shown = ("masked.micro_f1", "retrieval.character.recall@10", "traits.r_precision")
+        accelerator.print(f"step {step}: " + ", ".join(
+            f"{name} {metrics[f'model.{name}']:.4f} (baseline {metrics[f'baseline.{name}']:.4f})"
+            for name in shown if f"model.{name}" in metrics
+        ))
     accelerator.wait_for_everyone()
     return metrics
 
@@ -227,6 +233,14 @@ class TrainingResult:
     state: TrainState
     metrics: dict[str, float]
     finished: bool  # False when stopped early (SIGTERM or stop_after_steps) with a checkpoint to resume
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (CUDA, XPU, MPS, ...)."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def train(config: TrainingConfig) -> Path:
@@ -253,6 +267,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
         raise UsageError(f"{output} already holds checkpoints: pass --resume to continue, or choose another --output")
     output.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
+        cpu=not _has_accelerator(),  # lets torchrun / accelerate launch run several CPU processes (gloo)
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with="tensorboard",
@@ -278,6 +293,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
         train_encoded.with_format(None, columns=["id", "input_ids", "category_ids"]),
         batch_sampler=sampler, collate_fn=collator, num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),  # worker seeds must not touch the global RNG
+        worker_init_fn=_ignore_sigterm,
     )
     batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
@@ -305,6 +321,11 @@ def fit(config: TrainingConfig) -> TrainingResult:
         config.save(output / "training_config.json")
     accelerator.init_trackers("train", config={k: v for k, v in config.to_dict().items() if v is not None})
     evaluator = _evaluator(config, tokenizer, info, train_encoded) if accelerator.is_main_process else None
+    truth = None
+    if config.eval_truth:
+        if not Path(config.eval_truth).is_file():
+            raise UsageError(f"ground-truth file not found: {config.eval_truth}")
+        truth = json.loads(Path(config.eval_truth).read_text())
 
     accelerator.print(
         f"running training: {len(train_encoded)} posts, {accelerator.num_processes} process(es), "
@@ -374,7 +395,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
                     if stop_requested:
                         accelerator.print(f"stopped at step {state.step}: saved {path}; continue with --resume")
                 if config.eval_every and state.step % config.eval_every == 0 and not done and not stop_requested:
-                    _run_evaluation(accelerator, evaluator, model, state.step)
+                    _run_evaluation(accelerator, evaluator, model, state.step, truth)
                 if done or stop_requested:
                     break
             else:
@@ -387,7 +408,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
         return TrainingResult(output, accelerator.unwrap_model(model), state, {}, finished=False)
     save_checkpoint(accelerator, output, state, config.keep_checkpoints)
     save_model(accelerator, model, tokenizer, output)
-    metrics = _run_evaluation(accelerator, evaluator, model, state.step)
+    metrics = _run_evaluation(accelerator, evaluator, model, state.step, truth)
     if accelerator.is_main_process and metrics:
         (output / "eval_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     accelerator.print(
