@@ -728,6 +728,10 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
             duplicates += dropped
         _save_dataset_dict(staging, writer.paths, features)
         shutil.rmtree(scratch)
+        reloaded = datasets.load_from_disk(str(staging))  # the layout is datasets' own: check it reads back
+        if {s: len(reloaded[s]) for s in SPLITS} != splits or reloaded["train"].features != features:
+            raise RuntimeError(f"{staging} does not read back as written; datasets' folder layout may have changed")
+        del reloaded
         rejected = sum(reasons.values())
         info = {
             "inputs": [str(p) for p in files],
