@@ -578,12 +578,14 @@ class _SplitWriter:
         self.ids: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
 
     def write(self, tables: dict[str, pa.Table]) -> None:
+        """Append each split's rows of one block."""
         for split, table in tables.items():
             if table.num_rows:
                 self.writers[split].write_table(table.replace_schema_metadata(self.schema.metadata))
                 self.ids[split].append(table["id"].to_numpy())
 
     def close(self) -> None:
+        """Finish the Arrow streams."""
         for split in SPLITS:
             self.writers[split].close()
             self.sinks[split].close()
