@@ -92,7 +92,8 @@ def main() -> None:
         args.repeats,
     )
     baseline = timings["(c) plain Python dict lookup (baseline)"]
-    print(f"\n{n} generated posts, vocabulary {len(tok)} tokens, {os.cpu_count()} CPU cores\n")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{n} generated posts, vocabulary {len(tok)} tokens, {os.cpu_count()} CPU cores, load average after timing {load}\n")
     print("| path | posts/s | vs (c) |\n|---|---:|---:|")
     for name, seconds in timings.items():
         print(f"| {name} | {n / seconds:,.0f} | {baseline / seconds:.2f}x |")

@@ -184,11 +184,11 @@ def vocabulary_rows(
     )
 
     rows = [(PAD_TOKEN, "special", 0, 0), (CLS_TOKEN, "special", 0, 0), (MASK_TOKEN, "special", 0, 0)]
-    rows += [(UNK_TOKENS[c], "special", CATEGORY_IDS[c], 0) for c in TAG_CATEGORIES]
     rows += [(rating_token(r), "rating", CATEGORY_IDS["rating"], rating_counts.get(r, 0)) for r in RATINGS]
     rows += [(name, "score", CATEGORY_IDS["score"], n) for name, n in zip(score_token_names(boundaries), bucket_counts)]
-    for category in PRIORITY_ORDER:
+    for category in PRIORITY_ORDER:  # ids in canonical order: sorting a post's ids orders it
         rows += [(tag, "tag", CATEGORY_IDS[category], n) for tag, n in kept.get(category, [])]
+        rows.append((UNK_TOKENS[category], "special", CATEGORY_IDS[category], 0))
     rows += [(f"<unused_{i}>", "unused", 0, 0) for i in range(-len(rows) % VOCAB_MULTIPLE)]
     return rows
 
@@ -235,7 +235,7 @@ def build_tokenizer(
     kept: dict[str, list[tuple[str, int]]] = {}
     stats: dict[str, dict[str, float]] = {}
     for category, counts in by_category.items():
-        # Rarer first, as the tokenizer's canonical order: then plain id order is canonical order.
+        # Rarer first, the tokenizer's canonical order within a category.
         chosen = sorted(((t, n) for t, n in counts.items() if n >= thresholds[category]), key=lambda item: (item[1], item[0]))
         kept[category] = chosen
         total = sum(counts.values())

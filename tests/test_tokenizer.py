@@ -311,3 +311,20 @@ def test_real_alias_table_is_resolved(shared_tag_data, tmp_path):
     assert tok({"general": ["valentine's day", "valentines"]})["input_ids"] == [1, tok.tag_to_id("valentine")]
     split = datasets.load_from_disk(str(data_dir))["train"]
     assert tok.encode_dataset(split)["input_ids"] == tok([dict(r) for r in split])["input_ids"]
+
+
+def test_any_vocabulary_id_order_gives_the_same_canonical_tokens(tok, tokenizer_dir, tmp_path):
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text())
+    rows = vocab["tokens"]
+    rest = rows[3:]
+    random.Random(0).shuffle(rest)  # pad, cls, mask stay at 0, 1, 2; everything else moves
+    vocab["tokens"] = rows[:3] + rest
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    shuffled = BooruEmbedTokenizer(vocab_file=str(tmp_path / "vocab.json"))
+    assert not shuffled._rank_is_identity
+    posts = random_posts(tok, 100, seed=1)
+    split = datasets.load_from_disk(str(write_data_dir(tmp_path / "data", posts)))["train"]
+    here = [tok.convert_ids_to_tokens(ids) for ids in tok(posts)["input_ids"]]
+    there = [shuffled.convert_ids_to_tokens(ids) for ids in shuffled(posts)["input_ids"]]
+    assert here == there
+    assert shuffled.encode_dataset(split, batch_size=32)["input_ids"] == shuffled(posts)["input_ids"]

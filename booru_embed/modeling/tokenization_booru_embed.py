@@ -149,14 +149,19 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         self._tag_token_ids = [i for i, kind in enumerate(self._kinds) if kind == "tag"]
         self._rank, self._group = self._canonical_ranks()
         self._rank_to_id = np.argsort(self._rank).astype(np.int32)
+        # True for vocabularies written by build-tokenizer: then sorting ids is canonical ordering.
+        self._rank_is_identity = all(rank == index for index, rank in enumerate(self._rank))
         self._cls_id = self._other_ids[CLS_TOKEN]
-        self._max_unk_id = max(self._unk_ids.values())
-        self._sorted_ids_are_canonical = self._id_order_is_rank_order()
         self._categories_np = np.asarray(self.token_categories, dtype=np.int8)
 
     def _canonical_ranks(self) -> tuple[list[int], list[int]]:
-        """Rank (canonical position) and shuffle group of every id: prefix tokens, then categories by priority."""
-        order = [1, *self._rating_ids.values(), *self._score_ids]
+        """Rank and shuffle group of every id.
+
+        Canonical order: ``<cls>``, ratings, score buckets, then each category of ``PRIORITY_ORDER`` with
+        its tags rarer first and its unknown token last. Those tokens take the ranks of their own id set
+        in that order (so a vocabulary laid out canonically has rank == id); other rows keep rank == id.
+        """
+        order = [self._other_ids[CLS_TOKEN], *self._rating_ids.values(), *self._score_ids]
         groups = [0] + [1] * len(self._rating_ids) + [2] * len(self._score_ids)
         for group, category in enumerate(PRIORITY_ORDER, start=3):
             category_id = CATEGORY_IDS[category]
@@ -164,21 +169,11 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
             tags.sort(key=lambda i: (self.token_counts[i], self._tokens[i]))
             order += [*tags, self._unk_ids[category]]
             groups += [group] * (len(tags) + 1)
-        placed = set(order)
-        rest = [i for i in range(len(self._tokens)) if i not in placed]
-        order += rest
-        groups += [len(PRIORITY_ORDER) + 3] * len(rest)
-        rank, group_of = [0] * len(order), [0] * len(order)
-        for position, (index, group) in enumerate(zip(order, groups)):
-            rank[index], group_of[index] = position, group
+        rank = list(range(len(self._tokens)))
+        group_of = [len(PRIORITY_ORDER) + 3] * len(self._tokens)
+        for slot, index, group in zip(sorted(order), order, groups):
+            rank[index], group_of[index] = slot, group
         return rank, group_of
-
-    def _id_order_is_rank_order(self) -> bool:
-        """True when ``<cls>`` < unknown tokens < every rating, score and tag id, and those ids ascend by rank."""
-        content = [i for i, kind in enumerate(self._kinds) if kind in ("rating", "score", "tag")]
-        if not content or not self._cls_id < min(self._unk_ids.values()) <= self._max_unk_id < content[0]:
-            return False
-        return all(self._rank[a] < self._rank[b] for a, b in zip(content, content[1:]))
 
     def _load_aliases(self, aliases: Mapping[str, str]) -> None:
         self._aliases: dict[str, str] = dict(aliases)
@@ -390,11 +385,7 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         else:
             raise ValueError(f"a tag set must be a string, a list of tags or a dict by category, got {type(post).__name__}")
         ids.add(self._cls_id)
-        ordered = sorted(ids)
-        # Plain integer order is canonical when the vocabulary is laid out by rank and no unknown token is present.
-        if self._sorted_ids_are_canonical and (len(ordered) < 2 or ordered[1] > self._max_unk_id):
-            return ordered
-        return sorted(ids, key=self._rank.__getitem__)
+        return sorted(ids) if self._rank_is_identity else sorted(ids, key=self._rank.__getitem__)
 
     def _shuffle_within_categories(self, ids: list[int], rng: random.Random) -> list[int]:
         out: list[int] = []
@@ -673,11 +664,19 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         return max(1, (len(self._tokens) - 1).bit_length())
 
     def _arrow_lookup(self) -> tuple[pa.Array, np.ndarray]:
-        """Lookup keys (tags and aliases) as an Arrow array and the canonical rank of each key's token."""
+        """Lookup value set for ``index_in`` and the ranks of its alias entries.
+
+        Entry ``r`` (for ``r`` below the vocabulary size) is the tag of rank ``r``, null for rows that are
+        not tags (nulls never match), so a match's position is its rank; alias antecedents follow.
+        """
         if self._lookup_arrow is None:
-            keys = list(self._lookup)
-            ranks = np.fromiter((self._rank[self._lookup[k]] for k in keys), np.uint32, len(keys))
-            self._lookup_arrow = (pa.array(keys, type=pa.string()), ranks)
+            values: list[str | None] = [None] * len(self._tokens)
+            for tag, index in self._tag_ids.items():
+                if tag not in self._aliases:
+                    values[self._rank[index]] = tag
+            alias_keys = [key for key in self._lookup if key in self._aliases]
+            alias_ranks = np.fromiter((self._rank[self._lookup[k]] for k in alias_keys), np.uint32, len(alias_keys))
+            self._lookup_arrow = (pa.array(values + alias_keys, type=pa.string()), alias_ranks)
         return self._lookup_arrow
 
     def _column_keys(self, column: pa.ChunkedArray, category: str) -> np.ndarray:
@@ -691,12 +690,16 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         else:
             keys = np.repeat(np.arange(len(lists), dtype=np.uint32), np.diff(lists.offsets.to_numpy()))
         keys <<= np.uint32(self._rank_bits)
-        lookup_keys, key_ranks = self._arrow_lookup()
-        position = pc.index_in(values, value_set=lookup_keys)
+        value_set, alias_ranks = self._arrow_lookup()
+        position = pc.index_in(values, value_set=value_set, skip_nulls=True)
+        ranks = position.fill_null(0).to_numpy().astype(np.uint32)
+        if len(alias_ranks):
+            alias = ranks >= len(self._tokens)
+            if alias.any():
+                ranks[alias] = alias_ranks[ranks[alias] - len(self._tokens)]
         if position.null_count == 0:
-            keys |= key_ranks[position.to_numpy()]
+            keys |= ranks
             return keys
-        ranks = key_ranks[position.fill_null(0).to_numpy()]
         missing = position.is_null()
         missed = values.filter(missing)
         unique = pc.unique(missed)
@@ -713,13 +716,16 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         rows, ranks = [], []
         rank = np.asarray(self._rank, dtype=np.uint32)
         if "rating" in table.column_names:
-            ratings = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(table["rating"].combine_chunks(), pa.string())))
+            ratings = pc.cast(table["rating"].combine_chunks(), pa.string())
             keys = [*RATINGS, *RATING_ALIASES]
             key_ids = np.array([self._rating_ids[RATING_ALIASES.get(k, k)] for k in keys], dtype=np.int64)
             position = pc.index_in(ratings, value_set=pa.array(keys))
-            bad = pc.and_(position.is_null(), pc.not_equal(ratings, ""))
-            if pc.any(bad).as_py():
-                self._rating_id(ratings.filter(bad)[0].as_py())
+            if position.null_count != ratings.null_count:  # not all plain: normalise like __call__
+                ratings = pc.utf8_lower(pc.utf8_trim_whitespace(ratings))
+                position = pc.index_in(ratings, value_set=pa.array(keys))
+                bad = pc.and_(position.is_null(), pc.not_equal(ratings, ""))
+                if pc.any(bad).as_py():
+                    self._rating_id(ratings.filter(bad)[0].as_py())
             valid = position.is_valid()
             rows.append(np.flatnonzero(valid.to_numpy(zero_copy_only=False)).astype(np.uint32))
             ranks.append(rank[key_ids[position.filter(valid).to_numpy()]])
@@ -743,7 +749,8 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         duplicate = keys[1:] == keys[:-1]
         if duplicate.any():
             keys = keys[np.concatenate(([True], ~duplicate))]
-        token_ids = self._rank_to_id[keys & np.uint32((1 << self._rank_bits) - 1)]
+        ranks = keys & np.uint32((1 << self._rank_bits) - 1)
+        token_ids = ranks.view(np.int32) if self._rank_is_identity else self._rank_to_id[ranks]
         starts = np.searchsorted(keys, np.arange(num_rows, dtype=np.uint32) << bits)
         counts = np.diff(np.append(starts, len(keys)))
         if max_length is not None:
