@@ -5,12 +5,14 @@ the input size. Each block is parsed by pyarrow (the fast path). When pyarrow re
 irregular in a block (a row with the wrong number of fields, invalid UTF-8, blank lines) that block
 alone is parsed again by Python's ``csv``/``json`` modules, which know the line of every record, so
 every rejected row is reported with its file, line and reason and good data keeps full speed.
-Field checks (id, score, rating, NUL bytes, tag count) are vectorised over the whole block.
+Field checks (id, score, rating, NUL bytes, tag count) are vectorised over the whole block; the
+rows are then filtered by checks and split while still strings, and only then are the tag
+strings split into lists. Worker threads handle the blocks; results are written in input order.
 
 Passing rows go to one Arrow file per split; the split is a hash of the post id
 (:func:`is_test_post`). A post id seen again keeps its last occurrence: the ids of each split
-(8 bytes a row) are kept in memory and resolved at the end. The final DatasetDict is written with
-``datasets.DatasetDict.save_to_disk``.
+(8 bytes a row) are kept in memory and resolved at the end. The finished Arrow files become the
+shards of the DatasetDict without another copy (see ``_save_dataset_dict``).
 """
 
 from __future__ import annotations
