@@ -82,8 +82,7 @@ def recommend_context_length(tags_per_post: np.ndarray, quantile: float = 0.999)
 
 def _merge_counts(parts: list[pa.Table]) -> pa.Table:
     table = pa.concat_tables(parts).group_by("tag").aggregate([("count", "sum")])
-    return table.rename_columns(["tag", "count"]) if table.column_names[0] == "tag" else \
-        table.select(["tag", "count_sum"]).rename_columns(["tag", "count"])
+    return table.select(["tag", "count_sum"]).rename_columns(["tag", "count"])
 
 
 def count_dataset(tables: Sequence[pa.Table]) -> dict:
