@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm.auto import tqdm
 
 from ..errors import UsageError
 
@@ -91,8 +92,10 @@ def count_dataset(tables: Sequence[pa.Table]) -> dict:
     lengths: dict[str, list[np.ndarray]] = {c: [] for c in TAG_CATEGORIES}
     ratings: list[pa.Table] = []
     scores: list[np.ndarray] = []
+    bar = tqdm(total=sum(t.num_rows for t in tables), unit=" posts", desc="analyze", disable=None)
     for table in tables:
         for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+            bar.update(batch.num_rows)
             for category in TAG_CATEGORIES:
                 column = batch.column(category)
                 lengths[category].append(pc.list_value_length(column).to_numpy(zero_copy_only=False))
@@ -103,6 +106,7 @@ def count_dataset(tables: Sequence[pa.Table]) -> dict:
             counted = pc.value_counts(batch.column("rating")).flatten()
             ratings.append(pa.table({"tag": counted[0], "count": counted[1].cast(pa.int64())}))
             scores.append(batch.column("score").to_numpy(zero_copy_only=False))
+    bar.close()
     counts = {}
     for category in TAG_CATEGORIES:
         merged = _merge_counts(partial[category]) if partial[category] else pa.table({"tag": [], "count": []})
