@@ -62,9 +62,18 @@ def write_implications(truth_json: Path, output: Path) -> Path:
     return output
 
 
-def known_answer_posts(truth: dict, count: int = 3) -> list[dict]:
-    """Posts whose missing tags the generator knows: a character with its copyright, traits removed."""
-    characters = sorted(truth["characters"].items(), key=lambda item: (-len(item[1]["traits"]), item[0]))
+def known_answer_posts(truth: dict, count: int = 3, popularity: dict[str, int] | None = None) -> list[dict]:
+    """Posts whose missing tags the generator knows: a character with its copyright, traits removed.
+
+    Picks characters with traits; with ``popularity`` (tag -> training count) only those it lists,
+    the most frequent first (the model has seen them most), else the ones with the most traits.
+    """
+    characters = [(name, info) for name, info in truth["characters"].items() if info["traits"]]
+    if popularity is not None:
+        characters = sorted((item for item in characters if popularity.get(item[0])),
+                            key=lambda item: (-popularity[item[0]], item[0]))
+    else:
+        characters.sort(key=lambda item: (-len(item[1]["traits"]), item[0]))
     cases = []
     for name, info in characters[:count]:
         tags = {"character": [name], "copyright": [info["copyright"]], "general": ["solo"]}
@@ -87,12 +96,14 @@ def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int
     embedder = BooruEmbedder.from_pretrained(model_dir)
     truth = json.loads(Path(truth_json).read_text(encoding="utf-8"))
     found = total = 0
-    for case in known_answer_posts(truth):
+    tokenizer = embedder.tokenizer
+    popularity = {tokenizer.convert_ids_to_tokens(i): tokenizer.token_counts[i] for i in tokenizer.tag_token_ids}
+    for case in known_answer_posts(truth, popularity=popularity):
         suggestions = embedder.suggest(case["tags"], top_k=top_k, categories=["general"])
         expected = set(case["expected"])
         hits = [tag for tag, _ in suggestions if tag in expected]
         found, total = found + len(hits), total + len(expected)
-        shown = ", ".join(f"{tag}{'*' if tag in expected else ''} {score:.2f}" for tag, score in suggestions)
+        shown = ", ".join(f"{tag}{'*' if tag in expected else ''} {score:.3f}" for tag, score in suggestions)
         print(f"\npost: {case['tags']}\n  known traits: {', '.join(case['expected'])}")
         print(f"  suggested (general, top {top_k}; * = a known trait): {shown}")
         print(f"  traits recovered: {len(hits)}/{len(expected)}")

@@ -29,6 +29,8 @@ def test_known_answer_posts_remove_the_traits() -> None:
         assert case["expected"] == sorted(TRUTH["characters"][character]["traits"])
         assert case["tags"]["copyright"] == [TRUTH["characters"][character]["copyright"]]
         assert not set(case["expected"]) & set(case["tags"]["general"])
+    popular = known_answer_posts(TRUTH, count=3, popularity={"usada_pekora": 50, "hatsune_miku": 80, "nobody": 99})
+    assert [case["tags"]["character"] for case in popular] == [["hatsune_miku"], ["usada_pekora"]]
 
 
 def test_write_implications_is_the_tsv_build_tokenizer_reads(tmp_path: Path) -> None:
