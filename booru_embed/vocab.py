@@ -254,7 +254,7 @@ def build_tokenizer(
     rating_counts = dict(Counter(train.with_format("arrow")["rating"].to_pylist()))
     rows = vocabulary_rows(kept, rating_counts, boundaries, bucket_counts)
 
-    from .modeling.tokenization_booru_embed import write_vocab_file
+    from .modeling.tokenization_booru_embed import write_table_file, write_vocab_file
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -263,7 +263,7 @@ def build_tokenizer(
     for key, table in (("aliases_file", alias_table), ("implications_file", implication_table)):
         if table:
             path = output / BooruEmbedTokenizer.vocab_files_names[key]
-            path.write_text(json.dumps(table, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+            write_table_file(path, table)
             files[key] = str(path)
     tokenizer = BooruEmbedTokenizer(**files)
     tokenizer.save_pretrained(str(output))

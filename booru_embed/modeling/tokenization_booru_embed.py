@@ -69,11 +69,18 @@ def score_token_names(boundaries: list[int]) -> list[str]:
 
 
 def write_vocab_file(path: str | os.PathLike, rows: list[tuple[str, str, int, int]], score_boundaries: list[int]) -> None:
-    """Write ``vocab.json``: rows ``(token, kind, category, count)`` in id order and the score boundaries."""
-    payload = {"format": VOCAB_FORMAT, "score_boundaries": [int(b) for b in score_boundaries], "tokens": [list(r) for r in rows]}
+    """Write ``vocab.json``: rows ``(token, kind, category, count)`` in id order (one per line) and the score boundaries."""
+    header = f'{{"format": {VOCAB_FORMAT}, "score_boundaries": {json.dumps([int(b) for b in score_boundaries])}, "tokens": [\n'
+    body = ",\n".join(json.dumps([str(t), str(k), int(c), int(n)], ensure_ascii=False) for t, k, c, n in rows)
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, ensure_ascii=False, indent=0)
-        handle.write("\n")
+        handle.write(header + body + "\n]}\n")
+
+
+def write_table_file(path: str | os.PathLike, table: Mapping[str, Any]) -> None:
+    """Write an alias or implication table as a JSON object, one sorted key per line."""
+    body = ",\n".join(f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(table[k], ensure_ascii=False)}" for k in sorted(table))
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("{\n" + body + "\n}\n")
 
 
 def _read_json(path: str | os.PathLike | None, default: Any) -> Any:
@@ -271,9 +278,7 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         for key, table in (("aliases_file", self._aliases), ("implications_file", self._implications)):
             if table:
                 path = os.path.join(save_directory, prefix + self.vocab_files_names[key])
-                with open(path, "w", encoding="utf-8") as handle:
-                    json.dump(table, handle, ensure_ascii=False, indent=0, sort_keys=True)
-                    handle.write("\n")
+                write_table_file(path, table)
                 saved.append(path)
         return tuple(saved)
 
