@@ -236,6 +236,6 @@ def test_short_training_learns_beyond_chance(small_corpus, tmp_path):
     # a random ranking puts a hidden tag in the top (number hidden) with probability hidden / candidates
     candidates = int(info.tag_candidates().sum())
     chance = trained["count.masked.hidden_tags"] / trained["count.masked.cases"] / candidates
-    assert trained["model.masked.micro_f1"] > max(10 * chance, untrained["model.masked.micro_f1"] + 0.05)
+    assert trained["model.masked.micro_f1"] > max(5 * chance, untrained["model.masked.micro_f1"] + 0.05)
     assert trained["model.masked.recall@10"] > untrained["model.masked.recall@10"] + 0.1
     assert trained["model.readback.dim32.micro_f1"] > untrained["model.readback.dim32.micro_f1"] + 0.05

@@ -307,7 +307,7 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` post indices, in a fresh order every epoch, seeded by (seed, epoch).
 
-    With ``lengths`` given (padded path), indices are length-bucketed: shuffled, cut into chunks of
+    With ``lengths`` given, indices are length-bucketed: shuffled, cut into chunks of
     ``bucket_batches`` batches, sorted by length inside a chunk, batched, and the batches shuffled, so
     a batch holds posts of similar length and pads little. The last incomplete batch is dropped (the
     contrastive objective wants full batches); a dropped post comes back in the next epoch's order.

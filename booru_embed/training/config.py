@@ -46,7 +46,9 @@ class TrainingConfig:
     batch_size: int = _opt(64, "posts per micro-batch per process (each post gives 3 sequences: masked, 2 views)")
     gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
     max_tags: int = _opt(128, "posts with more tags keep a fresh random subset of this many each epoch")
-    packed: bool = _opt(True, "pack the sequences of a batch into one row with cu_seqlens (else padded, length-bucketed)")
+    packed: bool = _opt(True, "pack the sequences of a batch into one row with cu_seqlens (else padded)")
+    length_buckets: bool = _opt(True, "batch posts of similar length together (batches in random order): less "
+                                      "padding, and smaller per-post attention grids for sdpa/eager on CPU")
     num_workers: int = _opt(1, "DataLoader worker processes")
     # optimisation
     learning_rate: float = _opt(1e-3, "peak learning rate of AdamW")

@@ -284,7 +284,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
         model.gradient_checkpointing_enable()
     sampler = EpochBatchSampler(
         len(train_encoded), config.batch_size, config.seed,
-        lengths=None if config.packed else train_encoded.data.column("length").to_numpy(),
+        lengths=train_encoded.data.column("length").to_numpy() if config.length_buckets else None,
     )
     if len(sampler) < accelerator.num_processes:
         raise UsageError(f"the train split ({len(train_encoded)} posts) is smaller than one batch per process")
