@@ -1,7 +1,7 @@
 """Benchmark the tag-set transformer: forward+backward tokens/s, packed vs padded, per attention backend.
 
     python bench/bench_model.py [--quick] [--configs tiny small] [--backends eager sdpa booru_varlen]
-                                [--posts 64] [--steps 3] [--device cpu|cuda] [--peak-tflops 989]
+                                [--posts 64] [--steps 3] [--threads 1] [--device cpu|cuda] [--peak-tflops 989]
     python bench/bench_model.py --sizes        # parameters and FLOPs per token of every hub config
 
 Each step trains `BooruEmbedForPreTraining` on a batch of posts whose lengths follow a clipped log-normal
@@ -9,13 +9,15 @@ Each step trains `BooruEmbedForPreTraining` on a batch of posts whose lengths fo
 rating and score logits, summed into a loss, backward. The same posts go through both layouts:
 padded (posts x longest post, with attention_mask) and packed (one row with cu_seqlens). Throughput counts
 real tokens only. The ratio column compares each row with `sdpa padded` of the same config, measured in the
-same run. On a GPU the steps run under bf16 autocast and the table adds model FLOPs utilisation (MFU =
+same run. On CPU the rate is taken from the process's CPU time with one thread (the stable measure on a
+shared machine); wall-clock rates are shown beside it. On a GPU the steps run under bf16 autocast and the table adds model FLOPs utilisation (MFU =
 achieved model FLOPs/s over `--peak-tflops`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -99,7 +101,7 @@ def print_sizes() -> None:
     """Markdown table of parameters and forward FLOPs per token of each hub config."""
     lengths = sample_lengths(100_000, seed=0)
     print(f"lengths: mean {statistics.mean(lengths):.1f}, vocab_size as in the hub configs (training overwrites it)")
-    print("| config | hidden x layers (heads) | embeddings | blocks | heads | total | fwd GFLOP/token encoder | + heads |")
+    print("| config | hidden x layers (heads) | embeddings | blocks | heads | total | fwd MFLOP/token: encoder | with heads |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("tiny", "small", "base"):
         config = BooruEmbedConfig.from_json_file(HUB_CONFIGS / f"{name}.json")
@@ -108,7 +110,7 @@ def print_sizes() -> None:
         print(
             f"| {name} | {config.hidden_size} x {config.num_hidden_layers} ({config.num_attention_heads}) "
             f"| {params['embeddings'] / 1e6:.1f}M | {params['blocks'] / 1e6:.1f}M | {params['heads'] / 1e6:.2f}M "
-            f"| {params['total'] / 1e6:.1f}M | {flops['encoder'] / 1e9:.4f} | {flops['total'] / 1e9:.4f} |"
+            f"| {params['total'] / 1e6:.1f}M | {flops['encoder'] / 1e6:.1f} | {flops['total'] / 1e6:.1f} |"
         )
 
 
@@ -125,12 +127,13 @@ def training_step(model: BooruEmbedForPreTraining, batch: dict, device: torch.de
 
 
 def measure(runs: dict[tuple[str, str], tuple[BooruEmbedForPreTraining, list[dict]]],
-            device: torch.device) -> dict[tuple[str, str], float]:
-    """Seconds of forward+backward for each (backend, layout) run, after one warm-up step of each.
+            device: torch.device) -> dict[tuple[str, str], tuple[float, float]]:
+    """(CPU seconds of this process, wall seconds) of forward+backward for each (backend, layout) run.
 
-    The runs alternate step by step, so a change in machine load hits them all alike.
+    One warm-up step per run first; then the runs alternate step by step, so a change in machine load hits
+    them all alike.
     """
-    seconds = dict.fromkeys(runs, 0.0)
+    seconds = {key: [0.0, 0.0] for key in runs}
     for model, batches in runs.values():
         training_step(model, batches[0], device)
         model.zero_grad(set_to_none=True)
@@ -138,22 +141,25 @@ def measure(runs: dict[tuple[str, str], tuple[BooruEmbedForPreTraining, list[dic
         for key, (model, batches) in runs.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             training_step(model, batches[step], device)
             model.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            seconds[key] += time.perf_counter() - start
-    return seconds
+            seconds[key][0] += time.process_time() - cpu
+            seconds[key][1] += time.perf_counter() - wall
+    return {key: (cpu, wall) for key, (cpu, wall) in seconds.items()}
 
 
 def run(args: argparse.Namespace) -> None:
     """Measure every config x backend x layout and print the table."""
     device = torch.device(args.device)
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, posts/batch {args.posts}, steps {args.steps}")
-    print("| config | backend | layout | tokens/s | vs sdpa padded | padded tokens | MFU |")
-    print("|---|---|---|---|---|---|---|")
+    on_cpu = device.type == "cpu"
+    print(f"device: {torch.cuda.get_device_name(device) if not on_cpu else 'cpu'}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, posts/batch {args.posts}, steps {args.steps}")
+    clock = "CPU time" if on_cpu else "wall"
+    print(f"| config | backend | layout | tokens/s ({clock}) | vs sdpa padded | tokens/s (wall) | tokens computed | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.configs:
         config = BooruEmbedConfig.from_json_file(HUB_CONFIGS / f"{name}.json")
         step_lengths = [sample_lengths(args.posts, seed=step) for step in range(args.steps)]
@@ -164,20 +170,22 @@ def run(args: argparse.Namespace) -> None:
         runs = {}
         for backend in args.backends:
             torch.manual_seed(0)
-            model = BooruEmbedForPreTraining(config).to(device).train()
+            # a config per model: set_attn_implementation writes into the (otherwise shared) config
+            model = BooruEmbedForPreTraining(copy.deepcopy(config)).to(device).train()
             model.set_attn_implementation(backend)
             # varlen backends unpad a padded batch first, which is the packed work again
             for layout in ["packed"] if backend == "booru_varlen" else ["padded", "packed"]:
                 runs[backend, layout] = (model, [pair[layout == "packed"] for pair in layouts])
         seconds = measure(runs, device)
-        baseline = real / seconds["sdpa", "padded"] if ("sdpa", "padded") in seconds else None
-        for (backend, layout), elapsed in seconds.items():
+        timed = {key: cpu if on_cpu else wall for key, (cpu, wall) in seconds.items()}
+        baseline = real / timed["sdpa", "padded"] if ("sdpa", "padded") in timed else None
+        for (backend, layout), elapsed in timed.items():
             rate = real / elapsed
             ratio = f"{rate / baseline:.2f}x" if baseline else "n/a"
-            mfu = f"{100 * rate * 3 * flops / (args.peak_tflops * 1e12):.1f}%" if device.type == "cuda" else "n/a"
-            shown = padded_tokens if layout == "padded" else real
-            print(f"| {name} | {backend} | {layout} | {rate:,.0f} | {ratio} | {shown / real:.2f}x real | {mfu} |",
-                  flush=True)
+            mfu = "n/a" if on_cpu else f"{100 * rate * 3 * flops / (args.peak_tflops * 1e12):.1f}%"
+            computed = padded_tokens if layout == "padded" else real
+            print(f"| {name} | {backend} | {layout} | {rate:,.0f} | {ratio} | {real / seconds[backend, layout][1]:,.0f} "
+                  f"| {computed / real:.2f}x real | {mfu} |", flush=True)
 
 
 def main() -> int:
@@ -192,6 +200,9 @@ def main() -> int:
     parser.add_argument("--posts", type=int, default=64, help="posts per batch (default 64)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (default 3)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: on a shared machine, CPU time of one thread is the stable "
+                             "measure; more threads wait on each other whenever one is descheduled)")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="peak dense bf16 TFLOP/s of the GPU for MFU (default: H100 SXM, 989)")
     args = parser.parse_args()
@@ -203,6 +214,8 @@ def main() -> int:
             "sdpa", "flex_attention", "flash_attention_2"]
     if args.quick:
         args.configs, args.backends, args.steps, args.posts = ["tiny"], ["sdpa"], 2, 32
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     if args.device == "cpu" and "flex_attention" in args.backends:
         # torch 2.13's CPU flex kernel fails to recompile for a new shape, and every batch has a new shape.
         torch._dynamo.config.automatic_dynamic_shapes = False
