@@ -20,8 +20,8 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 DEFAULT_DATASETS = ("danbooru",)
 LICENSE = "apache-2.0"
 TAGS = ("booru-embed", "danbooru", "tag-embedding", "feature-extraction", "sentence-transformers", "custom_code")
-# Folders written by training that do not belong in a published model.
-SKIPPED_FOLDERS = ("checkpoints", "logs")
+# training_config.json keys that hold local paths or run state, left out of the card's table.
+LOCAL_TRAINING_KEYS = ("dataset", "tokenizer", "output", "config", "resume")
 
 
 def check_model_dir(model_dir: str | Path) -> list[Path]:
@@ -97,7 +97,11 @@ def _training_summary(model_dir: Path) -> str:
     if not path.is_file():
         return "No `training_config.json` was saved with this model."
     config = json.loads(path.read_text(encoding="utf-8"))
-    shown = {key: value for key, value in config.items() if isinstance(value, (int, float, str, bool))}
+    # Local paths say nothing to a reader of the card (the file keeps them); the config is named.
+    shown = {key: value for key, value in config.items()
+             if isinstance(value, (int, float, str, bool)) and key not in LOCAL_TRAINING_KEYS}
+    if config.get("config"):
+        shown["config"] = Path(config["config"]).name
     lines = ["Hyper-parameters from `training_config.json` (the file is in this repository):", "",
              "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in shown.items()]

@@ -44,7 +44,8 @@ def model_dir(tmp_path: Path) -> Path:
     (folder / "eval_metrics.json").write_text(json.dumps(
         {"model.mlm_micro_f1": 0.61234, "baseline.mlm_micro_f1": 0.4, "model.retrieval_recall@10": 0.7,
          "num_posts": 300, "note": "text is ignored"}))
-    (folder / "training_config.json").write_text(json.dumps({"learning_rate": 0.001, "max_steps": 50}))
+    (folder / "training_config.json").write_text(json.dumps(
+        {"learning_rate": 0.001, "max_steps": 50, "dataset": "/home/me/data", "config": "/home/me/hub_configs/tiny.json"}))
     (folder / "checkpoints" / "step-10").mkdir(parents=True)
     (folder / "checkpoints" / "step-10" / "optimizer.bin").write_bytes(b"\0" * 100)
     (folder / "logs").mkdir()
@@ -101,7 +102,8 @@ def test_model_card_has_metadata_and_metrics(model_dir: Path) -> None:
     assert "license: apache-2.0" in header and '- "someone/danbooru-tags"' in header
     assert "| mlm_micro_f1 | 0.6123 | 0.4000 |" in card
     assert 'from_pretrained("someone/booru-embed-tiny", trust_remote_code=True)' in card
-    assert "| learning_rate | 0.001 |" in card
+    assert "| learning_rate | 0.001 |" in card and "| config | tiny.json |" in card
+    assert "/home/me" not in card
 
 
 def test_publish_pushes_files_and_card(model_dir: Path, online: None) -> None:
