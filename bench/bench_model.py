@@ -10,8 +10,8 @@ rating and score logits, summed into a loss, backward. The same posts go through
 padded (posts x longest post, with attention_mask) and packed (one row with cu_seqlens). Throughput counts
 real tokens only. The ratio column compares each row with `sdpa padded` of the same config, measured in the
 same run. On CPU the rate is taken from the process's CPU time with one thread (the stable measure on a
-shared machine); wall-clock rates are shown beside it. On a GPU the steps run under bf16 autocast and the table adds model FLOPs utilisation (MFU =
-achieved model FLOPs/s over `--peak-tflops`).
+shared machine); wall-clock rates are shown beside it. On a GPU the steps run under bf16 autocast and the
+table adds model FLOPs utilisation (MFU = achieved model FLOPs/s over `--peak-tflops`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def make_batches(lengths: list[int], vocab_size: int, seed: int) -> tuple[dict, 
     generator = torch.Generator().manual_seed(seed)
     ids = [torch.cat([torch.tensor([1]), torch.randint(3, vocab_size, (n - 1,), generator=generator)]) for n in lengths]
     categories = [torch.cat([torch.tensor([0]), torch.randint(1, 8, (n - 1,), generator=generator)]) for n in lengths]
-    masked = [torch.cat([torch.tensor([False]), torch.rand(n - 1, generator=generator) < MLM_FRACTION]) for n in lengths]
+    masked = [torch.cat([torch.tensor([False]), torch.rand(n - 1, generator=generator) < MLM_FRACTION])
+              for n in lengths]
     width = max(lengths)
-    padded = {name: torch.zeros(len(lengths), width, dtype=torch.long) for name in ("input_ids", "category_ids", "attention_mask")}
+    names = ("input_ids", "category_ids", "attention_mask")
+    padded = {name: torch.zeros(len(lengths), width, dtype=torch.long) for name in names}
     padded["mlm_positions"] = torch.zeros(len(lengths), width, dtype=torch.bool)
     for row, n in enumerate(lengths):
         padded["input_ids"][row, :n] = ids[row]
@@ -101,7 +103,8 @@ def print_sizes() -> None:
     """Markdown table of parameters and forward FLOPs per token of each hub config."""
     lengths = sample_lengths(100_000, seed=0)
     print(f"lengths: mean {statistics.mean(lengths):.1f}, vocab_size as in the hub configs (training overwrites it)")
-    print("| config | hidden x layers (heads) | embeddings | blocks | heads | total | fwd MFLOP/token: encoder | with heads |")
+    print("| config | hidden x layers (heads) | embeddings | blocks | heads | total "
+          "| fwd MFLOP/token: encoder | with heads |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("tiny", "small", "base"):
         config = BooruEmbedConfig.from_json_file(HUB_CONFIGS / f"{name}.json")
@@ -158,7 +161,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"device: {torch.cuda.get_device_name(device) if not on_cpu else 'cpu'}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, posts/batch {args.posts}, steps {args.steps}")
     clock = "CPU time" if on_cpu else "wall"
-    print(f"| config | backend | layout | tokens/s ({clock}) | vs sdpa padded | tokens/s (wall) | tokens computed | MFU |")
+    print(f"| config | backend | layout | tokens/s ({clock}) | vs sdpa padded | tokens/s (wall) "
+          "| tokens computed | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.configs:
         config = BooruEmbedConfig.from_json_file(HUB_CONFIGS / f"{name}.json")
@@ -184,7 +188,8 @@ def run(args: argparse.Namespace) -> None:
             ratio = f"{rate / baseline:.2f}x" if baseline else "n/a"
             mfu = "n/a" if on_cpu else f"{100 * rate * 3 * flops / (args.peak_tflops * 1e12):.1f}%"
             computed = padded_tokens if layout == "padded" else real
-            print(f"| {name} | {backend} | {layout} | {rate:,.0f} | {ratio} | {real / seconds[backend, layout][1]:,.0f} "
+            wall_rate = real / seconds[backend, layout][1]
+            print(f"| {name} | {backend} | {layout} | {rate:,.0f} | {ratio} | {wall_rate:,.0f} "
                   f"| {computed / real:.2f}x real | {mfu} |", flush=True)
 
 

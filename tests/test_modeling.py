@@ -49,7 +49,8 @@ def make_posts(lengths: list[int], seed: int = 0) -> list[tuple[torch.Tensor, to
 def pad(posts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Right-padded batch."""
     width = max(len(ids) for ids, _ in posts)
-    batch = {name: torch.zeros(len(posts), width, dtype=torch.long) for name in ("input_ids", "category_ids", "attention_mask")}
+    names = ("input_ids", "category_ids", "attention_mask")
+    batch = {name: torch.zeros(len(posts), width, dtype=torch.long) for name in names}
     for row, (ids, categories) in enumerate(posts):
         batch["input_ids"][row, : len(ids)] = ids
         batch["category_ids"][row, : len(ids)] = categories
@@ -157,8 +158,9 @@ def test_post_does_not_depend_on_other_posts(attn: str) -> None:
         torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_left_padding_pools_the_first_real_token() -> None:
-    model = build(BooruEmbedModel)
+@pytest.mark.parametrize("attn", ["sdpa", "booru_varlen"])
+def test_left_padding_pools_the_first_real_token(attn: str) -> None:
+    model = build(BooruEmbedModel, attn=attn)
     posts = make_posts(LENGTHS)
     right = pad(posts)
     left = {name: torch.zeros_like(value) for name, value in right.items()}
@@ -300,8 +302,9 @@ def test_tag_heads_share_the_token_embedding_matrix() -> None:
     assert not any("decoder" in name for name in names)  # no separate output matrix to drift or re-tie
     with torch.no_grad():
         hidden = torch.randn(2, 64)
-        expected = model.mlm_head.norm(F.gelu(model.mlm_head.dense(hidden))) @ model.model.embeddings.token_embeddings.weight.T
-        torch.testing.assert_close(model.mlm_head(hidden, model.model.embeddings.token_embeddings.weight), expected)
+        matrix = model.model.embeddings.token_embeddings.weight
+        expected = model.mlm_head.norm(F.gelu(model.mlm_head.dense(hidden))) @ matrix.T
+        torch.testing.assert_close(model.mlm_head(hidden, matrix), expected)
 
 
 # ----------------------------------------------------------------------------------------- dtypes, training
@@ -342,7 +345,8 @@ def test_torch_compile_matches_eager_mode() -> None:
     padded = pad(make_posts(LENGTHS))
     compiled = torch.compile(model)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(**padded).pooler_output, model(**padded).pooler_output, atol=1e-5, rtol=1e-4)
+        expected = model(**padded).pooler_output
+        torch.testing.assert_close(compiled(**padded).pooler_output, expected, atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -367,7 +371,7 @@ LOADER = textwrap.dedent(
         outputs = {
             "pooled": base(**inputs).pooler_output,
             "mlm": mlm(**inputs).logits[0],
-            **{k: v for k, v in full(**inputs, mlm_positions=torch.ones_like(inputs["input_ids"], dtype=torch.bool)).items()},
+            **full(**inputs, mlm_positions=torch.ones_like(inputs["input_ids"], dtype=torch.bool)),
         }
     torch.save(outputs, sys.argv[3])
     """
@@ -377,7 +381,8 @@ LOADER = textwrap.dedent(
 def test_saved_folder_loads_in_fresh_process_without_the_package(tmp_path: Path) -> None:
     model = build(seed=7)
     model.save_pretrained(tmp_path / "model")
-    assert {"configuration_booru_embed.py", "modeling_booru_embed.py"} <= {p.name for p in (tmp_path / "model").iterdir()}
+    saved = {path.name for path in (tmp_path / "model").iterdir()}
+    assert {"configuration_booru_embed.py", "modeling_booru_embed.py"} <= saved
     packed = pack(make_posts(LENGTHS))
     torch.save(packed, tmp_path / "inputs.pt")
     (tmp_path / "loader.py").write_text(LOADER)

@@ -179,7 +179,8 @@ class PostLayout:
 
         document = torch.div(self.slots, self.max_seqlen, rounding_mode="floor")  # (total_tokens,) post of each token
 
-        def same_post(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        def same_post(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+                      ) -> torch.Tensor:
             return document[q_idx] == document[kv_idx]
 
         return create_block_mask(same_post, None, None, total_tokens, total_tokens, device=document.device)
@@ -306,7 +307,6 @@ class BooruEmbedAttention(nn.Module):
         With `post_layout` and a backend that takes neither cu_seqlens nor a BlockMask, the packed posts are
         regrouped into rows of a (posts, max_seqlen) grid for the attention product only.
         """
-        batch, tokens, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states)  # (batch, tokens, 3 * hidden)
         implementation = self.config._attn_implementation
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
@@ -536,7 +536,7 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
 
     @staticmethod
     def _scatter(packed: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """(total_tokens, hidden) -> `shape` + (hidden,), real tokens at `index` of the flattened batch, zeros elsewhere."""
+        """(total_tokens, hidden) -> `shape` + (hidden,): real tokens at `index` of the flattened batch, else 0."""
         padded = packed.new_zeros(shape.numel(), packed.shape[-1]).index_copy(0, index, packed)
         return padded.view(*shape, -1)
 
