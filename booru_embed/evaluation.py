@@ -226,51 +226,76 @@ class CooccurrenceBaseline:
 
 
 class ModelRunner:
-    """Runs a ``BooruEmbedForPreTraining`` over lists of sequences in packed batches (no grad)."""
+    """Runs a ``BooruEmbedForPreTraining`` over lists of sequences in packed batches (no grad).
 
-    def __init__(self, model: Any, info: Any, batch_tokens: int = 16384) -> None:
+    Sequences are sorted by length before batching (results come back in the caller's order): the
+    packed attention of sdpa/eager on CPU costs posts x longest^2 per batch, so similar lengths matter.
+    """
+
+    OUTPUTS = {"mlm": "mlm_logits", "embeddings": "embeddings", "readback": "readback_logits",
+               "rating": "rating_logits", "score": "score_logits"}
+
+    def __init__(self, model: Any, info: Any, batch_tokens: int = 4096) -> None:
         self.model = model
         self.info = info
         self.batch_tokens = batch_tokens
         self.device = next(model.parameters()).device
 
-    def _batches(self, sequences: Sequence[tuple[np.ndarray, np.ndarray]]):
+    def _batches(self, order: np.ndarray, lengths: np.ndarray):
         start = 0
-        while start < len(sequences):
+        while start < len(order):
             end, tokens = start, 0
-            while end < len(sequences) and (end == start or tokens + len(sequences[end][0]) <= self.batch_tokens):
-                tokens += len(sequences[end][0])
+            while end < len(order) and (end == start or tokens + lengths[order[end]] <= self.batch_tokens):
+                tokens += lengths[order[end]]
                 end += 1
-            yield sequences[start:end]
+            yield order[start:end]
             start = end
 
-    def run(self, sequences: Sequence[tuple[np.ndarray, np.ndarray]], want: str) -> np.ndarray:
-        """Stack one output over all sequences: ``mlm`` (logits at the single tag ``<mask>`` of each),
-        ``embeddings``, ``readback`` (sizes, n, vocab), ``rating``, ``score`` (logits)."""
+    def _forward(self, batch: dict[str, Any], want: Sequence[str]) -> dict[str, Any]:
+        """The wanted outputs; without ``readback``, only the heads asked for run (they cost vocab-sized work)."""
+        if "readback" in want:
+            out = self.model(**batch)
+            return {name: getattr(out, self.OUTPUTS[name]) for name in want}
+        positions = batch.pop("mlm_positions", None)
+        encoded = self.model.model(**batch)
+        pooled = encoded.pooler_output
+        heads = {
+            "embeddings": lambda: pooled,
+            "rating": lambda: self.model.rating_head(pooled),
+            "score": lambda: self.model.score_head(pooled),
+            "mlm": lambda: self.model.mlm_head(
+                encoded.last_hidden_state[positions], self.model.get_input_embeddings().weight
+            ),
+        }
+        return {name: heads[name]() for name in want}
+
+    def run(self, sequences: Sequence[tuple[np.ndarray, np.ndarray]], *want: str) -> dict[str, np.ndarray]:
+        """The outputs named in ``want`` over all sequences: ``mlm`` (logits at the single ``<mask>`` of
+        each), ``embeddings``, ``readback`` (sizes, n, vocab), ``rating``, ``score`` (logits)."""
         import torch
 
         from .training.collator import mark_masks, model_inputs, pack_sequences
 
-        outputs = []
+        lengths = np.array([len(ids) for ids, _ in sequences])
+        order = np.argsort(lengths, kind="stable")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in want}
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            for chunk in self._batches(sequences):
-                batch = pack_sequences(chunk, packed=True, pad_token_id=self.info.pad_token_id)
-                if want == "mlm":
+            for chunk in self._batches(order, lengths):
+                batch = pack_sequences([sequences[i] for i in chunk], packed=True, pad_token_id=self.info.pad_token_id)
+                if "mlm" in want:
                     batch["mlm_positions"] = mark_masks(batch, self.info.mask_token_id)
                 batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in model_inputs(batch).items()}
-                out = self.model(**batch)
-                value = {
-                    "mlm": lambda: out.mlm_logits,
-                    "embeddings": lambda: out.embeddings,
-                    "readback": lambda: out.readback_logits,
-                    "rating": lambda: out.rating_logits,
-                    "score": lambda: out.score_logits,
-                }[want]()
-                outputs.append(value.float().cpu().numpy())
+                for name, value in self._forward(batch, want).items():
+                    parts[name].append(value.float().cpu().numpy())
         self.model.train(was_training)
-        return np.concatenate(outputs, axis=1 if want == "readback" else 0)
+        inverse = np.argsort(order, kind="stable")
+        result = {}
+        for name, chunks in parts.items():
+            axis = 1 if name == "readback" else 0
+            result[name] = np.take(np.concatenate(chunks, axis=axis), inverse, axis=axis)
+        return result
 
 
 def _log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -345,7 +370,7 @@ class Evaluator:
                 for row, vis in enumerate(visible):
                     allowed[row, vis] = False
                 if who == "model":
-                    logits = runner.run([self._sequence(c[0], c[1], mask=True) for c in chunk], "mlm")
+                    logits = runner.run([self._sequence(c[0], c[1], mask=True) for c in chunk], "mlm")["mlm"]
                     scores = _log_softmax(logits, allowed)
                 else:
                     scores = np.where(allowed, self.baseline.suggest_scores(visible), -np.inf)
@@ -367,16 +392,6 @@ class Evaluator:
             cases.append((post, visible, set(known[hidden].tolist())))
         return cases
 
-    def readback(self, runner: ModelRunner, out: dict[str, float], dims: Sequence[int]) -> None:
-        """F1 (P=R) of reading every post's tags back from its embedding, per nested size."""
-        posts = [p for p in self.test if len(self._known(p))]
-        logits = runner.run([self._sequence(p, p.tags) for p in posts], "readback")  # (sizes, n, vocab)
-        answers = [set(self._known(p).tolist()) for p in posts]
-        for size, d in enumerate(dims):
-            acc = RankingAccumulator({"all": self.candidates}, ks=(1,))
-            acc.add(np.where(self.candidates[None], logits[size], -np.inf), answers)
-            out[f"model.readback.dim{d}.micro_f1"] = acc.metrics("x")["x.micro_f1"]
-
     def retrieval(self, runner: ModelRunner | None, out: dict[str, float], category: int, name: str) -> None:
         """recall@10 of finding posts sharing the removed character (artist) tags among neighbours."""
         cats = self.info.token_categories
@@ -390,7 +405,7 @@ class Evaluator:
         if len(posts) < 2:
             return
         if runner is not None:
-            vectors = runner.run([self._sequence(p, tags) for p, tags in posts], "embeddings")
+            vectors = runner.run([self._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
             out[f"model.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(vectors, labels)
         tfidf = self.baseline.tfidf([tags[self.candidates[tags]] for _, tags in posts])
         out[f"baseline.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(tfidf, labels)
@@ -414,20 +429,31 @@ class Evaluator:
                 cases.append((post, post.tags[post.tags != c], {c}))
         return cases
 
-    def classification(self, runner: ModelRunner | None, out: dict[str, float]) -> None:
-        """Rating and score-bucket accuracy with both tokens removed from the input."""
+    def readback_and_classification(self, runner: ModelRunner | None, out: dict[str, float],
+                                    dims: Sequence[int]) -> None:
+        """From each test post without its rating and score tokens (one forward pass): its tags read back
+        from the embedding, F1 (P=R) per nested size; rating and score-bucket accuracy."""
+        posts = [p for p in self.test if len(self._known(p))]
+        outputs = {}
+        if runner is not None:
+            outputs = runner.run([self._sequence(p, p.tags, rating=False) for p in posts], "readback", "rating", "score")
+            answers = [set(self._known(p).tolist()) for p in posts]
+            for size, d in enumerate(dims):
+                acc = RankingAccumulator({"all": self.candidates}, ks=(1,))
+                acc.add(np.where(self.candidates[None], outputs["readback"][size], -np.inf), answers)
+                out[f"model.readback.dim{d}.micro_f1"] = acc.metrics("x")["x.micro_f1"]
         for name, classes, log_prob, token in (
             ("rating", self.rating_class, self.baseline.rating_log_prob, lambda p: p.rating),
             ("score", self.score_class, self.baseline.score_log_prob, lambda p: p.score),
         ):
-            posts = [p for p in self.test if token(p) in classes and len(p.tags)]
-            if not posts:
+            known = np.array([token(p) in classes for p in posts], dtype=bool)
+            if not known.any():
                 continue
-            truth = np.array([classes[token(p)] for p in posts])
+            truth = np.array([classes[token(p)] for p, k in zip(posts, known) if k])
             if runner is not None:
-                logits = runner.run([self._sequence(p, p.tags, rating=False) for p in posts], name)
-                out[f"model.{name}.accuracy"] = float((logits.argmax(axis=1) == truth).mean())
-            guess = self.baseline.classify([p.tags[self.candidates[p.tags]] for p in posts], log_prob)
+                out[f"model.{name}.accuracy"] = float((outputs[name][known].argmax(axis=1) == truth).mean())
+            chosen = [p for p, k in zip(posts, known) if k]
+            guess = self.baseline.classify([p.tags[self.candidates[p.tags]] for p in chosen], log_prob)
             out[f"baseline.{name}.accuracy"] = float((guess == truth).mean())
 
     def traits(self, runner: ModelRunner | None, truth: dict[str, Any], out: dict[str, float]) -> None:
@@ -450,7 +476,7 @@ class Evaluator:
             for row, (_, vis, _) in enumerate(cases):
                 allowed[row, vis] = False
             if who == "model":
-                logits = runner.run([self._sequence(p, vis, rating=False, mask=True) for p, vis, _ in cases], "mlm")
+                logits = runner.run([self._sequence(p, vis, rating=False, mask=True) for p, vis, _ in cases], "mlm")["mlm"]
                 scores = _log_softmax(logits, allowed)
             else:
                 scores = np.where(allowed, self.baseline.suggest_scores([vis for _, vis, _ in cases]), -np.inf)
@@ -471,9 +497,8 @@ class Evaluator:
         out["count.masked.cases"] = float(len(cases))
         out["count.masked.hidden_tags"] = float(sum(len(c[2]) for c in cases))
         self._suggest(runner, cases, "masked", out)
-        if runner is not None:
-            config = model.config
-            self.readback(runner, out, list(config.nested_dims) + [config.embedding_dim])
+        dims = [] if model is None else [*model.config.nested_dims, model.config.embedding_dim]
+        self.readback_and_classification(runner, out, dims)
         self.retrieval(runner, out, 6, "character")
         self.retrieval(runner, out, 4, "artist")
         if implications:
@@ -481,7 +506,6 @@ class Evaluator:
             out["count.implications.cases"] = float(len(imp_cases))
             if imp_cases:
                 self._suggest(runner, imp_cases, "implications", out, with_groups=False, ks=(1, 5))
-        self.classification(runner, out)
         if truth:
             self.traits(runner, truth, out)
         out["count.test_posts"] = float(len(self.test))
