@@ -50,7 +50,7 @@ def posts() -> list[dict]:
 
 
 def test_batch_layout_and_mask_targets(posts):
-    config = TrainingConfig(metadata_mask_probability=0.5)
+    config = TrainingConfig(metadata_mask_probability=0.5, metadata_drop_probability=0.0)
     batch = PretrainingCollator(INFO, config)(posts)
     b = len(posts)
     seqs = sequences_of(batch)
@@ -100,6 +100,16 @@ def test_rating_and_score_labels_only_where_hidden(posts):
         expected = IGNORE_INDEX if score is None or score in seq else INFO.score_token_ids.index(score)
         assert batch["score_labels"][s] == expected
     assert (batch["rating_labels"] != IGNORE_INDEX).any() and (batch["score_labels"] != IGNORE_INDEX).any()
+
+
+def test_dropped_metadata_is_absent_and_predicted_by_the_heads(posts):
+    config = TrainingConfig(metadata_drop_probability=1.0)
+    batch = PretrainingCollator(INFO, config)(posts)
+    masked = sequences_of(batch)[: len(posts)]
+    assert all(not ((s >= 3) & (s <= 9)).any() for s in masked)
+    assert set(batch["mlm_group_kind"].tolist()) == {0}
+    has_rating = [any(3 <= t <= 6 for t in p["input_ids"]) for p in posts]
+    assert [int(label) != IGNORE_INDEX for label in batch["rating_labels"][: len(posts)]] == has_rating
 
 
 def test_masks_are_reproducible_per_epoch_and_fresh_across_epochs(posts):

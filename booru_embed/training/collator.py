@@ -12,7 +12,8 @@ weights, see ``objectives.set_prediction_loss``). It has category 0 (special), i
 the category of the hidden tags: at inference (``suggest``, evaluation) we do not know which
 categories are missing, nor how many tags, and a single category-less ``<mask>`` appended to the
 visible tags is exactly the training input. Rating and score are fixed slots: when masked, they become
-a ``<mask>`` with category 1 (rating) or 2 (score), predicted among the rating / score tokens.
+a ``<mask>`` with category 1 (rating) or 2 (score), predicted among the rating / score tokens; they
+are also left out sometimes, as in suggestions asked for a bare list of tags.
 
 Everything random is drawn from ``numpy.random.default_rng([seed, epoch, *post ids])``: the masks
 of a batch depend only on its posts and the epoch, not on worker processes or on where a run resumed.
@@ -236,11 +237,17 @@ class PretrainingCollator:
             k = min(len(maskable), max(1, round(fraction * len(maskable)))) if len(maskable) else 0
             hidden = np.zeros(len(post.tags), dtype=bool)
             hidden[rng.choice(maskable, size=k, replace=False)] = True
-            mask_rating = post.rating is not None and rng.random() < cfg.metadata_mask_probability
-            mask_score = post.score is not None and rng.random() < cfg.metadata_mask_probability
+            # each metadata slot of the masked post: dropped, masked, or kept
+            rating, score = post.rating, post.score
+            drop_rating, drop_score = rng.random(2) < cfg.metadata_drop_probability
+            mask_draws = rng.random(2) < cfg.metadata_mask_probability
+            rating = None if drop_rating else rating
+            score = None if drop_score else score
+            mask_rating = rating is not None and bool(mask_draws[0])
+            mask_score = score is not None and bool(mask_draws[1])
             masked_seqs.append(
                 build_sequence(
-                    self.info, post.rating, post.score, post.tags[~hidden], post.tag_categories[~hidden],
+                    self.info, rating, score, post.tags[~hidden], post.tag_categories[~hidden],
                     mask_rating, mask_score, mask_tags=k > 0,
                 )
             )
@@ -265,7 +272,7 @@ class PretrainingCollator:
                 ids, cats, kept_rating, kept_score = self._view(post, rng)
                 views.append((ids, cats))
                 labels_visible.append((1 + v, kept_rating, kept_score))
-            labels_visible.append((0, post.rating is not None and not mask_rating, post.score is not None and not mask_score))
+            labels_visible.append((0, rating is not None and not mask_rating, score is not None and not mask_score))
             for block, rating_seen, score_seen in labels_visible:
                 s = block * num_posts + p
                 if post.rating is not None and not rating_seen:

@@ -68,8 +68,10 @@ class TrainingConfig:
     seed: int = _opt(0, "seed of weights, data order and masks (a resumed run repeats them exactly)")
     # objectives
     mask_fraction_min: float = _opt(0.15, "smallest share of a post's tags hidden for masked-tag prediction")
-    mask_fraction_max: float = _opt(0.85, "largest share of a post's tags hidden for masked-tag prediction")
+    mask_fraction_max: float = _opt(0.95, "largest share of a post's tags hidden for masked-tag prediction")
     metadata_mask_probability: float = _opt(0.25, "chance to mask the rating / score token of a masked post")
+    metadata_drop_probability: float = _opt(0.25, "chance to leave the rating / score token out of a masked post "
+                                                   "(suggestions are often asked without them)")
     view_keep_min: float = _opt(0.3, "smallest share of tags kept in a contrastive view")
     view_keep_max: float = _opt(0.8, "largest share of tags kept in a contrastive view")
     view_metadata_probability: float = _opt(0.5, "chance that a view keeps the rating / score token")
@@ -108,6 +110,7 @@ class TrainingConfig:
             (0 < self.mask_fraction_min <= self.mask_fraction_max <= 1, "need 0 < mask_fraction_min <= mask_fraction_max <= 1"),
             (0 < self.view_keep_min <= self.view_keep_max <= 1, "need 0 < view_keep_min <= view_keep_max <= 1"),
             (0 <= self.metadata_mask_probability <= 1, "metadata_mask_probability must be in [0, 1]"),
+            (0 <= self.metadata_drop_probability <= 1, "metadata_drop_probability must be in [0, 1]"),
             (0 <= self.view_metadata_probability <= 1, "view_metadata_probability must be in [0, 1]"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
