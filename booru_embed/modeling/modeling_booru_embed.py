@@ -411,6 +411,9 @@ class BooruEmbedPreTrainedModel(PreTrainedModel):
 class BooruEmbedModel(BooruEmbedPreTrainedModel):
     """The encoder: per-tag hidden states and the pooled, Matryoshka-nested tag-set embedding."""
 
+    # the heads of a BooruEmbedForPreTraining checkpoint, which AutoModel loads without
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|readback_heads|rating_head|score_head)\."]
+
     def __init__(self, config: BooruEmbedConfig) -> None:
         super().__init__(config)
         self.embeddings = BooruEmbedEmbeddings(config)
@@ -571,6 +574,9 @@ class BooruEmbedTagHead(nn.Module):
 
 class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
     """The encoder with the masked-tag prediction head."""
+
+    # the other heads of a BooruEmbedForPreTraining checkpoint
+    _keys_to_ignore_on_load_unexpected = [r"^(readback_heads|rating_head|score_head)\."]
 
     def __init__(self, config: BooruEmbedConfig) -> None:
         super().__init__(config)
