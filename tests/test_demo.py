@@ -56,7 +56,7 @@ def test_demo_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture, a
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_runs_end_to_end(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     workdir = tmp_path / "demo"
     workdir.mkdir()
     (workdir / MARKER).write_text("{}")
@@ -64,7 +64,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     (workdir / "model" / "stale.txt").write_text("from an earlier demo")
     (workdir / "notes.txt").write_text("not the demo's")
     assert main(["demo", "--workdir", str(workdir), "--posts", "1500", "--max-steps", "20"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out  # capfd: the reload stage prints from a subprocess
     assert "baseline" in out and "traits recovered overall" in out
     for name in ("corpus/posts.csv", "data/dataset_dict.json", "report", "tokenizer/vocab.json",
                  "model/model.safetensors", "model/modules.json", "metrics.json"):
