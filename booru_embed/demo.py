@@ -20,6 +20,7 @@ from .errors import UsageError
 
 HUB_CONFIGS = Path(__file__).resolve().parent.parent / "hub_configs"
 MARKER = "demo.json"
+STAGES = ("generate", "build", "analyze", "tokenizer", "train", "evaluate", "suggest")
 # Folders and files the demo writes inside its workdir (and may replace on a re-run).
 OUTPUTS = ("corpus", "data", "report", "tokenizer", "model", "metrics.json", MARKER)
 # The demo's corpus is smaller in variety than the generator's default (60 characters, 800 general
@@ -47,7 +48,7 @@ def _prepare_workdir(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
 
-def _stage(title: str, argv: list[str]) -> float:
+def _stage(title: str, argv: list[str]) -> None:
     """Run one `booru-embed` command in this process; print its title and time; raise if it fails."""
     from .cli import main
 
@@ -56,9 +57,7 @@ def _stage(title: str, argv: list[str]) -> float:
     code = main(argv)
     if code != 0:
         raise UsageError(f"demo stage '{title}' failed (exit code {code})")
-    seconds = time.perf_counter() - start
-    print(f"--- {title}: {seconds:.1f} s", flush=True)
-    return seconds
+    print(f"--- {title}: {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def write_implications(truth_json: Path, output: Path) -> Path:
@@ -119,47 +118,61 @@ def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int
     return recall
 
 
-def run_demo_pipeline(workdir: Path, posts: int, max_steps: int = DEMO_MAX_STEPS, seed: int = 0) -> dict[str, str]:
-    """Run every stage into ``workdir``; return the output paths by name."""
-    _prepare_workdir(workdir)
-    paths = {name: workdir / name for name in ("corpus", "data", "report", "tokenizer", "model")}
-    paths["corpus_csv"] = paths["corpus"] / "posts.csv"
-    paths["metrics"] = workdir / "metrics.json"
-    (workdir / MARKER).write_text(json.dumps({"posts": posts, "max_steps": max_steps, "seed": seed}) + "\n")
-    paths["corpus"].mkdir()
-    timings = {}
-    print(f"=== generate corpus: {posts} posts -> {paths['corpus_csv']}", flush=True)
-    start = time.perf_counter()
+def _generate(paths: dict[str, Path], posts: int, seed: int) -> None:
+    """Write the demo corpus, its ground truth and the implication TSV."""
     from .data.synthetic import CorpusSpec, default_tag_data, generate_corpus
 
-    paths["truth"] = Path(generate_corpus(paths["corpus_csv"], posts, seed=seed, tag_data=default_tag_data(),
-                                          spec=CorpusSpec(**DEMO_SPEC)))
-    timings["generate"] = time.perf_counter() - start
-    paths["implications"] = write_implications(paths["truth"], paths["corpus"] / "implications.tsv")
-    timings["build"] = _stage("build dataset", ["build-dataset", str(paths["corpus_csv"]),
-                                                "--output", str(paths["data"])])
-    timings["analyze"] = _stage("analyze", ["analyze", str(paths["data"]), "--output", str(paths["report"])])
-    timings["tokenizer"] = _stage("build tokenizer", ["build-tokenizer", str(paths["data"]), "--output",
-                                                      str(paths["tokenizer"]), "--implications",
-                                                      str(paths["implications"])])
-    train = ["train", "--config", str(HUB_CONFIGS / "tiny.json"), "--dataset", str(paths["data"]),
-             "--tokenizer", str(paths["tokenizer"]), "--output", str(paths["model"]), "--seed", str(seed),
-             "--max-steps", str(max_steps), *DEMO_TRAINING]
-    timings["train"] = _stage("train tiny", train)
-    timings["evaluate"] = _stage("evaluate", ["evaluate", str(paths["model"]), "--dataset", str(paths["data"]),
-                                              "--output", str(paths["metrics"]), "--implications",
-                                              str(paths["implications"]), "--truth", str(paths["truth"])])
+    print(f"=== generate corpus: {posts} posts -> {paths['corpus_csv']}", flush=True)
+    paths["corpus"].mkdir()
+    truth = generate_corpus(paths["corpus_csv"], posts, seed=seed, tag_data=default_tag_data(),
+                            spec=CorpusSpec(**DEMO_SPEC))
+    write_implications(Path(truth), paths["implications"])
+
+
+def _reload_and_suggest(paths: dict[str, Path]) -> None:
+    """Add the sentence-transformers files, then load the model folder in a fresh process and suggest."""
     from .st_compat import write_sentence_transformers_files
 
     write_sentence_transformers_files(paths["model"])
     print("\n=== reload in a fresh process and suggest", flush=True)
-    start = time.perf_counter()
-    script = ("import sys; from booru_embed.demo import show_known_answers; "
-              "show_known_answers(sys.argv[1], sys.argv[2])")
+    script = "import sys; from booru_embed.demo import show_known_answers; show_known_answers(sys.argv[1], sys.argv[2])"
     subprocess.run([sys.executable, "-c", script, str(paths["model"]), str(paths["truth"])], check=True)
-    timings["reload+suggest"] = time.perf_counter() - start
+
+
+def run_demo_pipeline(workdir: Path, posts: int, max_steps: int = DEMO_MAX_STEPS, seed: int = 0,
+                      stop_after: str = "suggest") -> dict[str, str]:
+    """Run the stages into ``workdir``, up to and including ``stop_after``; return the output paths by name."""
+    if stop_after not in STAGES:
+        raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
+    _prepare_workdir(workdir)
+    paths = {name: workdir / name for name in ("corpus", "data", "report", "tokenizer", "model")}
+    paths.update(corpus_csv=workdir / "corpus" / "posts.csv", truth=workdir / "corpus" / "posts.truth.json",
+                 implications=workdir / "corpus" / "implications.tsv", metrics=workdir / "metrics.json")
+    (workdir / MARKER).write_text(json.dumps({"posts": posts, "max_steps": max_steps, "seed": seed}) + "\n")
+    data, tokenizer, model = str(paths["data"]), str(paths["tokenizer"]), str(paths["model"])
+    stages = {
+        "generate": lambda: _generate(paths, posts, seed),
+        "build": lambda: _stage("build dataset", ["build-dataset", str(paths["corpus_csv"]), "--output", data]),
+        "analyze": lambda: _stage("analyze", ["analyze", data, "--output", str(paths["report"])]),
+        "tokenizer": lambda: _stage("build tokenizer", ["build-tokenizer", data, "--output", tokenizer,
+                                                        "--implications", str(paths["implications"])]),
+        "train": lambda: _stage("train tiny", [
+            "train", "--config", str(HUB_CONFIGS / "tiny.json"), "--dataset", data, "--tokenizer", tokenizer,
+            "--output", model, "--seed", str(seed), "--max-steps", str(max_steps), *DEMO_TRAINING]),
+        "evaluate": lambda: _stage("evaluate", [
+            "evaluate", model, "--dataset", data, "--output", str(paths["metrics"]),
+            "--implications", str(paths["implications"]), "--truth", str(paths["truth"])]),
+        "suggest": lambda: _reload_and_suggest(paths),
+    }
+    timings = {}
+    for name, run in stages.items():
+        start = time.perf_counter()
+        run()
+        timings[name] = time.perf_counter() - start
+        if name == stop_after:
+            break
     print("\nstage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
-    return {name: str(path) for name, path in paths.items()}
+    return {name: str(path) for name, path in paths.items() if path.exists()}
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +183,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=DEMO_MAX_STEPS,
                         help=f"training steps of 64 posts (default: {DEMO_MAX_STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and of training")
+    parser.add_argument("--stop-after", choices=STAGES, default=STAGES[-1],
+                        help="last stage to run (default: all of them)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -179,7 +194,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
     start = time.perf_counter()
-    paths = run_demo_pipeline(args.workdir, args.posts, args.max_steps, args.seed)
+    paths = run_demo_pipeline(args.workdir, args.posts, args.max_steps, args.seed, args.stop_after)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs:")
     for name, path in paths.items():
         print(f"  {name:<13} {path}")

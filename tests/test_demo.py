@@ -55,6 +55,21 @@ def test_demo_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture, a
     assert message in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
+def test_demo_first_stages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--posts", "300", "--stop-after", "tokenizer"]) == 0
+    out = capsys.readouterr().out
+    truth = json.loads((workdir / "corpus" / "posts.truth.json").read_text())
+    assert len(truth["characters"]) == 60  # the demo's own corpus spec
+    from booru_embed.modeling.tokenization_booru_embed import BooruEmbedTokenizer
+
+    tokenizer = BooruEmbedTokenizer.from_pretrained(str(workdir / "tokenizer"))
+    assert tokenizer.implications  # the generator's implications went into the tokenizer
+    for name in ("corpus", "data", "report", "tokenizer"):
+        assert f"  {name:<13} {workdir / name}" in out
+    assert not (workdir / "model").exists() and "stage times: generate" in out and "train" not in out.split("stage times:")[1]
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     workdir = tmp_path / "demo"
