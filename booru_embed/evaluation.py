@@ -558,6 +558,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
     info = TokenInfo.from_tokenizer(tokenizer)
     if not pairs:
         pairs = [(a, c) for a, consequents in tokenizer.implications.items() for c in consequents]
+    if not pairs and truth_table:
+        pairs = [(a, c) for a, c in truth_table.get("implications", [])]
     evaluator = Evaluator(
         info,
         posts_from_encoded(tokenizer.encode_dataset(splits["train"])),
