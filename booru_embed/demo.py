@@ -94,7 +94,6 @@ def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int
 
     from .embedder import BooruEmbedder
 
-    logging.set_verbosity_error()  # AutoModel lists the heads it leaves out of the checkpoint: expected here
     logging.disable_progress_bar()
     model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True)
     print(f"reloaded {model_dir} with AutoModel: {type(model).__name__}, "
