@@ -141,6 +141,16 @@ def test_decode_reads_tags_back(embedder: BooruEmbedder) -> None:
         embedder.decode(vectors[:, :20])
 
 
+def test_from_pretrained_dtype(model_dir: Path, embedder: BooruEmbedder) -> None:
+    half = BooruEmbedder.from_pretrained(model_dir, device="cpu", dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    vectors = half.embed(["1girl solo", "smile skirt"])
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, embedder.embed(["1girl solo", "smile skirt"]), atol=0.05)
+    with pytest.raises(UsageError, match="unknown dtype 'float8x'"):
+        BooruEmbedder.from_pretrained(model_dir, dtype="float8x")
+
+
 def test_from_pretrained_unknown_folder(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a model folder"):
         BooruEmbedder.from_pretrained(tmp_path / "missing")
