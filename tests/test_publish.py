@@ -200,3 +200,16 @@ def test_hub_round_trip_loads_with_automodel(tmp_path: Path, online: None) -> No
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(out["pooled"], local.embed(["1girl solo smile", "hatsune_miku, skirt"]), atol=1e-5)
     assert out["suggested"].tolist() == [tag for tag, _ in local.suggest("1girl cat_ears", top_k=3)]
+
+
+def test_publish_command(model_dir: Path, online: None, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import huggingface_hub.constants
+
+    with FakeHub() as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)  # what HF_ENDPOINT sets
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        code = main(["publish", str(model_dir), "--repo-id", "someone/cli", "--dataset", "someone/tags"])
+        repo = hub.repos["someone/cli"]
+    assert code == 0 and not repo.private
+    assert f"-> {hub.endpoint}/someone/cli/commit/{repo.head}" in capsys.readouterr().out
+    assert '- "someone/tags"' in repo.files["README.md"].decode()
