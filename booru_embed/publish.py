@@ -27,8 +27,8 @@ LOCAL_TRAINING_KEYS = ("dataset", "tokenizer", "output", "config", "resume")
 def check_model_dir(model_dir: str | Path) -> list[Path]:
     """Check that ``model_dir`` holds a complete model; return the files to publish (top level, sorted).
 
-    Needs ``config.json`` with an ``auto_map``, the remote-code files it names, safetensors weights and
-    ``tokenizer_config.json``. Raises ``UsageError`` naming what is missing.
+    Needs ``config.json`` with an ``auto_map``, ``tokenizer_config.json``, the remote-code files both
+    name, and safetensors weights. Raises ``UsageError`` naming what is missing.
     """
     folder = Path(model_dir)
     if not folder.is_dir():
@@ -42,8 +42,15 @@ def check_model_dir(model_dir: str | Path) -> list[Path]:
         raise UsageError(f"{config_path} is not valid JSON: {error}") from None
     if not config.get("auto_map"):
         raise UsageError(f"{config_path} has no auto_map: save the model with save_pretrained")
+    tokenizer_config_path = folder / "tokenizer_config.json"
+    auto_map = dict(config["auto_map"])
+    if tokenizer_config_path.is_file():
+        try:
+            auto_map.update(json.loads(tokenizer_config_path.read_text(encoding="utf-8")).get("auto_map") or {})
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{tokenizer_config_path} is not valid JSON: {error}") from None
     needed = {"tokenizer_config.json"}
-    for reference in config["auto_map"].values():
+    for reference in auto_map.values():
         for class_path in reference if isinstance(reference, list) else [reference]:
             if class_path:
                 needed.add(class_path.split("--")[-1].split(".")[0] + ".py")
