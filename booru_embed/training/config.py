@@ -166,9 +166,8 @@ def read_model_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
     return values, training
 
 
-def _base_type(annotation: Any) -> type:
-    """``int | None`` -> ``int``; ``str`` -> ``str`` (annotations are strings under __future__)."""
-    hint = eval(annotation, {}, {}) if isinstance(annotation, str) else annotation  # noqa: S307 (own literals)
+def _base_type(hint: Any) -> type:
+    """``int | None`` -> ``int``; ``str`` -> ``str``."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
@@ -177,12 +176,13 @@ def _base_type(annotation: Any) -> type:
 def add_config_arguments(parser: argparse.ArgumentParser, positional: tuple[str, ...] = ()) -> None:
     """Add one flag per ``TrainingConfig`` field; flags default to None so unset ones don't override."""
     group = parser.add_argument_group("training hyper-parameters (defaults shown; a config's `training` block overrides them)")
+    hints = typing.get_type_hints(TrainingConfig)
     for f in dataclasses.fields(TrainingConfig):
         if f.name in positional:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        kind = _base_type(f.type)
+        kind = _base_type(hints[f.name])
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

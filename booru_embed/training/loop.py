@@ -262,6 +262,10 @@ def fit(config: TrainingConfig) -> TrainingResult:
     for name in ("dataset", "tokenizer", "output"):
         if not getattr(config, name):
             raise UsageError(f"--{name} is required")
+    if not Path(config.dataset).is_dir():
+        raise UsageError(f"cannot read dataset {config.dataset}: no such folder")
+    if not Path(config.tokenizer, "vocab.json").is_file():
+        raise UsageError(f"not a tokenizer folder (no vocab.json): {config.tokenizer}")
     output = Path(config.output)
     if checkpoints(output) and not config.resume:
         raise UsageError(f"{output} already holds checkpoints: pass --resume to continue, or choose another --output")
