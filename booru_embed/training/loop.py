@@ -266,6 +266,8 @@ def fit(config: TrainingConfig) -> TrainingResult:
         raise UsageError(f"cannot read dataset {config.dataset}: no such folder")
     if not Path(config.tokenizer, "vocab.json").is_file():
         raise UsageError(f"not a tokenizer folder (no vocab.json): {config.tokenizer}")
+    if config.eval_truth and not Path(config.eval_truth).is_file():
+        raise UsageError(f"ground-truth file not found: {config.eval_truth}")
     output = Path(config.output)
     if checkpoints(output) and not config.resume:
         raise UsageError(f"{output} already holds checkpoints: pass --resume to continue, or choose another --output")
@@ -325,11 +327,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
         config.save(output / "training_config.json")
     accelerator.init_trackers("train", config={k: v for k, v in config.to_dict().items() if v is not None})
     evaluator = _evaluator(config, tokenizer, info, train_encoded) if accelerator.is_main_process else None
-    truth = None
-    if config.eval_truth:
-        if not Path(config.eval_truth).is_file():
-            raise UsageError(f"ground-truth file not found: {config.eval_truth}")
-        truth = json.loads(Path(config.eval_truth).read_text())
+    truth = json.loads(Path(config.eval_truth).read_text()) if config.eval_truth else None
 
     accelerator.print(
         f"running training: {len(train_encoded)} posts, {accelerator.num_processes} process(es), "
