@@ -78,7 +78,8 @@ class TrainingConfig:
     temperature: float = _opt(0.05, "InfoNCE temperature of the contrastive objective")
     mlm_weight: float = _opt(1.0, "weight of masked-tag (set) prediction")
     contrastive_weight: float = _opt(1.0, "weight of the contrastive (two views) objective")
-    readback_weight: float = _opt(1.0, "weight of reading the tags back from the pooled embedding")
+    readback_weight: float = _opt(0.3, "weight of reading the tags back from the pooled embedding (its early "
+                                       "loss is ~20x the others; under global clipping it would crowd them out)")
     rating_weight: float = _opt(0.1, "weight of the rating head")
     score_weight: float = _opt(0.1, "weight of the score-bucket head")
     # logging, checkpoints, evaluation
