@@ -163,12 +163,12 @@ def test_help_documents_the_hyper_parameters():
         assert flag in text
 
 
-TINY_RECIPE = dict(max_steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=50, num_workers=1)
+TINY_RECIPE = dict(max_steps=1200, batch_size=64, learning_rate=4e-3, warmup_steps=50, num_workers=1)
 
 
 @pytest.mark.slow
 def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
-    """The README recipe: `tiny`, 20k generated posts, 600 steps on CPU; model vs co-occurrence baseline."""
+    """The README recipe: `tiny`, 20k generated posts, 1200 steps on CPU; model vs co-occurrence baseline."""
     from booru_embed.evaluation import evaluate
 
     data, tokenizer, truth = make_corpus(tmp_path / "corpus", 20000)
@@ -177,11 +177,11 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
                             **TINY_RECIPE)
     metrics = evaluate(train(config), data, tmp_path / "metrics.json", truth=truth)
     # ~1000 test posts and ~8000 hidden tags: a micro-F1 standard error of about 0.004
-    assert metrics["model.masked.micro_f1"] > metrics["baseline.masked.micro_f1"] + 0.01
+    assert metrics["model.masked.micro_f1"] > metrics["baseline.masked.micro_f1"] + 0.02
     assert metrics["model.implications.recall@1"] > metrics["baseline.implications.recall@1"] + 0.1
     assert metrics["model.retrieval.character.recall@10"] > 5 * metrics["chance.retrieval.character.recall@10"]
     # traits: above chance (~5 of ~3700 candidates), not yet above the baseline at this budget (README)
-    assert metrics["model.traits.r_precision"] > 0.03
+    assert metrics["model.traits.r_precision"] > 0.1
 
 
 def _worker(data: str, tokenizer: str, model_json: str, output: str) -> None:
