@@ -30,6 +30,8 @@ bench: setup
 	$(BIN)/python bench/bench_build_dataset.py
 	$(BIN)/python bench/bench_tokenizer.py
 	$(BIN)/python bench/bench_model.py
+	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_embed.py
 
 clean:
 	rm -rf $(VENV) runs
