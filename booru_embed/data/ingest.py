@@ -569,6 +569,13 @@ def _run_job(job: _Job, max_tags: int, test_fraction: float) -> tuple[int, dict[
     return len(block.lines) + len(block.rejects), tables, sorted(block.rejects + rejects)
 
 
+def _move(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``. An existing ``target`` is deleted first: renaming over a file
+    makes ext4 (``auto_da_alloc``) write the whole new file to disk before the rename returns."""
+    target.unlink(missing_ok=True)
+    source.rename(target)
+
+
 class _SplitWriter:
     """Appends checked rows to one Arrow stream file per split and remembers their ids."""
 
@@ -608,7 +615,7 @@ class _SplitWriter:
             for batch in pa.ipc.open_stream(source):
                 writer.write_batch(batch.filter(pa.array(keep[done: done + batch.num_rows])))
                 done += batch.num_rows
-        deduplicated.replace(path)
+        _move(deduplicated, path)
         return int(keep.sum()), int(len(ids) - keep.sum())
 
 
@@ -631,7 +638,7 @@ def _save_dataset_dict(output: Path, files: dict[str, Path], features) -> None:
         if bars_were_on:
             datasets.enable_progress_bars()
     for split, path in files.items():
-        path.replace(output / split / "data-00000-of-00001.arrow")
+        _move(path, output / split / "data-00000-of-00001.arrow")
         state_path = output / split / "state.json"
         state = json.loads(state_path.read_text(encoding="utf-8"))
         state["_fingerprint"] = uuid.uuid4().hex[:16]
