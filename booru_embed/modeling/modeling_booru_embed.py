@@ -309,7 +309,12 @@ class BooruEmbedAttention(nn.Module):
         """
         qkv = self.qkv_proj(hidden_states)  # (batch, tokens, 3 * hidden)
         implementation = self.config._attn_implementation
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        if implementation == VARLEN_ATTENTION:
+            # This file's own function: another copy of this remote code loaded in the same process (a Hub
+            # snapshot, say) registers the same name in the global registry, possibly from another version.
+            attention = varlen_attention_forward
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         regroup = post_layout is not None and implementation not in _VARLEN_BACKENDS + ("flex_attention",)
         if regroup:
             qkv = post_layout.regroup(qkv[0])  # (posts, max_seqlen, 3 * hidden)
