@@ -21,6 +21,7 @@ import argparse
 import csv
 import functools
 import glob
+import importlib
 import io
 import itertools
 import json
@@ -223,6 +224,11 @@ def _raw_lines(block: bytes | memoryview) -> Callable[[int, int], str]:
     return raw
 
 
+def _single_array(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array (no copy when it is a single chunk, as a whole-block parse gives)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _fast_csv(text: _Text, header: list[str], delimiter: str) -> _Block | None:
     """Parse a block with pyarrow; None when anything is irregular (the slow path decides then)."""
     import pyarrow.csv as pacsv
@@ -256,7 +262,7 @@ def _fast_csv(text: _Text, header: list[str], delimiter: str) -> _Block | None:
         offsets += np.concatenate([[0], np.cumsum(inside)[:-1]])
     else:
         inside = np.zeros(rows, dtype=np.int64)
-    columns = {name: table[name].combine_chunks() for name in INPUT_COLUMNS}
+    columns = {name: _single_array(table[name]) for name in INPUT_COLUMNS}
     line_raw = None
 
     def raw(i: int) -> str:
@@ -442,26 +448,38 @@ def _tag_lists(strings: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
     """Space-separated tag strings -> lists without empty strings or repeats (first order kept),
     and the number of tags each string had.
 
-    Danbooru's tag strings are sorted, single-spaced and without repeats: then one comparison of
-    neighbouring tokens proves it and the split lists are returned as they are. Otherwise empty
-    tokens and repeats are removed and the lists rebuilt.
+    Empty strings are marked null for the split, so they give no token instead of one "" (Danbooru
+    posts often have no artist, copyright or character). Danbooru's tag strings are sorted,
+    single-spaced and without repeats: then one comparison of neighbouring tokens proves it and the
+    split lists are used as they are. Otherwise empty tokens and repeats are removed and the lists
+    rebuilt.
     """
     rows = len(strings)
-    lists = pc.split_pattern(pc.fill_null(strings, "") if strings.null_count else strings, " ")
+    strings = pc.fill_null(strings, "") if strings.null_count else strings
+    present = np.diff(_offsets(strings)) > 0
+    if not present.all():
+        validity = np.packbits(np.concatenate([np.ones(strings.offset, dtype=bool), present]), bitorder="little")
+        strings = pa.StringArray.from_buffers(rows, strings.buffers()[1], strings.buffers()[2],
+                                              pa.py_buffer(validity), offset=strings.offset)
+    lists = pc.split_pattern(strings, " ")
     flat = pc.list_flatten(lists)
-    row_starts = _offsets(lists) - _offsets(lists)[0]
+    row_starts = _offsets(lists) - _offsets(lists)[0]  # a null (empty) row has no token
     value_offsets = _offsets(flat)
-    nonempty = value_offsets[1:] != value_offsets[:-1]  # "" splits to [""]; double or edge spaces leave ""
+    nonempty = value_offsets[1:] != value_offsets[:-1]  # double or edge spaces leave "" tokens
     counts = np.diff(row_starts)
     if len(flat) > 1:
-        same_row = np.ones(len(flat) - 1, dtype=bool)
-        same_row[row_starts[1:-1][row_starts[1:-1] > 0] - 1] = False
-        increasing = pc.less(flat.slice(0, len(flat) - 1), flat.slice(1)).to_numpy(zero_copy_only=False)
-        in_order = not (same_row & ~increasing).any()
+        # in order when every neighbour pair that is not increasing straddles two rows (counted on
+        # Arrow's bit-packed booleans: converting them to numpy would cost 4x the comparison)
+        increasing = pc.less(flat.slice(0, len(flat) - 1), flat.slice(1))
+        boundaries = row_starts[1:-1][(row_starts[1:-1] > 0) & (row_starts[1:-1] < len(flat))]
+        boundaries = boundaries[np.concatenate([[True], boundaries[1:] != boundaries[:-1]])[: len(boundaries)]] - 1
+        not_increasing = len(increasing) - (pc.sum(increasing).as_py() or 0)
+        not_increasing_between_rows = len(boundaries) - (pc.sum(increasing.take(pa.array(boundaries))).as_py() or 0)
+        in_order = not_increasing == not_increasing_between_rows
     else:
         in_order = True
     if in_order and nonempty.all():
-        return lists, counts
+        return pa.ListArray.from_arrays(pa.array(row_starts), flat), counts
     parents = np.repeat(np.arange(rows), counts)
     flat, parents = flat.filter(pa.array(nonempty)), parents[nonempty]
     counts = np.bincount(parents, minlength=rows)
@@ -590,7 +608,7 @@ class _SplitWriter:
         """Append each split's rows of one block."""
         for split, table in tables.items():
             if table.num_rows:
-                self.writers[split].write_table(table.replace_schema_metadata(self.schema.metadata))
+                self.writers[split].write_table(table)
                 self.ids[split].append(table["id"].to_numpy())
 
     def close(self) -> None:
@@ -624,7 +642,8 @@ def _save_dataset_dict(output: Path, files: dict[str, Path], features) -> None:
 
     ``save_to_disk`` writes an empty DatasetDict with the right features (the metadata files
     ``load_from_disk`` reads), then each split's single shard is replaced by the finished file,
-    which has the same schema and the same ``huggingface`` schema metadata. A fresh fingerprint
+    which has the same Arrow schema (``load_from_disk`` takes the features from
+    ``dataset_info.json``; the build checks that they read back). A fresh fingerprint
     keeps ``datasets`` from mixing caches of different builds.
     """
     import datasets
@@ -710,8 +729,6 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
     ``progress``: show a progress bar (None: only on a terminal). ``workers``: threads that parse
     and check blocks (default: one per CPU, at most 4).
     """
-    import datasets
-
     if not 0.0 <= test_fraction < 1.0:
         raise UsageError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if max_tags < 1:
@@ -726,11 +743,16 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
     staging = output.with_name(f".{output.name}.building-{uuid.uuid4().hex[:8]}")
     scratch = staging / ".rows"
     scratch.mkdir(parents=True)
+    # `import datasets` costs about a second of one core; it runs while the first blocks are parsed
+    importing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-datasets")
+    datasets_module = importing.submit(importlib.import_module, "datasets")
+    importing.shutdown(wait=False)
     try:
-        features = datasets.Features.from_arrow_schema(SCHEMA)
-        writer = _SplitWriter(scratch, features.arrow_schema)
+        writer = _SplitWriter(scratch, SCHEMA)
         rows_read, reasons, per_file = _stream_inputs(files, staging, writer, max_tags, test_fraction, block_bytes,
                                                       progress, workers or max(1, min(4, os.cpu_count() or 1)))
+        datasets = datasets_module.result()
+        features = datasets.Features.from_arrow_schema(SCHEMA)
         if rows_read == 0:
             raise UsageError(f"no posts in the input ({len(files)} file(s) with a header only)")
         splits, duplicates = {}, 0
