@@ -104,3 +104,36 @@ def test_accumulator_never_counts_visible_tags():
     assert metrics["m.recall@1"] == 0.0 and metrics["m.micro_f1"] == 0.0
     acc.add(np.array([[-np.inf, 0.1, 0.95, 0.0, 0.0, 0.0]]), [{2}])
     assert acc.metrics("m")["m.micro_f1"] == pytest.approx(0.5)
+
+
+class FixedLogitsRunner:
+    """Stands in for ``ModelRunner``: masked-tag logits = log prior, plus ``boost`` on the traits of a
+    sequence that holds the character (the empty sequence gets the prior alone)."""
+
+    def __init__(self, log_prior: np.ndarray, character: int, traits: list[int], boost: float) -> None:
+        self.log_prior, self.character, self.traits, self.boost = log_prior, character, traits, boost
+
+    def run(self, sequences, *want):
+        rows = []
+        for ids, _ in sequences:
+            row = self.log_prior.copy()
+            if self.character in ids:
+                row[self.traits] += self.boost
+            rows.append(row)
+        return {"mlm": np.stack(rows)}
+
+
+def test_model_traits_are_ranked_by_the_cosine_normalisation():
+    evaluator = Evaluator(INFO, clustered_posts(400, 0), clustered_posts(120, 1), NAMES.get, max_posts=20)
+    truth = {"characters": {"tag20": {"copyright": None, "traits": ["tag10", "tag11"]}}}
+    # tags 18 and 19 are common everywhere (prior 0.4 each); the traits are rare (0.01) but 20x as
+    # likely with the character: p(trait | character) = 0.2 < p(common) = 0.4, ratio 20 vs 1
+    prior = np.full(len(CATEGORIES), 1e-3)
+    prior[[18, 19]] = 0.4
+    prior[[10, 11]] = 0.01
+    runner = FixedLogitsRunner(np.log(prior), character=20, traits=[10, 11], boost=np.log(20.0))
+    out: dict[str, float] = {}
+    evaluator.traits(runner, truth, out)
+    assert out["model.traits_plain.r_precision"] == 0.0  # plain probability: the common tags come first
+    assert out["model.traits.r_precision"] == 1.0  # normalised by sqrt(prior): the traits come first
+    assert out["count.traits.characters"] == 1.0
