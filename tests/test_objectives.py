@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from booru_embed.training.objectives import classification_loss, info_nce, readback_loss, set_prediction_loss
 
@@ -78,6 +80,35 @@ def test_info_nce_rewards_matching_views_at_every_size():
     # only the first 2 dims match: the size-2 term is low, the full-size term is not
     b = torch.cat([a[:, :2], torch.randn(16, 6)], dim=1)
     assert info_nce(a, b, 0.05, [2])[0] < info_nce(a, b, 0.05, [8])[0]
+
+
+def _info_nce_on_rank(rank: int, world: int, init_file: str, views: torch.Tensor, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        half = views.shape[1] // world
+        a = views[0, rank * half : (rank + 1) * half].clone().requires_grad_(True)
+        b = views[1, rank * half : (rank + 1) * half].clone()
+        loss, _ = info_nce(a, b, 0.1, [2, 4], across_processes=True)
+        loss.backward()
+        results[rank] = (float(loss), a.grad.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_info_nce_across_processes_uses_every_process_batch_as_negatives(tmp_path):
+    torch.manual_seed(0)
+    views = torch.randn(2, 8, 4)  # (view, posts, dim): 4 posts on each of 2 processes
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_info_nce_on_rank, args=(2, str(tmp_path / "init"), views, results), nprocs=2)
+        results = dict(results)
+    # the mean of the two processes' losses is the loss of one process holding all 8 posts
+    whole, _ = info_nce(views[0], views[1], 0.1, [2, 4])
+    assert abs((results[0][0] + results[1][0]) / 2 - float(whole)) < 1e-5
+    # and differs from a loss with only the local posts as negatives
+    local, _ = info_nce(views[0, :4], views[1, :4], 0.1, [2, 4])
+    assert abs(results[0][0] - float(local)) > 1e-3
+    assert results[0][1].abs().sum() > 0 and results[1][1].abs().sum() > 0
 
 
 def test_readback_loss_is_zero_for_perfect_logits_and_normalised_by_positives():

@@ -76,6 +76,8 @@ class TrainingConfig:
     view_keep_max: float = _opt(0.8, "largest share of tags kept in a contrastive view")
     view_metadata_probability: float = _opt(0.5, "chance that a view keeps the rating / score token")
     temperature: float = _opt(0.05, "InfoNCE temperature of the contrastive objective")
+    contrastive_across_processes: bool = _opt(True, "with several processes, the other processes' posts are "
+                                                     "contrastive negatives too (gathered, no gradient to them)")
     mlm_weight: float = _opt(1.0, "weight of masked-tag (set) prediction")
     contrastive_weight: float = _opt(1.0, "weight of the contrastive (two views) objective")
     readback_weight: float = _opt(0.3, "weight of reading the tags back from the pooled embedding (its early "

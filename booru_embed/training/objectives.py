@@ -8,7 +8,8 @@
   softmax per post (BCE needs a sigmoid per vocabulary entry with heavy class imbalance); and its scale
   (about log of the candidate count) sits well beside the other losses. Visible tags are removed from
   the candidates (logit -inf): repeating a tag already present is never rewarded.
-* ``info_nce``: two views of a post close, the other posts of the batch apart, at every nested size.
+* ``info_nce``: two views of a post close, the other posts of the batch apart (of every process's
+  batch when training on several), at every nested size.
 * ``readback_loss``: the post's tags from the pooled embedding alone, multi-label BCE at every nested
   size, summed over the vocabulary and divided by the number of positive (post, tag) pairs, so its
   scale does not grow with the vocabulary (the focal-loss normalisation).
@@ -50,21 +51,44 @@ def set_prediction_loss(
     return -(target_weights * log_probs[target_group, target_ids]).sum() / logits.shape[0]
 
 
+def gather_with_local_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``tensor`` of every process concatenated in rank order, and where this process's rows start.
+
+    Only this process's rows keep their gradient (the others arrive as copies), as in CLIP-style
+    training: each process back-propagates its own queries against every key. One process (or no
+    initialised process group) returns ``tensor`` itself.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    rank = dist.get_rank()
+    parts[rank] = tensor
+    return torch.cat(parts), rank * tensor.shape[0]
+
+
 def info_nce(
-    view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, dims: Sequence[int]
+    view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, dims: Sequence[int], across_processes: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE between row i of ``view_a`` and row i of ``view_b``, averaged over ``dims``.
 
-    Each size d uses the first d dimensions, L2-normalised (Matryoshka). Returns (loss, top-1 accuracy
-    of finding the other view at the largest size).
+    Each size d uses the first d dimensions, L2-normalised (Matryoshka). With ``across_processes``
+    the other views of every process's batch are negatives too (see ``gather_with_local_grad``).
+    Returns (loss, top-1 accuracy of finding the other view at the largest size).
     """
-    labels = torch.arange(view_a.shape[0], device=view_a.device)
+    all_a, offset = gather_with_local_grad(view_a) if across_processes else (view_a, 0)
+    all_b, _ = gather_with_local_grad(view_b) if across_processes else (view_b, 0)
+    labels = torch.arange(view_a.shape[0], device=view_a.device) + offset
     losses = []
     for d in dims:
         a = F.normalize(view_a[:, :d].float(), dim=-1)
         b = F.normalize(view_b[:, :d].float(), dim=-1)
-        logits = a @ b.T / temperature  # (posts, posts)
-        losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2)
+        keys_a = F.normalize(all_a[:, :d].float(), dim=-1)
+        keys_b = F.normalize(all_b[:, :d].float(), dim=-1)
+        logits = a @ keys_b.T / temperature  # (posts here, posts everywhere)
+        losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(b @ keys_a.T / temperature, labels)) / 2)
     accuracy = (logits.argmax(dim=-1) == labels).float().mean()
     return torch.stack(losses).mean(), accuracy
 
@@ -104,7 +128,8 @@ def pretraining_losses(
         candidates_by_kind,
     )
     contrastive, view_accuracy = info_nce(
-        embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims
+        embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims,
+        across_processes=config.contrastive_across_processes,
     )
     readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
     rating = classification_loss(outputs.rating_logits, batch["rating_labels"])
