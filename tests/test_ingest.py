@@ -16,7 +16,7 @@ from datasets import load_from_disk
 
 from booru_embed.cli import main
 from booru_embed.data import ingest
-from booru_embed.data.ingest import build_dataset, is_test_post
+from booru_embed.data.ingest import _tag_lists, build_dataset, is_test_post
 from booru_embed.data.synthetic import CSV_HEADER, generate_corpus
 from booru_embed.errors import UsageError
 
@@ -270,3 +270,19 @@ def test_unterminated_quote_stops_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="unterminated quoted field starting near line 3"):
         build_dataset([path], tmp_path / "data", block_bytes=64)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("strings, expected", [
+    (["a b", "c d"], [["a", "b"], ["c", "d"]]),  # sorted: the fast path
+    (["b a", "a b"], [["b", "a"], ["a", "b"]]),  # unsorted, no repeats: kept as given
+    (["a a", ""], [["a"], []]),  # a repeat and an empty string
+    (["", "a", "", "b c", ""], [[], ["a"], [], ["b", "c"], []]),  # empty rows around, at both ends
+    ([" a  b ", None], [["a", "b"], []]),  # edge and double spaces, a null
+    (["x y", "", "y x y"], [["x", "y"], [], ["y", "x"]]),  # repeat after an empty row
+])
+def test_tag_lists_split_exactly(strings, expected):
+    lists, _ = _tag_lists(pa.array(strings, type=pa.string()))
+    assert lists.to_pylist() == expected
+    # the same on a slice of a longer array (offsets not starting at 0)
+    sliced, _ = _tag_lists(pa.array(["zz  zz", *strings], type=pa.string()).slice(1))
+    assert sliced.to_pylist() == expected
