@@ -58,6 +58,7 @@ class BooruEmbedder:
         self._categories = categories
         self._is_tag = torch.zeros(len(categories), dtype=torch.bool)
         self._is_tag[tokenizer.tag_token_ids] = True
+        self._prior: torch.Tensor | None = None  # log p(tag | no tags), on first use
 
     @classmethod
     def from_pretrained(cls, model_dir_or_repo_id: str | Path, device: str | None = None,
@@ -184,13 +185,17 @@ class BooruEmbedder:
         return out
 
     def suggest(self, tagset: TagSet, top_k: int = 10, categories: Iterable[str] | None = None,
-                expand_implications: bool = True) -> list[tuple[str, float]]:
+                expand_implications: bool = True, distinctive: bool = False) -> list[tuple[str, float]]:
         """Missing tags for ``tagset``, ranked: ``[(tag, score), ...]`` with ``score`` a probability.
 
         Never returns a tag already present, nor special, unknown, rating or score tokens. ``categories``
         (e.g. ``["general"]``) restricts the answers. When the model stores an implication table, tags
         implied by present tags come first (score 1.0), and each suggested tag is followed by the
         missing tags it implies (with its score), so the list can be longer than ``top_k``.
+        ``distinctive`` ranks like Danbooru's related tags instead of by probability: by
+        p(tag | tagset) / sqrt(p(tag | no tags)), the model's counterpart of the co-occurrence cosine,
+        so tags typical of this tag set come before tags common everywhere (``highres``, ``1girl``);
+        the scores stay probabilities.
         """
         import torch
 
@@ -208,15 +213,28 @@ class BooruEmbedder:
             batch = self._batch([ids], extra=[self.tokenizer.mask_token_id])
             positions = batch["input_ids"] == self.tokenizer.mask_token_id
             logits = self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
-        probabilities = torch.softmax(logits.masked_fill(~candidates, float("-inf")), dim=-1)
-        probabilities[~(candidates & allowed)] = 0.0
+        log_probabilities = torch.log_softmax(logits.masked_fill(~candidates, float("-inf")), dim=-1)
+        ranking = log_probabilities - 0.5 * self._log_prior() if distinctive else log_probabilities.clone()
+        ranking[~(candidates & allowed)] = float("-inf")
         count = min(top_k, int((candidates & allowed).sum()))
-        scores, chosen = probabilities.topk(count)
-        ranked = [(self.tokenizer.convert_ids_to_tokens(int(i)), float(s)) for s, i in zip(scores, chosen)]
+        chosen = ranking.topk(count).indices
+        ranked = [(self.tokenizer.convert_ids_to_tokens(int(i)), float(log_probabilities[i].exp())) for i in chosen]
         if not expand_implications or not self.tokenizer.implications:
             return ranked
         present = {self.tokenizer.convert_ids_to_tokens(i) for i in ids}
         return self._with_implications(ranked, present, allowed)
+
+    def _log_prior(self) -> torch.Tensor:
+        """(vocab,) log p(tag | no tags): the masked-tag head on ``<cls> <mask>`` (computed once)."""
+        import torch
+
+        if self._prior is None:
+            with torch.inference_mode():
+                batch = self._batch([[self.tokenizer.cls_token_id]], extra=[self.tokenizer.mask_token_id])
+                positions = batch["input_ids"] == self.tokenizer.mask_token_id
+                logits = self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
+            self._prior = torch.log_softmax(logits.masked_fill(~self._is_tag, float("-inf")), dim=-1)
+        return self._prior
 
     def _category_filter(self, categories: Iterable[str] | None) -> torch.Tensor:
         """(vocab,) bool of the tokens whose category is in ``categories`` (all when None)."""
@@ -318,6 +336,8 @@ def add_suggest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tags", metavar="TAGS", help='tag set: "1girl solo long_hair" or "1girl, long hair"')
     parser.add_argument("--top-k", type=int, default=10, help="number of suggestions (default: 10)")
     parser.add_argument("--categories", help="only these categories, comma separated (e.g. general,character)")
+    parser.add_argument("--distinctive", action="store_true",
+                        help="rank like related tags: typical of this tag set before common everywhere")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
@@ -332,7 +352,8 @@ def run_suggest(args: argparse.Namespace) -> int:
     embedder = _load(args.model_dir, args.device)
     unknown = embedder.unknown_tags(args.tags)
     try:
-        suggestions = embedder.suggest(args.tags, top_k=args.top_k, categories=categories)
+        suggestions = embedder.suggest(args.tags, top_k=args.top_k, categories=categories,
+                                        distinctive=args.distinctive)
     except ValueError as error:
         raise UsageError(str(error)) from None
     rows = [{"tag": tag, "score": round(score, 6), "category": embedder.category_of(tag)}

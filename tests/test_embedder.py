@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,23 @@ def test_suggest_top_k_and_categories(embedder: BooruEmbedder) -> None:
         embedder.suggest("1girl", categories=["rating"])
 
 
+def test_suggest_distinctive_ranks_by_probability_over_sqrt_prior(embedder: BooruEmbedder) -> None:
+    present = "1girl smile"
+    plain = dict(embedder.suggest(present, top_k=1000, expand_implications=False))
+    with torch.inference_mode():  # the prior: the masked-tag head on <cls> <mask>
+        batch = embedder._batch([[embedder.tokenizer.cls_token_id]], extra=[embedder.tokenizer.mask_token_id])
+        logits = embedder.model(**batch, mlm_positions=batch["input_ids"] == embedder.tokenizer.mask_token_id).mlm_logits[0]
+    candidates = embedder._is_tag
+    log_prior = torch.log_softmax(logits.float().masked_fill(~candidates, float("-inf")), dim=-1)
+    prior = {tag: float(log_prior[embedder.tokenizer.convert_tokens_to_ids(tag)]) for tag in plain}
+    distinctive = embedder.suggest(present, top_k=1000, expand_implications=False, distinctive=True)
+    # same tags and the same probabilities, ordered by log p - 1/2 log prior
+    assert dict(distinctive) == pytest.approx(plain)
+    keys = [math.log(p) - 0.5 * prior[tag] for tag, p in distinctive]
+    assert keys == sorted(keys, reverse=True)
+    assert [tag for tag, _ in distinctive] != sorted(plain, key=plain.get, reverse=True)
+
+
 def test_suggest_expands_implications(embedder: BooruEmbedder) -> None:
     # The tiny model stores cat_ears -> animal_ears -> animal_features and usada_pekora -> rabbit_ears.
     suggestions = embedder.suggest("1girl cat_ears", top_k=5)
@@ -166,6 +184,10 @@ def test_suggest_command(model_dir: Path, capsys: pytest.CaptureFixture) -> None
     assert main(["suggest", str(model_dir), "1girl", "--top-k", "4", "--categories", "general"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) >= 4 and all(line.endswith("(general)") for line in lines)
+    embedder = BooruEmbedder.from_pretrained(model_dir)
+    expected = [tag for tag, _ in embedder.suggest("1girl smile", top_k=5, distinctive=True)]
+    assert main(["suggest", str(model_dir), "1girl smile", "--top-k", "5", "--distinctive", "--json"]) == 0
+    assert [row["tag"] for row in json.loads(capsys.readouterr().out)["suggestions"]] == expected
 
 
 @pytest.mark.parametrize("argv, message", [
