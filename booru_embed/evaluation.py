@@ -459,6 +459,8 @@ class Evaluator:
     def traits(self, runner: ModelRunner | None, truth: dict[str, Any], out: dict[str, float]) -> None:
         """Recovery of each character's hidden traits from {character, copyright} alone.
 
+        Traits are appearance tags, so both sides rank the general tags only (otherwise the other
+        characters, artists and copyrights that co-occur fill the top of the list on both sides).
         A trait is a tag that is typical of the character, not of posts in general, so both sides
         rank by the same normalisation: the baseline's cosine is n(a,b) / sqrt(n(a) n(b)), that is
         P(b | a) / sqrt(P(b)) up to a constant; the model's score is its counterpart,
@@ -479,7 +481,8 @@ class Evaluator:
         for who in ("model", "baseline"):
             if who == "model" and runner is None:
                 continue
-            allowed = np.repeat(self.candidates[None], len(cases), axis=0)
+            general = self.groups["general"]
+            allowed = np.repeat(general[None], len(cases), axis=0)
             for row, (_, vis, _) in enumerate(cases):
                 allowed[row, vis] = False
             if who == "model":
@@ -487,9 +490,11 @@ class Evaluator:
                 sequences.append(self._sequence(None, np.zeros(0, dtype=np.int64), rating=False, mask=True))
                 logits = runner.run(sequences, "mlm")["mlm"]
                 plain = _log_softmax(logits[:-1], allowed)
-                prior = _log_softmax(logits[-1:], self.candidates[None])
+                prior = _log_softmax(logits[-1:], general[None])
                 self._rank_traits(plain, cases, "model.traits_plain", out)
-                self._rank_traits(plain - 0.5 * prior, cases, "model.traits", out)
+                with np.errstate(invalid="ignore"):  # -inf - -inf outside the candidates, masked next
+                    normalised = np.where(allowed, plain - 0.5 * prior, -np.inf)
+                self._rank_traits(normalised, cases, "model.traits", out)
             else:
                 scores = np.where(allowed, self.baseline.suggest_scores([vis for _, vis, _ in cases]), -np.inf)
                 self._rank_traits(scores, cases, "baseline.traits", out)

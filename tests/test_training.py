@@ -180,8 +180,9 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
     assert metrics["model.masked.micro_f1"] > metrics["baseline.masked.micro_f1"] + 0.02
     assert metrics["model.implications.recall@1"] > metrics["baseline.implications.recall@1"] + 0.1
     assert metrics["model.retrieval.character.recall@10"] > 5 * metrics["chance.retrieval.character.recall@10"]
-    # traits: above chance (~5 of ~3700 candidates), not yet above the baseline at this budget (README)
-    assert metrics["model.traits.r_precision"] > 0.1
+    # traits of 300 characters among ~3000 general tags (chance ~0.002): learned, but far below the
+    # baseline's 0.63 at this budget (README, "what this shows")
+    assert metrics["model.traits.r_precision"] > 0.2
 
 
 def _worker(data: str, tokenizer: str, model_json: str, output: str) -> None:
