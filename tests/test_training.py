@@ -163,12 +163,12 @@ def test_help_documents_the_hyper_parameters():
         assert flag in text
 
 
-TINY_RECIPE = dict(max_steps=1200, batch_size=64, learning_rate=4e-3, warmup_steps=50, num_workers=1)
+TINY_RECIPE = dict(max_steps=900, batch_size=128, learning_rate=2e-3, warmup_steps=50, num_workers=1)
 
 
 @pytest.mark.slow
 def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
-    """The README recipe: `tiny`, 20k generated posts, 1200 steps on CPU; model vs co-occurrence baseline."""
+    """The README recipe: `tiny`, 20k generated posts, 900 steps of 128 posts on CPU; model vs co-occurrence baseline."""
     from booru_embed.evaluation import evaluate
 
     data, tokenizer, truth = make_corpus(tmp_path / "corpus", 20000)
@@ -180,9 +180,9 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
     assert metrics["model.masked.micro_f1"] > metrics["baseline.masked.micro_f1"] + 0.02
     assert metrics["model.implications.recall@1"] > metrics["baseline.implications.recall@1"] + 0.1
     assert metrics["model.retrieval.character.recall@10"] > 5 * metrics["chance.retrieval.character.recall@10"]
-    # traits of 300 characters among ~3000 general tags (chance ~0.002): learned, but far below the
-    # baseline's 0.63 at this budget (README, "what this shows")
-    assert metrics["model.traits.r_precision"] > 0.2
+    # traits of 300 characters among ~3000 general tags (chance ~0.002): learned (0.52), but below
+    # the baseline's 0.63 at this budget (README, "what this shows")
+    assert metrics["model.traits.r_precision"] > 0.4
 
 
 def _worker(data: str, tokenizer: str, model_json: str, output: str) -> None:
