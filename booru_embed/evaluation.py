@@ -82,30 +82,52 @@ def retrieval_recall_at_k(
 
     For each query with at least one other post sharing a label: (neighbours among its k nearest,
     itself excluded, that share a label) / min(k, posts sharing a label). Chance is the same
-    quantity expected from k random neighbours.
+    quantity expected from k random neighbours. ``vectors`` is a dense array or a scipy sparse
+    matrix (TF-IDF rows: a sparse product is far cheaper than a dense one over the vocabulary).
     """
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    n = len(labels)
+    if n < 2:
+        return float("nan"), float("nan")
+    if hasattr(vectors, "tocsr"):
+        from scipy import sparse
+
+        vectors = vectors.tocsr().astype(np.float32)
+        norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1))).ravel()
+        unit = sparse.diags(1.0 / np.maximum(norms, 1e-12)).astype(np.float32) @ vectors
+    else:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
     label_to_posts: dict[int, set[int]] = {}
     for i, ls in enumerate(labels):
         for label in ls:
             label_to_posts.setdefault(label, set()).add(i)
-    n = len(labels)
-    recalls, chances = [], []
+    # posts sharing a label, itself excluded: a count for one label, a set union for several
+    relevant = np.array([len(label_to_posts[next(iter(ls))]) - 1 if len(ls) == 1
+                         else len(set().union(*(label_to_posts[lab] for lab in ls)) - {i}) if ls else 0
+                         for i, ls in enumerate(labels)], dtype=np.int64)
+    width = max(1, max(len(ls) for ls in labels))
+    padded = np.full((n, width), -1, dtype=np.int64)  # each post's labels, -1 padded
+    for i, ls in enumerate(labels):
+        padded[i, : len(ls)] = sorted(ls)
+    k_eff = min(k, n - 1)
+    found = np.zeros(n, dtype=np.int64)
     for start in range(0, n, chunk):
-        sims = unit[start : start + chunk] @ unit.T  # (chunk, n)
-        for row, i in enumerate(range(start, min(n, start + chunk))):
-            relevant = set().union(*(label_to_posts[lab] for lab in labels[i])) - {i} if labels[i] else set()
-            if not relevant:
-                continue
-            sims[row, i] = -np.inf
-            top = np.argpartition(-sims[row], min(k, n - 2))[:k] if n - 1 > k else np.flatnonzero(np.isfinite(sims[row]))
-            best = min(k, len(relevant))
-            recalls.append(len(relevant.intersection(top.tolist())) / best)
-            chances.append(min(k, n - 1) * len(relevant) / (n - 1) / best)
-    if not recalls:
+        rows = np.arange(start, min(n, start + chunk))
+        sims = unit[rows] @ unit.T  # (chunk, n)
+        sims = sims.toarray() if hasattr(sims, "toarray") else sims
+        sims[np.arange(len(rows)), rows] = -np.inf
+        top = np.argpartition(-sims, k_eff - 1, axis=1)[:, :k_eff]  # (chunk, k)
+        mine = padded[rows][:, None, :, None]  # (chunk, 1, width, 1)
+        theirs = padded[top][:, :, None, :]  # (chunk, k, 1, width)
+        shares = ((mine == theirs) & (mine >= 0)).any(axis=(2, 3))  # (chunk, k)
+        found[rows] = shares.sum(axis=1)
+    queries = relevant > 0
+    if not queries.any():
         return float("nan"), float("nan")
-    return float(np.mean(recalls)), float(np.mean(chances))
+    best = np.minimum(k, relevant[queries])
+    recall = found[queries] / best
+    chance = k_eff * relevant[queries] / (n - 1) / best
+    return float(recall.mean()), float(chance.mean())
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,17 +152,19 @@ class RankingAccumulator:
 
     def add(self, scores: np.ndarray, answers: Sequence[set[int]]) -> None:
         """Add cases: ``scores`` (cases, vocab) with -inf for non-candidates; ``answers`` the true tags."""
+        answer_rows = np.repeat(np.arange(len(answers)), [len(a) for a in answers])
+        answer_ids = np.fromiter((t for a in answers for t in a), dtype=np.int64, count=len(answer_rows))
+        is_answer = np.zeros(scores.shape, dtype=bool)  # (cases, vocab)
+        is_answer[answer_rows, answer_ids] = True
         for name, members in self.groups.items():
             masked = np.where(members[None], scores, -np.inf)
             idx, vals = _top_k(masked, TOP_K)
             finite = np.isfinite(vals)
-            hits = np.array([[t in ans for t in row] for row, ans in zip(idx, answers)], dtype=bool).reshape(idx.shape)
+            hits = np.take_along_axis(is_answer, idx, axis=1)
             self.pairs[name].append((vals[finite], hits[finite], idx[finite]))
             counts = self.positives[name]
-            for ans in answers:
-                for t in ans:
-                    if members[t]:
-                        counts[t] = counts.get(t, 0) + 1
+            for t, n in zip(*np.unique(answer_ids[members[answer_ids]], return_counts=True)):
+                counts[int(t)] = counts.get(int(t), 0) + int(n)
             if name == "all":
                 self.ranked.extend(idx[:, : max(self.ks)])
                 self.answers.extend(answers)
@@ -213,9 +237,9 @@ class CooccurrenceBaseline:
         """(cases, vocab) sum of cosines to the visible tags."""
         return np.asarray((self._incidence(visible) @ self.cosine).todense(), dtype=np.float32)
 
-    def tfidf(self, visible: Sequence[np.ndarray]) -> np.ndarray:
-        """(cases, vocab) TF-IDF vectors of the visible tags (dense; callers pass modest batches)."""
-        return np.asarray(self._incidence(visible, self.idf).todense(), dtype=np.float32)
+    def tfidf(self, visible: Sequence[np.ndarray]) -> Any:
+        """(cases, vocab) TF-IDF vectors of the visible tags, a sparse CSR matrix."""
+        return self._incidence(visible, self.idf)
 
     def classify(self, visible: Sequence[np.ndarray], log_prob: np.ndarray) -> np.ndarray:
         """Naive-Bayes class of each case from its visible tags (sum of log P(class | tag))."""
