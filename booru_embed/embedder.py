@@ -209,10 +209,7 @@ class BooruEmbedder:
             raise ValueError("the tag set is empty: give at least one tag")
         candidates = self._is_tag.clone()
         candidates[ids] = False
-        with torch.inference_mode():
-            batch = self._batch([ids], extra=[self.tokenizer.mask_token_id])
-            positions = batch["input_ids"] == self.tokenizer.mask_token_id
-            logits = self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
+        logits = self._mask_logits(ids)
         log_probabilities = torch.log_softmax(logits.masked_fill(~candidates, float("-inf")), dim=-1)
         ranking = log_probabilities - 0.5 * self._log_prior() if distinctive else log_probabilities.clone()
         ranking[~(candidates & allowed)] = float("-inf")
@@ -229,12 +226,18 @@ class BooruEmbedder:
         import torch
 
         if self._prior is None:
-            with torch.inference_mode():
-                batch = self._batch([[self.tokenizer.cls_token_id]], extra=[self.tokenizer.mask_token_id])
-                positions = batch["input_ids"] == self.tokenizer.mask_token_id
-                logits = self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
+            logits = self._mask_logits([self.tokenizer.cls_token_id])
             self._prior = torch.log_softmax(logits.masked_fill(~self._is_tag, float("-inf")), dim=-1)
         return self._prior
+
+    def _mask_logits(self, ids: list[int]) -> torch.Tensor:
+        """(vocab,) masked-tag logits of ``ids`` (``<cls>`` first) with one ``<mask>`` appended, on CPU."""
+        import torch
+
+        with torch.inference_mode():
+            batch = self._batch([ids], extra=[self.tokenizer.mask_token_id])
+            positions = batch["input_ids"] == self.tokenizer.mask_token_id
+            return self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
 
     def _category_filter(self, categories: Iterable[str] | None) -> torch.Tensor:
         """(vocab,) bool of the tokens whose category is in ``categories`` (all when None)."""

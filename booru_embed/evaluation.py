@@ -502,10 +502,10 @@ class Evaluator:
             cases.append((None, np.array(visible, dtype=np.int64), traits))
         if not cases:
             return
+        general = self.groups["general"]
         for who in ("model", "baseline"):
             if who == "model" and runner is None:
                 continue
-            general = self.groups["general"]
             allowed = np.repeat(general[None], len(cases), axis=0)
             for row, (_, vis, _) in enumerate(cases):
                 allowed[row, vis] = False

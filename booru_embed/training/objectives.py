@@ -80,13 +80,13 @@ def info_nce(
     """
     all_a, offset = gather_with_local_grad(view_a) if across_processes else (view_a, 0)
     all_b, _ = gather_with_local_grad(view_b) if across_processes else (view_b, 0)
+    local = slice(offset, offset + view_a.shape[0])  # this process's rows (they keep their gradient)
     labels = torch.arange(view_a.shape[0], device=view_a.device) + offset
     losses = []
     for d in dims:
-        a = F.normalize(view_a[:, :d].float(), dim=-1)
-        b = F.normalize(view_b[:, :d].float(), dim=-1)
         keys_a = F.normalize(all_a[:, :d].float(), dim=-1)
         keys_b = F.normalize(all_b[:, :d].float(), dim=-1)
+        a, b = keys_a[local], keys_b[local]
         logits = a @ keys_b.T / temperature  # (posts here, posts everywhere)
         losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(b @ keys_a.T / temperature, labels)) / 2)
     accuracy = (logits.argmax(dim=-1) == labels).float().mean()
