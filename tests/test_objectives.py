@@ -7,6 +7,7 @@ import math
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from booru_embed.training.objectives import classification_loss, info_nce, readback_loss, set_prediction_loss
 
@@ -118,6 +119,18 @@ def test_readback_loss_is_zero_for_perfect_logits_and_normalised_by_positives():
     assert float(readback_loss(perfect, seq, ids)) < 1e-6
     zeros = torch.zeros(2, 2, VOCAB)
     torch.testing.assert_close(readback_loss(zeros, seq, ids), torch.tensor(2 * VOCAB * math.log(2) / 3))
+
+
+def test_readback_loss_equals_dense_binary_cross_entropy_with_its_gradient():
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 4, VOCAB)).requires_grad_()
+    seq, ids = torch.tensor([0, 0, 1, 3, 3, 3]), torch.tensor([3, 5, 7, 0, 1, VOCAB - 1])
+    targets = torch.zeros(4, VOCAB)
+    targets[seq, ids] = 1.0
+    dense = F.binary_cross_entropy_with_logits(logits, targets.expand(3, -1, -1), reduction="sum") / (3 * len(ids))
+    ours = readback_loss(logits, seq, ids)
+    torch.testing.assert_close(ours, dense)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(dense, logits)[0])
 
 
 def test_classification_loss_ignores_unlabelled_rows():

@@ -94,11 +94,13 @@ def info_nce(
 
 
 def readback_loss(logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor) -> torch.Tensor:
-    """Multi-label BCE of ``logits`` (sizes, sequences, vocab) against the (sequence, tag) positives."""
-    targets = torch.zeros(logits.shape[1:], dtype=torch.float32, device=logits.device)  # (sequences, vocab)
-    targets[sequence_index, tag_ids] = 1.0
-    targets = targets.expand(logits.shape[0], -1, -1)
-    total = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum")
+    """Multi-label BCE of ``logits`` (sizes, sequences, vocab) against the (sequence, tag) positives.
+
+    The (sequence, tag) pairs must be distinct. The BCE of logit x is softplus(x) - y x, so the sum over
+    the whole grid is the softplus of every logit minus the positives' logits: no dense target grid.
+    """
+    logits = logits.float()
+    total = F.softplus(logits).sum() - logits[:, sequence_index, tag_ids].sum()
     return total / max(1, logits.shape[0] * len(tag_ids))
 
 
