@@ -287,9 +287,7 @@ class ModelRunner:
             "embeddings": lambda: pooled,
             "rating": lambda: self.model.rating_head(pooled),
             "score": lambda: self.model.score_head(pooled),
-            "mlm": lambda: self.model.mlm_head(
-                encoded.last_hidden_state[positions], self.model.get_input_embeddings().weight
-            ),
+            "mlm": lambda: self.model.mlm_head(encoded.last_hidden_state[positions], self.model.tag_output_matrix()),
         }
         return {name: heads[name]() for name in want}
 

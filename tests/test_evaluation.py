@@ -137,3 +137,32 @@ def test_model_traits_are_ranked_by_the_cosine_normalisation():
     assert out["model.traits_plain.r_precision"] == 0.0  # plain probability: the common tags come first
     assert out["model.traits.r_precision"] == 1.0  # normalised by sqrt(prior): the traits come first
     assert out["count.traits.characters"] == 1.0
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_model_runner_head_path_matches_the_full_forward(tied: bool) -> None:
+    import torch
+
+    from booru_embed.evaluation import ModelRunner
+    from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
+    from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
+
+    vocab = 40
+    torch.manual_seed(0)
+    model = BooruEmbedForPreTraining(BooruEmbedConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        embedding_dim=16, nested_dims=[8], tie_output_embeddings=tied,
+    ))
+    categories = np.full(vocab, 3)
+    categories[:3] = 0
+    info = TokenInfo(categories, rating_token_ids=(), score_token_ids=(), unk_token_ids=frozenset())
+    rng = np.random.default_rng(0)
+    sequences = []
+    for length in (2, 5, 9):
+        ids = np.concatenate([[1], rng.choice(np.arange(3, vocab), length, replace=False), [2]])
+        sequences.append((ids, np.where(ids < 3, 0, 3)))
+    runner = ModelRunner(model, info)
+    heads_only = runner.run(sequences, "mlm", "embeddings")
+    full = runner.run(sequences, "mlm", "embeddings", "readback")  # the model's own forward
+    np.testing.assert_allclose(heads_only["mlm"], full["mlm"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(heads_only["embeddings"], full["embeddings"], rtol=1e-5, atol=1e-5)

@@ -307,6 +307,29 @@ def test_tag_heads_share_the_token_embedding_matrix() -> None:
         torch.testing.assert_close(model.mlm_head(hidden, matrix), expected)
 
 
+def test_untied_output_embeddings_take_the_head_gradients_and_reload(tmp_path: Path) -> None:
+    packed = pack(make_posts(LENGTHS))
+    present = torch.zeros(VOCAB, dtype=torch.bool)
+    present[packed["input_ids"].flatten()] = True
+    positions = torch.ones_like(packed["input_ids"], dtype=torch.bool)
+    absent_rows = {}
+    for tied in (True, False):
+        model = build(tie_output_embeddings=tied).train()
+        model(**packed, mlm_positions=positions).mlm_logits.logsumexp(-1).sum().backward()
+        absent_rows[tied] = model.model.embeddings.token_embeddings.weight.grad[~present].abs().sum()
+        if not tied:
+            assert model.output_embeddings.weight.grad[~present].abs().sum() > 0
+    # tied, the softmax reaches every input row; untied, only the rows of tags in the posts
+    assert absent_rows[True] > 0 and absent_rows[False] == 0
+    model = build(seed=3, tie_output_embeddings=False)
+    model.save_pretrained(tmp_path / "model")
+    loaded = BooruEmbedForMaskedLM.from_pretrained(tmp_path / "model").eval()
+    with torch.no_grad():
+        expected = model(**packed, mlm_positions=positions).mlm_logits
+        torch.testing.assert_close(loaded(**packed, mlm_positions=positions).logits, expected)
+        assert not torch.equal(model.output_embeddings.weight, model.model.embeddings.token_embeddings.weight)
+
+
 # ----------------------------------------------------------------------------------------- dtypes, training
 
 

@@ -60,6 +60,13 @@ class BooruEmbedConfig(PreTrainedConfig):
             Classes of the rating head (g, s, q, e).
         num_score_buckets (`int`, defaults to 5):
             Classes of the score-bucket head; training sets it from the tokenizer's score buckets.
+        tie_output_embeddings (`bool`, defaults to `True`):
+            Whether the tag-predicting heads (masked tags, read-back) score tags against the input token
+            embedding matrix (`True`) or against an output matrix of their own (`False`). Every softmax and
+            read-back step sends a gradient to every output row, so a tied row is updated densely even when
+            its tag is absent; an untied input row is updated only by the posts that hold its tag, which
+            lets a rare tag (a character with a few dozen posts) learn its associations in fewer epochs,
+            for `vocab_size * hidden_size` more parameters.
         kwargs:
             Passed to [`PreTrainedConfig`] (for example `attn_implementation`).
 
@@ -91,6 +98,7 @@ class BooruEmbedConfig(PreTrainedConfig):
         mask_token_id: int = 2,
         num_ratings: int = 4,
         num_score_buckets: int = 5,
+        tie_output_embeddings: bool = True,
         **kwargs: Any,
     ) -> None:
         self.vocab_size = vocab_size
@@ -107,10 +115,11 @@ class BooruEmbedConfig(PreTrainedConfig):
         self.mask_token_id = mask_token_id
         self.num_ratings = num_ratings
         self.num_score_buckets = num_score_buckets
+        self.tie_output_embeddings = tie_output_embeddings
         self._check_values(pad_token_id)
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
-        # The tag-predicting heads use the token embedding matrix directly, so there is nothing for
-        # transformers to tie.
+        # The tag-predicting heads use the token embedding matrix directly (or their own output matrix,
+        # see `tie_output_embeddings`), so there is nothing for transformers to tie.
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 

@@ -395,6 +395,18 @@ class BooruEmbedPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BooruEmbedTagHead):
             init.zeros_(module.bias)
 
+    def _init_output_embeddings(self, config: BooruEmbedConfig) -> None:
+        """Create the separate output matrix of the tag heads when `config.tie_output_embeddings` is False."""
+        self.output_embeddings = (
+            None if config.tie_output_embeddings else nn.Embedding(config.vocab_size, config.hidden_size)
+        )
+
+    def tag_output_matrix(self) -> torch.Tensor:
+        """(vocab, hidden) matrix the tag heads score against: the token embeddings, or the output embeddings."""
+        if self.output_embeddings is not None:
+            return self.output_embeddings.weight
+        return self.model.embeddings.token_embeddings.weight
+
     def _check_and_adjust_attn_implementation(
         self, attn_implementation: str | None, *args: object, **kwargs: object
     ) -> str:
@@ -553,9 +565,10 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
 
 
 class BooruEmbedTagHead(nn.Module):
-    """Scores every tag from a vector: dense -> GELU -> RMSNorm -> dot with the token embeddings + bias.
+    """Scores every tag from a vector: dense -> GELU -> RMSNorm -> dot with the output matrix + bias.
 
-    The output matrix is the token embedding matrix itself (tied by construction, nothing to re-tie on load).
+    The output matrix is passed in: the token embedding matrix itself (tied by construction, nothing to
+    re-tie on load) or the model's separate output embeddings (`config.tie_output_embeddings=False`).
     With `normalize_input`, the input is RMS-normalised first, so the logits do not depend on its scale:
     read-back works the same on raw and on L2-normalised (truncated) embeddings.
     """
@@ -586,6 +599,7 @@ class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
     def __init__(self, config: BooruEmbedConfig) -> None:
         super().__init__(config)
         self.model = BooruEmbedModel(config)
+        self._init_output_embeddings(config)
         self.mlm_head = BooruEmbedTagHead(config.hidden_size, config)
         self.post_init()
 
@@ -615,7 +629,7 @@ class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
             mlm_positions = labels != -100
         if mlm_positions is not None:
             hidden_states = hidden_states[mlm_positions]
-        logits = self.mlm_head(hidden_states, self.model.embeddings.token_embeddings.weight)
+        logits = self.mlm_head(hidden_states, self.tag_output_matrix())
         loss = None
         if labels is not None:
             targets = labels[mlm_positions] if mlm_positions is not None else labels
@@ -629,6 +643,7 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
     def __init__(self, config: BooruEmbedConfig) -> None:
         super().__init__(config)
         self.model = BooruEmbedModel(config)
+        self._init_output_embeddings(config)
         self.mlm_head = BooruEmbedTagHead(config.hidden_size, config)
         self.readback_dims = [*config.nested_dims, config.embedding_dim]
         # One decoder per nested size: each prefix of the embedding gets a read-back head of its own.
@@ -648,7 +663,7 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         if width not in self.readback_dims:
             raise ValueError(f"embeddings of width {width} cannot be read back; widths: {self.readback_dims}")
         head = self.readback_heads[self.readback_dims.index(width)]
-        return head(embeddings, self.model.embeddings.token_embeddings.weight)
+        return head(embeddings, self.tag_output_matrix())
 
     def forward(
         self,
@@ -670,7 +685,7 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
             input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
             max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
         )
-        token_embeddings = self.model.embeddings.token_embeddings.weight
+        token_embeddings = self.tag_output_matrix()
         mlm_logits = None
         if mlm_positions is not None:
             mlm_logits = self.mlm_head(outputs.last_hidden_state[mlm_positions], token_embeddings)
