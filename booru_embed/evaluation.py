@@ -264,6 +264,9 @@ class ModelRunner:
         self.info = info
         self.batch_tokens = batch_tokens
         self.device = next(model.parameters()).device
+        # the matrix the tag heads score against; folders saved before `tie_output_embeddings` existed are tied
+        output_matrix = getattr(model, "tag_output_matrix", None)
+        self.output_matrix = output_matrix() if output_matrix else model.get_input_embeddings().weight
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray):
         start = 0
@@ -287,7 +290,7 @@ class ModelRunner:
             "embeddings": lambda: pooled,
             "rating": lambda: self.model.rating_head(pooled),
             "score": lambda: self.model.score_head(pooled),
-            "mlm": lambda: self.model.mlm_head(encoded.last_hidden_state[positions], self.model.tag_output_matrix()),
+            "mlm": lambda: self.model.mlm_head(encoded.last_hidden_state[positions], self.output_matrix),
         }
         return {name: heads[name]() for name in want}
 

@@ -14,6 +14,7 @@ from booru_embed.training.collator import (
     Post,
     PretrainingCollator,
     TokenInfo,
+    rare_subject_weights,
 )
 from booru_embed.training.config import TrainingConfig
 
@@ -154,6 +155,43 @@ def test_sampler_length_buckets_reduce_padding():
     bucketed = EpochBatchSampler(2000, 20, lengths=lengths, bucket_batches=10)
     assert sorted(i for b in bucketed for i in b) == list(range(2000))
     assert padding(bucketed) < padding(EpochBatchSampler(2000, 20)) / 3
+
+
+def test_rare_subject_weights_follow_the_rarest_character_or_artist():
+    # categories: 3 general, 4 artist, 6 character; token 9 is an unknown-tag token
+    posts = [
+        [(50, 3), (10, 6)],            # character 10: 1 post
+        [(11, 6), (20, 4)],            # character 11: 4 posts, artist 20: 2 posts -> rarest is 20
+        [(11, 6), (20, 4), (9, 6)],    # the unknown token does not count as a subject
+        [(11, 6)], [(11, 6)],
+        [(12, 6)] , [(12, 6)], [(12, 6)], [(12, 6)], [(12, 6)], [(12, 6)], [(12, 6)], [(12, 6)],
+        [(50, 3)],                     # no subject
+    ]
+    ids = np.array([t for post in posts for t, _ in post])
+    cats = np.array([c for post in posts for _, c in post])
+    lengths = np.array([len(post) for post in posts])
+    weights = rare_subject_weights(ids, cats, lengths, (4, 6), frozenset({9}), exponent=1.0)
+    median = np.median([1, 4, 2, 8])  # posts of the subjects 10, 11, 20, 12
+    assert weights[0] == pytest.approx(min(median / 1, 4.0))
+    assert weights[1] == weights[2] == pytest.approx(median / 2)
+    assert weights[3] == weights[4] == 1.0  # 11 has 4 posts, above the median: drawn once
+    assert np.all(weights[5:] == 1.0)
+    assert rare_subject_weights(ids, cats, lengths, (4, 6), frozenset({9}), exponent=0.5)[0] == pytest.approx(3 ** 0.5)
+
+
+def test_sampler_draws_weighted_posts_the_same_number_of_times_every_epoch():
+    weights = np.where(np.arange(100) < 20, 2.5, 1.0)
+    sampler = EpochBatchSampler(100, 10, seed=3, weights=weights)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        epochs.append([i for batch in sampler for i in batch])
+    counts = [np.bincount(drawn, minlength=100) for drawn in epochs]
+    assert len(sampler) == len(sampler.items) // 10 and 120 < len(sampler.items) < 140
+    assert np.all(np.isin(np.bincount(sampler.items)[:20], (2, 3))) and np.all(np.bincount(sampler.items)[20:] == 1)
+    assert epochs[0] != epochs[1] and sum(counts[0]) == sum(counts[1]) == 10 * len(sampler)
+    unweighted = EpochBatchSampler(100, 10, seed=3)
+    assert [i for b in unweighted for i in b] == [i for b in EpochBatchSampler(100, 10, seed=3, weights=np.ones(100)) for i in b]
 
 
 def test_config_rejects_bad_values_and_unknown_keys(tmp_path):

@@ -396,13 +396,13 @@ class BooruEmbedPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     def _init_output_embeddings(self, config: BooruEmbedConfig) -> None:
-        """Create the separate output matrix of the tag heads when `config.tie_output_embeddings` is False."""
+        """Models with tag heads: their own output matrix when `config.tie_output_embeddings` is False."""
         self.output_embeddings = (
             None if config.tie_output_embeddings else nn.Embedding(config.vocab_size, config.hidden_size)
         )
 
     def tag_output_matrix(self) -> torch.Tensor:
-        """(vocab, hidden) matrix the tag heads score against: the token embeddings, or the output embeddings."""
+        """Models with tag heads: the (vocab, hidden) matrix they score against (token or output embeddings)."""
         if self.output_embeddings is not None:
             return self.output_embeddings.weight
         return self.model.embeddings.token_embeddings.weight
@@ -582,12 +582,12 @@ class BooruEmbedTagHead(nn.Module):
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, features: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, output_matrix: torch.Tensor) -> torch.Tensor:
         """(…, input_dim) -> (…, vocab) logits."""
         if self.normalize_input:
             features = F.rms_norm(features, (self.input_dim,), eps=self.eps)
         hidden = self.norm(F.gelu(self.dense(features)))
-        return F.linear(hidden, token_embeddings, self.bias)
+        return F.linear(hidden, output_matrix, self.bias)
 
 
 class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
@@ -685,13 +685,13 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
             input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
             max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
         )
-        token_embeddings = self.tag_output_matrix()
+        output_matrix = self.tag_output_matrix()
         mlm_logits = None
         if mlm_positions is not None:
-            mlm_logits = self.mlm_head(outputs.last_hidden_state[mlm_positions], token_embeddings)
+            mlm_logits = self.mlm_head(outputs.last_hidden_state[mlm_positions], output_matrix)
         embeddings = outputs.pooler_output
         readback_logits = torch.stack(
-            [head(embeddings[:, : head.input_dim], token_embeddings) for head in self.readback_heads]
+            [head(embeddings[:, : head.input_dim], output_matrix) for head in self.readback_heads]
         )  # (len(nested_dims) + 1, posts, vocab)
         return BooruEmbedForPreTrainingOutput(
             mlm_logits=mlm_logits,

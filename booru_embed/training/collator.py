@@ -311,6 +311,33 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
 
 
+def rare_subject_weights(
+    ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, subject_categories: Sequence[int],
+    exclude_ids: frozenset[int], exponent: float, cap: float = 4.0,
+) -> np.ndarray:
+    """How often each post is drawn per epoch: ``(median / n) ** exponent``, between 1 and ``cap``.
+
+    The posts are given flat: ``ids`` and ``categories`` of all their tokens, one post after the other,
+    ``lengths`` tokens each. ``n`` is the number of posts of the post's rarest *subject* tag (a token of
+    ``subject_categories``, characters and artists, not in ``exclude_ids``, the unknown-tag tokens),
+    ``median`` the median of that count over all subject tags. Posts without a subject, and posts whose
+    subjects are all at least median-common, are drawn once. Co-occurrence counts learn a 15-post
+    character in one pass; the model needs several, so its rare subjects get them.
+    """
+    subject = np.isin(categories, subject_categories) & ~np.isin(ids, list(exclude_ids))
+    posts_of = np.bincount(ids[subject], minlength=int(ids.max(initial=0)) + 1)  # a tag never repeats in a post
+    weights = np.ones(len(lengths))
+    if not subject.any():
+        return weights
+    median = np.median(posts_of[posts_of > 0])
+    post_index = np.repeat(np.arange(len(lengths)), lengths)[subject]
+    rarest = np.full(len(lengths), np.inf)
+    np.minimum.at(rarest, post_index, posts_of[ids[subject]].astype(np.float64))
+    has_subject = np.isfinite(rarest)
+    weights[has_subject] = np.clip((median / rarest[has_subject]) ** exponent, 1.0, cap)
+    return weights
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` post indices, in a fresh order every epoch, seeded by (seed, epoch).
 
@@ -318,6 +345,9 @@ class EpochBatchSampler(Sampler[list[int]]):
     ``bucket_batches`` batches, sorted by length inside a chunk, batched, and the batches shuffled, so
     a batch holds posts of similar length and pads little. The last incomplete batch is dropped (the
     contrastive objective wants full batches); a dropped post comes back in the next epoch's order.
+    With ``weights`` (draws per epoch, >= 1, see ``rare_subject_weights``), post i is drawn
+    floor(w_i) times plus once more with probability frac(w_i); the draws are made once, from the seed,
+    so every epoch has the same length and a resumed run the same batches.
     """
 
     def __init__(
@@ -327,6 +357,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         lengths: np.ndarray | None = None,
         bucket_batches: int = 50,
+        weights: np.ndarray | None = None,
     ) -> None:
         self.num_items = int(num_items)
         self.batch_size = int(batch_size)
@@ -335,17 +366,22 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_batches = bucket_batches
         self.epoch = 0
+        self.items = np.arange(self.num_items)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            extra = np.random.default_rng([self.seed, 1 << 30]).random(self.num_items) < weights - np.floor(weights)
+            self.items = np.repeat(self.items, np.floor(weights).astype(np.int64) + extra)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order of ``epoch``."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_items // self.batch_size
+        return len(self.items) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.num_items)
+        order = self.items[rng.permutation(len(self.items))]
         usable = len(self) * self.batch_size
         if self.lengths is not None:
             chunk = self.batch_size * self.bucket_batches

@@ -50,6 +50,9 @@ class TrainingConfig:
     length_buckets: bool = _opt(True, "batch posts of similar length together (batches in random order): less "
                                       "padding, and smaller per-post attention grids for sdpa/eager on CPU")
     num_workers: int = _opt(1, "DataLoader worker processes")
+    rare_subject_oversampling: float = _opt(0.0, "draw a post whose rarest character or artist has n < median "
+                                                 "posts (median / n) ** x times per epoch (at most 4); 0 turns "
+                                                 "it off. Gives rare characters and artists more passes")
     # optimisation
     learning_rate: float = _opt(1e-3, "peak learning rate of AdamW")
     weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to norms, biases and embeddings)")
@@ -106,6 +109,7 @@ class TrainingConfig:
             (self.stop_after_steps >= 0, "stop_after_steps must be >= 0"),
             (self.max_tags >= 1, "max_tags must be >= 1"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.rare_subject_oversampling >= 0, "rare_subject_oversampling must be >= 0"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (0 <= self.decay_fraction <= 1, "decay_fraction must be in [0, 1]"),

@@ -125,6 +125,24 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
     return encoded
 
 
+def post_weights(train_encoded: Any, info: Any, exponent: float) -> Any:
+    """Draws per epoch of every training post (``rare_subject_weights``), or None when not oversampling."""
+    import pyarrow.compute as pc
+
+    from ..modeling.tokenization_booru_embed import CATEGORY_IDS
+    from .collator import rare_subject_weights
+
+    if exponent == 0:
+        return None
+    table = train_encoded.data
+    return rare_subject_weights(
+        pc.list_flatten(table.column("input_ids")).to_numpy(),
+        pc.list_flatten(table.column("category_ids")).to_numpy(),
+        pc.list_value_length(table.column("input_ids")).to_numpy(),
+        (CATEGORY_IDS["character"], CATEGORY_IDS["artist"]), info.unk_token_ids, exponent,
+    )
+
+
 def optimizer_for(model: Any, config: TrainingConfig, fused: bool) -> Any:
     """AdamW with weight decay on matrices only (no decay on norms, biases, embeddings)."""
     import torch
@@ -291,6 +309,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
     sampler = EpochBatchSampler(
         len(train_encoded), config.batch_size, config.seed,
         lengths=train_encoded.data.column("length").to_numpy() if config.length_buckets else None,
+        weights=post_weights(train_encoded, info, config.rare_subject_oversampling),
     )
     if len(sampler) < accelerator.num_processes:
         raise UsageError(f"the train split ({len(train_encoded)} posts) is smaller than one batch per process")
