@@ -190,6 +190,10 @@ def test_sampler_draws_weighted_posts_the_same_number_of_times_every_epoch():
     assert len(sampler) == len(sampler.items) // 10 and 120 < len(sampler.items) < 140
     assert np.all(np.isin(np.bincount(sampler.items)[:20], (2, 3))) and np.all(np.bincount(sampler.items)[20:] == 1)
     assert epochs[0] != epochs[1] and sum(counts[0]) == sum(counts[1]) == 10 * len(sampler)
+    # draws of one post have one length: bucketed by length, they must still not share a batch
+    lengths = np.random.default_rng(0).integers(1, 4, size=100)
+    bucketed = EpochBatchSampler(100, 10, seed=3, lengths=lengths, bucket_batches=20, weights=np.full(100, 3.0))
+    assert all(len(set(batch)) == len(batch) for batch in bucketed) and len(bucketed) == 30
     unweighted = EpochBatchSampler(100, 10, seed=3)
     assert [i for b in unweighted for i in b] == [i for b in EpochBatchSampler(100, 10, seed=3, weights=np.ones(100)) for i in b]
 

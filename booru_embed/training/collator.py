@@ -347,7 +347,9 @@ class EpochBatchSampler(Sampler[list[int]]):
     contrastive objective wants full batches); a dropped post comes back in the next epoch's order.
     With ``weights`` (draws per epoch, >= 1, see ``rare_subject_weights``), post i is drawn
     floor(w_i) times plus once more with probability frac(w_i); the draws are made once, from the seed,
-    so every epoch has the same length and a resumed run the same batches.
+    so every epoch has the same length and a resumed run the same batches. The k-th draws of the posts
+    form round k, shuffled and bucketed on its own: two draws of a post have the same length, and
+    bucketed together they would land in one batch, a post as its own contrastive negative.
     """
 
     def __init__(
@@ -366,11 +368,13 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_batches = bucket_batches
         self.epoch = 0
-        self.items = np.arange(self.num_items)
+        self.rounds = [np.arange(self.num_items)]
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
             extra = np.random.default_rng([self.seed, 1 << 30]).random(self.num_items) < weights - np.floor(weights)
-            self.items = np.repeat(self.items, np.floor(weights).astype(np.int64) + extra)
+            draws = np.floor(weights).astype(np.int64) + extra
+            self.rounds = [np.flatnonzero(draws > k) for k in range(int(draws.max(initial=1)))]
+        self.items = np.concatenate(self.rounds)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order of ``epoch``."""
@@ -381,12 +385,16 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = self.items[rng.permutation(len(self.items))]
+        chunk = self.batch_size * self.bucket_batches
+        parts = []
+        for items in self.rounds:
+            order = items[rng.permutation(len(items))]
+            if self.lengths is not None:
+                pieces = [order[i : i + chunk] for i in range(0, len(order), chunk)]
+                order = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")] for p in pieces])
+            parts.append(order)
+        order = np.concatenate(parts)
         usable = len(self) * self.batch_size
-        if self.lengths is not None:
-            chunk = self.batch_size * self.bucket_batches
-            pieces = [order[i : i + chunk] for i in range(0, len(order), chunk)]
-            order = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")] for p in pieces])
         batches = order[:usable].reshape(-1, self.batch_size) if usable else np.zeros((0, self.batch_size), dtype=np.int64)
         if self.lengths is not None:
             batches = batches[rng.permutation(len(batches))]

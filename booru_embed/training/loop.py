@@ -349,7 +349,8 @@ def fit(config: TrainingConfig) -> TrainingResult:
     truth = json.loads(Path(config.eval_truth).read_text()) if config.eval_truth else None
 
     accelerator.print(
-        f"running training: {len(train_encoded)} posts, {accelerator.num_processes} process(es), "
+        f"running training: {len(train_encoded)} posts ({len(sampler.items)} draws per epoch), "
+        f"{accelerator.num_processes} process(es), "
         f"{config.batch_size} posts x {config.gradient_accumulation_steps} accumulation x "
         f"{accelerator.num_processes} = {config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes} "
         f"posts per step, {total_steps} steps ({steps_per_epoch} per epoch), "
