@@ -72,11 +72,12 @@ def make_batches(lengths: list[int], vocab_size: int, seed: int) -> tuple[dict, 
 
 
 def parameter_counts(config: BooruEmbedConfig) -> dict[str, int]:
-    """Parameters of the encoder (embeddings and blocks), of the training heads, and in total."""
+    """Parameters of the embeddings (input, and output when untied), blocks, training heads, and in total."""
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    embeddings = config.vocab_size * h + config.num_categories * h
+    output_matrices = 1 if config.tie_output_embeddings else 2  # untied: the tag heads' own output matrix
+    embeddings = output_matrices * config.vocab_size * h + config.num_categories * h
     blocks = layers * (4 * h * h + 3 * h * inter + 2 * h) + h + h * config.embedding_dim
-    tag_head = h + config.vocab_size  # norm weight and bias (the output matrix is the token embedding)
+    tag_head = h + config.vocab_size  # norm weight and bias (the output matrix is counted with the embeddings)
     heads = (h * h + tag_head) + sum(d * h + tag_head for d in [*config.nested_dims, config.embedding_dim])
     heads += (config.embedding_dim + 1) * (config.num_ratings + config.num_score_buckets)
     return {"embeddings": embeddings, "blocks": blocks, "heads": heads, "total": embeddings + blocks + heads}
