@@ -110,6 +110,16 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(small_corpus, tmp_path)
         assert torch.equal(a, b), name
 
 
+def test_rare_subject_oversampling_adds_draws_of_rare_posts(small_corpus, tmp_path, capsys):
+    import re
+
+    result = fit(config_for(small_corpus, tmp_path / "model", max_steps=2, rare_subject_oversampling=1.0))
+    assert result.finished
+    posts, draws = map(int, re.search(r"running training: (\d+) posts \((\d+) draws per epoch\)",
+                                      capsys.readouterr().out).groups())
+    assert posts < draws <= 4 * posts
+
+
 def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
     data, tokenizer, model_json = small_corpus
     out = tmp_path / "model"
