@@ -194,6 +194,9 @@ def test_sampler_draws_weighted_posts_the_same_number_of_times_every_epoch():
     lengths = np.random.default_rng(0).integers(1, 4, size=100)
     bucketed = EpochBatchSampler(100, 10, seed=3, lengths=lengths, bucket_batches=20, weights=np.full(100, 3.0))
     assert all(len(set(batch)) == len(batch) for batch in bucketed) and len(bucketed) == 30
+    # the extra draws (round 1) are not all left to the end of the epoch
+    rare_twice = EpochBatchSampler(100, 10, seed=3, weights=np.where(np.arange(100) < 50, 2.0, 1.0))
+    assert len(rare_twice) == 15 and any(i >= 50 for batch in list(rare_twice)[-5:] for i in batch)
     unweighted = EpochBatchSampler(100, 10, seed=3)
     assert [i for b in unweighted for i in b] == [i for b in EpochBatchSampler(100, 10, seed=3, weights=np.ones(100)) for i in b]
 

@@ -396,7 +396,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         order = np.concatenate(parts)
         usable = len(self) * self.batch_size
         batches = order[:usable].reshape(-1, self.batch_size) if usable else np.zeros((0, self.batch_size), dtype=np.int64)
-        if self.lengths is not None:
+        if self.lengths is not None or len(self.rounds) > 1:  # rounds and buckets in random order
             batches = batches[rng.permutation(len(batches))]
         for batch in batches:
             yield batch.tolist()
