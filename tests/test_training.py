@@ -120,6 +120,34 @@ def test_rare_subject_oversampling_adds_draws_of_rare_posts(small_corpus, tmp_pa
     assert posts < draws <= 4 * posts
 
 
+def test_cooccurrence_init_starts_the_embeddings_from_the_training_split(small_corpus, tmp_path):
+    import datasets
+    import pyarrow.compute as pc
+    from safetensors.torch import load_file
+
+    from booru_embed.training.cooccurrence_init import cooccurrence_embeddings
+
+    untied = tmp_path / "untied.json"
+    untied.write_text(json.dumps({**MICRO_MODEL, "tie_output_embeddings": False}))
+    out = tmp_path / "model"
+    result = fit(config_for(small_corpus, out, config=str(untied), max_steps=1, learning_rate=1e-7,
+                            embedding_init="cooccurrence"))
+    assert result.finished
+    table = datasets.load_from_disk(str(out / "cache" / "train_encoded")).data
+    weights = load_file(out / "model.safetensors")
+    vocab_size, dim = weights["model.embeddings.token_embeddings.weight"].shape
+    expected, seen = cooccurrence_embeddings(
+        pc.list_flatten(table.column("input_ids")).to_numpy(), pc.list_flatten(table.column("category_ids")).to_numpy(),
+        pc.list_value_length(table.column("input_ids")).to_numpy(), vocab_size, dim, seed=0,
+    )
+    expected = torch.from_numpy(expected[seen])
+    useful = expected.norm(dim=1) > 1e-3  # rows the rank-`dim` SVD captured
+    for key in ("model.embeddings.token_embeddings.weight", "output_embeddings.weight"):
+        trained = weights[key][torch.from_numpy(seen)]  # one step at lr 1e-7 moves nothing that matters
+        cosine = torch.nn.functional.cosine_similarity(trained[useful], expected[useful], dim=1)
+        assert cosine.min() > 0.99, key
+
+
 def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
     data, tokenizer, model_json = small_corpus
     out = tmp_path / "model"

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import UsageError
 
 LR_SCHEDULES = ("cosine", "wsd", "constant")
+EMBEDDING_INITS = ("random", "cooccurrence")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -69,6 +70,10 @@ class TrainingConfig:
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
     attn_implementation: str | None = _opt(None, "attention backend (eager, sdpa, flex_attention, flash_attention_2)")
     seed: int = _opt(0, "seed of weights, data order and masks (a resumed run repeats them exactly)")
+    embedding_init: str = _opt("random", "start of the token embeddings: random, or cooccurrence (rows from the "
+                                         "SVD of the training split's tag co-counts: related tags start close, "
+                                         "which rare tags with few gradient steps need)",
+                               choices=EMBEDDING_INITS)
     # objectives
     mask_fraction_min: float = _opt(0.15, "smallest share of a post's tags hidden for masked-tag prediction")
     mask_fraction_max: float = _opt(0.95, "largest share of a post's tags hidden for masked-tag prediction")
@@ -110,6 +115,7 @@ class TrainingConfig:
             (self.max_tags >= 1, "max_tags must be >= 1"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.rare_subject_oversampling >= 0, "rare_subject_oversampling must be >= 0"),
+            (self.embedding_init in EMBEDDING_INITS, f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (0 <= self.decay_fraction <= 1, "decay_fraction must be in [0, 1]"),

@@ -275,6 +275,7 @@ def fit(config: TrainingConfig) -> TrainingResult:
     from tqdm.auto import tqdm
 
     from .collator import EpochBatchSampler, PretrainingCollator, TokenInfo, model_inputs
+    from .cooccurrence_init import initialise_from_cooccurrence
     from .objectives import pretraining_losses
 
     for name in ("dataset", "tokenizer", "output"):
@@ -304,6 +305,9 @@ def fit(config: TrainingConfig) -> TrainingResult:
     info = TokenInfo.from_tokenizer(tokenizer)
     train_encoded = encoded_train_split(config, tokenizer, accelerator)
     model = build_model(config, tokenizer)
+    if config.embedding_init == "cooccurrence" and not (config.resume and checkpoints(output)):
+        rows = initialise_from_cooccurrence(model, train_encoded, config.seed)
+        accelerator.print(f"token embeddings: {rows} rows from the SVD of the training split's co-counts")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     sampler = EpochBatchSampler(
