@@ -328,6 +328,9 @@ def test_untied_output_embeddings_take_the_head_gradients_and_reload(tmp_path: P
         expected = model(**packed, mlm_positions=positions).mlm_logits
         torch.testing.assert_close(loaded(**packed, mlm_positions=positions).logits, expected)
         assert not torch.equal(model.output_embeddings.weight, model.model.embeddings.token_embeddings.weight)
+    # the bare encoder (AutoModel) leaves the output matrix out, as it does the heads, without a warning
+    _, info = BooruEmbedModel.from_pretrained(tmp_path / "model", output_loading_info=True)
+    assert not info["unexpected_keys"]
 
 
 # ----------------------------------------------------------------------------------------- dtypes, training

@@ -429,7 +429,7 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
     """The encoder: per-tag hidden states and the pooled, Matryoshka-nested tag-set embedding."""
 
     # the heads of a BooruEmbedForPreTraining checkpoint, which AutoModel loads without
-    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|readback_heads|rating_head|score_head)\."]
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|readback_heads|rating_head|score_head|output_embeddings)\."]
 
     def __init__(self, config: BooruEmbedConfig) -> None:
         super().__init__(config)
