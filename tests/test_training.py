@@ -202,7 +202,7 @@ def test_help_documents_the_hyper_parameters():
 
 
 TINY_RECIPE = dict(max_steps=900, batch_size=128, learning_rate=2e-3, warmup_steps=50, lr_schedule="wsd",
-                   rare_subject_oversampling=1.0, num_workers=1)
+                   rare_subject_oversampling=1.0, contrastive_weight=0.5, num_workers=1)
 
 
 @pytest.mark.slow
@@ -215,13 +215,13 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
                             config=str(REPO / "hub_configs" / "tiny.json"), eval_posts=0, progress=False,
                             **TINY_RECIPE)
     metrics = evaluate(train(config), data, tmp_path / "metrics.json", truth=truth)
-    # ~1000 test posts and ~8000 hidden tags: a micro-F1 standard error of about 0.004 (measured 0.26 vs 0.16)
-    assert metrics["model.masked.micro_f1"] > metrics["baseline.masked.micro_f1"] + 0.05
+    # ~1000 test posts and ~8000 hidden tags: a micro-F1 standard error of about 0.004 (measured 0.27-0.28 vs 0.16)
+    assert metrics["model.masked.micro_f1"] > metrics["baseline.masked.micro_f1"] + 0.08
     assert metrics["model.implications.recall@1"] > metrics["baseline.implications.recall@1"] + 0.2
     assert metrics["model.retrieval.character.recall@10"] > 5 * metrics["chance.retrieval.character.recall@10"]
-    # traits of 300 characters among ~3000 general tags (chance ~0.002): on par with the baseline's 0.63
-    # (0.64 measured; seeds vary by about 0.03, the paired standard error is 0.015), README "what this shows"
-    assert metrics["model.traits.r_precision"] > metrics["baseline.traits.r_precision"] - 0.04
+    # traits of 300 characters among ~3000 general tags (chance ~0.002): 0.71-0.74 over four seeds vs the
+    # baseline's 0.63 (paired standard error of one run 0.015, seed spread about 0.015), README "what this shows"
+    assert metrics["model.traits.r_precision"] > metrics["baseline.traits.r_precision"] + 0.05
 
 
 def _worker(data: str, tokenizer: str, model_json: str, output: str) -> None:

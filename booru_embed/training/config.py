@@ -70,9 +70,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
     attn_implementation: str | None = _opt(None, "attention backend (eager, sdpa, flex_attention, flash_attention_2)")
     seed: int = _opt(0, "seed of weights, data order and masks (a resumed run repeats them exactly)")
-    embedding_init: str = _opt("random", "start of the token embeddings: random, or cooccurrence (rows from the "
-                                         "SVD of the training split's tag co-counts: related tags start close, "
-                                         "which rare tags with few gradient steps need)",
+    embedding_init: str = _opt("cooccurrence", "start of the token embeddings: cooccurrence (rows from the SVD of "
+                                               "the training split's tag co-counts: related tags start close, which "
+                                               "rare tags with few gradient steps need) or random",
                                choices=EMBEDDING_INITS)
     # objectives
     mask_fraction_min: float = _opt(0.15, "smallest share of a post's tags hidden for masked-tag prediction")
