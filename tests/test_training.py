@@ -122,9 +122,9 @@ def test_rare_subject_oversampling_adds_draws_of_rare_posts(small_corpus, tmp_pa
 
 def test_cooccurrence_init_starts_the_embeddings_from_the_training_split(small_corpus, tmp_path):
     import datasets
-    import pyarrow.compute as pc
     from safetensors.torch import load_file
 
+    from booru_embed.training.collator import flat_posts
     from booru_embed.training.cooccurrence_init import cooccurrence_embeddings
 
     untied = tmp_path / "untied.json"
@@ -136,10 +136,7 @@ def test_cooccurrence_init_starts_the_embeddings_from_the_training_split(small_c
     table = datasets.load_from_disk(str(out / "cache" / "train_encoded")).data
     weights = load_file(out / "model.safetensors")
     vocab_size, dim = weights["model.embeddings.token_embeddings.weight"].shape
-    expected, seen = cooccurrence_embeddings(
-        pc.list_flatten(table.column("input_ids")).to_numpy(), pc.list_flatten(table.column("category_ids")).to_numpy(),
-        pc.list_value_length(table.column("input_ids")).to_numpy(), vocab_size, dim, seed=0,
-    )
+    expected, seen = cooccurrence_embeddings(*flat_posts(table), vocab_size, dim, seed=0)
     expected = torch.from_numpy(expected[seen])
     useful = expected.norm(dim=1) > 1e-3  # rows the rank-`dim` SVD captured
     for key in ("model.embeddings.token_embeddings.weight", "output_embeddings.weight"):

@@ -311,6 +311,21 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
 
 
+def flat_posts(table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The posts of an encoded Arrow table, flat: ``ids``, ``categories``, ``lengths``.
+
+    ``ids`` and ``categories`` hold all the posts' tokens, one post after the other; ``lengths`` the
+    tokens of each post. One pass over the columns, no per-post copy.
+    """
+    import pyarrow.compute as pc
+
+    return (
+        pc.list_flatten(table.column("input_ids")).to_numpy(),
+        pc.list_flatten(table.column("category_ids")).to_numpy(),
+        pc.list_value_length(table.column("input_ids")).to_numpy(),
+    )
+
+
 def rare_subject_weights(
     ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, subject_categories: Sequence[int],
     exclude_ids: frozenset[int], exponent: float, cap: float = 4.0,

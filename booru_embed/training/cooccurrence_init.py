@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .collator import RATING
+from .collator import RATING, flat_posts
 
 
 def cooccurrence_embeddings(
@@ -89,7 +89,6 @@ def initialise_from_cooccurrence(model: Any, train_encoded: Any, seed: int, max_
     more). The rows are scaled so that their mean norm is that of the random rows they replace, which
     keeps the rest of the initialisation in its designed range. Returns the number of rows set.
     """
-    import pyarrow.compute as pc
     import torch
 
     table = train_encoded.data.table.select(["input_ids", "category_ids"])
@@ -97,12 +96,7 @@ def initialise_from_cooccurrence(model: Any, train_encoded: Any, seed: int, max_
         table = table.take(np.sort(np.random.default_rng(seed).choice(len(table), max_posts, replace=False)))
     token_embeddings = model.get_input_embeddings().weight
     vocab_size, dim = token_embeddings.shape
-    rows, seen = cooccurrence_embeddings(
-        pc.list_flatten(table.column("input_ids")).to_numpy(),
-        pc.list_flatten(table.column("category_ids")).to_numpy(),
-        pc.list_value_length(table.column("input_ids")).to_numpy(),
-        vocab_size, dim, seed,
-    )
+    rows, seen = cooccurrence_embeddings(*flat_posts(table), vocab_size, dim, seed)
     seen_rows = torch.from_numpy(rows[seen])
     mean_norm = seen_rows.norm(dim=1).mean()
     if mean_norm == 0:

@@ -127,18 +127,13 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
 
 def post_weights(train_encoded: Any, info: Any, exponent: float) -> Any:
     """Draws per epoch of every training post (``rare_subject_weights``), or None when not oversampling."""
-    import pyarrow.compute as pc
-
     from ..modeling.tokenization_booru_embed import CATEGORY_IDS
-    from .collator import rare_subject_weights
+    from .collator import flat_posts, rare_subject_weights
 
     if exponent == 0:
         return None
-    table = train_encoded.data
     return rare_subject_weights(
-        pc.list_flatten(table.column("input_ids")).to_numpy(),
-        pc.list_flatten(table.column("category_ids")).to_numpy(),
-        pc.list_value_length(table.column("input_ids")).to_numpy(),
+        *flat_posts(train_encoded.data),
         (CATEGORY_IDS["character"], CATEGORY_IDS["artist"]), info.unk_token_ids, exponent,
     )
 
