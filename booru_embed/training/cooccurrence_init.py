@@ -62,7 +62,7 @@ def top_eigenpairs(
     A randomised range finder with power iterations (Halko, Martinsson and Tropp, 2011): the Gram
     matrix is applied as ``sum over row chunks of chunk.T @ (chunk @ Q)``, so the memory is
     (columns x rank) plus one chunk, for any number of rows. Exact when ``rank + oversample`` reaches the
-    matrix's rank; an initialisation needs no more than that.
+    matrix's rank, close otherwise (the bench compares it with ARPACK), which is all an initialisation needs.
     """
     columns = matrix.shape[1]
     width = min(rank + oversample, columns)
