@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from booru_embed.data.ingest import build_dataset
 from booru_embed.data.synthetic import default_tag_data, generate_corpus
-from booru_embed.modeling.tokenization_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
+from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 from booru_embed.vocab import build_tokenizer
 
 

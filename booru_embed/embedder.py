@@ -22,14 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import UsageError
+from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
 
 if TYPE_CHECKING:
     import torch
 
 TagSet = str | Sequence[str] | Mapping[str, Any]
-CATEGORY_NAMES = ("special", "rating", "score", "general", "artist", "copyright", "character", "meta")
-TAG_CATEGORIES = ("general", "artist", "copyright", "character", "meta")
-SPECIAL_CATEGORY = 0  # the <mask> of suggest has category 0, as in training
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
 
 
@@ -138,7 +136,7 @@ class BooruEmbedder:
         if extra:
             lengths = attention.sum(dim=1)
             for offset in range(1, len(extra) + 1):
-                categories[torch.arange(len(sequences)), lengths - offset] = SPECIAL_CATEGORY
+                categories[torch.arange(len(sequences)), lengths - offset] = SPECIAL_CATEGORY_ID  # the <mask> of suggest has category 0, as in training
         return {"input_ids": input_ids.to(self.device), "category_ids": categories.to(self.device),
                 "attention_mask": attention.to(self.device)}
 

@@ -29,13 +29,12 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
+from .modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 
 TOP_K = 100  # candidates kept per case; P=R thresholds never reach deeper on tag-set data
 POPULAR_TAGS = 2000  # "popular" = the 2000 most frequent tags of the training split
 HIDE_FRACTION = 0.25  # share of a test post's tags hidden in the masked-tag cases
 SEED = 1234
-CATEGORY_NAMES = {3: "general", 4: "artist", 5: "copyright", 6: "character", 7: "meta"}
-RATING_NAMES = ("g", "s", "q", "e")
 
 
 # ---------------------------------------------------------------- metrics on plain arrays
@@ -363,7 +362,7 @@ class Evaluator:
         popular[ranked[:POPULAR_TAGS]] = True
         cats = info.token_categories
         self.groups = {"all": self.candidates}
-        self.groups.update({name: self.candidates & (cats == c) for c, name in CATEGORY_NAMES.items()})
+        self.groups.update({name: self.candidates & (cats == c) for name, c in ((n, CATEGORY_IDS[n]) for n in TAG_CATEGORIES)})
         self.groups["top2000"] = self.candidates & popular
         self.groups["rest"] = self.candidates & ~popular
 
@@ -547,8 +546,8 @@ class Evaluator:
         self._suggest(runner, cases, "masked", out)
         dims = [] if model is None else [*model.config.nested_dims, model.config.embedding_dim]
         self.readback_and_classification(runner, out, dims)
-        self.retrieval(runner, out, 6, "character")
-        self.retrieval(runner, out, 4, "artist")
+        self.retrieval(runner, out, CATEGORY_IDS["character"], "character")
+        self.retrieval(runner, out, CATEGORY_IDS["artist"], "artist")
         if implications:
             imp_cases = self.implication_cases(implications)
             out["count.implications.cases"] = float(len(imp_cases))

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
+from .modeling.categories_booru_embed import CATEGORY_IDS, PRIORITY_ORDER, RATINGS, TAG_CATEGORIES
 
 if TYPE_CHECKING:
     import datasets
 
     from .modeling.tokenization_booru_embed import BooruEmbedTokenizer
 
-TAG_CATEGORIES = ("general", "artist", "copyright", "character", "meta")
 # Minimum training posts per kept tag, per category (see the module docstring and README).
 DEFAULT_MIN_COUNTS = {"general": 10, "artist": 3, "copyright": 5, "character": 5, "meta": 10}
 DEFAULT_SCORE_BUCKETS = 8
@@ -172,12 +172,9 @@ def vocabulary_rows(
 ) -> list[tuple[str, str, int, int]]:
     """Vocabulary rows ``(token, kind, category, count)`` in id order, padded to a multiple of 64."""
     from .modeling.tokenization_booru_embed import (
-        CATEGORY_IDS,
         CLS_TOKEN,
         MASK_TOKEN,
         PAD_TOKEN,
-        PRIORITY_ORDER,
-        RATINGS,
         UNK_TOKENS,
         rating_token,
         score_token_names,

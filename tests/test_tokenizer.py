@@ -13,7 +13,8 @@ import datasets
 import pytest
 import torch
 
-from booru_embed.modeling.tokenization_booru_embed import CATEGORY_IDS, PRIORITY_ORDER, BooruEmbedTokenizer
+from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS, PRIORITY_ORDER
+from booru_embed.modeling.tokenization_booru_embed import BooruEmbedTokenizer
 from booru_embed.vocab import build_tokenizer
 
 TAG_COLUMNS = ("meta", "general", "artist", "copyright", "character")

@@ -22,9 +22,8 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from ..modeling.categories_booru_embed import RATINGS, TAG_CATEGORIES
 
-TAG_CATEGORIES = ("general", "artist", "copyright", "character", "meta")
-RATINGS = ("g", "s", "q", "e")
 SPECIAL_TOKENS = 3  # <cls>, rating, score bucket: every post has them before its tags
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99.9": 0.999}
 COVERAGE_LEVELS = (0.9, 0.95, 0.99, 0.999)

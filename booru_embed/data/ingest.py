@@ -40,10 +40,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UsageError
+from ..modeling.categories_booru_embed import RATINGS
 
 TAG_COLUMNS = ("meta", "general", "artist", "copyright", "character")
 INPUT_COLUMNS = ("id", "rating", "score") + tuple(f"tag_string_{c}" for c in TAG_COLUMNS)
-RATINGS = ("g", "s", "q", "e")
 SCHEMA = pa.schema([("id", pa.int64()), ("rating", pa.string()), ("score", pa.int32())]
                    + [(c, pa.list_(pa.string())) for c in TAG_COLUMNS])
 SPLITS = ("train", "test")

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..modeling.categories_booru_embed import RATINGS
 
 CSV_HEADER = (
     "id,rating,score,tag_string_meta,tag_string_general,tag_string_artist,"
     "tag_string_copyright,tag_string_character"
 )
-RATINGS = ("g", "s", "q", "e")
 
 # Appearance traits: real Danbooru general tags, so the same names work with and without tag tables.
 _COLOURS = ("black", "brown", "blonde", "red", "blue", "pink", "purple", "white", "grey", "green", "orange", "aqua")

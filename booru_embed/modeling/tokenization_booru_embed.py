@@ -34,13 +34,8 @@ from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.tokenization_utils_base import TruncationStrategy
 from transformers.utils import PaddingStrategy
 
-CATEGORY_NAMES = ("special", "rating", "score", "general", "artist", "copyright", "character", "meta")
-CATEGORY_IDS = {name: index for index, name in enumerate(CATEGORY_NAMES)}
-TAG_CATEGORIES = ("general", "artist", "copyright", "character", "meta")
-# Canonical order of a post's tags and, read left to right, the truncation priority.
-PRIORITY_ORDER = ("character", "copyright", "artist", "general", "meta")
-RATINGS = ("g", "s", "q", "e")
-RATING_ALIASES = {"general": "g", "sensitive": "s", "questionable": "q", "explicit": "e"}
+from .categories_booru_embed import CATEGORY_IDS, PRIORITY_ORDER, RATING_ALIASES, RATINGS, TAG_CATEGORIES
+
 PAD_TOKEN, CLS_TOKEN, MASK_TOKEN = "<pad>", "<cls>", "<mask>"
 UNK_TOKENS = {category: f"<unk_{category}>" for category in TAG_CATEGORIES}
 VOCAB_FORMAT = 1
@@ -784,4 +779,4 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
 
 BooruEmbedTokenizer.register_for_auto_class("AutoTokenizer")
 
-__all__ = ["BooruEmbedTokenizer", "CATEGORY_IDS", "CATEGORY_NAMES", "PRIORITY_ORDER", "TAG_CATEGORIES"]
+__all__ = ["BooruEmbedTokenizer"]

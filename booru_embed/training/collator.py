@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-# Category ids (INTERFACES.md): 0 special, 1 rating, 2 score, 3.. tags.
-SPECIAL, RATING, SCORE = 0, 1, 2
-FIRST_TAG_CATEGORY = 3
+from ..modeling.categories_booru_embed import CATEGORY_IDS, RATINGS
+
+SPECIAL, RATING, SCORE = CATEGORY_IDS["special"], CATEGORY_IDS["rating"], CATEGORY_IDS["score"]
+FIRST_TAG_CATEGORY = CATEGORY_IDS["general"]
 IGNORE_INDEX = -100
 
 
@@ -53,7 +54,7 @@ class TokenInfo:
         ratings = tokenizer.rating_token_ids
         return cls(
             token_categories=np.asarray(tokenizer.token_categories, dtype=np.int64),
-            rating_token_ids=tuple(int(ratings[r]) for r in ("g", "s", "q", "e") if r in ratings),
+            rating_token_ids=tuple(int(ratings[r]) for r in RATINGS if r in ratings),
             score_token_ids=tuple(int(i) for i in tokenizer.score_token_ids),
             unk_token_ids=frozenset(int(i) for i in tokenizer.unk_token_ids.values()),
             pad_token_id=int(tokenizer.pad_token_id),

@@ -127,7 +127,7 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
 
 def post_weights(train_encoded: Any, info: Any, exponent: float) -> Any:
     """Draws per epoch of every training post (``rare_subject_weights``), or None when not oversampling."""
-    from ..modeling.tokenization_booru_embed import CATEGORY_IDS
+    from ..modeling.categories_booru_embed import CATEGORY_IDS
     from .collator import flat_posts, rare_subject_weights
 
     if exponent == 0:
