@@ -210,23 +210,6 @@ def _load_tsv(tsv: Path, connection: sqlite3.Connection, table: str, fields: dic
 
 # ----------------------------------------------------------------------------- grouping into posts
 
-class _Cursor:
-    """Batches of one table's rows in post id order, with the last key seen."""
-
-    def __init__(self, connection: sqlite3.Connection, table: _Table, fields: Sequence[str]):
-        self.cursor = connection.execute(table.select(fields))
-        self.done = False
-        self.last_key = -2  # below every key (invalid ids have key -1)
-
-    def fetch(self) -> list[tuple]:
-        rows = self.cursor.fetchmany(_BATCH_ROWS)
-        if rows:
-            self.last_key = rows[-1][1]
-        else:
-            self.done = True
-        return rows
-
-
 def _raw(fields: Sequence[str], row: tuple) -> str:
     """A row's fields as JSON (what rejects.jsonl shows of a booru-chars row)."""
     return json.dumps(dict(zip(fields, row[2:])), ensure_ascii=False, default=str)[:RAW_CHARS]

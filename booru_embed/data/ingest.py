@@ -1,5 +1,8 @@
 """``build-dataset``: Danbooru exports (CSV, TSV, Parquet, JSON Lines) -> a ``datasets`` DATA_DIR.
 
+booru-chars inputs and whole-JSON-array files have their own readers (``booru_chars``, ``json_array``),
+which give the same blocks; ``_format_of`` picks the reader.
+
 The input is streamed in blocks that end on a record boundary, so memory stays bounded whatever
 the input size. Each block is parsed by pyarrow (the fast path). When pyarrow reports anything
 irregular in a block (a row with the wrong number of fields, invalid UTF-8, blank lines) that block
@@ -407,7 +410,7 @@ def _jsonl_jobs(path: Path, compression: str | None, block_bytes: int) -> Iterat
 
 
 def _slow_jsonl(text: _Text) -> _Block:
-    good, lines, raws, rejects = [], [], [], []
+    records, rejects = [], []
     for offset, raw_bytes in enumerate(bytes(text.data).split(b"\n")[:-1]):
         line = text.line + offset
         raw = raw_bytes.decode("utf-8", "surrogateescape")
@@ -419,10 +422,17 @@ def _slow_jsonl(text: _Text) -> _Block:
             rejects.append((line, "invalid_utf8", "not valid UTF-8", _printable(raw)))
             continue
         try:
-            record = json.loads(raw)
+            records.append((line, raw, json.loads(raw)))
         except json.JSONDecodeError as error:
             rejects.append((line, "invalid_json", str(error), raw))
-            continue
+    return json_block(records, rejects)
+
+
+def json_block(records: list[tuple[int, str, object]], rejects: list[tuple]) -> _Block:
+    """Decoded JSON values (line, raw text, value) -> a block of posts; a value that is no post object,
+    or holds a field no export could, is added to ``rejects`` (which the block reports)."""
+    good, lines, raws = [], [], []
+    for line, raw, record in records:
         if not isinstance(record, dict):
             rejects.append((line, "invalid_json", "not a JSON object", raw))
             continue
@@ -435,7 +445,7 @@ def _slow_jsonl(text: _Text) -> _Block:
         lines.append(line)
         raws.append(raw)
     columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
-    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects=rejects)
+    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects=sorted(rejects, key=lambda r: r[0]))
 
 
 def _parse_parquet(batch: pa.RecordBatch, first_row: int) -> _Block:
@@ -850,7 +860,8 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
 def add_build_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``booru-embed build-dataset``."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="export files or globs (.csv, .tsv, .parquet, .jsonl; .gz/.bz2/.zst compressed text too)")
+                        help="export files or globs (.csv, .tsv, .parquet, .jsonl, .json; .gz/.bz2/.zst compressed text too), "
+                             "booru-chars .sqlite/.db files or X_tags.tsv + X_files.tsv pairs")
     parser.add_argument("--output", type=Path, required=True, help="DATA_DIR to write")
     parser.add_argument("--test-fraction", type=float, default=0.05, help="share of posts in the test split (default 0.05)")
     parser.add_argument("--max-tags", type=int, default=DEFAULT_MAX_TAGS,

@@ -16,11 +16,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 from ..errors import UsageError
-from .ingest import INPUT_COLUMNS, RAW_CHARS, _Block, _Job, _json_value, _open, source_keys
+from .ingest import RAW_CHARS, _Block, _Job, _open, json_block
 
 _DECODER = json.JSONDecoder()
 _POSTS_PER_JOB = 20_000
@@ -90,24 +87,9 @@ def _elements(path: Path, compression: str | None, block_bytes: int) -> Iterator
 
 def _block(elements: list[tuple[int, str, object, int]]) -> _Block:
     """Decoded array elements -> a block; elements that are no post object are its rejects."""
-    good, lines, raws, rejects = [], [], [], []
-    for line, raw, record, _ in elements:
-        if record is _BROKEN:
-            rejects.append((line, "invalid_json", "not JSON; the rest of the file is not read", raw))
-            continue
-        if not isinstance(record, dict):
-            rejects.append((line, "invalid_json", "not a JSON object", raw))
-            continue
-        try:
-            values = [_json_value(record.get(key)) for key in source_keys(record)]
-        except ValueError as error:
-            rejects.append((line, "invalid_json", f"a field {error}", raw))
-            continue
-        good.append(values)
-        lines.append(line)
-        raws.append(raw)
-    columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
-    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects=rejects)
+    broken = [(line, "invalid_json", "not JSON; the rest of the file is not read", raw)
+              for line, raw, value, _ in elements if value is _BROKEN]
+    return json_block([(line, raw, value) for line, raw, value, _ in elements if value is not _BROKEN], broken)
 
 
 def json_array_jobs(path: Path, compression: str | None, block_bytes: int) -> Iterator[tuple[_Job, int]]:
