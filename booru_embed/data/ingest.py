@@ -1,5 +1,8 @@
 """``build-dataset``: Danbooru exports (CSV, TSV, Parquet, JSON Lines) -> a ``datasets`` DATA_DIR.
 
+booru-chars inputs and whole-JSON-array files have their own readers (``booru_chars``, ``json_array``),
+which give the same blocks; ``_format_of`` picks the reader.
+
 The input is streamed in blocks that end on a record boundary, so memory stays bounded whatever
 the input size. Each block is parsed by pyarrow (the fast path). When pyarrow reports anything
 irregular in a block (a row with the wrong number of fields, invalid UTF-8, blank lines) that block
@@ -40,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UsageError
-from ..modeling.categories_booru_embed import RATINGS
+from ..modeling.categories_booru_embed import RATING_ALIASES, RATINGS
 
 TAG_COLUMNS = ("meta", "general", "artist", "copyright", "character")
 INPUT_COLUMNS = ("id", "rating", "score") + tuple(f"tag_string_{c}" for c in TAG_COLUMNS)
@@ -53,7 +56,8 @@ MAX_RECORD_BYTES = 256 << 20  # a record longer than this means a quote was neve
 RAW_CHARS = 300  # raw text kept per rejected row
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
-            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+            ".sqlite": "booru-chars", ".sqlite3": "booru-chars", ".db": "booru-chars"}
 
 
 def is_test_post(ids: np.ndarray, test_fraction: float) -> np.ndarray:
@@ -79,7 +83,16 @@ class _Block:
     lines: np.ndarray  # int64 line (or row) number of every row
     raw: Callable[[int], str]  # row index -> raw text of that row
     may_have_nul: bool = True  # False when the raw input has no NUL byte at all
-    rejects: list[tuple[int, str, str, str]] = field(default_factory=list)  # structural: line, reason, detail, raw
+    rejects: list[tuple] = field(default_factory=list)  # structural: line, reason, detail, raw[, where]
+    # where the rows come from when that is not the input file itself ({"file": ...} or {"table": ...});
+    # a reject may carry its own as a fifth element
+    source: dict[str, str] | None = None
+
+    @classmethod
+    def only_rejects(cls, rejects: list[tuple]) -> _Block:
+        """A block without rows that only reports ``rejects``."""
+        empty = pa.array([], pa.string())
+        return cls({name: empty for name in INPUT_COLUMNS}, np.zeros(0, dtype=np.int64), str, rejects=rejects)
 
 
 _Job = Callable[[], _Block]
@@ -110,8 +123,15 @@ def _format_of(path: Path) -> tuple[str, str | None]:
     if compression:
         suffixes = suffixes[:-1]
     kind = _FORMATS.get(suffixes[-1]) if suffixes else None
-    if kind is None or (kind == "parquet" and compression):
-        raise UsageError(f"{path}: unknown input format (use .csv, .tsv, .parquet or .jsonl, optionally .gz/.bz2/.zst)")
+    if kind is None or (kind in ("parquet", "booru-chars") and compression):
+        raise UsageError(f"{path}: unknown input format (use .csv, .tsv, .parquet, .jsonl, .json, "
+                         ".sqlite/.db, optionally .gz/.bz2/.zst for text)")
+    if kind == "tsv" and not compression:
+        from .booru_chars import is_booru_chars  # (imports this module's block type)
+        kind = "booru-chars" if is_booru_chars(path) else kind
+    if kind == "json":
+        from .json_array import is_json_array
+        kind = "json-array" if is_json_array(path, compression) else "jsonl"
     return kind, compression
 
 
@@ -119,13 +139,28 @@ def _open(path: Path, compression: str | None):
     return pa.input_stream(str(path), compression=compression)
 
 
-def _missing_columns(names: Sequence[str]) -> list[str]:
-    return [c for c in INPUT_COLUMNS if c not in names]
+def source_keys(names: Sequence[str] | dict) -> list[str]:
+    """The input column read for each of INPUT_COLUMNS: ``tag_string_<category>`` or, when the input
+    has none, the per-category column ``<category>`` (a list, as a DATA_DIR and some metadata dumps hold)."""
+    return [name[len("tag_string_"):] if name.startswith("tag_string_") and name not in names
+            and name[len("tag_string_"):] in names else name for name in INPUT_COLUMNS]
+
+
+def _missing_columns(names: Sequence[str], per_category: bool) -> list[str]:
+    """Required columns not in ``names``; ``per_category``: a ``<category>`` column may stand in for
+    ``tag_string_<category>`` (Parquet and JSON, whose columns can hold lists)."""
+    return [c for c in (source_keys(names) if per_category else INPUT_COLUMNS) if c not in names]
 
 
 def _check_input(path: Path) -> None:
     """Stop early on an empty file or a wrong header (nothing has been written yet)."""
     kind, compression = _format_of(path)
+    if kind == "booru-chars":
+        from .booru_chars import check_booru_chars
+        return check_booru_chars(path)
+    if kind == "json-array":
+        from .json_array import check_json_array
+        return check_json_array(path, compression)
     if kind == "parquet":
         import pyarrow.parquet as pq
         try:
@@ -148,7 +183,7 @@ def _check_input(path: Path) -> None:
             names = list(record)
         else:
             names = next(csv.reader([first], delimiter="," if kind == "csv" else "\t"))
-    missing = _missing_columns(names)
+    missing = _missing_columns(names, per_category=kind != "csv" and kind != "tsv")
     if missing:
         raise UsageError(f"{path}: wrong header, missing column(s) {', '.join(missing)} "
                          f"(expected {','.join(INPUT_COLUMNS)})")
@@ -354,13 +389,14 @@ def _parse_jsonl(text: _Text) -> _Block:
                                  parse_options=pajson.ParseOptions(unexpected_field_behavior="infer"))
         if table.num_rows != text.newlines:
             return _slow_jsonl(text)  # blank lines: the slow path skips them
-        for name in INPUT_COLUMNS:
+        keys = source_keys(table.column_names)
+        for name in keys:
             if name in table.column_names and not (pa.types.is_string(table[name].type) or pa.types.is_integer(table[name].type)
                                                    or pa.types.is_null(table[name].type)
                                                    or table[name].type == pa.list_(pa.string())):
                 return _slow_jsonl(text)  # floats, objects, booleans: the slow path says which row
-        columns = {c: (_to_strings(table[c].combine_chunks()) if c in table.column_names
-                       else pa.nulls(table.num_rows, pa.string())) for c in INPUT_COLUMNS}
+        columns = {c: (_to_strings(table[key].combine_chunks()) if key in table.column_names
+                       else pa.nulls(table.num_rows, pa.string())) for c, key in zip(INPUT_COLUMNS, keys)}
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return _slow_jsonl(text)
     line_raw = _raw_lines(text.data)
@@ -374,7 +410,7 @@ def _jsonl_jobs(path: Path, compression: str | None, block_bytes: int) -> Iterat
 
 
 def _slow_jsonl(text: _Text) -> _Block:
-    good, lines, raws, rejects = [], [], [], []
+    records, rejects = [], []
     for offset, raw_bytes in enumerate(bytes(text.data).split(b"\n")[:-1]):
         line = text.line + offset
         raw = raw_bytes.decode("utf-8", "surrogateescape")
@@ -386,15 +422,22 @@ def _slow_jsonl(text: _Text) -> _Block:
             rejects.append((line, "invalid_utf8", "not valid UTF-8", _printable(raw)))
             continue
         try:
-            record = json.loads(raw)
+            records.append((line, raw, json.loads(raw)))
         except json.JSONDecodeError as error:
             rejects.append((line, "invalid_json", str(error), raw))
-            continue
+    return json_block(records, rejects)
+
+
+def json_block(records: list[tuple[int, str, object]], rejects: list[tuple]) -> _Block:
+    """Decoded JSON values (line, raw text, value) -> a block of posts; a value that is no post object,
+    or holds a field no export could, is added to ``rejects`` (which the block reports)."""
+    good, lines, raws = [], [], []
+    for line, raw, record in records:
         if not isinstance(record, dict):
             rejects.append((line, "invalid_json", "not a JSON object", raw))
             continue
         try:
-            values = [_json_value(record.get(c)) for c in INPUT_COLUMNS]
+            values = [_json_value(record.get(key)) for key in source_keys(record)]
         except ValueError as error:
             rejects.append((line, "invalid_json", f"a field {error}", raw))
             continue
@@ -402,11 +445,12 @@ def _slow_jsonl(text: _Text) -> _Block:
         lines.append(line)
         raws.append(raw)
     columns = {name: pa.array([row[i] for row in good], type=pa.string()) for i, name in enumerate(INPUT_COLUMNS)}
-    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects=rejects)
+    return _Block(columns, np.asarray(lines, dtype=np.int64), raws.__getitem__, rejects=sorted(rejects, key=lambda r: r[0]))
 
 
 def _parse_parquet(batch: pa.RecordBatch, first_row: int) -> _Block:
-    columns = {c: _to_strings(batch.column(c)) for c in INPUT_COLUMNS}
+    keys = source_keys(batch.schema.names)
+    columns = {c: _to_strings(batch.column(key)) for c, key in zip(INPUT_COLUMNS, keys)}
 
     def raw(i: int) -> str:
         return json.dumps({c: columns[c][i].as_py() for c in INPUT_COLUMNS}, ensure_ascii=False)
@@ -421,7 +465,7 @@ def _parquet_jobs(path: Path) -> Iterator[tuple[_Job, int]]:
     total = max(1, source.metadata.num_rows)
     size = path.stat().st_size
     row = 1
-    for batch in source.iter_batches(batch_size=200_000, columns=list(INPUT_COLUMNS)):
+    for batch in source.iter_batches(batch_size=200_000, columns=source_keys(source.schema_arrow.names)):
         yield functools.partial(_parse_parquet, batch, row), int(size * batch.num_rows / total)
         row += batch.num_rows
 
@@ -430,6 +474,12 @@ def _jobs(path: Path, block_bytes: int) -> Iterator[tuple[_Job, int]]:
     """Parse jobs for every block of one input file (run in worker threads, results used in order),
     each with the number of input bytes it stands for."""
     kind, compression = _format_of(path)
+    if kind == "booru-chars":
+        from .booru_chars import booru_chars_jobs
+        return booru_chars_jobs(path, block_bytes)
+    if kind == "json-array":
+        from .json_array import json_array_jobs
+        return json_array_jobs(path, compression, block_bytes)
     if kind == "parquet":
         return _parquet_jobs(path)
     if kind == "jsonl":
@@ -507,6 +557,14 @@ def _tag_counts(columns: dict[str, pa.Array], max_tags: int) -> np.ndarray:
     return bound
 
 
+def _rating_letters(ratings: pa.Array) -> pa.Array:
+    """Danbooru's rating words (``general``, ``sensitive``, ... as metadata dumps write them) -> its letters."""
+    index = pc.index_in(ratings, value_set=pa.array(list(RATING_ALIASES)))
+    if index.null_count == len(index):
+        return ratings
+    return pc.coalesce(pa.array(list(RATING_ALIASES.values())).take(index), ratings)
+
+
 def _check_rows(block: _Block, max_tags: int, test_fraction: float) -> tuple[dict[str, pa.Table], list[tuple[int, str, str, str]]]:
     """The rows of ``block`` that pass every field check as a SCHEMA table per split, and the rejected rows.
 
@@ -549,6 +607,7 @@ def _check_rows(block: _Block, max_tags: int, test_fraction: float) -> tuple[dic
     score[score_ok] = as_numpy(pc.cast(columns["score"].filter(pa.array(score_ok)), pa.int64()))
     score_ok &= (score >= -(2**31)) & (score < 2**31)
     flag(~score_ok, "bad_score", "score")
+    columns["rating"] = _rating_letters(columns["rating"])
     flag(~as_numpy(pc.is_in(columns["rating"], pa.array(RATINGS))), "bad_rating", "rating")
     for name in TAG_COLUMNS:
         if columns[f"tag_string_{name}"].null_count:
@@ -584,7 +643,9 @@ def _run_job(job: _Job, max_tags: int, test_fraction: float) -> tuple[int, dict[
     """Parse and check one block: (rows read, passing rows by split, all rejects in line order)."""
     block = job()
     tables, rejects = _check_rows(block, max_tags, test_fraction)
-    return len(block.lines) + len(block.rejects), tables, sorted(block.rejects + rejects)
+    if block.source:
+        rejects = [reject + (block.source,) for reject in rejects]
+    return len(block.lines) + len(block.rejects), tables, sorted(block.rejects + rejects, key=lambda r: r[0])
 
 
 def _move(source: Path, target: Path) -> None:
@@ -695,10 +756,11 @@ def _stream_inputs(files: list[Path], folder: Path, writer: _SplitWriter, max_ta
             path, future, size = in_flight.popleft()
             rows, tables, rejects = future.result()
             writer.write(tables)
-            for line, reason, detail, raw in rejects:
+            for line, reason, detail, raw, *where in rejects:
                 reasons[reason] += 1
-                rejects_file.write(json.dumps({"file": str(path), "line": line, "reason": reason,
-                                               "detail": detail, "raw": raw[:RAW_CHARS]}, ensure_ascii=False) + "\n")
+                record = {"file": str(path), **(where[0] if where else {}), "line": line, "reason": reason,
+                          "detail": detail, "raw": raw[:RAW_CHARS]}
+                rejects_file.write(json.dumps(record, ensure_ascii=False) + "\n")
             per_file[str(path)]["rows"] += rows
             per_file[str(path)]["rejected"] += len(rejects)
             rows_read += rows
@@ -735,7 +797,8 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
         raise UsageError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if max_tags < 1:
         raise UsageError(f"--max-tags must be positive, got {max_tags}")
-    files = _expand_inputs(inputs)
+    from .booru_chars import one_per_pair
+    files = one_per_pair(_expand_inputs(inputs))
     for path in files:
         _check_input(path)
     output = Path(output)
@@ -797,7 +860,8 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
 def add_build_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``booru-embed build-dataset``."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="export files or globs (.csv, .tsv, .parquet, .jsonl; .gz/.bz2/.zst compressed text too)")
+                        help="export files or globs (.csv, .tsv, .parquet, .jsonl, .json; .gz/.bz2/.zst compressed text too), "
+                             "booru-chars .sqlite/.db files or X_tags.tsv + X_files.tsv pairs")
     parser.add_argument("--output", type=Path, required=True, help="DATA_DIR to write")
     parser.add_argument("--test-fraction", type=float, default=0.05, help="share of posts in the test split (default 0.05)")
     parser.add_argument("--max-tags", type=int, default=DEFAULT_MAX_TAGS,
