@@ -20,7 +20,10 @@ batch and length.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,22 @@ from .errors import UsageError
 from .onnx_backend import INPUT_NAMES, ONNX_FILE, ONNX_FOLDER, OUTPUT_NAMES, QUANTIZED_FILE, READBACK_FILE
 
 DEFAULT_OPSET = 18  # the oldest opset torch's dynamo exporter writes; ONNX Runtime >= 1.14 runs it
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide the exporter's and quantizer's warnings (deprecations, axis renames, skipped torchvision ops)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._export", "root", "")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def _modules() -> tuple[type, type]:
@@ -167,15 +186,17 @@ def export_onnx(model_dir: str | Path, output: str | Path | None = None, opset: 
                                                         attn_implementation="sdpa").float().eval()
         example = _example_inputs(tokenizer)
         bar.update()
-        export_encoder(model, example, target / ONNX_FILE, opset)
-        bar.update()
-        export_readback(model, target / READBACK_FILE, opset)
-        bar.update()
+        with _quiet():
+            export_encoder(model, example, target / ONNX_FILE, opset)
+            bar.update()
+            export_readback(model, target / READBACK_FILE, opset)
+            bar.update()
         report["checks"][ONNX_FILE] = compare(model, example, target / ONNX_FILE)
         report["files"] += [ONNX_FILE, READBACK_FILE]
         bar.update()
         if quantize:
-            quantize_int8(target / ONNX_FILE, target / QUANTIZED_FILE)
+            with _quiet():
+                quantize_int8(target / ONNX_FILE, target / QUANTIZED_FILE)
             report["checks"][QUANTIZED_FILE] = compare(model, example, target / QUANTIZED_FILE)
             report["files"].append(QUANTIZED_FILE)
             bar.update()
