@@ -53,13 +53,14 @@ def padded_in_order(embedder: BooruEmbedder, sequences: list[list[int]], batch_s
     out = []
     with torch.inference_mode():
         for start in range(0, len(sequences), batch_size):
-            pooled = embedder.model.model(**embedder._batch(sequences[start : start + batch_size])).pooler_output
+            batch = embedder._batch(sequences[start : start + batch_size])
+            pooled = embedder.model.model(**{name: torch.from_numpy(value) for name, value in batch.items()}).pooler_output
             out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
     return np.concatenate(out)
 
 
 def packed_in_order(embedder: BooruEmbedder, sequences: list[list[int]], batch_size: int) -> np.ndarray:
-    categories = embedder._categories
+    categories = torch.from_numpy(embedder._categories)
     out = []
     with torch.inference_mode():
         for start in range(0, len(sequences), batch_size):

@@ -8,6 +8,11 @@ How ``suggest`` works: training hides a random share of a post's tags behind ONE
 ``<mask>`` token whose target is the hidden set (see ``training/collator.py``). Suggesting is that
 input: the visible tags plus one ``<mask>``; the masked-tag head's softmax over the tags that are not
 present ranks the missing ones.
+
+Backends: the model calls go through a small object with ``pooled``, ``mask_logits`` and ``readback`` on
+numpy arrays. ``TorchModel`` (below) wraps the PyTorch model; ``onnx_backend.OnnxModel`` runs the graphs
+of ``booru-embed export-onnx`` with ONNX Runtime, without importing torch. Everything after the model
+call (softmax, ranking, categories, implications) is numpy, so both backends share it.
 """
 
 from __future__ import annotations
@@ -23,17 +28,77 @@ import numpy as np
 
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
+from .onnx_backend import ONNX_FILE, OnnxModel
 
 if TYPE_CHECKING:
     import torch
 
 TagSet = str | Sequence[str] | Mapping[str, Any]
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
+BACKENDS = ("torch", "onnx")
+
+
+def _first_line(error: Exception) -> str:
+    """The first non-empty line of an error message (its type name when empty)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _is_local_path(name: str) -> bool:
     """Whether ``name`` means a folder rather than a Hub repo id (``OWNER/NAME`` or ``NAME``)."""
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax of a (vocab,) vector in float64; -inf entries stay -inf (probability 0)."""
+    shifted = logits.astype(np.float64) - np.max(logits)
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _top(values: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest values, largest first (ties in index order)."""
+    return np.argsort(-values, kind="stable")[:count]
+
+
+class TorchModel:
+    """The PyTorch backend: a ``BooruEmbedForPreTraining`` answering the embedder's calls on numpy arrays."""
+
+    def __init__(self, model: Any) -> None:
+        """Wrap a loaded ``BooruEmbedForPreTraining`` (put in eval mode)."""
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.embedding_dim = int(model.config.embedding_dim)
+        self.nested_dims = [int(d) for d in model.config.nested_dims]
+
+    def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        import torch
+
+        return {name: torch.as_tensor(value, device=self.device) for name, value in batch.items()}
+
+    def pooled(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, embedding_dim) float32 pooled embeddings, not normalised, of a right-padded batch."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.model(**self._tensors(batch)).pooler_output.float().cpu().numpy()
+
+    def mask_logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, vocab) float32 masked-tag logits at the last real token of every row."""
+        import torch
+
+        tensors = self._tensors(batch)
+        rows = torch.arange(tensors["input_ids"].shape[0], device=self.device)
+        positions = torch.zeros_like(tensors["input_ids"], dtype=torch.bool)
+        positions[rows, tensors["attention_mask"].sum(dim=1) - 1] = True
+        with torch.inference_mode():
+            return self.model(**tensors, mlm_positions=positions).mlm_logits.float().cpu().numpy()
+
+    def readback(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, vocab) float32 tag logits read back from (n, d) embeddings, d one of the trained sizes."""
+        import torch
+
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            return self.model.readback(torch.as_tensor(embeddings).to(self.device, dtype)).float().cpu().numpy()
 
 
 class BooruEmbedder:
@@ -44,51 +109,76 @@ class BooruEmbedder:
     """
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        """Wrap a loaded ``BooruEmbedForPreTraining`` and its tokenizer (use ``from_pretrained`` normally)."""
-        import torch
+        """Wrap a loaded ``BooruEmbedForPreTraining`` or an ``OnnxModel``, and its tokenizer.
 
-        self.model = model.eval()
+        Use ``from_pretrained`` normally. ``backend`` is ``"torch"`` or ``"onnx"`` accordingly.
+        """
+        self.backend = "onnx" if isinstance(model, OnnxModel) else "torch"
+        self._model = model if isinstance(model, OnnxModel) else TorchModel(model)
+        self.model = model  # the PyTorch model (in eval mode) or the OnnxModel
         self.tokenizer = tokenizer
-        self.device = next(model.parameters()).device
-        self.embedding_dim = int(model.config.embedding_dim)
-        self.dims = [*(int(d) for d in model.config.nested_dims), self.embedding_dim]
-        categories = torch.as_tensor(tokenizer.token_categories, dtype=torch.long)
-        self._categories = categories
-        self._is_tag = torch.zeros(len(categories), dtype=torch.bool)
+        self.device = self._model.device
+        self.embedding_dim = self._model.embedding_dim
+        self.dims = [*self._model.nested_dims, self.embedding_dim]
+        self._categories = np.asarray(tokenizer.token_categories, dtype=np.int64)
+        self._is_tag = np.zeros(len(self._categories), dtype=bool)
         self._is_tag[tokenizer.tag_token_ids] = True
-        self._prior: torch.Tensor | None = None  # log p(tag | no tags), on first use
+        self._prior: np.ndarray | None = None  # log p(tag | no tags), on first use
 
     @classmethod
     def from_pretrained(cls, model_dir_or_repo_id: str | Path, device: str | None = None,
-                        dtype: str | torch.dtype | None = None, **kwargs: Any) -> BooruEmbedder:
+                        dtype: str | torch.dtype | None = None, backend: str = "torch",
+                        onnx_file: str = ONNX_FILE, **kwargs: Any) -> BooruEmbedder:
         """Load a MODEL_DIR or Hub repo id (``OWNER/NAME``); ``device`` defaults to CUDA when available.
 
         ``dtype`` is a torch dtype or its name (``"bfloat16"``); ``kwargs`` go to both ``from_pretrained``
         calls (``revision``, ``token``, ...). A missing folder or unreachable repository raises
         ``UsageError`` with one line.
-        """
-        import torch
-        from transformers import AutoModelForPreTraining, AutoTokenizer
 
+        ``backend="onnx"`` runs ``onnx/<onnx_file>`` (written by ``booru-embed export-onnx``; pass
+        ``onnx_file="model_quantized.onnx"`` for the int8 one) with ONNX Runtime on CPU and never imports
+        torch; ``device`` and ``dtype`` do not apply to it (the file fixes the precision).
+        """
+        if backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         name = str(model_dir_or_repo_id)
-        if _is_local_path(name):
+        local = _is_local_path(name)
+        if local:
             folder = Path(name).expanduser()
             if not (folder / "config.json").is_file():
                 raise UsageError(f"not a model folder (no config.json): {folder}")
             name = str(folder)
+        if backend == "onnx":
+            if dtype is not None or device not in (None, "cpu"):
+                raise UsageError("device and dtype are for backend='torch'; the ONNX file fixes the precision "
+                                 "(onnx_file='model_quantized.onnx' for int8)")
+            tokenizer = cls._load_tokenizer(name, **kwargs)
+            return cls(OnnxModel.from_pretrained(name, local, onnx_file, **kwargs), tokenizer)
+        import torch
+        from transformers import AutoModelForPreTraining
+
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise UsageError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
             dtype = getattr(torch, dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = cls._load_tokenizer(name, **kwargs)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True, **kwargs)
             model = AutoModelForPreTraining.from_pretrained(name, trust_remote_code=True,
                                                             dtype=dtype or torch.float32, **kwargs)
         except OSError as error:
-            first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-            raise UsageError(f"cannot load model {name}: {first}") from None
+            raise UsageError(f"cannot load model {name}: {_first_line(error)}") from None
         return cls(model.to(device), tokenizer)
+
+    @staticmethod
+    def _load_tokenizer(name: str, **kwargs: Any) -> Any:
+        """The model's own tokenizer (remote code); ``UsageError`` with one line when it cannot load."""
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=True, **kwargs)
+        except OSError as error:
+            raise UsageError(f"cannot load model {name}: {_first_line(error)}") from None
 
     # ------------------------------------------------------------------------------------------
     # Inputs
@@ -120,25 +210,27 @@ class BooruEmbedder:
         metatag = ("rating:", "score:")
         return [t for t in dict.fromkeys(tags) if not t.lower().startswith(metatag) and self.tokenizer.tag_to_id(t) is None]
 
-    def _batch(self, sequences: list[list[int]], extra: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """Padded model inputs for token-id lists (``extra`` ids appended to every one, category 0)."""
-        import torch
-
+    def _batch(self, sequences: list[list[int]], extra: list[int] | None = None) -> dict[str, np.ndarray]:
+        """Right-padded int64 model inputs for token-id lists (``extra`` ids appended to every one, category 0)."""
         extra = extra or []
-        width = max(len(s) for s in sequences) + len(extra)
-        input_ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(sequences), width), dtype=torch.long)
+        lengths = np.asarray([len(ids) + len(extra) for ids in sequences])
+        rows = np.arange(len(sequences))
+        input_ids = np.full((len(sequences), int(lengths.max())), self.tokenizer.pad_token_id, dtype=np.int64)
         for row, ids in enumerate(sequences):
-            full = ids + extra
-            input_ids[row, : len(full)] = torch.as_tensor(full)
-            attention[row, : len(full)] = 1
+            input_ids[row, : lengths[row]] = ids + extra
+        attention = (np.arange(input_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
         categories = self._categories[input_ids]
-        if extra:
-            lengths = attention.sum(dim=1)
-            for offset in range(1, len(extra) + 1):
-                categories[torch.arange(len(sequences)), lengths - offset] = SPECIAL_CATEGORY_ID  # the <mask> of suggest has category 0, as in training
-        return {"input_ids": input_ids.to(self.device), "category_ids": categories.to(self.device),
-                "attention_mask": attention.to(self.device)}
+        for offset in range(1, len(extra) + 1):
+            categories[rows, lengths - offset] = SPECIAL_CATEGORY_ID  # the <mask> of suggest has category 0, as in training
+        return {"input_ids": input_ids, "category_ids": categories, "attention_mask": attention}
+
+    def _pooled(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, embedding_dim) float32 pooled embeddings of a ``_batch``, not normalised (either backend)."""
+        return self._model.pooled(batch)
+
+    def _mask_logits_batch(self, sequences: list[list[int]]) -> np.ndarray:
+        """(n, vocab) float32 masked-tag logits of token-id lists (``<cls>`` first), one ``<mask>`` appended to each."""
+        return self._model.mask_logits(self._batch(sequences, extra=[self.tokenizer.mask_token_id]))
 
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:
@@ -160,7 +252,6 @@ class BooruEmbedder:
         Posts are batched by length; a progress bar shows for large inputs (``progress`` forces it).
         Raises ValueError for an empty tag set or a bad ``dim``.
         """
-        import torch
         from tqdm.auto import tqdm
 
         width = self._check_dim(dim)
@@ -173,12 +264,11 @@ class BooruEmbedder:
         out = np.zeros((len(sequences), width), dtype=np.float32)
         order = np.argsort([len(s) for s in sequences], kind="stable")
         show = len(sequences) >= PROGRESS_MIN_POSTS if progress is None else progress
-        with torch.inference_mode(), tqdm(total=len(sequences), desc="embed", unit="post", disable=not show) as bar:
+        with tqdm(total=len(sequences), desc="embed", unit="post", disable=not show) as bar:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                pooled = self.model.model(**self._batch([sequences[i] for i in rows])).pooler_output
-                vectors = torch.nn.functional.normalize(pooled[:, :width].float(), dim=-1)
-                out[rows] = vectors.cpu().numpy()
+                vectors = self._pooled(self._batch([sequences[i] for i in rows]))[:, :width]
+                out[rows] = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
                 bar.update(len(rows))
         return out
 
@@ -195,8 +285,6 @@ class BooruEmbedder:
         so tags typical of this tag set come before tags common everywhere (``highres``, ``1girl``);
         the scores stay probabilities.
         """
-        import torch
-
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         allowed = self._category_filter(categories)
@@ -205,50 +293,41 @@ class BooruEmbedder:
         ids = self._ids([tagset])[0]
         if len(ids) == 1:
             raise ValueError("the tag set is empty: give at least one tag")
-        candidates = self._is_tag.clone()
+        candidates = self._is_tag.copy()
         candidates[ids] = False
-        logits = self._mask_logits(ids)
-        log_probabilities = torch.log_softmax(logits.masked_fill(~candidates, float("-inf")), dim=-1)
-        ranking = log_probabilities - 0.5 * self._log_prior() if distinctive else log_probabilities.clone()
-        ranking[~(candidates & allowed)] = float("-inf")
-        count = min(top_k, int((candidates & allowed).sum()))
-        chosen = ranking.topk(count).indices
-        ranked = [(self.tokenizer.convert_ids_to_tokens(int(i)), float(log_probabilities[i].exp())) for i in chosen]
+        log_probabilities = _log_softmax(np.where(candidates, self._mask_logits(ids), -np.inf))
+        usable = candidates & allowed
+        ranking = log_probabilities.copy()
+        if distinctive:
+            ranking[usable] -= 0.5 * self._log_prior()[usable]
+        ranking[~usable] = -np.inf
+        chosen = _top(ranking, int(min(top_k, usable.sum())))
+        ranked = [(self.tokenizer.convert_ids_to_tokens(int(i)), float(np.exp(log_probabilities[i]))) for i in chosen]
         if not expand_implications or not self.tokenizer.implications:
             return ranked
         present = {self.tokenizer.convert_ids_to_tokens(i) for i in ids}
         return self._with_implications(ranked, present, allowed)
 
-    def _log_prior(self) -> torch.Tensor:
+    def _log_prior(self) -> np.ndarray:
         """(vocab,) log p(tag | no tags): the masked-tag head on ``<cls> <mask>`` (computed once)."""
-        import torch
-
         if self._prior is None:
             logits = self._mask_logits([self.tokenizer.cls_token_id])
-            self._prior = torch.log_softmax(logits.masked_fill(~self._is_tag, float("-inf")), dim=-1)
+            self._prior = _log_softmax(np.where(self._is_tag, logits, -np.inf))
         return self._prior
 
-    def _mask_logits(self, ids: list[int]) -> torch.Tensor:
-        """(vocab,) masked-tag logits of ``ids`` (``<cls>`` first) with one ``<mask>`` appended, on CPU."""
-        import torch
+    def _mask_logits(self, ids: list[int]) -> np.ndarray:
+        """(vocab,) float32 masked-tag logits of ``ids`` (``<cls>`` first) with one ``<mask>`` appended."""
+        return self._mask_logits_batch([ids])[0]
 
-        with torch.inference_mode():
-            batch = self._batch([ids], extra=[self.tokenizer.mask_token_id])
-            positions = batch["input_ids"] == self.tokenizer.mask_token_id
-            return self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
-
-    def _category_filter(self, categories: Iterable[str] | None) -> torch.Tensor:
+    def _category_filter(self, categories: Iterable[str] | None) -> np.ndarray:
         """(vocab,) bool of the tokens whose category is in ``categories`` (all when None)."""
-        import torch
-
         if categories is None:
-            return torch.ones_like(self._is_tag)
+            return np.ones_like(self._is_tag)
         names = [categories] if isinstance(categories, str) else list(categories)
         wrong = [name for name in names if name not in TAG_CATEGORIES]
         if wrong or not names:
             raise ValueError(f"categories must be among {', '.join(TAG_CATEGORIES)}, got {names!r}")
-        wanted = [CATEGORY_NAMES.index(name) for name in names]
-        return (self._categories[:, None] == self._categories.new_tensor(wanted)[None]).any(dim=1)
+        return np.isin(self._categories, [CATEGORY_NAMES.index(name) for name in names])
 
     def _implied(self, tags: Iterable[str]) -> list[str]:
         """Every tag implied by ``tags``, transitively, in a stable order."""
@@ -261,7 +340,7 @@ class BooruEmbedder:
         return list(found)
 
     def _with_implications(self, ranked: list[tuple[str, float]], present: set[str],
-                           allowed: torch.Tensor) -> list[tuple[str, float]]:
+                           allowed: np.ndarray) -> list[tuple[str, float]]:
         """Put tags implied by present tags first, and each suggestion's implied tags right after it."""
         def usable(tag: str) -> bool:
             index = self.tokenizer.tag_to_id(tag)
@@ -281,26 +360,22 @@ class BooruEmbedder:
         With ``top_k`` the ``top_k`` most likely tags of each row, else every tag whose probability
         exceeds ``threshold``; most likely first. Embeddings from ``embed`` or from elsewhere work alike.
         """
-        import torch
-
-        array = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        array = np.asarray(embeddings, dtype=np.float32)
         if array.ndim == 1:
             array = array[None]
         if array.ndim != 2 or array.shape[1] not in self.dims:
             raise ValueError(f"embeddings must have shape (n, d) with d in {self.dims}, got {tuple(array.shape)}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        dtype = next(self.model.parameters()).dtype
-        with torch.inference_mode():
-            logits = self.model.readback(array.to(self.device, dtype)).float().cpu()
-        probabilities = torch.sigmoid(logits).masked_fill(~self._is_tag, 0.0)
+        logits = self._model.readback(np.ascontiguousarray(array)).astype(np.float64)
+        probabilities = np.where(self._is_tag, 1.0 / (1.0 + np.exp(-logits)), 0.0)
         rows = []
         for row in probabilities:
             if top_k is not None:
-                scores, chosen = row.topk(min(top_k, int(self._is_tag.sum())))
+                chosen = _top(row, min(top_k, int(self._is_tag.sum())))
             else:
-                chosen = torch.nonzero(row > threshold).flatten()
-                chosen = chosen[row[chosen].argsort(descending=True)]
+                chosen = np.flatnonzero(row > threshold)
+                chosen = chosen[_top(row[chosen], len(chosen))]
             rows.append(self.tokenizer.convert_ids_to_tokens([int(i) for i in chosen]))
         return rows
 

@@ -105,8 +105,9 @@ def test_suggest_distinctive_ranks_by_probability_over_sqrt_prior(embedder: Boor
     plain = dict(embedder.suggest(present, top_k=1000, expand_implications=False))
     with torch.inference_mode():  # the prior: the masked-tag head on <cls> <mask>
         batch = embedder._batch([[embedder.tokenizer.cls_token_id]], extra=[embedder.tokenizer.mask_token_id])
+        batch = {name: torch.from_numpy(value) for name, value in batch.items()}
         logits = embedder.model(**batch, mlm_positions=batch["input_ids"] == embedder.tokenizer.mask_token_id).mlm_logits[0]
-    candidates = embedder._is_tag
+    candidates = torch.from_numpy(embedder._is_tag)
     log_prior = torch.log_softmax(logits.float().masked_fill(~candidates, float("-inf")), dim=-1)
     prior = {tag: float(log_prior[embedder.tokenizer.convert_tokens_to_ids(tag)]) for tag in plain}
     distinctive = embedder.suggest(present, top_k=1000, expand_implications=False, distinctive=True)

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.tokenization_utils_base import TruncationStrategy
-from transformers.utils import PaddingStrategy
+from transformers.utils import PaddingStrategy, is_torch_available
 
 from .categories_booru_embed import CATEGORY_IDS, PRIORITY_ORDER, RATING_ALIASES, RATINGS, TAG_CATEGORIES
 
@@ -562,11 +562,14 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         if not batched and return_tensors is None:
             out = {key: value[0] for key, value in out.items()}
         if width is not None and return_tensors is not None:
-            if str(return_tensors) == "pt":
+            # an `is_*_available()` test: transformers' remote-code import check skips the import under it,
+            # so the tokenizer loads where torch is not installed (ONNX Runtime serving)
+            if str(return_tensors) == "pt" and is_torch_available():
                 import torch
 
                 out = {key: torch.from_numpy(value) for key, value in out.items()}
-            return BatchEncoding(out)
+                return BatchEncoding(out)
+            return BatchEncoding(out, tensor_type=return_tensors)
         return BatchEncoding(out, tensor_type=return_tensors)
 
     def _pad(
