@@ -309,6 +309,11 @@ class BooruEmbedder:
         index = self.tokenizer.tag_to_id(tag)
         return None if index is None else CATEGORY_NAMES[int(self._categories[index])]
 
+    def normalize(self, tagset: TagSet, implications: str = "keep") -> Any:
+        """The tag set normalised by the model's tokenizer (``tokenizer.normalize``): aliases, duplicates,
+        implications (``keep``, ``minimal`` or ``complete``), canonical order; returns ``NormalizedTags``."""
+        return self.tokenizer.normalize(tagset, implications=implications)
+
 
 # ----------------------------------------------------------------------------------------------
 # Commands
