@@ -27,6 +27,8 @@ from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID
 if TYPE_CHECKING:
     import torch
 
+    from .modeling.normalization_booru_embed import NormalizedTags
+
 TagSet = str | Sequence[str] | Mapping[str, Any]
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
 
@@ -309,9 +311,12 @@ class BooruEmbedder:
         index = self.tokenizer.tag_to_id(tag)
         return None if index is None else CATEGORY_NAMES[int(self._categories[index])]
 
-    def normalize(self, tagset: TagSet, implications: str = "keep") -> Any:
-        """The tag set normalised by the model's tokenizer (``tokenizer.normalize``): aliases, duplicates,
-        implications (``keep``, ``minimal`` or ``complete``), canonical order; returns ``NormalizedTags``."""
+    def normalize(self, tagset: TagSet, implications: str = "keep") -> NormalizedTags:
+        """The tag set normalised by the model's tokenizer (``tokenizer.normalize``, no model call).
+
+        Aliases resolved, duplicates removed, unknown tags kept and listed, implications ``keep``,
+        ``minimal`` or ``complete``, canonical order (``modeling/normalization_booru_embed.py``).
+        """
         return self.tokenizer.normalize(tagset, implications=implications)
 
 

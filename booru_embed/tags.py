@@ -72,11 +72,14 @@ def load_data_dir(path: str | Path) -> datasets.DatasetDict:
     return data
 
 
-def _normalize_batch(batch: dict[str, list], tokenizer: Any, implications: str, counts: Counter,
-                     split: str) -> dict[str, list]:
-    """One datasets.map batch: the tag columns (and rating) normalised, changes added to ``counts``."""
+def _normalize_batch(batch: dict[str, list], tokenizer: Any, implications: str, split: str) -> dict[str, list]:
+    """One datasets.map batch: the tag columns (and rating) normalised, plus one column per change count.
+
+    The counts travel as columns (``_count_<key>``, summed afterwards) so they survive ``num_proc``.
+    """
     columns = [c for c in (*TAG_CATEGORIES, "rating") if c in batch]
     out: dict[str, list] = {c: [] for c in columns}
+    counts = {key: [] for key in CHANGE_KEYS}
     for row in range(len(batch["id"])):
         post = {c: batch[c][row] for c in columns}
         try:
@@ -93,17 +96,20 @@ def _normalize_batch(batch: dict[str, list], tokenizer: Any, implications: str, 
         if "rating" in columns:
             changed = changed or result.rating != post["rating"]
             out["rating"].append(result.rating)
-        count_changes(counts, result, changed)
-    return out
+        row_counts: Counter = Counter()
+        count_changes(row_counts, result, changed)
+        for key in CHANGE_KEYS:
+            counts[key].append(row_counts[key])
+    return {**out, **{f"_count_{key}": values for key, values in counts.items()}}
 
 
 def normalize_data_dir(data_dir: str | Path, output: str | Path, tokenizer: Any, implications: str = "keep",
-                       batch_size: int = BATCH_ROWS) -> dict[str, Any]:
+                       batch_size: int = BATCH_ROWS, num_proc: int | None = None) -> dict[str, Any]:
     """Write DATA_DIR ``output``: every split of ``data_dir`` with its tags normalised; return the counts.
 
     Streams through ``datasets.map`` in batches of ``batch_size`` posts (bounded memory, a progress bar
-    per split) into a temporary folder beside ``output``; other columns (``id``, ``score``, ...) are
-    kept as they are. The counts are also written to ``output/normalize_info.json``.
+    per split, ``num_proc`` worker processes) into a temporary folder beside ``output``; other columns
+    (``id``, ``score``, ...) are kept as they are. The counts are also written to ``output/normalize_info.json``.
     """
     if implications not in IMPLICATION_MODES:
         raise UsageError(f"--implications must be one of {', '.join(IMPLICATION_MODES)}, got {implications!r}")
@@ -112,20 +118,24 @@ def normalize_data_dir(data_dir: str | Path, output: str | Path, tokenizer: Any,
         raise UsageError(f"--output {output} exists and is not empty: choose a new folder")
     data = load_data_dir(data_dir)
     import datasets
+    import pyarrow.compute as pc
 
     output.parent.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"data_dir": str(data_dir), "implications": implications, "splits": {}}
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as scratch:
         splits = {}
         for name, split in data.items():
-            counts: Counter = Counter({key: 0 for key in CHANGE_KEYS})
-            splits[name] = split.map(
-                _normalize_batch, batched=True, batch_size=batch_size, features=split.features,
-                fn_kwargs={"tokenizer": tokenizer, "implications": implications, "counts": counts, "split": name},
+            count_columns = [f"_count_{key}" for key in CHANGE_KEYS]
+            features = datasets.Features({**split.features, **{c: datasets.Value("int32") for c in count_columns}})
+            mapped = split.map(
+                _normalize_batch, batched=True, batch_size=batch_size, features=features, num_proc=num_proc,
+                fn_kwargs={"tokenizer": tokenizer, "implications": implications, "split": name},
                 cache_file_name=str(Path(scratch) / f"{name}.arrow"), load_from_cache_file=False,
                 new_fingerprint=uuid.uuid4().hex, desc=f"normalize {name}",
             )
-            info["splits"][name] = dict(counts)
+            table = mapped.with_format("arrow")
+            info["splits"][name] = {key: int(pc.sum(table[f"_count_{key}"]).as_py() or 0) for key in CHANGE_KEYS}
+            splits[name] = mapped.remove_columns(count_columns)
         datasets.DatasetDict(splits).save_to_disk(str(output))
         del splits  # release the scratch Arrow files before the folder goes
     info["total"] = {key: sum(s[key] for s in info["splits"].values()) for key in CHANGE_KEYS}
@@ -146,6 +156,7 @@ def add_normalize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="DATA_DIR", help="normalise every post of this DATA_DIR instead of TAGS")
     parser.add_argument("--output", metavar="DATA_DIR2", help="with --dataset: the DATA_DIR to write")
     parser.add_argument("--batch-size", type=int, default=BATCH_ROWS, help=f"with --dataset: posts per batch (default {BATCH_ROWS})")
+    parser.add_argument("--num-proc", type=int, help="with --dataset: worker processes (default: one)")
 
 
 def run_normalize(args: argparse.Namespace) -> int:
@@ -158,7 +169,9 @@ def run_normalize(args: argparse.Namespace) -> int:
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
         tokenizer = load_tokenizer(args.dir)
-        info = normalize_data_dir(args.dataset, args.output, tokenizer, args.implications, args.batch_size)
+        if args.num_proc is not None and args.num_proc < 1:
+            raise UsageError(f"--num-proc must be at least 1, got {args.num_proc}")
+        info = normalize_data_dir(args.dataset, args.output, tokenizer, args.implications, args.batch_size, args.num_proc)
         for name, counts in info["splits"].items():
             print(f"{name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
         print(f"wrote {args.output} and {Path(args.output) / INFO_FILE}")

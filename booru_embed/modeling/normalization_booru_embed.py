@@ -217,6 +217,9 @@ class TagNormalizer:
         self.aliases = dict(aliases or {})
         self.implications = {k: list(v) for k, v in (implications or {}).items()}
         self._reach: dict[str, frozenset[str]] = {}
+        # Sort keys of the vocabulary's tags, computed once: ordering is most of the work per post.
+        self._keys = {tag: (OUTPUT_CATEGORIES.index(category), False, rank, tag)
+                      for tag, (category, rank) in (self.vocabulary or {}).items()}
 
     def implied(self, tag: str) -> frozenset[str]:
         """Every tag implied by ``tag``, transitively (``tag`` itself only when it lies on a cycle)."""
@@ -232,9 +235,9 @@ class TagNormalizer:
             found = self._reach[tag] = frozenset(seen)
         return found
 
-    def _sort_key(self, tag: str, category: str) -> tuple[int, int, int, str]:
-        entry = self.vocabulary.get(tag) if self.vocabulary is not None else None
-        return (OUTPUT_CATEGORIES.index(category), entry is None, entry[1] if entry else 0, tag)
+    def _sort_key(self, tag: str, category: str) -> tuple[int, bool, int, str]:
+        """Canonical position: category, known before unknown, vocabulary rank, name."""
+        return self._keys.get(tag) or (OUTPUT_CATEGORIES.index(category), True, 0, tag)
 
     def _category(self, tag: str, fallback: str | None) -> tuple[str, bool]:
         """Category of a canonical tag and whether it is unknown (outside a given vocabulary)."""
@@ -253,7 +256,7 @@ class TagNormalizer:
         aliased: dict[str, str] = {}
         duplicates = 0
         for tag, given in items:
-            canonical = resolve_alias(tag, self.aliases)
+            canonical = resolve_alias(tag, self.aliases) if tag in self.aliases else tag
             if canonical != tag:
                 aliased[tag] = canonical
             if canonical in placed:

@@ -13,6 +13,9 @@ Files of a tokenizer folder:
   ``special``, ``rating``, ``score``, ``tag`` or ``unused``) and the score bucket boundaries. Tags and
   the other kinds are separate namespaces: a tag literally named ``<pad>`` is a tag, never padding.
 - ``aliases.json`` (antecedent -> canonical tag) and ``implications.json`` (antecedent -> consequents).
+
+``tokenizer.normalize(tagset, implications="keep" | "minimal" | "complete")`` applies those tables to
+tag strings rather than ids (unknown tags kept by name); its rules are in ``normalization_booru_embed``.
 """
 
 from __future__ import annotations
