@@ -32,14 +32,12 @@ from typing import IO, Any
 from .errors import UsageError
 from .modeling.categories_booru_embed import RATING_ALIASES, TAG_CATEGORIES
 from .modeling.normalization_booru_embed import (
-    IMPLICATION_MODES,
-    STYLES,
     NormalizedTags,
     TagNormalizer,
     category_order,
     prompt_tag,
 )
-from .tags import CHANGE_KEYS, count_changes, load_data_dir, load_tokenizer
+from .tags import CHANGE_KEYS, add_normalization_flags, count_changes, load_data_dir, load_tokenizer
 
 FORMATS = ("kohya-json", "txt", "jsonl")
 FORMAT_FILES = {"kohya-json": "metadata.json", "jsonl": "captions.jsonl"}
@@ -245,11 +243,9 @@ def add_export_captions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="all", help="train, test or all (default: all)")
     parser.add_argument("--order", help="category order, comma separated (default: character,copyright,artist,general,meta)")
     parser.add_argument("--separator", default=", ", help="between tags (default: ', ')")
-    parser.add_argument("--style", choices=STYLES, default="tags",
-                        help="tags: Danbooru spelling (default); prompt: spaces in tags, parentheses escaped")
-    parser.add_argument("--implications", choices=IMPLICATION_MODES, default="keep",
-                        help="keep, minimal (remove implied tags) or complete (add them); needs --tokenizer")
-    parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer or model folder: aliases, implications, categories")
+    add_normalization_flags(parser)
+    parser.add_argument("--tokenizer", metavar="DIR",
+                        help="tokenizer or model folder: aliases, implications, categories (needed by --implications)")
     parser.add_argument("--rating-words", action="store_true", help="start with the rating: general, sensitive, questionable, explicit")
     parser.add_argument("--score-words", action="store_true", help="add low_score / average_score / high_score (thirds of train)")
     parser.add_argument("--complete", metavar="MODEL_DIR", help="add tags the model suggests (needs --threshold)")

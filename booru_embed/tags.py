@@ -143,15 +143,20 @@ def normalize_data_dir(data_dir: str | Path, output: str | Path, tokenizer: Any,
     return info
 
 
+def add_normalization_flags(parser: argparse.ArgumentParser) -> None:
+    """``--implications`` and ``--style``, shared by ``normalize`` and ``export-captions``."""
+    parser.add_argument("--implications", choices=IMPLICATION_MODES, default="keep",
+                        help="keep implied tags, remove them (minimal) or add them (complete); default keep")
+    parser.add_argument("--style", choices=STYLES, default="tags",
+                        help="tags: Danbooru spelling (default); prompt: spaces in tags, parentheses escaped \\( \\)")
+
+
 def add_normalize_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``booru-embed normalize``."""
     parser.add_argument("dir", metavar="DIR", help="tokenizer or model folder (its aliases and implications are used)")
     parser.add_argument("tags", metavar="TAGS", nargs="?",
                         help='tag set: "1girl solo long_hair" or "1girl, long hair" (omit with --dataset)')
-    parser.add_argument("--implications", choices=IMPLICATION_MODES, default="keep",
-                        help="keep implied tags, remove them (minimal) or add them (complete); default keep")
-    parser.add_argument("--style", choices=STYLES, default="tags",
-                        help="tags: Danbooru tags, spaces between; prompt: spaces in tags, ', ' between, \\( \\)")
+    add_normalization_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object by category with what changed")
     parser.add_argument("--dataset", metavar="DATA_DIR", help="normalise every post of this DATA_DIR instead of TAGS")
     parser.add_argument("--output", metavar="DATA_DIR2", help="with --dataset: the DATA_DIR to write")
@@ -199,4 +204,4 @@ def run_normalize(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["count_changes", "load_data_dir", "load_tokenizer", "normalize_data_dir"]
+__all__ = ["add_normalization_flags", "count_changes", "load_data_dir", "load_tokenizer", "normalize_data_dir"]
