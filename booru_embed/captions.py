@@ -70,14 +70,19 @@ def score_word(score: int, thresholds: list[int]) -> str:
 
 
 class CaptionWriter:
-    """Writes captions in one format into ``folder``, incrementally (the kohya JSON object too)."""
+    """Writes captions in one format into ``folder``, incrementally (the kohya JSON object too).
+
+    The single-file formats are written to ``<name>.partial`` and renamed when the export completes, so
+    an interrupted export never leaves a well-formed but incomplete ``metadata.json``.
+    """
 
     def __init__(self, folder: Path, form: str, extension: str) -> None:
         self.folder, self.form, self.extension = folder, form, extension
         self._handle: IO[str] | None = None
         self._first = True
         if form in FORMAT_FILES:
-            self._handle = (folder / FORMAT_FILES[form]).open("w", encoding="utf-8")
+            self._path = folder / FORMAT_FILES[form]
+            self._handle = self._path.with_name(self._path.name + ".partial").open("w", encoding="utf-8")
             if form == "kohya-json":
                 self._handle.write("{")
 
@@ -92,12 +97,14 @@ class CaptionWriter:
             self._handle.write(json.dumps({"id": post_id, "caption": caption, **extra}, ensure_ascii=False) + "\n")
         self._first = False
 
-    def close(self) -> None:
-        """Finish the file (the kohya object's closing brace)."""
+    def close(self, complete: bool) -> None:
+        """Close the file; when ``complete``, finish it (the kohya object's closing brace) and give it its name."""
         if self._handle is not None:
-            if self.form == "kohya-json":
+            if complete and self.form == "kohya-json":
                 self._handle.write("\n}\n")
             self._handle.close()
+            if complete:
+                Path(self._handle.name).replace(self._path)
 
 
 def parse_order(value: str | None) -> list[str] | None:
@@ -189,6 +196,7 @@ def export_captions(args: argparse.Namespace) -> dict[str, Any]:
     added_handle = (output / ADDED_FILE).open("w", encoding="utf-8") if embedder is not None else None
     model_added: Counter = Counter()
     posts_completed = 0
+    complete = False
     total = sum(len(data[name]) for name in splits)
     try:
         for post in tqdm(_posts(data, splits, BATCH_ROWS), total=total, desc="export-captions", unit="post"):
@@ -199,8 +207,9 @@ def export_captions(args: argparse.Namespace) -> dict[str, Any]:
                                                                            for t, p in added]}, ensure_ascii=False) + "\n")
                 model_added.update(tag for tag, _ in added)
                 posts_completed += 1
+        complete = True
     finally:
-        writer.close()
+        writer.close(complete)
         if added_handle is not None:
             added_handle.close()
     info = {

@@ -11,7 +11,7 @@ import pytest
 from booru_embed import captions
 from booru_embed.cli import main
 from tag_fixtures import build_tag_tokenizer, tag_posts
-from tiny_model import build_tiny_model, tiny_posts
+from tiny_model import build_tiny_model, tiny_posts, write_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,15 @@ def test_bad_flags_fail_with_one_line_before_any_work(tag_folders, tmp_path: Pat
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
     assert not output.exists()
+
+
+def test_a_malformed_row_is_named(tag_folders, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    posts = tag_posts(6)
+    posts[4]["rating"] = "z"
+    data_dir = write_data_dir(tmp_path / "bad", posts)
+    assert _export(data_dir, tmp_path / "out", "--format", "kohya-json") == 2
+    assert "post id 4: unknown rating 'z'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metadata.json").exists()  # only metadata.json.partial: not complete
+    assert (tmp_path / "out" / "metadata.json.partial").read_text().count('"tags"') == 4
+    assert main(["normalize", str(tag_folders[1]), "--dataset", str(data_dir), "--output", str(tmp_path / "n")]) == 2
+    assert "train post id 4: unknown rating 'z'" in capsys.readouterr().err
