@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("booru_embed.export", "export the encoder and heads to ONNX for ONNX Runtime serving"),
     "publish": ("booru_embed.publish", "push a model folder to the Hugging Face Hub"),
     "demo": ("booru_embed.demo", "run the whole pipeline on a generated corpus"),
+    "normalize": ("booru_embed.tags", "normalise tag sets: aliases, duplicates, implications, canonical order"),
+    "export-captions": ("booru_embed.captions", "write a DATA_DIR's tags as captions for image-model trainers"),
 }
 
 

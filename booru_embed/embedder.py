@@ -33,6 +33,8 @@ from .onnx_backend import ONNX_FILE, OnnxModel
 if TYPE_CHECKING:
     import torch
 
+    from .modeling.normalization_booru_embed import NormalizedTags
+
 TagSet = str | Sequence[str] | Mapping[str, Any]
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
 BACKENDS = ("torch", "onnx")
@@ -383,6 +385,14 @@ class BooruEmbedder:
         """Category name of a vocabulary tag, None when the tag is unknown."""
         index = self.tokenizer.tag_to_id(tag)
         return None if index is None else CATEGORY_NAMES[int(self._categories[index])]
+
+    def normalize(self, tagset: TagSet, implications: str = "keep") -> NormalizedTags:
+        """The tag set normalised by the model's tokenizer (``tokenizer.normalize``, no model call).
+
+        Aliases resolved, duplicates removed, unknown tags kept and listed, implications ``keep``,
+        ``minimal`` or ``complete``, canonical order (``modeling/normalization_booru_embed.py``).
+        """
+        return self.tokenizer.normalize(tagset, implications=implications)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Files of a tokenizer folder:
   ``special``, ``rating``, ``score``, ``tag`` or ``unused``) and the score bucket boundaries. Tags and
   the other kinds are separate namespaces: a tag literally named ``<pad>`` is a tag, never padding.
 - ``aliases.json`` (antecedent -> canonical tag) and ``implications.json`` (antecedent -> consequents).
+
+``tokenizer.normalize(tagset, implications="keep" | "minimal" | "complete")`` applies those tables to
+tag strings rather than ids (unknown tags kept by name); its rules are in ``normalization_booru_embed``.
 """
 
 from __future__ import annotations
@@ -34,17 +37,20 @@ from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.tokenization_utils_base import TruncationStrategy
 from transformers.utils import PaddingStrategy, is_torch_available
 
-from .categories_booru_embed import CATEGORY_IDS, PRIORITY_ORDER, RATING_ALIASES, RATINGS, TAG_CATEGORIES
+from .categories_booru_embed import CATEGORY_IDS, CATEGORY_NAMES, PRIORITY_ORDER, RATING_ALIASES, RATINGS, TAG_CATEGORIES
+from .normalization_booru_embed import (
+    NormalizedTags,
+    TagNormalizer,
+    normalize_tag,
+    parse_rating,
+    resolve_alias,
+    split_tag_string,
+)
 
 PAD_TOKEN, CLS_TOKEN, MASK_TOKEN = "<pad>", "<cls>", "<mask>"
 UNK_TOKENS = {category: f"<unk_{category}>" for category in TAG_CATEGORIES}
 VOCAB_FORMAT = 1
 BULK_BATCH_ROWS = 65_536  # rows per Arrow batch of encode_dataset; batches run on parallel threads
-
-
-def normalize_tag(tag: str) -> str:
-    """A tag as Danbooru writes it: trimmed, lower-case, inner whitespace runs as one underscore."""
-    return "_".join(tag.lower().split())
 
 
 def rating_token(rating: str) -> str:
@@ -85,15 +91,6 @@ def _read_json(path: str | os.PathLike | None, default: Any) -> Any:
         return json.load(handle)
 
 
-def resolve_alias(tag: str, aliases: Mapping[str, str]) -> str:
-    """Follow antecedent -> consequent until a canonical tag (cycles stop where they repeat)."""
-    seen = {tag}
-    while tag in aliases and aliases[tag] not in seen:
-        tag = aliases[tag]
-        seen.add(tag)
-    return tag
-
-
 class BooruEmbedTokenizer(PreTrainedTokenizer):
     """Maps Danbooru tag sets to one token per tag, with the category of every token.
 
@@ -126,6 +123,7 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         self._load_vocabulary(vocab["tokens"], [int(b) for b in vocab["score_boundaries"]])
         self._load_aliases(_read_json(aliases_file, {}))
         self._implications: dict[str, list[str]] = {k: list(v) for k, v in _read_json(implications_file, {}).items()}
+        self._normalizer: TagNormalizer | None = None
         kwargs.setdefault("extra_special_tokens", [UNK_TOKENS[c] for c in TAG_CATEGORIES if UNK_TOKENS[c] != unk_token])
         super().__init__(pad_token=pad_token, cls_token=cls_token, mask_token=mask_token, unk_token=unk_token, **kwargs)
 
@@ -293,15 +291,8 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
         return unk_id if found is None else found
 
     def _rating_id(self, rating: Any) -> int | None:
-        if rating is None:
-            return None
-        key = str(rating).strip().lower()
-        if not key:
-            return None
-        key = RATING_ALIASES.get(key, key)
-        if key not in self._rating_ids:
-            raise ValueError(f"unknown rating {rating!r}: expected one of g, s, q, e (or general, sensitive, questionable, explicit)")
-        return self._rating_ids[key]
+        key = parse_rating(rating)
+        return None if key is None else self._rating_ids[key]
 
     def _score_id(self, score: Any) -> int | None:
         if score is None or (isinstance(score, float) and score != score):
@@ -325,14 +316,12 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
             return self._score_id(tag[len("score:"):])
         return None
 
-    def _tag_list_ids(self, items: list[Any], prompt_style: bool) -> set[int]:
+    def _tag_list_ids(self, items: list[Any]) -> set[int]:
         ids: set[int] = set()
         unk = self._unk_ids["general"]
         for item in items:
             if not isinstance(item, str):
                 raise ValueError(f"tags must be strings, got {type(item).__name__} {item!r}")
-            if prompt_style:
-                item = item.replace("\\(", "(").replace("\\)", ")")
             found = self._lookup.get(item)
             if found is None:
                 tag = normalize_tag(item)
@@ -376,16 +365,28 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
     def _post_ids(self, post: Any) -> list[int]:
         """Canonically ordered, duplicate-free ids of one post, starting with ``<cls>``."""
         if isinstance(post, str):
-            prompt_style = "," in post
-            ids = self._tag_list_ids(post.split(",") if prompt_style else post.split(), prompt_style)
+            ids = self._tag_list_ids(split_tag_string(post))
         elif isinstance(post, Mapping):
             ids = self._dict_ids(post)
         elif isinstance(post, (list, tuple)):
-            ids = self._tag_list_ids(list(post), False)
+            ids = self._tag_list_ids(list(post))
         else:
             raise ValueError(f"a tag set must be a string, a list of tags or a dict by category, got {type(post).__name__}")
         ids.add(self._cls_id)
         return sorted(ids) if self._rank_is_identity else sorted(ids, key=self._rank.__getitem__)
+
+    def normalize(self, tagset: Any, implications: str = "keep") -> NormalizedTags:
+        """One tag set normalised: spelling as this tokenizer reads it, aliases resolved, duplicates removed.
+
+        ``implications``: ``keep``, ``minimal`` (drop every tag implied by another tag of the set) or
+        ``complete`` (add every implied tag), transitively and safe on cycles. Unknown tags are kept and
+        listed in ``unknown``. Returns ``NormalizedTags`` (tags by category in canonical order, rating,
+        score, what changed; ``.to_string("tags" | "prompt")``). Rules: ``normalization_booru_embed``.
+        """
+        if self._normalizer is None:
+            vocabulary = {self._tokens[i]: (CATEGORY_NAMES[self.token_categories[i]], self._rank[i]) for i in self._tag_token_ids}
+            self._normalizer = TagNormalizer(vocabulary, self._aliases, self._implications)
+        return self._normalizer.normalize(tagset, implications)
 
     def _shuffle_within_categories(self, ids: list[int], rng: random.Random) -> list[int]:
         out: list[int] = []
