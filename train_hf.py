@@ -1,9 +1,10 @@
 """Train a booru-embed model: `python train_hf.py ...` on one CPU, `accelerate launch train_hf.py ...` on many.
 
-    accelerate launch train_hf.py --config hub_configs/tiny.json --dataset DATA_DIR \
+    accelerate launch train_hf.py --config tiny --dataset DATA_DIR \
         --tokenizer TOKENIZER_DIR --output MODEL_DIR [--max-steps N] [--resume]
 
-Every hyper-parameter is a flag (see --help); a config's `training` block sets their defaults.
+`--config` takes a shipped name (tiny, small, base) or the path of a config JSON. Every hyper-parameter
+is a flag (see --help); a config's `training` block sets their defaults.
 """
 
 from __future__ import annotations

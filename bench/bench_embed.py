@@ -8,7 +8,7 @@ not depend on the weights), then embeds the same posts with:
   embed()      BooruEmbedder.embed: batches of posts of similar length, padded
 and prints posts/s and the ratio to the baseline. Checks that every variant gives the same vectors.
 
-    python bench/bench_embed.py [--posts 4000] [--config hub_configs/tiny.json] [--batch-size 256]
+    python bench/bench_embed.py [--posts 4000] [--config tiny] [--batch-size 256]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from booru_embed.training.config import read_model_config
 from booru_embed.vocab import build_tokenizer
 
 
-def make_model(workdir: Path, posts: int, config_json: Path) -> tuple[Path, list[dict]]:
+def make_model(workdir: Path, posts: int, config_json: str) -> tuple[Path, list[dict]]:
     """Corpus -> DATA_DIR -> tokenizer -> random model folder; returns it and the posts to embed."""
     import datasets
 
@@ -86,7 +86,7 @@ def timed(function, *args) -> tuple[np.ndarray, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=4000)
-    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "hub_configs" / "tiny.json")
+    parser.add_argument("--config", default="tiny", help="a shipped config name or the path of a config JSON")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--baseline-posts", type=int, default=1000, help="posts for the slow one-by-one baseline")
     args = parser.parse_args()
@@ -97,7 +97,7 @@ def main() -> None:
         sequences = embedder._ids(posts)
         lengths = np.array([len(s) for s in sequences])
         print(f"{len(posts)} posts, tokens per post: mean {lengths.mean():.1f}, max {lengths.max()}; "
-              f"config {args.config.name}; batch {args.batch_size}; torch threads {torch.get_num_threads()}")
+              f"config {args.config}; batch {args.batch_size}; torch threads {torch.get_num_threads()}")
         embed_all = lambda: embedder.embed(posts, batch_size=args.batch_size, progress=False)  # noqa: E731
         embed_all()  # warm-up
         reference, embed_seconds = timed(embed_all)

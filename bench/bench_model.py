@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig  # noqa: E402
 from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining  # noqa: E402
+from booru_embed.resources import model_config_path  # noqa: E402
 
-HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 MIN_LENGTH, MAX_LENGTH = 5, 170
 # log-normal(mu, sigma) clipped to [5, 170]: sigma 0.75 gives Danbooru's long tail; mu puts the mean near 32
 LOG_MEAN, LOG_SIGMA = 3.18, 0.75
@@ -108,7 +108,7 @@ def print_sizes() -> None:
           "| fwd MFLOP/token: encoder | with heads |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("tiny", "small", "base"):
-        config = BooruEmbedConfig.from_json_file(HUB_CONFIGS / f"{name}.json")
+        config = BooruEmbedConfig.from_json_file(str(model_config_path(name)))
         params = parameter_counts(config)
         flops = flops_per_token(config, lengths)
         print(
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
           "| tokens computed | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.configs:
-        config = BooruEmbedConfig.from_json_file(HUB_CONFIGS / f"{name}.json")
+        config = BooruEmbedConfig.from_json_file(str(model_config_path(name)))
         step_lengths = [sample_lengths(args.posts, seed=step) for step in range(args.steps)]
         layouts = [make_batches(lengths, config.vocab_size, seed=step) for step, lengths in enumerate(step_lengths)]
         real = sum(map(sum, step_lengths))

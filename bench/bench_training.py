@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def corpus(root: Path, posts: int) -> tuple[Path, Path]:
     """Generated corpus -> DATA_DIR and TOKENIZER_DIR under ``root``."""
@@ -40,7 +38,7 @@ def time_steps(encoded, tokenizer, steps: int, batch_size: int, **options) -> tu
     from booru_embed.training.loop import build_model, optimizer_for
     from booru_embed.training.objectives import pretraining_losses
 
-    config = TrainingConfig(config=str(REPO / "hub_configs" / "tiny.json"), batch_size=batch_size, **options)
+    config = TrainingConfig(config="tiny", batch_size=batch_size, **options)
     info = TokenInfo.from_tokenizer(tokenizer)
     model = build_model(config, tokenizer)
     optimizer = optimizer_for(model, config, fused=False)
@@ -104,7 +102,7 @@ def main() -> None:
             print(f"{name:<36} {cpu:>10.3f} {wall:>11.3f} {tokens:>11.0f} {tokens / cpu:>12,.0f} {base / cpu:>6.2f}")
         info = TokenInfo.from_tokenizer(tokenizer)
         test = posts_from_encoded(tokenizer.encode_dataset(splits["test"]))
-        model = build_model(TrainingConfig(config=str(REPO / "hub_configs" / "tiny.json")), tokenizer)
+        model = build_model(TrainingConfig(config="tiny"), tokenizer)
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         evaluator = Evaluator(info, posts_from_encoded(encoded), test, tokenizer.tag_to_id)
         setup_cpu, setup_wall = time.process_time() - start_cpu, time.perf_counter() - start_wall

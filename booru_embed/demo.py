@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .errors import UsageError
 
-HUB_CONFIGS = Path(__file__).resolve().parent.parent / "hub_configs"
 MARKER = "demo.json"
 STAGES = ("generate", "build", "analyze", "tokenizer", "train", "evaluate", "suggest")
 # Folders and files the demo writes inside its workdir (and may replace on a re-run).
@@ -156,7 +155,7 @@ def run_demo_pipeline(workdir: Path, posts: int, max_steps: int = DEMO_MAX_STEPS
         "tokenizer": lambda: _stage("build tokenizer", ["build-tokenizer", data, "--output", tokenizer,
                                                         "--implications", str(paths["implications"])]),
         "train": lambda: _stage("train tiny", [
-            "train", "--config", str(HUB_CONFIGS / "tiny.json"), "--dataset", data, "--tokenizer", tokenizer,
+            "train", "--config", "tiny", "--dataset", data, "--tokenizer", tokenizer,
             "--output", model, "--seed", str(seed), "--max-steps", str(max_steps), *DEMO_TRAINING]),
         "evaluate": lambda: _stage("evaluate", [
             "evaluate", model, "--dataset", data, "--output", str(paths["metrics"]),

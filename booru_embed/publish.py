@@ -1,8 +1,8 @@
 """Push a MODEL_DIR to the Hugging Face Hub with a model card filled from its last evaluation.
 
 Publishing is its own small step (training never talks to the Hub): check the folder, render
-``model_card.md`` into the repository's ``README.md``, add the sentence-transformers files, and send
-everything in one commit. The local folder is only read, never changed, whatever happens.
+the model-card template (``hub_configs/model_card.md``) into the repository's ``README.md``, add the
+sentence-transformers files, and send everything in one commit. The local folder is only read, never changed, whatever happens.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 from .errors import UsageError
+from .resources import model_card_template
 from .st_compat import sentence_transformers_files
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 DEFAULT_DATASETS = ("danbooru",)
 LICENSE = "apache-2.0"
@@ -116,7 +116,7 @@ def _training_summary(model_dir: Path) -> str:
 
 
 def render_model_card(model_dir: str | Path, repo_id: str, datasets: list[str] | None = None) -> str:
-    """Fill ``model_card.md`` with the model's config, training settings and ``eval_metrics.json``."""
+    """Fill the model-card template with the model's config, training settings and ``eval_metrics.json``."""
     folder = Path(model_dir)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     metrics_path = folder / "eval_metrics.json"
@@ -131,7 +131,7 @@ def render_model_card(model_dir: str | Path, repo_id: str, datasets: list[str] |
         "metrics_table": metrics_table(metrics),
         "training_summary": _training_summary(folder),
     }
-    text = MODEL_CARD_TEMPLATE.read_text(encoding="utf-8")
+    text = model_card_template()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     return text
@@ -148,7 +148,7 @@ def publish(model_dir: str | Path, repo_id: str, private: bool = False, token: s
     """Push ``model_dir`` to the Hub repository ``repo_id`` (created if needed); returns the commit URL.
 
     Sends the top-level files (weights, config with auto_map, remote code, tokenizer files, metrics,
-    training config), a ``README.md`` model card rendered from ``model_card.md``, and the
+    training config), a ``README.md`` model card rendered from ``hub_configs/model_card.md``, and the
     sentence-transformers files. ``checkpoints/`` and ``logs/`` stay local. ``token`` defaults to the
     logged-in token (``HF_TOKEN`` or ``hf auth login``), ``endpoint`` to ``HF_ENDPOINT``. Raises
     ``UsageError`` (one line) for a bad folder, repo id or token and for a failed push.

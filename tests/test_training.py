@@ -190,12 +190,28 @@ def test_usage_errors_are_one_line(small_corpus, tmp_path):
                  "--output", str(tmp_path / "m2"), "--batch-size", "0"]) == 2
 
 
+def test_train_takes_a_shipped_config_by_name(small_corpus, tmp_path):
+    from booru_embed.cli import main
+
+    data, tokenizer, _ = small_corpus
+    output = tmp_path / "tiny"
+    assert main(["train", "--config", "tiny", "--dataset", str(data), "--tokenizer", str(tokenizer),
+                 "--output", str(output), "--max-steps", "1", "--batch-size", "16", "--num-workers", "0",
+                 "--eval-posts", "0", "--checkpoint-every", "0", "--embedding-init", "random", "--no-progress"]) == 0
+    tiny = json.loads((REPO / "hub_configs" / "tiny.json").read_text())
+    saved = json.loads((output / "config.json").read_text())
+    assert {key: saved[key] for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "embedding_dim")} == \
+        {key: tiny[key] for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "embedding_dim")}
+    assert json.loads((output / "training_config.json").read_text())["config"] == "tiny"
+
+
 def test_help_documents_the_hyper_parameters():
     text = subprocess.run([sys.executable, str(REPO / "train_hf.py"), "--help"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"}, check=True).stdout
     for flag in ("--max-steps", "--resume", "--learning-rate", "--lr-schedule", "--mixed-precision",
                  "--gradient-accumulation-steps", "--torch-compile", "--gradient-checkpointing", "--temperature"):
         assert flag in text
+    assert "a shipped name (base, small, tiny) or the path of a config JSON" in text
 
 
 TINY_RECIPE = dict(max_steps=900, batch_size=128, learning_rate=2e-3, warmup_steps=50, lr_schedule="wsd",

@@ -1,7 +1,7 @@
 """The training hyper-parameters: one typed dataclass, read from a config JSON and from flags.
 
 Precedence, lowest first: the defaults below, the ``"training"`` block of the model config JSON
-(``hub_configs/NAME.json``), then the command-line flags given explicitly. The resolved values are
+(a shipped name such as ``tiny`` for ``hub_configs/tiny.json``, or a path), then the command-line flags given explicitly. The resolved values are
 written to ``MODEL_DIR/training_config.json`` so every model can be reproduced.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..resources import model_config_names, model_config_path
 
 LR_SCHEDULES = ("cosine", "wsd", "constant")
 EMBEDDING_INITS = ("random", "cooccurrence")
@@ -36,7 +37,8 @@ class TrainingConfig:
     dataset: str | None = _opt(None, "DATA_DIR written by `booru-embed build-dataset` (split `train`, `test`)")
     tokenizer: str | None = _opt(None, "TOKENIZER_DIR written by `booru-embed build-tokenizer`")
     output: str | None = _opt(None, "MODEL_DIR to write (model, tokenizer, checkpoints/, logs/)")
-    config: str | None = _opt(None, "model config JSON (hub_configs/NAME.json); its `training` block sets defaults")
+    config: str | None = _opt(None, f"model config: a shipped name ({', '.join(model_config_names())}) or the path "
+                                    "of a config JSON; its `training` block sets defaults")
     resume: bool = _opt(False, "continue from the last checkpoint in MODEL_DIR/checkpoints")
     # length of the run
     max_steps: int = _opt(0, "optimizer steps to run; 0 means `num_epochs` full epochs")
@@ -162,13 +164,14 @@ class TrainingConfig:
         return cls.from_dict(values)
 
 
-def read_model_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a hub config JSON into (model config values, ``training`` block)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"model config not found: {path}")
+def read_model_config(config: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a model config JSON into (model config values, ``training`` block).
+
+    ``config`` is a shipped name (``tiny``) or a path; a wrong one is a one-line ``UsageError``.
+    """
+    path = model_config_path(config)
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(values, dict):

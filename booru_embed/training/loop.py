@@ -2,7 +2,7 @@
 
 ``python train_hf.py ...`` runs on one CPU; ``accelerate launch train_hf.py ...`` on many processes
 or machines (DDP, FSDP as Accelerate provides). ``booru-embed train`` is the same command.
-Python: ``train(TrainingConfig(dataset=..., tokenizer=..., output=..., config="hub_configs/tiny.json"))``.
+Python: ``train(TrainingConfig(dataset=..., tokenizer=..., output=..., config="tiny"))``.
 
 MODEL_DIR after a run: the model (safetensors, config.json with auto_map, remote code), the
 tokenizer, ``training_config.json``, ``eval_metrics.json``, ``checkpoints/step_N/`` and ``logs/``

@@ -1,0 +1,64 @@
+"""The wheel holds every package, the shipped model configs and the model-card template.
+
+Builds the wheel from a copy of the source (so no ``build/`` or ``*.egg-info`` lands in the
+checkout), then imports the package from the unpacked wheel alone, the way an installed copy is
+imported. ``.ci/wheel_smoke.sh`` goes further: a fresh virtual environment, the demo and training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_SOURCE = (".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".whl")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("setuptools is not installed (the dev extra has it): cannot build the wheel offline")
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "-w", str(root / "dist"), str(source)], check=True, capture_output=True, text=True)
+    (built,) = (root / "dist").glob("booru_embed-*.whl")
+    return built
+
+
+def test_wheel_holds_every_package_and_the_hub_files(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = sorted(path.parent.relative_to(REPO).as_posix()
+                      for path in (REPO / "booru_embed").rglob("__init__.py"))
+    missing = [package for package in packages if f"{package}/__init__.py" not in names]
+    assert not missing, f"packages missing from the wheel (add them to pyproject's packages): {missing}"
+    modules = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "booru_embed").rglob("*.py"))
+    assert set(modules) <= names
+    shipped = sorted(path.name for path in (REPO / "hub_configs").iterdir() if path.suffix in (".json", ".md"))
+    assert {"tiny.json", "small.json", "base.json", "model_card.md"} <= set(shipped)
+    for name in shipped:
+        assert zipfile.ZipFile(wheel).read(f"booru_embed/hub_configs/{name}") == (REPO / "hub_configs" / name).read_bytes()
+    assert not [name for name in names if not name.startswith(("booru_embed/", "booru_embed-"))]
+
+
+def test_installed_copy_reads_its_own_configs_and_card(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    script = ("from booru_embed.resources import hub_configs, model_card_template, model_config_names, model_config_path;"
+              "from booru_embed.training.config import read_model_config;"
+              "print(hub_configs()); print(model_config_path('tiny')); print(' '.join(model_config_names()));"
+              "print(read_model_config('small')[0]['hidden_size']); print(model_card_template().splitlines()[0])")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    folder, tiny, names, hidden, first_line = result.stdout.splitlines()
+    assert Path(folder) == site / "booru_embed" / "hub_configs"
+    assert Path(tiny) == site / "booru_embed" / "hub_configs" / "tiny.json"
+    assert names == "base small tiny" and hidden == "512" and first_line == "---"
