@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("booru_embed.evaluation", "measure a model against the co-occurrence baseline"),
     "suggest": ("booru_embed.embedder", "suggest missing tags for a tag set"),
     "embed": ("booru_embed.embedder", "embed tag sets into a .npy file"),
+    "index": ("booru_embed.index", "embed a DATA_DIR split and build a nearest-post search index"),
+    "search": ("booru_embed.index", "find the posts nearest to a tag set in an INDEX_DIR"),
     "publish": ("booru_embed.publish", "push a model folder to the Hugging Face Hub"),
     "demo": ("booru_embed.demo", "run the whole pipeline on a generated corpus"),
 }
