@@ -51,8 +51,8 @@ EXACT_MAX_POSTS = 200_000  # auto kind: brute force up to here (about 5 ms a que
 KINDS = ("auto", "exact", "hnsw", "ivf")
 # HNSW: 32 neighbours a node and a build beam of 80 reach recall@10 0.99 at ef_search 64 on 1M
 # 64-dim vectors (bench/bench_index.py); larger M costs memory (M * 8 bytes a vector) for little gain.
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 64
 # IVF: about 4 * sqrt(n) cells (faiss' guideline), trained on 40 points a cell (faiss warns below 39).
 IVF_CELLS_PER_SQRT = 4

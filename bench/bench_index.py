@@ -1,0 +1,135 @@
+"""Search-index cost at 1M posts: build time, memory, query latency and recall of exact, HNSW and IVF.
+
+Embedding 1M posts with a model would take far longer than the index itself on a small CPU machine, so
+the index is benchmarked on vectors that look like post embeddings: unit vectors of dim 64 drawn around
+cluster centres (posts of one character, artist or theme lie close together). Centres are Gaussian with
+a per-dimension scale decaying like 1/sqrt(i+1) (embeddings spread most along few directions), cluster
+sizes follow Zipf's law (a few huge clusters, many tiny ones), and each point is its centre plus
+Gaussian noise of a per-cluster width, normalised. Queries are fresh draws from the same mixture, not
+in the index. Every index is built with ``booru_embed.index.build_faiss_index`` (the code
+``booru-embed index`` runs) and compared against exact search (``IndexFlatIP``), the baseline:
+
+  build s    wall time to build (IVF: k-means training included)
+  peak MB    peak resident memory while building, above what the process held before
+  1-query ms median latency of one query at a time (top 10)
+  batch ms   time per query in one batch of all queries (top 10)
+  recall@10  share of the exact top 10 that the index returns in its top 10
+
+    python bench/bench_index.py [--posts 1000000] [--queries 1000] [--dim 64] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from pathlib import Path
+
+import numpy as np
+
+from booru_embed.index import build_faiss_index, index_parameters
+
+
+def clustered_unit_vectors(count: int, dim: int, clusters: int, rng: np.random.Generator,
+                           centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` unit vectors (float32) from the cluster mixture described above; also returns the centres."""
+    if centres is None:
+        centres = rng.standard_normal((clusters, dim)).astype(np.float32) / np.sqrt(np.arange(1, dim + 1))
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, clusters + 1) ** 1.1
+    members = rng.choice(clusters, size=count, p=weights / weights.sum())
+    widths = np.random.default_rng(1).uniform(0.02, 0.08, size=clusters).astype(np.float32)  # per-cluster spread
+    out = np.empty((count, dim), dtype=np.float32)
+    for start in range(0, count, 100_000):
+        part = members[start : start + 100_000]
+        noise = rng.standard_normal((len(part), dim), dtype=np.float32) * widths[part, None]
+        block = centres[part] + noise
+        out[start : start + len(part)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out, centres
+
+
+def peak_rss_reset() -> int:
+    """Reset the process' peak-RSS counter (Linux) and return the current RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(name: str, kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray | None,
+            parameters: dict[str, int], search_settings: list[dict[str, int]]) -> list[dict]:
+    """Build one index, then time and score its searches for each setting in ``search_settings``."""
+    gc.collect()
+    before = peak_rss_reset()
+    started = time.perf_counter()
+    index = build_faiss_index(kind, [vectors], parameters)
+    build = time.perf_counter() - started
+    peak = _status_kb("VmHWM") * 1024 - before
+    rows = []
+    for setting in search_settings:
+        if "ef_search" in setting:
+            index.hnsw.efSearch = setting["ef_search"]
+        if "nprobe" in setting:
+            index.nprobe = setting["nprobe"]
+        single = []
+        for query in queries[:200]:
+            started = time.perf_counter()
+            index.search(query[None], 10)
+            single.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        _, found = index.search(queries, 10)
+        batch = (time.perf_counter() - started) / len(queries)
+        recall = 1.0 if truth is None else float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+        label = ", ".join(f"{key} {value}" for key, value in {**parameters, **setting}.items() if key != "train_size")
+        rows.append({"index": f"{name} ({label})" if label else name, "build": build, "peak": peak,
+                     "single": float(np.median(single)) * 1000, "batch": batch * 1000, "recall": recall,
+                     "found": found})
+    del index
+    return rows
+
+
+def main() -> None:
+    """Parse arguments, build the three kinds of index and print the table."""
+    import faiss
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--posts", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--clusters", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="faiss OpenMP threads (default 1: on a shared machine more threads wait on each other)")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(args.threads)
+
+    rng = np.random.default_rng(0)
+    vectors, centres = clustered_unit_vectors(args.posts, args.dim, args.clusters, rng)
+    queries, _ = clustered_unit_vectors(args.queries, args.dim, args.clusters, rng, centres)
+    print(f"{args.posts:,} vectors of dim {args.dim} ({vectors.nbytes / 2**20:.0f} MB), {args.clusters:,} clusters, "
+          f"{args.queries} queries; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
+
+    exact = measure("exact", "exact", vectors, queries, None, {}, [{}])
+    truth = exact[0]["found"]
+    hnsw = index_parameters("hnsw", args.posts)
+    rows = exact + measure("hnsw", "hnsw", vectors, queries, truth, hnsw,
+                           [{"ef_search": ef} for ef in (16, 32, hnsw["ef_search"], 128)])
+    ivf = index_parameters("ivf", args.posts)
+    rows += measure("ivf", "ivf", vectors, queries, truth, ivf,
+                    [{"nprobe": n} for n in (8, 16, ivf["nprobe"], 64)])
+
+    base_single, base_batch = rows[0]["single"], rows[0]["batch"]
+    print("\n| index | build s | peak MB | 1-query ms | vs exact | batch ms/query | vs exact | recall@10 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['index']} | {row['build']:.1f} | {row['peak'] / 2**20:.0f} | {row['single']:.3f} | "
+              f"{base_single / row['single']:.1f}x | {row['batch']:.4f} | {base_batch / row['batch']:.1f}x | "
+              f"{row['recall']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
