@@ -142,8 +142,8 @@ def clustered(count: int, dim: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_kinds_agree_with_exact_search(kind: str) -> None:
-    vectors, queries = clustered(6000, 32, seed=0), clustered(200, 32, seed=1)
-    chunks = [vectors[:2500], vectors[2500:]]  # built shard by shard, as from disk
+    vectors, queries = clustered(3000, 32, seed=0), clustered(100, 32, seed=1)
+    chunks = [vectors[:1200], vectors[1200:]]  # built shard by shard, as from disk
     exact = build_faiss_index("exact", chunks, {})
     approximate = build_faiss_index(kind, chunks, index_parameters(kind, len(vectors)))
     _, truth = exact.search(queries, 10)
