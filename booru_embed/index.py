@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .data.splits import open_split
 from .errors import UsageError
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
 
@@ -199,15 +200,8 @@ def _write_tags(path: Path, tags: list[str]) -> None:
 
 
 def _open_split(data_dir: Path, split: str) -> Any:
-    """The ``split`` of DATA_DIR as a memory-mapped ``datasets.Dataset``; UsageError when missing."""
-    if not (data_dir / "dataset_dict.json").is_file():
-        raise UsageError(f"--dataset {data_dir} is not a DATA_DIR (no dataset_dict.json)")
-    import datasets
-
-    data = datasets.load_from_disk(str(data_dir))
-    if split not in data:
-        raise UsageError(f"--split {split!r} is not in {data_dir} (splits: {', '.join(data)})")
-    table = data[split]
+    """The ``split`` of DATA_DIR to index; UsageError when missing, without ids or tags, or empty."""
+    table = open_split(data_dir, split)
     if "id" not in table.column_names or not set(TAG_CATEGORIES) & set(table.column_names):
         raise UsageError(f"split {split!r} of {data_dir} has no id column or no tag columns")
     if table.num_rows == 0:
