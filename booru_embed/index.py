@@ -8,11 +8,12 @@ from the memory-mapped shards into a faiss index of one of three kinds, all on i
 is the cosine for the unit rows ``embed`` returns:
 
 - ``exact`` (``IndexFlatIP``): every vector is compared; the reference, and fast enough up to
-  ``EXACT_MAX_POSTS`` posts (a 1M-post brute-force query takes tens of milliseconds, see README).
-- ``hnsw`` (``IndexHNSWFlat``): a proximity graph; no training, sub-millisecond queries; the
-  automatic choice above ``EXACT_MAX_POSTS``.
-- ``ivf`` (``IndexIVFFlat``): k-means cells, ``nprobe`` of them scanned per query; smaller and
-  faster to build than HNSW, slower to query at equal recall.
+  ``EXACT_MAX_POSTS`` posts (a query over 1M posts costs about 20 ms of one CPU core).
+- ``ivf`` (``IndexIVFFlat``): k-means cells, ``nprobe`` of them scanned per query; the automatic
+  choice above ``EXACT_MAX_POSTS``. At 1M posts it builds in under 30 s of one core and answers in
+  about 0.5 ms at recall@10 0.92 (bench/bench_index.py).
+- ``hnsw`` (``IndexHNSWFlat``): a proximity graph, no training. On the benchmark's vectors it cost
+  5.6 times IVF's build time and gave lower recall at equal latency, so it is only chosen by ``--kind``.
 
 ``INDEX_DIR`` holds ``index.faiss``, ``ids.npy`` (post id of each row), ``index_info.json`` (model
 folder, dim, split, kind, parameters, count, build times) and ``shards/``, which search reads the hits'
@@ -48,17 +49,17 @@ if TYPE_CHECKING:
 FORMAT = "booru-embed-index"
 SHARD_SIZE = 65_536  # posts per shard: about 16 MB of 64-dim vectors, a minute or two of CPU embedding
 EMBED_CHUNK = 4_096  # posts per embed() call inside a shard: the progress bar moves at least this often
-EXACT_MAX_POSTS = 200_000  # auto kind: brute force up to here (about 5 ms a query at 64 dims), HNSW above
+EXACT_MAX_POSTS = 200_000  # auto kind: brute force up to here (about 4 ms a query at 64 dims), IVF above
 KINDS = ("auto", "exact", "hnsw", "ivf")
-# HNSW: 32 neighbours a node and a build beam of 80 reach recall@10 0.99 at ef_search 64 on 1M
-# 64-dim vectors (bench/bench_index.py); larger M costs memory (M * 8 bytes a vector) for little gain.
+# HNSW: faiss' small graph settings; at 1M posts they already cost 155 s of one core to build
+# and reach less recall than IVF at equal latency on the benchmark's vectors; raise them for more recall.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 64
+HNSW_EF_SEARCH = 128  # recall@10 0.80 at 1M posts in 0.49 ms (0.72 at 64)
 # IVF: about 4 * sqrt(n) cells (faiss' guideline), trained on 40 points a cell (faiss warns below 39).
 IVF_CELLS_PER_SQRT = 4
 IVF_TRAIN_PER_CELL = 40
-IVF_NPROBE = 32
+IVF_NPROBE = 64  # 1.6% of the cells at 1M posts: recall@10 0.92 (0.85 at 32, 0.77 at 16)
 DATA_COLUMNS = (*TAG_CATEGORIES, "rating", "score")
 
 
@@ -88,12 +89,12 @@ def post_tags(post: dict[str, Any]) -> str:
 # Index kinds and their parameters
 # ----------------------------------------------------------------------------------------------
 def choose_kind(kind: str, count: int) -> str:
-    """The index kind to build: ``kind`` itself, or for ``auto`` exact up to ``EXACT_MAX_POSTS`` posts, else hnsw."""
+    """The index kind to build: ``kind`` itself, or for ``auto`` exact up to ``EXACT_MAX_POSTS`` posts, else ivf."""
     if kind not in KINDS:
         raise UsageError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "exact" if count <= EXACT_MAX_POSTS else "hnsw"
+    return "exact" if count <= EXACT_MAX_POSTS else "ivf"
 
 
 def index_parameters(kind: str, count: int, **overrides: int | None) -> dict[str, int]:
@@ -435,7 +436,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split of DATA_DIR to index (default: train)")
     parser.add_argument("--dim", type=int, help="keep the first DIM embedding dimensions (default: all)")
     parser.add_argument("--kind", default="auto", choices=KINDS,
-                        help=f"exact, hnsw or ivf (default auto: exact up to {EXACT_MAX_POSTS:,} posts, else hnsw)")
+                        help=f"exact, ivf or hnsw (default auto: exact up to {EXACT_MAX_POSTS:,} posts, else ivf)")
     parser.add_argument("--batch-size", type=int, default=256, help="posts per forward pass (default: 256)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE,
                         help=f"posts per resumable shard (default: {SHARD_SIZE})")

@@ -208,3 +208,14 @@ def test_missing_faiss_is_a_usage_error(exact_dir: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(UsageError, match=r"pip install booru-embed\[index\]"):
         PostIndex.load(exact_dir)
+
+
+def test_automatic_kind_is_exact_for_small_indexes_and_ivf_for_large() -> None:
+    from booru_embed.index import EXACT_MAX_POSTS, choose_kind
+
+    assert choose_kind("auto", 120) == "exact" and choose_kind("auto", EXACT_MAX_POSTS) == "exact"
+    assert choose_kind("auto", EXACT_MAX_POSTS + 1) == "ivf" and choose_kind("hnsw", 120) == "hnsw"
+    parameters = index_parameters("ivf", 1_000_000)
+    assert parameters == {"nlist": 4000, "nprobe": 64, "train_size": 160_000}
+    with pytest.raises(UsageError, match="--kind must be one of"):
+        choose_kind("flat", 10)
