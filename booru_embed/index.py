@@ -175,6 +175,7 @@ def build_faiss_index(kind: str, chunks: Sequence[np.ndarray], parameters: dict[
 # Building from a DATA_DIR
 # ----------------------------------------------------------------------------------------------
 def _shard_paths(folder: Path, number: int) -> dict[str, Path]:
+    """The three files of shard ``number``: vectors, post ids, tag strings."""
     stem = folder / "shards" / f"{number:05d}"
     return {"vectors": stem.with_suffix(".npy"), "ids": stem.with_suffix(".ids.npy"),
             "tags": stem.with_suffix(".tags.arrow")}
@@ -188,11 +189,13 @@ def _save_atomic(path: Path, write: Any) -> None:
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to exactly ``path`` (np.save would add ``.npy`` to a temporary name)."""
     with open(path, "wb") as handle:
         np.save(handle, array)
 
 
 def _write_tags(path: Path, tags: list[str]) -> None:
+    """One-column Arrow IPC file of tag strings, memory-mapped by search."""
     import pyarrow as pa
 
     table = pa.table({"tags": pa.array(tags, type=pa.large_string())})
@@ -277,6 +280,7 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
 
 
 def _load_shard_ids(output: Path, count: int, shard_size: int) -> np.ndarray:
+    """The post ids of all shards, in row order."""
     shards = range(math.ceil(count / shard_size))
     return np.concatenate([np.load(_shard_paths(output, n)["ids"]) for n in shards])
 
@@ -309,6 +313,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     plan = {"format": FORMAT, "model_dir": model, "data_dir": str(data_dir.resolve()), "split": split,
             "dim": dim, "count": count, "shard_size": shard_size}
     _check_resume(output, plan, resume)
+    (output / "index_info.json").unlink(missing_ok=True)  # a rebuild cut short must not look finished
     embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size)
     ids = _load_shard_ids(output, count, shard_size)
     if not np.array_equal(ids, _split_ids(table)):
