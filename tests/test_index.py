@@ -16,6 +16,8 @@ from booru_embed.errors import UsageError
 from booru_embed.index import PostIndex, build_faiss_index, index_parameters, post_tags
 from tiny_model import build_tiny_model, tiny_posts
 
+pytest.importorskip("faiss", reason="faiss-cpu (the index extra) is not installed")
+
 SHARD = 50  # 120 posts -> shards of 50, 50, 20
 
 
