@@ -19,6 +19,7 @@ faiss runs on one thread by default, so CPU time is what the work costs on an id
 shared with other jobs wall time mostly measures the queue.
 
     python bench/bench_index.py [--posts 1000000] [--queries 1000] [--dim 64] [--threads 1]
+    python bench/bench_index.py --vectors INDEX_DIR/shards/00000.npy --queries 500   # real embeddings
 """
 
 from __future__ import annotations
@@ -118,23 +119,34 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--clusters", type=int, default=20_000)
+    parser.add_argument("--vectors", type=Path,
+                        help="benchmark these (n, dim) vectors instead, e.g. INDEX_DIR/shards/00000.npy; "
+                             "--queries rows are held out as queries")
     parser.add_argument("--threads", type=int, default=1,
                         help="faiss OpenMP threads (default 1: on a shared machine more threads wait on each other)")
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
-    vectors, centres = clustered_unit_vectors(args.posts, args.dim, args.clusters, rng)
-    queries, _ = clustered_unit_vectors(args.queries, args.dim, args.clusters, rng, centres)
-    print(f"{args.posts:,} vectors of dim {args.dim} ({vectors.nbytes / 2**20:.0f} MB), {args.clusters:,} clusters, "
-          f"{args.queries} queries; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
+    if args.vectors:
+        loaded = np.load(args.vectors).astype(np.float32)
+        held_out = np.zeros(len(loaded), dtype=bool)
+        held_out[rng.choice(len(loaded), args.queries, replace=False)] = True
+        vectors, queries = loaded[~held_out], loaded[held_out]
+        source = f"from {args.vectors}"
+    else:
+        vectors, centres = clustered_unit_vectors(args.posts, args.dim, args.clusters, rng)
+        queries, _ = clustered_unit_vectors(args.queries, args.dim, args.clusters, rng, centres)
+        source = f"{args.clusters:,} clusters"
+    print(f"{len(vectors):,} vectors of dim {vectors.shape[1]} ({vectors.nbytes / 2**20:.0f} MB), {source}, "
+          f"{len(queries)} queries; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
 
     exact = measure("exact", "exact", vectors, queries, None, {}, [{}])
     truth = exact[0]["found"]
-    hnsw = index_parameters("hnsw", args.posts)
+    hnsw = index_parameters("hnsw", len(vectors))
     rows = exact + measure("hnsw", "hnsw", vectors, queries, truth, hnsw,
                            [{"ef_search": ef} for ef in (16, 32, 64, 128)])
-    ivf = index_parameters("ivf", args.posts)
+    ivf = index_parameters("ivf", len(vectors))
     rows += measure("ivf", "ivf", vectors, queries, truth, ivf,
                     [{"nprobe": n} for n in (8, 16, 32, 64)])
 
