@@ -12,7 +12,7 @@ is the cosine for the unit rows ``embed`` returns:
 - ``ivf`` (``IndexIVFFlat``): k-means cells, ``nprobe`` of them scanned per query; the automatic
   choice above ``EXACT_MAX_POSTS``. At 1M posts it builds in under 30 s of one core and answers in
   about 0.5 ms at recall@10 0.92 (bench/bench_index.py).
-- ``hnsw`` (``IndexHNSWFlat``): a proximity graph, no training. On the benchmark's vectors it cost
+- ``hnsw`` (``IndexHNSWFlat``): a proximity graph, no training. On the benchmark's generated 1M vectors it cost
   5.6 times IVF's build time and gave lower recall at equal latency, so it is only chosen by ``--kind``.
 
 ``INDEX_DIR`` holds ``index.faiss``, ``ids.npy`` (post id of each row), ``index_info.json`` (model
