@@ -12,7 +12,7 @@ $(BIN)/booru-embed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,index]"
 	touch $(BIN)/booru-embed
 
 setup: $(BIN)/booru-embed
@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/bench_model.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_embed.py
+	$(BIN)/python bench/bench_index.py
 
 clean:
 	rm -rf $(VENV) runs

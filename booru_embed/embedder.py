@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .data.splits import open_split
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
 from .onnx_backend import ONNX_FILE, OnnxModel
@@ -469,14 +470,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_tagsets(path: Path, split: str) -> tuple[list[TagSet], np.ndarray | None]:
     """Tag sets from a text file (one per line) or a DATA_DIR split; post ids for a DATA_DIR."""
     if path.is_dir():
-        if not (path / "dataset_dict.json").is_file():
-            raise UsageError(f"--input {path} is a folder but not a DATA_DIR (no dataset_dict.json)")
-        import datasets
-
-        data = datasets.load_from_disk(str(path))
-        if split not in data:
-            raise UsageError(f"--split {split!r} is not in {path} (splits: {', '.join(data)})")
-        table = data[split]
+        table = open_split(path, split, flag="--input")
         columns = [c for c in (*TAG_CATEGORIES, "rating", "score") if c in table.column_names]
         rows = table.select_columns(columns).to_list()
         return rows, np.asarray(table["id"], dtype=np.int64)
