@@ -311,15 +311,15 @@ def load_app(model_dir: str | Path, index_dir: str | Path | None = None, device:
     """Load MODEL_DIR (and INDEX_DIR) and build the page; ``UsageError`` with one line for a bad folder."""
     from .embedder import _load
 
-    import_gradio()  # fail before loading a model when Gradio is missing
-    embedder = _load(str(model_dir), device)
+    import_gradio()  # fail before loading anything when Gradio is missing
     index = None
     if index_dir is not None:
         from .index import PostIndex
 
         index = PostIndex.load(index_dir, model_dir=model_dir, device=device)
-        if index.dim > embedder.embedding_dim:
-            raise UsageError(f"index {index_dir} holds {index.dim}-dim vectors, model {model_dir} embeds {embedder.embedding_dim}")
+    embedder = _load(str(model_dir), device)
+    if index is not None and index.dim > embedder.embedding_dim:
+        raise UsageError(f"index {index_dir} holds {index.dim}-dim vectors, model {model_dir} embeds {embedder.embedding_dim}")
     return build_app(embedder, index, title=f"booru-embed: {Path(str(model_dir)).name}")
 
 

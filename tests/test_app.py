@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,8 @@ from booru_embed import app
 from booru_embed.cli import main
 from booru_embed.embedder import BooruEmbedder
 from tiny_model import build_tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ALIASES = [("kitty_ears", "cat_ears"), ("longhair", "long_hair"), ("grin", "smile")]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,6 +36,17 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def embedder(model_dir: Path) -> BooruEmbedder:
     return BooruEmbedder.from_pretrained(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def index(model_dir: Path):
+    """A PostIndex of the tiny model's DATA_DIR (exact search), or None without faiss."""
+    if importlib.util.find_spec("faiss") is None:
+        return None
+    from booru_embed.index import PostIndex, build_index
+
+    build_index(model_dir, model_dir.parent / "data", model_dir.parent / "index", dim=32, kind="exact")
+    return PostIndex.load(model_dir.parent / "index")
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +175,30 @@ def test_plausibility_is_score_tags_least_first(embedder) -> None:
     assert "`mystery_tag`" in message and "not scored" in message
 
 
+def test_similar_posts_are_the_index_hits(embedder, index) -> None:
+    if index is None:
+        pytest.skip("faiss-cpu (the index extra) is not installed")
+    from booru_embed.index import post_tags
+    from tiny_model import tiny_posts
+
+    post = tiny_posts()[7]
+    rows, message = app.similar_rows(embedder, index, post_tags(post), top_k=4)
+    hits = index.search(post_tags(post), top_k=4)[0]
+    assert message == "" and rows == [[hit.id, round(hit.score, 4), hit.tags] for hit in hits]
+    assert rows[0][0] == 7 and rows[0][2] == post_tags(post)  # a post finds itself first
+    assert app.similar_rows(embedder, index, "") == ([], app.EMPTY_MESSAGE)
+    rows, message = app.similar_rows(embedder, index, "1girl mystery_tag")
+    assert len(rows) == app.SIMILAR_TOP_K and "`mystery_tag`" in message
+
+
 def test_app_command_reports_bad_usage_in_one_line(model_dir, tmp_path, capsys) -> None:
     assert main(["app", str(tmp_path / "nowhere")]) == 2
     assert "not a model folder" in capsys.readouterr().err
     assert main(["app", str(model_dir), "--port", "70000"]) == 2
     assert "--port must be from 1 to 65535" in capsys.readouterr().err
+    if importlib.util.find_spec("faiss") is not None:
+        assert main(["app", str(model_dir), "--index", str(tmp_path)]) == 2
+        assert "is not an index folder" in capsys.readouterr().err
 
 
 def test_missing_gradio_names_the_extra(monkeypatch) -> None:
@@ -180,17 +217,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def page_url(embedder):
+def page_url(embedder, index):
     if importlib.util.find_spec("gradio") is None:
         pytest.skip("gradio is not installed (pip install booru-embed[app])")
-    demo = app.build_app(embedder)
+    demo = app.build_app(embedder, index)
     port = _free_port()
     app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
 
-def test_page_in_a_headless_browser(page_url, embedder, completer, tmp_path) -> None:
+def test_page_in_a_headless_browser(page_url, embedder, index, completer, tmp_path) -> None:
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the playwright package is not installed")
     if not CHROMIUM.is_file() and shutil.which("chromium") is None:
@@ -217,7 +254,58 @@ def test_page_in_a_headless_browser(page_url, embedder, completer, tmp_path) -> 
         for _, tag, _ in app.suggestion_rows(embedder, text)[0][:3]:
             expect(suggestions.get_by_role("gridcell", name=tag, exact=True).first).to_be_visible()
         expect(page.get_by_role("gridcell", name="mystery_tag", exact=True)).to_be_visible()
+        if app.has_plausibility(embedder):
+            least = app.plausibility_rows(embedder, text)[0][0][0]
+            expect(page.locator("#plausibility").get_by_test_id("cell-0-0")).to_have_text(least)
+        if index is not None:
+            first = app.similar_rows(embedder, index, text)[0][0]
+            expect(page.locator("#similar").get_by_test_id("cell-0-2")).to_have_text(first[2])
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         browser.close()
     assert (tmp_path / "app.png").stat().st_size > 10_000
     assert outside == [], f"the page fetched from outside the app: {outside[:5]}"
+
+
+def _space_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("MODEL_DIR", None)
+    env.pop("INDEX_DIR", None)
+    return env
+
+
+def test_space_entry_point_without_a_model_says_so() -> None:
+    missing = subprocess.run([sys.executable, "app.py"], cwd=REPO_ROOT, env=_space_env(), capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip() == (
+        "app.py: error: no model: give MODEL_DIR as an argument or an environment variable")
+    extra = subprocess.run([sys.executable, "app.py", "a", "b", "c"], cwd=REPO_ROOT, env=_space_env(),
+                           capture_output=True, text=True)
+    assert extra.returncode == 2 and "usage: python app.py [MODEL_DIR [INDEX_DIR]]" in extra.stderr
+
+
+@pytest.mark.slow  # a fresh process imports torch and gradio and loads the model: about 20 s on a shared CPU
+def test_space_entry_point_serves_the_page(model_dir, index) -> None:
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("gradio is not installed (pip install booru-embed[app])")
+    env = _space_env()
+    port = _free_port()
+    env.update(MODEL_DIR=str(model_dir), GRADIO_SERVER_PORT=str(port))
+    if index is not None:
+        env["INDEX_DIR"] = str(index.folder)
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, config = time.monotonic() + 60, None
+        while config is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                    config = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, f"app.py did not serve: {server.stderr.read() if server.poll() is not None else 'timeout'}"
+        labels = {component.get("props", {}).get("label") for component in config["components"]}
+        assert {"Tags", "Suggested tags", "Normalised tags", "Completions"} <= labels
+        if index is not None:
+            assert f"Similar posts ({len(index)} indexed)" in labels
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
