@@ -346,6 +346,7 @@ def run_app(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
     demo = load_app(args.model_dir, args.index, args.device)
+    launch(demo, args.host, args.port, prevent_thread_lock=True, quiet=True)  # quiet: no share-link hint
     print(f"serving on http://{args.host}:{args.port} (Ctrl+C stops)")
-    launch(demo, args.host, args.port)
+    demo.block_thread()
     return 0
