@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("booru_embed.evaluation", "measure a model against the co-occurrence baseline"),
     "suggest": ("booru_embed.embedder", "suggest missing tags for a tag set"),
     "embed": ("booru_embed.embedder", "embed tag sets into a .npy file"),
+    "audit": ("booru_embed.audit", "flag implausible tags and list missing ones for the posts of a DATA_DIR"),
     "publish": ("booru_embed.publish", "push a model folder to the Hugging Face Hub"),
     "demo": ("booru_embed.demo", "run the whole pipeline on a generated corpus"),
 }

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 TagSet = str | Sequence[str] | Mapping[str, Any]
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
+SCORE_BATCH = 256  # leave-one-out sequences per forward pass of score_tags (one post rarely has more tags)
 
 
 def _is_local_path(name: str) -> bool:
@@ -236,6 +237,57 @@ class BooruEmbedder:
             batch = self._batch([ids], extra=[self.tokenizer.mask_token_id])
             positions = batch["input_ids"] == self.tokenizer.mask_token_id
             return self.model(**batch, mlm_positions=positions).mlm_logits[0].float().cpu()
+
+    def _mask_logits_batch(self, sequences: list[list[int]]) -> torch.Tensor:
+        """(n, vocab) masked-tag logits of each token-id list (``<cls>`` first) with one ``<mask>`` appended, on CPU."""
+        import torch
+
+        with torch.inference_mode():
+            batch = self._batch(sequences, extra=[self.tokenizer.mask_token_id])
+            positions = batch["input_ids"] == self.tokenizer.mask_token_id
+            return self.model(**batch, mlm_positions=positions).mlm_logits.float().cpu()
+
+    def score_tags(self, tagset: TagSet, distinctive: bool = False,
+                   batch_size: int = SCORE_BATCH) -> dict[str, float | None]:
+        """Fit of each present tag: how strongly the rest of ``tagset`` predicts it (low = implausible).
+
+        Leave-one-out through the masked-tag head: for each of the n present vocabulary tags, the other
+        tags (with the rating and score, if given) plus one ``<mask>``, exactly suggest's input; all n
+        sequences go through the model in batches of ``batch_size``. The score is the probability
+        p(tag | rest) of the left-out tag under the head's softmax over the tags absent from that input,
+        so it lies in [0, 1]. ``distinctive`` divides by sqrt(p(tag | no tags)), as suggest's
+        ``distinctive`` ranks, so a rare tag is not suspicious for being rare; those scores are >= 0 but
+        not probabilities. Keys are vocabulary names (aliases resolved) in the tokenizer's order, then
+        tags outside the vocabulary with the score None. Raises ValueError when there is no tag.
+        """
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(tagset, (list, tuple)) and not all(isinstance(tag, str) for tag in tagset):
+            raise ValueError("score_tags takes one tag set; a list must hold tag strings")
+        ids = self._ids([tagset])[0]
+        unknown = self.unknown_tags(tagset)
+        positions = [i for i, token in enumerate(ids) if self._is_tag[token]]
+        if not positions and not unknown:
+            raise ValueError("the tag set holds no tags: give at least one tag")
+        targets = torch.as_tensor([ids[i] for i in positions], dtype=torch.long)
+        scores = torch.zeros(len(positions))
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
+            sequences = [ids[:i] + ids[i + 1 :] for i in chunk]
+            candidates = self._is_tag.repeat(len(chunk), 1)
+            for row, sequence in enumerate(sequences):
+                candidates[row, sequence] = False
+            logits = self._mask_logits_batch(sequences).masked_fill(~candidates, float("-inf"))
+            rows = torch.arange(len(chunk))
+            scores[start : start + len(chunk)] = torch.log_softmax(logits, dim=-1)[rows, targets[start : start + len(chunk)]]
+        if distinctive:
+            scores = scores - 0.5 * self._log_prior()[targets]
+        names = self.tokenizer.convert_ids_to_tokens(targets.tolist())
+        out: dict[str, float | None] = {name: float(value) for name, value in zip(names, scores.exp())}
+        out.update((tag, None) for tag in unknown)
+        return out
 
     def _category_filter(self, categories: Iterable[str] | None) -> torch.Tensor:
         """(vocab,) bool of the tokens whose category is in ``categories`` (all when None)."""
