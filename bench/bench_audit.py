@@ -6,12 +6,12 @@ known tags from least to most plausible, and we report how often the injected ta
 and its mean reciprocal rank (MRR), as mean and spread (std) over ``--seeds`` injection draws:
   model p           score_tags: p(tag | rest of the post), leave-one-out through the masked-tag head
   model distinctive score_tags(distinctive=True): p(tag | rest) / sqrt(p(tag | no tags))
-  model pmi         p(tag | rest) / p(tag | no tags) (= distinctive^2 / p)
+  model pmi         p(tag | rest) / p(tag | no tags)
   related tags      sum of the tag's cosines n(a,b)/sqrt(n(a)n(b)) to the post's other tags (training
                     split counts; evaluation.CooccurrenceBaseline), ties broken at random
   chance            a random order: hit@1 = 1/n, MRR = H(n)/n, averaged over the posts
 Contradicting traits (with ``--truth``, the generator's posts.truth.json): for every character with a
-hair colour, the post {character, copyright, its traits, solo} plus each other hair colour of the
+hair colour, the post {character, copyright, its traits} plus each other hair colour of the
 vocabulary in turn; we report how often the least plausible tag is one of the two hair colours and
 how often it is the added one.
 
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from booru_embed.data.synthetic import HAIR_COLOURS
 from booru_embed.embedder import BooruEmbedder
@@ -47,12 +48,12 @@ def ranks(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def fit_scores(embedder: BooruEmbedder, baseline, tagset: dict, names: list[str]) -> dict[str, np.ndarray]:
     """Fit of each of ``names`` (the known tags of ``tagset``) under every method but chance."""
     p = embedder.score_tags(tagset)
-    d = embedder.score_tags(tagset, distinctive=True)
     prob = np.array([p[name] for name in names])
-    dist = np.array([d[name] for name in names])
     ids = [embedder.tokenizer.tag_to_id(name) for name in names]
+    prior = embedder._log_prior()[ids].exp().numpy()  # p(tag | no tags), as score_tags(distinctive=True) uses
+    dist = prob / np.sqrt(prior)
     cosine_sum = baseline.suggest_scores([np.asarray(ids)])[0][ids]  # the cosine's diagonal is zero
-    return {"model p": prob, "model distinctive": dist, "model pmi": dist**2 / prob, "related tags": cosine_sum}
+    return {"model p": prob, "model distinctive": dist, "model pmi": prob / prior, "related tags": cosine_sum}
 
 
 def inject(rows: list[dict], embedder: BooruEmbedder, seed: int, min_tags: int) -> list[tuple[dict, list[str], int]]:
@@ -96,13 +97,14 @@ def injected_tags(embedder: BooruEmbedder, baseline, rows: list[dict], seeds: in
             n = len(names)
             chance_hit.append(1 / n)
             chance_mrr.append(sum(1 / k for k in range(1, n + 1)) / n)
-            scored += 2 * n
+            scored += n
         for method, values in found.items():
             values = np.asarray(values)
             results[method]["hit"].append(float((values == 1).mean()))
             results[method]["mrr"].append(float((1 / values).mean()))
         results["chance"]["hit"].append(float(np.mean(chance_hit)))
         results["chance"]["mrr"].append(float(np.mean(chance_mrr)))
+        print(f"seed {seed}: hit@1 " + ", ".join(f"{m} {results[m]['hit'][-1]:.3f}" for m in METHODS), flush=True)
     elapsed = time.perf_counter() - start
     print(f"\ninjected tags: {len(cases)} posts with >= {min_tags} known tags, {seeds} seeds "
           f"({scored / elapsed:,.0f} leave-one-out sequences/s incl. the baseline)\n")
@@ -122,7 +124,7 @@ def contradicting_hair(embedder: BooruEmbedder, baseline, truth: dict) -> None:
     rng = np.random.default_rng(0)
     for name, info in truth["characters"].items():
         hair = [t for t in info["traits"] if t in colours]
-        tags = [name, info["copyright"], *info["traits"], "solo"]
+        tags = [name, info["copyright"], *info["traits"]]
         if len(hair) != 1 or any(tokenizer.tag_to_id(t) is None for t in tags):
             continue
         for extra in (c for c in colours if c != hair[0]):
@@ -135,7 +137,7 @@ def contradicting_hair(embedder: BooruEmbedder, baseline, truth: dict) -> None:
             chance[0] += 2 / len(names)
             chance[1] += 1 / len(names)
             cases += 1
-    print(f"\ncontradicting hair colours: {cases} posts (character + copyright + traits + solo + a second hair colour)\n")
+    print(f"\ncontradicting hair colours: {cases} posts (character + copyright + its traits + a second hair colour)\n")
     print("| method | least plausible is a hair colour | ... is the added one |\n|---|---:|---:|")
     for method, (either, added) in counts.items():
         print(f"| {method} | {either / cases:.3f} | {added / cases:.3f} |")
@@ -152,8 +154,10 @@ def main() -> None:
     parser.add_argument("--truth", type=Path, help="posts.truth.json of the generated corpus")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--min-tags", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--max-posts", type=int, help="first N posts of the test split (default: all)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     embedder = BooruEmbedder.from_pretrained(args.model_dir, device="cpu")
     splits = datasets.load_from_disk(str(args.data_dir))
     test = splits["test"] if args.max_posts is None else splits["test"].select(range(args.max_posts))
