@@ -7,7 +7,8 @@ It loads any MODEL_DIR or Hub repository through ``AutoTokenizer`` and ``AutoMod
 How ``suggest`` works: training hides a random share of a post's tags behind ONE category-less
 ``<mask>`` token whose target is the hidden set (see ``training/collator.py``). Suggesting is that
 input: the visible tags plus one ``<mask>``; the masked-tag head's softmax over the tags that are not
-present ranks the missing ones.
+present ranks the missing ones. ``score_tags`` runs the same input once per present tag, with that tag
+left out, and reads the left-out tag's probability: its fit to the rest of the set.
 """
 
 from __future__ import annotations

@@ -17,13 +17,20 @@ POST = "1girl solo long_hair blue_hair cat_ears smile hatsune_miku vocaloid rati
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BooruEmbedder]:
+    """A tiny untrained MODEL_DIR (its DATA_DIR beside it) and its embedder."""
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-audit"))
+    return folder, BooruEmbedder.from_pretrained(folder, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def embedder(model_dir: Path) -> BooruEmbedder:
-    return BooruEmbedder.from_pretrained(model_dir, device="cpu")
+@pytest.fixture
+def embedder(tiny: tuple[Path, BooruEmbedder]) -> BooruEmbedder:
+    return tiny[1]
+
+
+@pytest.fixture
+def model_dir(tiny: tuple[Path, BooruEmbedder]) -> Path:
+    return tiny[0]
 
 
 class AffinityEmbedder(BooruEmbedder):
