@@ -57,7 +57,7 @@ def fit_scores(embedder: BooruEmbedder, baseline, tagset: dict, names: list[str]
 
 
 def inject(rows: list[dict], embedder: BooruEmbedder, seed: int, min_tags: int) -> list[tuple[dict, list[str], int]]:
-    """(modified post, its known tags, index of the injected one) for each post with enough known tags."""
+    """(modified post, its known tags, index of the injected one, its category) per post with enough known tags."""
     tokenizer = embedder.tokenizer
     categories = np.asarray(tokenizer.token_categories)
     by_category = {name: [t for t in tokenizer.tag_token_ids if CATEGORY_NAMES[categories[t]] == name]
@@ -78,7 +78,7 @@ def inject(rows: list[dict], embedder: BooruEmbedder, seed: int, min_tags: int) 
         post = {c: [new if (c, t) == (category, old) else t for t in row[c]] for c in TAG_CATEGORIES}
         post.update(rating=row["rating"], score=row["score"])
         names = [new if (c, t) == (category, old) else t for c, t in known]
-        cases.append((post, names, names.index(new)))
+        cases.append((post, names, names.index(new), category))
     return cases
 
 
@@ -86,14 +86,16 @@ def injected_tags(embedder: BooruEmbedder, baseline, rows: list[dict], seeds: in
     """Print hit@1 and MRR of the injected tag per method, mean and std over the seeds."""
     results = {method: {"hit": [], "mrr": []} for method in METHODS}
     start, scored = time.perf_counter(), 0
+    by_category: dict[str, dict[str, list[bool]]] = {}  # category -> method -> hit@1 per case, all seeds
     for seed in range(seeds):
         cases = inject(rows, embedder, seed, min_tags)
         rng = np.random.default_rng([seed, 1])
         found = {method: [] for method in METHODS[:-1]}
         chance_hit, chance_mrr = [], []
-        for post, names, target in cases:
+        for post, names, target, category in cases:
             for method, scores in fit_scores(embedder, baseline, post, names).items():
                 found[method].append(ranks(scores, rng)[target])
+                by_category.setdefault(category, {}).setdefault(method, []).append(found[method][-1] == 1)
             n = len(names)
             chance_hit.append(1 / n)
             chance_mrr.append(sum(1 / k for k in range(1, n + 1)) / n)
@@ -112,6 +114,11 @@ def injected_tags(embedder: BooruEmbedder, baseline, rows: list[dict], seeds: in
     for method in METHODS:
         hit, mrr = np.asarray(results[method]["hit"]), np.asarray(results[method]["mrr"])
         print(f"| {method} | {hit.mean():.3f} ± {hit.std():.3f} | {mrr.mean():.3f} ± {mrr.std():.3f} |")
+    print("\nhit@1 by the injected tag's category (all seeds pooled)\n")
+    print("| category | cases | " + " | ".join(METHODS[:-1]) + " |\n|---|---:|" + "---:|" * (len(METHODS) - 1))
+    for category, hits in sorted(by_category.items()):
+        cells = " | ".join(f"{np.mean(hits[m]):.3f}" for m in METHODS[:-1])
+        print(f"| {category} | {len(hits[METHODS[0]])} | {cells} |")
 
 
 def contradicting_hair(embedder: BooruEmbedder, baseline, truth: dict) -> None:
