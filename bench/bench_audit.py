@@ -50,7 +50,7 @@ def fit_scores(embedder: BooruEmbedder, baseline, tagset: dict, names: list[str]
     p = embedder.score_tags(tagset)
     prob = np.array([p[name] for name in names])
     ids = [embedder.tokenizer.tag_to_id(name) for name in names]
-    prior = embedder._log_prior()[ids].exp().numpy()  # p(tag | no tags), as score_tags(distinctive=True) uses
+    prior = np.exp(np.asarray(embedder._log_prior())[ids])  # p(tag | no tags), as score_tags(distinctive=True) uses
     dist = prob / np.sqrt(prior)
     cosine_sum = baseline.suggest_scores([np.asarray(ids)])[0][ids]  # the cosine's diagonal is zero
     return {"model p": prob, "model distinctive": dist, "model pmi": prob / prior, "related tags": cosine_sum}

@@ -261,32 +261,31 @@ class BooruEmbedder:
         not probabilities. Keys are vocabulary names (aliases resolved) in the tokenizer's order, then
         tags outside the vocabulary with the score None. Raises ValueError when there is no tag.
         """
-        import torch
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if isinstance(tagset, (list, tuple)) and not all(isinstance(tag, str) for tag in tagset):
             raise ValueError("score_tags takes one tag set; a list must hold tag strings")
         ids = self._ids([tagset])[0]
         unknown = self.unknown_tags(tagset)
-        positions = [i for i, token in enumerate(ids) if self._is_tag[token]]
+        is_tag = np.asarray(self._is_tag)
+        positions = [i for i, token in enumerate(ids) if is_tag[token]]
         if not positions and not unknown:
             raise ValueError("the tag set holds no tags: give at least one tag")
-        targets = torch.as_tensor([ids[i] for i in positions], dtype=torch.long)
-        scores = torch.zeros(len(positions))
+        targets = np.asarray([ids[i] for i in positions], dtype=np.int64)
+        log_fit = np.zeros(len(positions))
         for start in range(0, len(positions), batch_size):
-            chunk = positions[start : start + batch_size]
-            sequences = [ids[:i] + ids[i + 1 :] for i in chunk]
-            candidates = self._is_tag.repeat(len(chunk), 1)
+            sequences = [ids[:i] + ids[i + 1 :] for i in positions[start : start + batch_size]]
+            candidates = np.repeat(is_tag[None], len(sequences), axis=0)  # (chunk, vocab)
             for row, sequence in enumerate(sequences):
                 candidates[row, sequence] = False
-            logits = self._mask_logits_batch(sequences).masked_fill(~candidates, float("-inf"))
-            rows = torch.arange(len(chunk))
-            scores[start : start + len(chunk)] = torch.log_softmax(logits, dim=-1)[rows, targets[start : start + len(chunk)]]
+            logits = np.where(candidates, np.asarray(self._mask_logits_batch(sequences), dtype=np.float64), -np.inf)
+            top = logits.max(axis=1, keepdims=True)
+            log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+            log_fit[start : start + len(sequences)] = logits[np.arange(len(sequences)), targets[start : start + len(sequences)]] - log_norm
         if distinctive:
-            scores = scores - 0.5 * self._log_prior()[targets]
+            log_fit -= 0.5 * np.asarray(self._log_prior(), dtype=np.float64)[targets]
         names = self.tokenizer.convert_ids_to_tokens(targets.tolist())
-        out: dict[str, float | None] = {name: float(value) for name, value in zip(names, scores.exp())}
+        out: dict[str, float | None] = {name: float(value) for name, value in zip(names, np.exp(log_fit))}
         out.update((tag, None) for tag in unknown)
         return out
 

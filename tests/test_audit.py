@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,16 +43,16 @@ class AffinityEmbedder(BooruEmbedder):
 
     def __init__(self, model, tokenizer, groups: list[list[str]]) -> None:
         super().__init__(model, tokenizer)
-        self.affinity = torch.zeros(len(self._is_tag), len(self._is_tag))
+        self.affinity = np.zeros((len(self._is_tag), len(self._is_tag)), dtype=np.float32)
         for group in groups:
             ids = [tokenizer.tag_to_id(tag) for tag in group]
             for a in ids:
                 self.affinity[a, ids] = 3.0
         self.calls: list[int] = []
 
-    def _mask_logits_batch(self, sequences: list[list[int]]) -> torch.Tensor:
+    def _mask_logits_batch(self, sequences: list[list[int]]) -> np.ndarray:
         self.calls.append(len(sequences))
-        return torch.stack([self.affinity[ids].sum(dim=0) for ids in sequences])
+        return np.stack([self.affinity[ids].sum(axis=0) for ids in sequences])
 
 
 def test_scores_every_present_known_tag_once_as_a_probability(embedder: BooruEmbedder) -> None:
@@ -76,14 +77,15 @@ def test_unknown_tags_score_none_and_empty_sets_are_refused(embedder: BooruEmbed
 
 def test_batched_scores_equal_one_sequence_at_a_time(embedder: BooruEmbedder) -> None:
     ids = embedder._ids([POST])[0]
+    is_tag = np.asarray(embedder._is_tag)
     expected = {}
     for position, token in enumerate(ids):
-        if not embedder._is_tag[token]:
+        if not is_tag[token]:
             continue
         rest = ids[:position] + ids[position + 1 :]
-        allowed = embedder._is_tag.clone()
+        allowed = is_tag.copy()
         allowed[rest] = False
-        logits = embedder._mask_logits(rest).masked_fill(~allowed, float("-inf"))
+        logits = torch.as_tensor(np.asarray(embedder._mask_logits(rest))).masked_fill(~torch.as_tensor(allowed), float("-inf"))
         expected[embedder.tokenizer.convert_ids_to_tokens(token)] = float(torch.softmax(logits, dim=-1)[token])
     for batch_size in (1, 3, 256):
         scores = embedder.score_tags(POST, batch_size=batch_size)
@@ -91,7 +93,7 @@ def test_batched_scores_equal_one_sequence_at_a_time(embedder: BooruEmbedder) ->
         for tag, value in expected.items():
             assert math.isclose(scores[tag], value, rel_tol=1e-4, abs_tol=1e-7), (batch_size, tag)
     distinctive = embedder.score_tags(POST, distinctive=True)
-    prior = embedder._log_prior()
+    prior = np.asarray(embedder._log_prior())
     for tag, value in expected.items():
         index = embedder.tokenizer.tag_to_id(tag)
         assert math.isclose(distinctive[tag], value / math.exp(0.5 * float(prior[index])), rel_tol=1e-4)
