@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("booru_embed.export", "export the encoder and heads to ONNX for ONNX Runtime serving"),
     "index": ("booru_embed.index", "embed a DATA_DIR split and build a nearest-post search index"),
     "search": ("booru_embed.index", "find the posts nearest to a tag set in an INDEX_DIR"),
+    "audit": ("booru_embed.audit", "flag implausible tags and list missing ones for the posts of a DATA_DIR"),
     "publish": ("booru_embed.publish", "push a model folder to the Hugging Face Hub"),
     "demo": ("booru_embed.demo", "run the whole pipeline on a generated corpus"),
     "normalize": ("booru_embed.tags", "normalise tag sets: aliases, duplicates, implications, canonical order"),

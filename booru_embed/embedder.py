@@ -7,7 +7,8 @@ It loads any MODEL_DIR or Hub repository through ``AutoTokenizer`` and ``AutoMod
 How ``suggest`` works: training hides a random share of a post's tags behind ONE category-less
 ``<mask>`` token whose target is the hidden set (see ``training/collator.py``). Suggesting is that
 input: the visible tags plus one ``<mask>``; the masked-tag head's softmax over the tags that are not
-present ranks the missing ones.
+present ranks the missing ones. ``score_tags`` runs the same input once per present tag, with that tag
+left out, and reads the left-out tag's probability: its fit to the rest of the set.
 
 Backends: the model calls go through a small object with ``pooled``, ``mask_logits`` and ``readback`` on
 numpy arrays. ``TorchModel`` (below) wraps the PyTorch model; ``onnx_backend.OnnxModel`` runs the graphs
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 TagSet = str | Sequence[str] | Mapping[str, Any]
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
+SCORE_BATCH = 256  # leave-one-out sequences per forward pass of score_tags (one post rarely has more tags)
 BACKENDS = ("torch", "onnx")
 
 
@@ -52,9 +54,9 @@ def _is_local_path(name: str) -> bool:
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log softmax of a (vocab,) vector in float64; -inf entries stay -inf (probability 0)."""
-    shifted = logits.astype(np.float64) - np.max(logits)
-    return shifted - np.log(np.exp(shifted).sum())
+    """log softmax over the last axis ((vocab,) or (n, vocab)) in float64; -inf entries stay -inf (probability 0)."""
+    shifted = logits.astype(np.float64) - np.max(logits, axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def _top(values: np.ndarray, count: int) -> np.ndarray:
@@ -321,6 +323,46 @@ class BooruEmbedder:
     def _mask_logits(self, ids: list[int]) -> np.ndarray:
         """(vocab,) float32 masked-tag logits of ``ids`` (``<cls>`` first) with one ``<mask>`` appended."""
         return self._mask_logits_batch([ids])[0]
+
+    def score_tags(self, tagset: TagSet, distinctive: bool = False,
+                   batch_size: int = SCORE_BATCH) -> dict[str, float | None]:
+        """Fit of each present tag: how strongly the rest of ``tagset`` predicts it (low = implausible).
+
+        Leave-one-out through the masked-tag head: for each of the n present vocabulary tags, the other
+        tags (with the rating and score, if given) plus one ``<mask>``, exactly suggest's input; all n
+        sequences go through the model in batches of ``batch_size``. The score is the probability
+        p(tag | rest) of the left-out tag under the head's softmax over the tags absent from that input,
+        so it lies in [0, 1]. ``distinctive`` divides by sqrt(p(tag | no tags)), as suggest's
+        ``distinctive`` ranks, so a rare tag is not suspicious for being rare; those scores are >= 0 but
+        not probabilities. Keys are vocabulary names (aliases resolved) in the tokenizer's order, then
+        tags outside the vocabulary with the score None. Raises ValueError when there is no tag.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(tagset, (list, tuple)) and not all(isinstance(tag, str) for tag in tagset):
+            raise ValueError("score_tags takes one tag set; a list must hold tag strings")
+        ids = self._ids([tagset])[0]
+        unknown = self.unknown_tags(tagset)
+        is_tag = self._is_tag
+        positions = [i for i, token in enumerate(ids) if is_tag[token]]
+        if not positions and not unknown:
+            raise ValueError("the tag set holds no tags: give at least one tag")
+        targets = np.asarray([ids[i] for i in positions], dtype=np.int64)
+        log_fit = np.zeros(len(positions))
+        for start in range(0, len(positions), batch_size):
+            sequences = [ids[:i] + ids[i + 1 :] for i in positions[start : start + batch_size]]
+            candidates = np.repeat(is_tag[None], len(sequences), axis=0)  # (chunk, vocab)
+            for row, sequence in enumerate(sequences):
+                candidates[row, sequence] = False
+            logits = np.where(candidates, self._mask_logits_batch(sequences).astype(np.float64), -np.inf)
+            log_probabilities = _log_softmax(logits)
+            log_fit[start : start + len(sequences)] = log_probabilities[np.arange(len(sequences)), targets[start : start + len(sequences)]]
+        if distinctive:
+            log_fit -= 0.5 * self._log_prior()[targets].astype(np.float64)
+        names = self.tokenizer.convert_ids_to_tokens(targets.tolist())
+        out: dict[str, float | None] = {name: float(value) for name, value in zip(names, np.exp(log_fit))}
+        out.update((tag, None) for tag in unknown)
+        return out
 
     def _category_filter(self, categories: Iterable[str] | None) -> np.ndarray:
         """(vocab,) bool of the tokens whose category is in ``categories`` (all when None)."""
