@@ -165,11 +165,6 @@ def suggestion_rows(embedder: BooruEmbedder, text: str, top_k: int = DEFAULT_TOP
     return rows, _unknown_note(embedder, text, "read as unknown tags; the others decide")
 
 
-def has_plausibility(embedder: Any) -> bool:
-    """Whether the embedder can score how well each tag fits (``score_tags``)."""
-    return callable(getattr(embedder, "score_tags", None))
-
-
 def plausibility_rows(embedder: BooruEmbedder, text: str, distinctive: bool = False) -> tuple[Rows, str]:
     """The present tags, least plausible first: rows ``[tag, category, fit]`` and a message.
 
@@ -246,7 +241,6 @@ def build_app(embedder: BooruEmbedder, index: Any = None, title: str = "booru-em
     """The page as a ``gr.Blocks`` wired to the handlers (``index``: a ``PostIndex`` for similar posts)."""
     gr = import_gradio()
     completer = TagCompleter.from_tokenizer(embedder.tokenizer)
-    plausibility = has_plausibility(embedder)
 
     def table(headers: list[str], label: str, **kwargs: Any) -> gr.Dataframe:
         return gr.Dataframe(headers=headers, label=label, interactive=False, wrap=True, **kwargs)
@@ -254,9 +248,8 @@ def build_app(embedder: BooruEmbedder, index: Any = None, title: str = "booru-em
     def analyze(text: str, top_k: int, distinctive: bool, implications: str) -> tuple[Any, ...]:
         suggestions, suggestion_note = suggestion_rows(embedder, text, top_k, distinctive)
         tags, prompt, normal_rows, normal_note = normalized_view(embedder, text, implications)
-        outputs: list[Any] = [suggestions, suggestion_note, tags, prompt, normal_rows, normal_note]
-        if plausibility:
-            outputs += plausibility_rows(embedder, text, distinctive)
+        outputs: list[Any] = [suggestions, suggestion_note, tags, prompt, normal_rows, normal_note,
+                              *plausibility_rows(embedder, text, distinctive)]
         if index is not None:
             outputs += similar_rows(embedder, index, text)
         return tuple(outputs)
@@ -288,15 +281,15 @@ def build_app(embedder: BooruEmbedder, index: Any = None, title: str = "booru-em
                 prompt = gr.Textbox(label="Normalised prompt", elem_id="prompt", buttons=["copy"])
                 normal_rows = table(NORMALIZED_HEADERS, "By category")
                 normal_note = gr.Markdown(elem_id="normal-note")
-        outputs = [suggestions, suggestion_note, tags, prompt, normal_rows, normal_note]
         with gr.Row():
-            if plausibility:
-                with gr.Column():
-                    outputs.append(table(PLAUSIBILITY_HEADERS, "Least plausible tags first", elem_id="plausibility"))
-                    outputs.append(gr.Markdown())
+            with gr.Column():
+                plausibility = table(PLAUSIBILITY_HEADERS, "Least plausible tags first", elem_id="plausibility")
+                plausibility_note = gr.Markdown()
+            outputs = [suggestions, suggestion_note, tags, prompt, normal_rows, normal_note, plausibility, plausibility_note]
             if index is not None:
                 with gr.Column():
-                    outputs.append(table(SIMILAR_HEADERS, f"Similar posts ({len(index)} indexed)", elem_id="similar"))
+                    outputs.append(table(SIMILAR_HEADERS, f"Similar posts ({len(index)} indexed)", elem_id="similar",
+                                         column_widths=["15%", "15%", "70%"]))
                     outputs.append(gr.Markdown())
         text.input(lambda value: complete_tags(completer, value), text, completions,
                    show_progress="hidden", trigger_mode="always_last")

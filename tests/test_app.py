@@ -128,8 +128,7 @@ def test_completion_of_a_real_sized_vocabulary(shared_tag_data) -> None:
 def test_empty_input_gives_a_message_everywhere(embedder, text) -> None:
     assert app.suggestion_rows(embedder, text) == ([], app.EMPTY_MESSAGE)
     assert app.normalized_view(embedder, text) == ("", "", [], app.EMPTY_MESSAGE)
-    if app.has_plausibility(embedder):
-        assert app.plausibility_rows(embedder, text) == ([], app.EMPTY_MESSAGE)
+    assert app.plausibility_rows(embedder, text) == ([], app.EMPTY_MESSAGE)
 
 
 def test_suggestions_are_the_embedders_per_category(embedder) -> None:
@@ -166,8 +165,6 @@ def test_normalized_view_is_tokenizer_normalize(embedder) -> None:
 
 
 def test_plausibility_is_score_tags_least_first(embedder) -> None:
-    if not app.has_plausibility(embedder):
-        pytest.skip("BooruEmbedder.score_tags is not on this branch yet")
     rows, message = app.plausibility_rows(embedder, "1girl solo cat_ears mystery_tag")
     scores = embedder.score_tags("1girl solo cat_ears mystery_tag")
     assert [row[0] for row in rows] == sorted((t for t, s in scores.items() if s is not None), key=scores.get)
@@ -254,9 +251,8 @@ def test_page_in_a_headless_browser(page_url, embedder, index, completer, tmp_pa
         for _, tag, _ in app.suggestion_rows(embedder, text)[0][:3]:
             expect(suggestions.get_by_role("gridcell", name=tag, exact=True).first).to_be_visible()
         expect(page.get_by_role("gridcell", name="mystery_tag", exact=True)).to_be_visible()
-        if app.has_plausibility(embedder):
-            least = app.plausibility_rows(embedder, text)[0][0][0]
-            expect(page.locator("#plausibility").get_by_test_id("cell-0-0")).to_have_text(least)
+        least = app.plausibility_rows(embedder, text)[0][0][0]
+        expect(page.locator("#plausibility").get_by_test_id("cell-0-0")).to_have_text(least)
         if index is not None:
             first = app.similar_rows(embedder, index, text)[0][0]
             expect(page.locator("#similar").get_by_test_id("cell-0-2")).to_have_text(first[2])
