@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--tag-data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/danbooru-2025-05")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
+    if not (args.tag_data / "tags.csv").is_file():
+        raise SystemExit(f"bench_app_completion: no tags.csv in {args.tag_data} (give --tag-data DIR)")
     tags, aliases = read_tags(args.tag_data), load_aliases(args.tag_data / "aliases.tsv")
     started = time.perf_counter()
     completer = TagCompleter(*tags, aliases)
