@@ -626,11 +626,11 @@ def run_generate_corpus(args: argparse.Namespace) -> int:
     if args.output is None:
         raise UsageError("--output is required")
     overrides = {field: getattr(args, field) for _, field, _, _ in _KNOB_FLAGS}
-    spec = setting(args.setting, **overrides)
-    if spec.universe == "danbooru":
+    if SETTINGS[args.setting].universe == "danbooru":
         unused = [flag for flag, field, _, _ in _KNOB_FLAGS if field in _SAMPLED_ONLY and overrides[field] is not None]
         if unused:
             raise UsageError(f"{', '.join(unused)} cannot change setting {args.setting!r}: its tags and popularity are the real ones")
+    spec = setting(args.setting, **overrides)
     tag_data = None if args.no_tag_data else (args.tag_data or default_tag_data())
     truth = generate_corpus(args.output, args.posts, seed=args.seed, tag_data=tag_data, spec=spec)
     print(f"wrote {args.posts} posts to {args.output} (setting {spec.name}, tag names: {tag_data or 'made-up'}); "
