@@ -14,6 +14,10 @@ ground truth beside it (``<stem>.truth.json``):
 With the real tag tables (``tags.csv``, ``implications.tsv`` of ``../shared/data/danbooru-2025-05``)
 tag names are drawn from the real ones of each category, weighted by post count, and the real
 implications among the drawn tags are used; without them, names are made up. Same seed, same corpus.
+
+The sizes and probabilities are the knobs of ``CorpusSpec``; ``synthetic_settings.SETTINGS`` names
+combinations (``--setting``), among them ``danbooru-scale``, whose universe is every real tag with its
+real post count, drawn and written in chunks so that millions of posts fit in a few hundred MB.
 """
 
 from __future__ import annotations
