@@ -20,12 +20,17 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 DEFAULT_DATASETS = ("danbooru",)
 LICENSE = "apache-2.0"
 TAGS = ("booru-embed", "danbooru", "tag-embedding", "feature-extraction", "sentence-transformers", "custom_code")
+# Subfolders sent along with the top-level files: the ONNX export (``booru-embed export-onnx``), which
+# BooruEmbedder.from_pretrained(repo_id, backend="onnx") reads from the repository's onnx/.
+PUBLISHED_SUBFOLDERS = ("onnx",)
 # training_config.json keys that hold local paths or run state, left out of the card's table.
 LOCAL_TRAINING_KEYS = ("dataset", "tokenizer", "output", "config", "resume")
 
 
 def check_model_dir(model_dir: str | Path) -> list[Path]:
-    """Check that ``model_dir`` holds a complete model; return the files to publish (top level, sorted).
+    """Check that ``model_dir`` holds a complete model; return the files to publish, sorted.
+
+    Those are the top-level files and the files of ``PUBLISHED_SUBFOLDERS`` (``onnx/``) when present.
 
     Needs ``config.json`` with an ``auto_map``, ``tokenizer_config.json``, the remote-code files both
     name, and safetensors weights. Raises ``UsageError`` naming what is missing.
@@ -59,7 +64,10 @@ def check_model_dir(model_dir: str | Path) -> list[Path]:
         missing.append("model.safetensors")
     if missing:
         raise UsageError(f"{folder} is incomplete, missing: {', '.join(missing)}")
-    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    files = [path for path in folder.iterdir() if path.is_file()]
+    files += [path for name in PUBLISHED_SUBFOLDERS if (folder / name).is_dir() for path in (folder / name).iterdir()
+              if path.is_file()]
+    return sorted(path for path in files if not path.name.startswith("."))
 
 
 def _format_number(value: object) -> str:
@@ -148,7 +156,7 @@ def publish(model_dir: str | Path, repo_id: str, private: bool = False, token: s
     """Push ``model_dir`` to the Hub repository ``repo_id`` (created if needed); returns the commit URL.
 
     Sends the top-level files (weights, config with auto_map, remote code, tokenizer files, metrics,
-    training config), a ``README.md`` model card rendered from ``hub_configs/model_card.md``, and the
+    training config), the ONNX export in ``onnx/`` if there is one, a ``README.md`` model card rendered from ``hub_configs/model_card.md``, and the
     sentence-transformers files. ``checkpoints/`` and ``logs/`` stay local. ``token`` defaults to the
     logged-in token (``HF_TOKEN`` or ``hf auth login``), ``endpoint`` to ``HF_ENDPOINT``. Raises
     ``UsageError`` (one line) for a bad folder, repo id or token and for a failed push.
@@ -164,8 +172,9 @@ def publish(model_dir: str | Path, repo_id: str, private: bool = False, token: s
         raise UsageError("no Hugging Face token: set HF_TOKEN or run `hf auth login` first")
     card = render_model_card(model_dir, repo_id, datasets)
     generated = {"README.md": card.encode(), **sentence_transformers_files()}
-    operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-                  for path in files if path.name not in generated]
+    folder = Path(model_dir)
+    operations = [CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+                  for path in files if path.relative_to(folder).as_posix() not in generated]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content)
                    for name, content in generated.items()]
     api = HfApi(endpoint=endpoint, token=token)

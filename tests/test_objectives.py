@@ -138,3 +138,50 @@ def test_classification_loss_ignores_unlabelled_rows():
     labels = torch.tensor([0, -100, -100])
     torch.testing.assert_close(classification_loss(logits, labels), torch.nn.functional.cross_entropy(logits[:1], labels[:1]))
     assert float(classification_loss(logits, torch.full((3,), -100))) == 0.0
+
+
+def _step_one_readback_loss(vocab: int, prior: bool) -> tuple[float, float]:
+    """(read-back loss of an untrained model, sum_t h(p_t) / sum_t p_t) on posts drawn from the tag rates.
+
+    Tag rates are Zipf-like (p = min(0.7, 3 / rank)): a bigger vocabulary adds rarer tags, as on Danbooru.
+    """
+    import numpy as np
+
+    from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
+    from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
+
+    share = np.zeros(vocab)
+    share[3:] = np.minimum(0.7, 3.0 / np.arange(1, vocab - 2))  # ids 0-2: special tokens, never targets
+    config = BooruEmbedConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64, embedding_dim=16, nested_dims=[8], tie_output_embeddings=False)
+    torch.manual_seed(0)
+    model = BooruEmbedForPreTraining(config)
+    if prior:
+        model.initialise_tag_biases(np.rint(share * 1_000_000).astype(int).tolist(), 1_000_000)
+    rng = np.random.default_rng(0)
+    posts = [np.flatnonzero(rng.random(vocab) < share) for _ in range(24)]
+    width = 1 + max(len(p) for p in posts)
+    input_ids = torch.zeros(len(posts), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(posts), width, dtype=torch.long)
+    for row, tags in enumerate(posts):
+        input_ids[row, : 1 + len(tags)] = torch.tensor([1, *tags.tolist()])
+        attention_mask[row, : 1 + len(tags)] = 1
+    with torch.no_grad():
+        logits = model(input_ids, (input_ids > 2).long(), attention_mask=attention_mask).readback_logits
+    sequence = torch.tensor([row for row, tags in enumerate(posts) for _ in tags])
+    tag_ids = torch.tensor([t for tags in posts for t in tags.tolist()])
+    p = share[3:]
+    entropy = -(p * np.log(p) + (1 - p) * np.log1p(-p)).sum() / p.sum()
+    return readback_loss(logits, sequence, tag_ids).item(), float(entropy)
+
+
+def test_readback_loss_at_step_one_does_not_grow_with_the_vocabulary():
+    small, small_entropy = _step_one_readback_loss(4096, prior=True)
+    large, large_entropy = _step_one_readback_loss(150_016, prior=True)
+    assert large / small < 2.0, (small, large)
+    # the prior biases put the untrained loss at the tags' entropy per positive (derivation: readback_loss)
+    assert abs(small / small_entropy - 1) < 0.25 and abs(large / large_entropy - 1) < 0.25
+    # zero biases: log 2 per vocabulary entry and positive, so the scale follows the vocabulary
+    zero_small, _ = _step_one_readback_loss(4096, prior=False)
+    zero_large, _ = _step_one_readback_loss(150_016, prior=False)
+    assert zero_large / zero_small > 10 and zero_small > 5 * small

@@ -124,6 +124,17 @@ def test_publish_pushes_files_and_card(model_dir: Path, online: None) -> None:
     assert folder_digest(model_dir) == before
 
 
+def test_publish_sends_the_onnx_export(model_dir: Path, online: None) -> None:
+    (model_dir / "onnx").mkdir()
+    (model_dir / "onnx" / "model.onnx").write_bytes(b"graph bytes")
+    (model_dir / "checkpoints" / "step_1").mkdir(parents=True, exist_ok=True)
+    with FakeHub() as hub:
+        publish(model_dir, "someone/tiny", token=hub.token, endpoint=hub.endpoint)
+        repo = hub.repos["someone/tiny"]
+    assert repo.files["onnx/model.onnx"] == b"graph bytes"
+    assert not any(name.startswith(("checkpoints", "logs")) for name in repo.files)
+
+
 def test_publish_without_token_fails_in_one_line(model_dir: Path, online: None, capsys) -> None:
     before = folder_digest(model_dir)
     with FakeHub() as hub:

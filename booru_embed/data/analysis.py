@@ -179,6 +179,7 @@ def _plots(counted: dict, stats: dict, output: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     written = []
     colours = dict(zip(TAG_CATEGORIES, ("tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange")))
@@ -200,16 +201,26 @@ def _plots(counted: dict, stats: dict, output: Path) -> list[str]:
     written.append(_save(fig, output / "coverage.png"))
 
     total = sum(counted["lengths"].values()) + SPECIAL_TOKENS
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.5), width_ratios=(1.1, 1, 1.2))
     left.hist(total, bins=min(100, max(10, int(total.max()) - int(total.min()) + 1)), color="tab:blue")
     for name, value in (("p50", stats["tags_per_post"]["all"]["p50"]), ("p99.9", stats["tags_per_post"]["all"]["p99.9"])):
         left.axvline(value + SPECIAL_TOKENS, color="black", linestyle="--", linewidth=1)
         left.text(value + SPECIAL_TOKENS, left.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
     left.set(yscale="log", xlabel="tokens per post (<cls> + rating + score + tags)", ylabel="posts",
              title=f"Context length: {stats['recommendation']['context_length']} covers 99.9% of posts")
-    right.boxplot([counted["lengths"][c] for c in TAG_CATEGORIES], showfliers=False)
-    right.set_xticks(range(1, len(TAG_CATEGORIES) + 1), TAG_CATEGORIES)
-    right.set(ylabel="tags per post", title="Tags per post by category (whiskers 1.5 IQR)")
+    general = counted["lengths"]["general"]
+    middle.hist(general, bins=np.arange(general.max() + 2) - 0.5, color=colours["general"])
+    middle.set(xlabel="general tags per post", ylabel="posts", title="General tags per post")
+    # the other categories have a handful of tags a post: the share of posts with 0, 1, 2, ... of them
+    few = [c for c in TAG_CATEGORIES if c != "general"]
+    top = 6  # the last bar gathers posts with `top` or more
+    for i, category in enumerate(few):
+        shares = np.bincount(np.minimum(counted["lengths"][category], top), minlength=top + 1) / max(1, len(general))
+        right.bar(np.arange(top + 1) + (i - (len(few) - 1) / 2) * 0.2, shares, width=0.2, label=category,
+                  color=colours[category])
+    right.set_xticks(range(top + 1), [str(k) for k in range(top)] + [f"{top}+"])
+    right.set(xlabel="tags per post", ylabel="share of posts", title="Tags per post: artist, copyright, character, meta")
+    right.legend()
     written.append(_save(fig, output / "lengths.png"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
@@ -229,9 +240,21 @@ def _plots(counted: dict, stats: dict, output: Path) -> list[str]:
         ax.barh([t for t, _ in top], [n for _, n in top], color=colours[category])
         ax.set_title(f"top {category}")
         ax.tick_params(axis="y", labelsize=7)
+        # three short count labels (12k, 1.5M): long ones run into each other on narrow panels
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.xaxis.set_major_formatter(FuncFormatter(_short_count))
+        ax.set_xlabel("posts")
     written.append(_save(fig, output / "top_tags.png"))
     plt.close("all")
     return written
+
+
+def _short_count(value: float, _position: int) -> str:
+    """An axis count as 950, 12k or 1.5M."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.0f}"
 
 
 def _save(fig, path: Path) -> str:

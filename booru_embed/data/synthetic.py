@@ -14,6 +14,10 @@ ground truth beside it (``<stem>.truth.json``):
 With the real tag tables (``tags.csv``, ``implications.tsv`` of ``../shared/data/danbooru-2025-05``)
 tag names are drawn from the real ones of each category, weighted by post count, and the real
 implications among the drawn tags are used; without them, names are made up. Same seed, same corpus.
+
+The sizes and probabilities are the knobs of ``CorpusSpec``; ``synthetic_settings.SETTINGS`` names
+combinations (``--setting``), among them ``danbooru-scale``, whose universe is every real tag with its
+real post count, drawn and written in chunks so that millions of posts fit in a few hundred MB.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from bisect import bisect_right
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..modeling.categories_booru_embed import RATINGS
+from .synthetic_settings import SETTINGS, CorpusSpec, describe_settings, setting
 
 CSV_HEADER = (
     "id,rating,score,tag_string_meta,tag_string_general,tag_string_artist,"
@@ -54,22 +60,6 @@ MADE_UP_IMPLICATIONS = (("cat_ears", "animal_ears"), ("fox_ears", "animal_ears")
                         ("wolf_ears", "animal_ears"), ("dog_ears", "animal_ears"), ("very_long_hair", "long_hair"))
 
 
-@dataclass(frozen=True)
-class CorpusSpec:
-    """Sizes and probabilities of the hidden structure (defaults: learnable in CPU minutes)."""
-
-    num_copyrights: int = 30
-    num_characters: int = 300
-    num_artists: int = 300
-    num_general: int = 3000
-    num_meta: int = 20
-    trait_probability: float = 0.9
-    style_probability: float = 0.8
-    general_median: float = 14.0  # median number of background general tags a post
-    general_sigma: float = 0.75  # log-normal spread: p99.9 of the post length lands past 150
-    max_general: int = 600
-
-
 def default_tag_data() -> Path | None:
     """The real tag tables in ``../shared/data/danbooru-2025-05`` next to the repository, or None."""
     path = Path(__file__).resolve().parents[3] / "shared" / "data" / "danbooru-2025-05"
@@ -93,6 +83,12 @@ def _read_tag_table(tag_data: Path) -> dict[int, tuple[list[str], np.ndarray]]:
     return {c: (names[c], np.asarray(counts[c], dtype=np.float64)) for c in names}
 
 
+def _read_implications(tag_data: Path) -> list[tuple[str, str]]:
+    """The (antecedent, consequent) pairs of ``implications.tsv``."""
+    with open(tag_data / "implications.tsv", encoding="utf-8", newline="") as handle:
+        return [(row["antecedent"], row["consequent"]) for row in csv.DictReader(handle, delimiter="\t")]
+
+
 def _weighted_sample(rng: np.random.Generator, names: list[str], counts: np.ndarray, k: int,
                      exclude: set[str] = frozenset()) -> list[str]:
     """``k`` distinct names drawn with probability proportional to ``counts``, most popular first."""
@@ -110,7 +106,12 @@ class _Universe:
 
     def __init__(self, spec: CorpusSpec, rng: np.random.Generator, tag_data: Path | None):
         self.source = "made-up" if tag_data is None else str(tag_data)
-        if tag_data is None:
+        self.counts: dict[str, np.ndarray] | None = None  # real post counts by category (universe "danbooru")
+        if spec.universe == "danbooru":
+            if tag_data is None:
+                raise UsageError(f"corpus setting {spec.name!r} needs the real tag tables (--tag-data DIR with tags.csv)")
+            self._danbooru(rng, tag_data)
+        elif tag_data is None:
             self._made_up(spec, rng)
         else:
             self._real(spec, rng, tag_data)
@@ -120,7 +121,7 @@ class _Universe:
         self.meta = list(MADE_UP_META[: spec.num_meta])
         self.artists = [f"artist_{i:03d}" for i in range(spec.num_artists)]
         self.copyrights = [f"series_{i:02d}" for i in range(spec.num_copyrights)]
-        shares = _zipf_weights(spec.num_copyrights, 0.8)
+        shares = _zipf_weights(spec.num_copyrights, spec.subject_zipf)
         owner = rng.choice(spec.num_copyrights, size=spec.num_characters, p=shares)
         owner[: spec.num_copyrights] = np.arange(spec.num_copyrights)  # every copyright has a character
         self.characters = [f"chara_{i:03d}_({self.copyrights[o]})" for i, o in enumerate(owner)]
@@ -150,7 +151,7 @@ class _Universe:
         unqualified = np.array([i for i, n in enumerate(char_names) if not n.endswith(")")], dtype=np.int64)
         unqualified_p = char_counts[unqualified] / char_counts[unqualified].sum()
         wanted = np.bincount(rng.choice(spec.num_copyrights, size=spec.num_characters - spec.num_copyrights,
-                                        p=_zipf_weights(spec.num_copyrights, 0.8)),
+                                        p=_zipf_weights(spec.num_copyrights, spec.subject_zipf)),
                              minlength=spec.num_copyrights) + 1
         taken: set[int] = set()
         self.character_copyright = {}
@@ -167,13 +168,43 @@ class _Universe:
                 taken.add(i)
                 self.character_copyright[char_names[i]] = copyright
         self.characters = list(self.character_copyright)
+        self._real_implications(tag_data)
+
+    def _danbooru(self, rng: np.random.Generator, tag_data: Path) -> None:
+        """Every real tag of every category, most popular first, with its post count."""
+        table = _read_tag_table(tag_data)
+
+        def category(number: int, exclude: set[str]) -> tuple[list[str], np.ndarray]:
+            names, counts = table[number]
+            keep = [i for i, name in enumerate(names) if name not in exclude]
+            order = sorted(keep, key=lambda i: -counts[i])
+            return [names[i] for i in order], counts[order]
+
+        self.general, general_counts = category(0, set(TRAIT_TAGS))
+        self.meta, meta_counts = category(5, set())
+        self.artists, artist_counts = category(1, set())
+        self.copyrights, copyright_counts = category(3, {"original"})
+        self.characters, character_counts = category(4, set())
+        self.counts = {"general": general_counts, "meta": meta_counts, "artist": artist_counts,
+                       "copyright": copyright_counts, "character": character_counts}
+        # a character's copyright: its "_(qualifier)", else what it implies, else one drawn by popularity
+        known = set(self.copyrights)
+        implied: dict[str, str] = {}
+        for antecedent, consequent in _read_implications(tag_data):
+            if consequent in known:
+                implied.setdefault(antecedent, consequent)
+        fallback = rng.choice(len(self.copyrights), size=len(self.characters), p=copyright_counts / copyright_counts.sum())
+        self.character_copyright = {}
+        for name, drawn in zip(self.characters, fallback.tolist()):
+            qualifier = name[name.rindex("_(") + 2: -1] if name.endswith(")") and "_(" in name else ""
+            self.character_copyright[name] = (qualifier if qualifier in known
+                                              else implied.get(name, self.copyrights[drawn]))
+        self._real_implications(tag_data)
+
+    def _real_implications(self, tag_data: Path) -> None:
         universe = set(self.general) | set(TRAIT_TAGS) | set(self.meta) | set(self.artists) | set(self.copyrights)
         universe |= set(self.characters) | {"original"}
-        pairs = []
-        with open(tag_data / "implications.tsv", encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                if row["antecedent"] in universe and row["consequent"] in universe:
-                    pairs.append((row["antecedent"], row["consequent"]))
+        pairs = [(a, c) for a, c in _read_implications(tag_data) if a in universe and c in universe]
         self.implications = sorted(set(pairs))
 
     def closures(self) -> dict[str, tuple[str, ...]]:
@@ -195,35 +226,73 @@ class _Universe:
 
 
 class _World:
-    """The hidden structure: who has which traits, styles and preferences."""
+    """The hidden structure: who has which traits, styles and preferences, and how popular everything is."""
 
     def __init__(self, spec: CorpusSpec, rng: np.random.Generator, universe: _Universe):
         self.universe = universe
-        self.char_popularity = _zipf_weights(spec.num_characters, 0.8)[rng.permutation(spec.num_characters)]
-        self.artist_popularity = _zipf_weights(spec.num_artists, 0.8)
-        self.copyright_popularity = _zipf_weights(len(universe.copyrights), 0.8)
-        self.general_popularity = _zipf_weights(len(universe.general), 0.9)
-        self.meta_probability = 0.7 * (1.0 / np.arange(1, len(universe.meta) + 1)) ** 1.2
-        self.traits = {c: self._traits(rng) for c in universe.characters}
+        counts = universe.counts
+        if counts is None:
+            n = len(universe.characters)
+            self.char_popularity = _zipf_weights(n, spec.subject_zipf)[rng.permutation(n)]
+            self.artist_popularity = _zipf_weights(len(universe.artists), spec.subject_zipf)
+            self.copyright_popularity = _zipf_weights(len(universe.copyrights), spec.subject_zipf)
+            self.general_popularity = _zipf_weights(len(universe.general), spec.general_zipf)
+            self.meta_probability = 0.7 * (1.0 / np.arange(1, len(universe.meta) + 1)) ** 1.2
+        else:
+            self.char_popularity = counts["character"] / counts["character"].sum()
+            self.artist_popularity = counts["artist"] / counts["artist"].sum()
+            self.copyright_popularity = counts["copyright"] / counts["copyright"].sum()
+            self.general_probability = np.minimum(1.0, counts["general"] / spec.danbooru_posts)
+            self.meta_probability = np.minimum(1.0, counts["meta"] / spec.danbooru_posts)
         mid = universe.general[30: min(len(universe.general), 1000)]
-        self.styles = {a: [mid[i] for i in rng.choice(len(mid), size=int(rng.integers(2, 5)), replace=False)]
-                       for a in universe.artists}
-        self.favourites = {a: [universe.copyrights[i] for i in rng.choice(len(universe.copyrights),
-                                                                          size=int(rng.integers(1, 3)),
-                                                                          replace=False,
-                                                                          p=self.copyright_popularity)]
+        fewest, most = spec.style_tags
+        if counts is None:
+            self.traits = {c: self._traits(rng, spec.max_traits) for c in universe.characters}
+            self.styles = {a: [mid[i] for i in rng.choice(len(mid), size=int(rng.integers(fewest, most + 1)),
+                                                          replace=False)]
                            for a in universe.artists}
+        else:  # tens of thousands of characters and artists: the same distributions, drawn in bulk
+            self.traits = dict(zip(universe.characters, _bulk_traits(rng, len(universe.characters), spec.max_traits)))
+            sizes = rng.integers(fewest, most + 1, size=len(universe.artists)).tolist()
+            picks = rng.integers(0, len(mid), size=(len(universe.artists), 2 * most)).tolist()
+            self.styles = {a: [mid[i] for i in list(dict.fromkeys(row))[:k]]
+                           for a, row, k in zip(universe.artists, picks, sizes)}
+        self.favourites = self._favourites(rng, counts is not None)
         self.artist_score = rng.normal(2.3, 0.6, size=len(universe.artists))
         rating_pool = universe.general[100: min(len(universe.general), 700)]
         chosen = rng.choice(len(rating_pool), size=min(60, len(rating_pool)), replace=False)
         half = len(chosen) // 2
         self.rating_tags = {"q": [rating_pool[i] for i in chosen[:half]], "e": [rating_pool[i] for i in chosen[half:]]}
-        self.characters_of = {c: [] for c in universe.copyrights}
+        self.characters_of: dict[str, list[str]] = {c: [] for c in universe.copyrights}
         for character, copyright in universe.character_copyright.items():
             self.characters_of[copyright].append(character)
+        # real counts: a copyright's characters are picked by popularity (cumulative shares), else uniformly
+        self.character_cum: dict[str, list[float]] | None = None
+        self.copyright_cum: list[float] | None = None
+        if counts is not None:
+            count_of = dict(zip(universe.characters, counts["character"].tolist()))
+            self.character_cum = {}
+            for copyright, members in self.characters_of.items():
+                cum = np.cumsum([count_of[m] for m in members])
+                self.character_cum[copyright] = (cum / cum[-1]).tolist() if len(members) else []
+            self.copyright_cum = np.cumsum(self.copyright_popularity).tolist()
+
+    def _favourites(self, rng: np.random.Generator, vectorised: bool) -> dict[str, list[str]]:
+        """1-2 favourite copyrights an artist, drawn by copyright popularity (among those with characters)."""
+        copyrights = self.universe.copyrights
+        if not vectorised:
+            return {a: [copyrights[i] for i in rng.choice(len(copyrights), size=int(rng.integers(1, 3)),
+                                                           replace=False, p=self.copyright_popularity)]
+                    for a in self.universe.artists}
+        with_characters = {c for c in self.universe.character_copyright.values()}
+        p = self.copyright_popularity * np.array([c in with_characters for c in copyrights])
+        picks = rng.choice(len(copyrights), size=(len(self.universe.artists), 2), p=p / p.sum())
+        sizes = rng.integers(1, 3, size=len(self.universe.artists))
+        return {a: list(dict.fromkeys(copyrights[i] for i in row[:k]))
+                for a, row, k in zip(self.universe.artists, picks.tolist(), sizes.tolist())}
 
     @staticmethod
-    def _traits(rng: np.random.Generator) -> list[str]:
+    def _traits(rng: np.random.Generator, max_traits: int) -> list[str]:
         traits = [str(rng.choice(HAIR_COLOURS)), str(rng.choice(EYE_COLOURS))]
         if rng.random() < 0.8:
             traits.append(str(rng.choice(HAIR_STYLES)))
@@ -231,7 +300,42 @@ class _World:
             traits.append(str(rng.choice(EARS)))
         extra = int(rng.integers(0 if len(traits) > 2 else 1, 7 - len(traits)))
         traits += [str(t) for t in rng.choice(ACCESSORIES, size=min(extra, 2), replace=False)]
-        return traits
+        return traits[:max_traits]
+
+    def pick_character(self, copyright: str, u: float) -> str | None:
+        """The character of ``copyright`` at uniform draw ``u`` (by popularity with real counts), or None."""
+        pool = self.characters_of[copyright]
+        if not pool:
+            return None
+        if self.character_cum is None:
+            return pool[int(u * len(pool))]
+        return pool[min(bisect_right(self.character_cum[copyright], u), len(pool) - 1)]
+
+    def pick_copyright(self, u: float) -> str:
+        """A copyright at uniform draw ``u`` (by popularity with real counts, else uniformly)."""
+        copyrights = self.universe.copyrights
+        if self.copyright_cum is None:
+            return copyrights[int(u * len(copyrights))]
+        return copyrights[min(bisect_right(self.copyright_cum, u), len(copyrights) - 1)]
+
+
+def _bulk_traits(rng: np.random.Generator, n: int, max_traits: int) -> list[list[str]]:
+    """``n`` trait lists drawn like ``_World._traits`` (hair, eyes, maybe a style and ears, 0-2 accessories)."""
+    hair = rng.integers(0, len(HAIR_COLOURS), size=n).tolist()
+    eyes = rng.integers(0, len(EYE_COLOURS), size=n).tolist()
+    style = np.where(rng.random(n) < 0.8, rng.integers(0, len(HAIR_STYLES), size=n), -1).tolist()
+    ears = np.where(rng.random(n) < 0.35, rng.integers(0, len(EARS), size=n), -1).tolist()
+    extra = rng.random(n).tolist()
+    first = rng.integers(0, len(ACCESSORIES), size=n)
+    second = rng.integers(0, len(ACCESSORIES) - 1, size=n)
+    second = (second + (second >= first)).tolist()  # distinct from the first
+    lists = []
+    for h, e, s, a, x, f, g in zip(hair, eyes, style, ears, extra, first.tolist(), second):
+        traits = [HAIR_COLOURS[h], EYE_COLOURS[e]] + ([HAIR_STYLES[s]] if s >= 0 else []) + ([EARS[a]] if a >= 0 else [])
+        room = 7 - len(traits) - (0 if len(traits) > 2 else 1)  # extra accessories uniform in [low, 7 - len)
+        count = min(2, (0 if len(traits) > 2 else 1) + int(x * room))
+        lists.append((traits + [ACCESSORIES[f], ACCESSORIES[g]][:count])[:max_traits])
+    return lists
 
 
 def _quote(field: str) -> str:
@@ -243,106 +347,201 @@ def _quote(field: str) -> str:
     return field
 
 
-def _write_posts(handle, spec: CorpusSpec, rng: np.random.Generator, world: _World, num_posts: int) -> None:
+def _runs(posts: np.ndarray, ids: np.ndarray, num_posts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ids grouped by post): post i's ids are ``ids[starts[i]:starts[i + 1]]``."""
+    order = np.argsort(posts, kind="stable")
+    return np.concatenate([[0], np.cumsum(np.bincount(posts, minlength=num_posts))]), ids[order]
+
+
+def _independent_tags(rng: np.random.Generator, probability: np.ndarray, richness: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Tags each in a post independently, with probability min(1, p_tag * richness_post), as ``_runs``.
+
+    Common tags (p >= 0.02) get a coin per post; each rarer tag gets its number of posts from a binomial
+    and lands on posts drawn by richness (its rare duplicates within a post collapse later).
+    """
+    n = len(richness)
+    head = np.flatnonzero(probability >= 0.02)
+    tail = np.flatnonzero(probability < 0.02)
+    hit = rng.random((n, len(head))) < np.minimum(1.0, probability[head][None, :] * richness[:, None])  # (posts, head)
+    head_posts, head_columns = np.nonzero(hit)
+    tail_ids = np.repeat(tail, rng.binomial(n, probability[tail]))
+    tail_posts = rng.choice(n, size=len(tail_ids), p=richness / richness.sum())
+    return _runs(np.concatenate([head_posts, tail_posts]), np.concatenate([head[head_columns], tail_ids]), n)
+
+
+@dataclass
+class _Draws:
+    """The random draws of a run of posts (one chunk), in the order they are drawn."""
+
+    ids: np.ndarray
+    general: tuple[np.ndarray, np.ndarray]  # background general tags, as ``_runs``
+    num_chars: np.ndarray
+    num_artists: np.ndarray
+    first_chars: np.ndarray
+    post_artists: np.ndarray
+    ratings: np.ndarray
+    meta: tuple[np.ndarray, np.ndarray]
+    noise: np.ndarray
+    uniform: np.ndarray
+    coins: np.ndarray
+    noise_tags: tuple[np.ndarray, np.ndarray] | None
+
+
+def _draw(spec: CorpusSpec, rng: np.random.Generator, world: _World, n: int, first_id: int) -> _Draws:
+    """Every random number that ``n`` posts need (the original stream when the universe is sampled)."""
     universe = world.universe
-    closures = universe.closures()
-    category_of = {t: "general" for t in universe.general + list(TRAIT_TAGS)}
-    category_of.update({t: "meta" for t in universe.meta})
-    category_of.update({t: "artist" for t in universe.artists})
-    category_of.update({t: "copyright" for t in universe.copyrights + ["original"]})
-    category_of.update({t: "character" for t in universe.characters})
-    general = np.array(universe.general, dtype=object)
-    characters, artists = universe.characters, universe.artists
-
-    ids = 1000 + np.cumsum(rng.integers(1, 20, size=num_posts))
-    lengths = np.clip(np.rint(rng.lognormal(np.log(spec.general_median), spec.general_sigma, num_posts)),
-                      1, spec.max_general).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    background = rng.choice(len(general), size=int(starts[-1]), p=world.general_popularity)
-    num_chars = rng.choice(6, size=num_posts, p=[0.25, 0.55, 0.13, 0.04, 0.02, 0.01])
-    num_artists = rng.choice(3, size=num_posts, p=[0.05, 0.92, 0.03])
-    first_chars = rng.choice(len(characters), size=(num_posts, 5), p=world.char_popularity)
-    post_artists = rng.choice(len(artists), size=(num_posts, 2), p=world.artist_popularity)
-    ratings = rng.choice(4, size=num_posts, p=[0.42, 0.33, 0.12, 0.13])
-    meta_draws = rng.random((num_posts, len(universe.meta))) < world.meta_probability
-    noise = rng.normal(0.0, 1.1, size=num_posts)
-    uniform = rng.random((num_posts, 8))
+    ids = first_id + np.cumsum(rng.integers(1, 20, size=n))
+    if universe.counts is None:
+        lengths = np.clip(np.rint(rng.lognormal(np.log(spec.general_median), spec.general_sigma, n)),
+                          1, spec.max_general).astype(np.int64)
+        background = rng.choice(len(universe.general), size=int(lengths.sum()), p=world.general_popularity)
+        general = (np.concatenate([[0], np.cumsum(lengths)]), background)
+    else:
+        richness = rng.lognormal(-spec.general_sigma ** 2 / 2, spec.general_sigma, n)  # mean 1
+        general = _independent_tags(rng, world.general_probability, richness)
+    slots = len(spec.characters_per_post)
+    num_chars = rng.choice(slots, size=n, p=spec.characters_per_post)
+    num_artists = rng.choice(len(spec.artists_per_post), size=n, p=spec.artists_per_post)
+    first_chars = rng.choice(len(universe.characters), size=(n, slots - 1), p=world.char_popularity)
+    post_artists = rng.choice(len(universe.artists), size=(n, len(spec.artists_per_post) - 1), p=world.artist_popularity)
+    ratings = rng.choice(4, size=n, p=[0.42, 0.33, 0.12, 0.13])
+    if universe.counts is None:
+        meta_posts, meta_ids = np.nonzero(rng.random((n, len(universe.meta))) < world.meta_probability)
+        meta = _runs(meta_posts, meta_ids, n)
+    else:
+        meta = _independent_tags(rng, world.meta_probability, np.ones(n))
+    noise = rng.normal(0.0, 1.1, size=n)
+    uniform = rng.random((n, 8 + 2 * max(0, slots - 6)))  # two more draws a character slot past the sixth
     # one pool of uniform draws for the per-tag coin flips (traits, styles), consumed in order
-    coins = rng.random(num_posts * 16 + 64)
-    coin_at = 0
+    coins = rng.random(n * 16 + 64)
+    noise_tags = None
+    if spec.noise_tags > 0:
+        per_post = rng.poisson(spec.noise_tags, size=n)
+        noise_tags = (np.concatenate([[0], np.cumsum(per_post)]),
+                      rng.integers(0, len(universe.general), size=int(per_post.sum())))
+    return _Draws(ids, general, num_chars, num_artists, first_chars, post_artists, ratings, meta, noise, uniform,
+                  coins, noise_tags)
 
-    first_artist = post_artists[:, 0]
-    levels = np.where(num_artists > 0, world.artist_score[first_artist], 1.5)
-    with np.errstate(over="ignore"):
-        scores = np.where(uniform[:, 6] > 0.02, np.expm1(levels + noise).astype(np.int64),
-                          -(uniform[:, 6] * 250).astype(np.int64))
-    style_p, trait_p = spec.style_probability, spec.trait_probability
-    for chunk in range(0, num_posts, 50_000):  # Python lists are faster to index than numpy, per post
-        part = slice(chunk, min(num_posts, chunk + 50_000))
-        rows = zip(ids[part].tolist(), ratings[part].tolist(), scores[part].tolist(), num_chars[part].tolist(),
-                   num_artists[part].tolist(), post_artists[part].tolist(), first_chars[part].tolist(),
-                   uniform[part].tolist(), meta_draws[part].tolist(), starts[part].tolist(), starts[1:][part].tolist())
+
+def _slot_columns(slots: int) -> tuple[list[int], list[int]]:
+    """Columns of ``_Draws.uniform`` a character slot reads: (same-copyright coin, pick within the copyright)."""
+    coin = [0] + [2 + s if s <= 4 else 8 + 2 * (s - 5) for s in range(1, slots)]
+    pick = [1] + [1 + s if s <= 4 else 9 + 2 * (s - 5) for s in range(1, slots)]
+    return coin, pick
+
+
+class _PostWriter:
+    """Turns draws into CSV lines: structure on top of the background tags, then implications."""
+
+    def __init__(self, spec: CorpusSpec, world: _World):
+        universe = world.universe
+        self.spec, self.world, self.universe = spec, world, universe
+        self.closures = universe.closures()
+        self.category_of = {t: "general" for t in universe.general + list(TRAIT_TAGS)}
+        self.category_of.update({t: "meta" for t in universe.meta})
+        self.category_of.update({t: "artist" for t in universe.artists})
+        self.category_of.update({t: "copyright" for t in universe.copyrights + ["original"]})
+        self.category_of.update({t: "character" for t in universe.characters})
+        self.general = np.array(universe.general, dtype=object)
+        self.meta = np.array(universe.meta, dtype=object)
+        self.coin_column, self.pick_column = _slot_columns(len(spec.characters_per_post))
+
+    def lines(self, d: _Draws) -> list[str]:
+        """The CSV lines of one chunk of draws."""
+        spec, world, universe = self.spec, self.world, self.universe
+        characters, artists, closures, category_of = universe.characters, universe.artists, self.closures, self.category_of
+        coins, coin_at = d.coins, 0
+        levels = np.where(d.num_artists > 0, world.artist_score[d.post_artists[:, 0]], 1.5)
+        with np.errstate(over="ignore"):
+            scores = np.where(d.uniform[:, 6] > 0.02, np.expm1(levels + d.noise).astype(np.int64),
+                              -(d.uniform[:, 6] * 250).astype(np.int64))
+        style_p, trait_p = spec.style_probability, spec.trait_probability
+        general_starts, background = d.general
+        meta_starts, meta_ids = d.meta
+        noise_starts, noise_ids = d.noise_tags if d.noise_tags is not None else (None, None)
         lines = []
-        for post_id, rating_index, score, num_char, num_artist, artist_ids, first_char, u, meta_on, begin, end in rows:
-            tags = {"meta": [m for m, on in zip(universe.meta, meta_on) if on],
-                    "general": general[background[begin:end]].tolist(),
-                    "artist": [], "copyright": [], "character": []}
-            post_artist_ids = artist_ids[:num_artist]
-            for a in post_artist_ids:
-                artist = artists[a]
-                tags["artist"].append(artist)
-                style = world.styles[artist]
-                flips = coins[coin_at: coin_at + len(style)].tolist()
-                coin_at = (coin_at + len(style)) % (len(coins) - 16)
-                tags["general"] += [t for t, f in zip(style, flips) if f < style_p]
-            chosen: list[str] = []
-            for slot in range(num_char):
-                if slot == 0 and post_artist_ids and u[0] < 0.5:
-                    pool = world.characters_of[world.favourites[artists[post_artist_ids[0]]][0]]
-                    chosen.append(pool[int(u[1] * len(pool))])
-                elif slot > 0 and u[2 + slot] < 0.7:
-                    pool = world.characters_of[universe.character_copyright[chosen[0]]]
-                    chosen.append(pool[int(u[1 + slot] * len(pool))])
-                else:
-                    chosen.append(characters[first_char[slot]])
-            for character in dict.fromkeys(chosen):
-                tags["character"].append(character)
-                tags["copyright"].append(universe.character_copyright[character])
-                traits = world.traits[character]
-                flips = coins[coin_at: coin_at + len(traits)].tolist()
-                coin_at = (coin_at + len(traits)) % (len(coins) - 16)
-                tags["general"] += [t for t, f in zip(traits, flips) if f < trait_p]
-            if not chosen:
-                if u[0] < 0.4:
-                    tags["copyright"].append("original")
-                elif u[0] < 0.7:
-                    tags["copyright"].append(universe.copyrights[int(u[1] * len(universe.copyrights))])
-                if u[7] < 0.8:  # an unnamed character still has hair and eyes
-                    tags["general"] += [HAIR_COLOURS[int(u[2] * len(HAIR_COLOURS))],
-                                        EYE_COLOURS[int(u[3] * len(EYE_COLOURS))]]
-            rating = RATINGS[rating_index]
-            if rating in world.rating_tags:
-                pool = world.rating_tags[rating]
-                start = int(u[5] * len(pool))
-                tags["general"] += [pool[(start + 7 * i) % len(pool)] for i in range(2 + int(u[4] * 5))]
-            for category in ("general", "character", "copyright", "meta", "artist"):
-                for tag in list(tags[category]):
-                    for implied in closures.get(tag, ()):
-                        tags[category_of[implied]].append(implied)
-            fields = [" ".join(sorted(set(tags[c]))) for c in ("meta", "general", "artist", "copyright", "character")]
-            lines.append(f"{post_id},{rating},{score}," + ",".join(_quote(f) for f in fields) + "\n")
-        handle.writelines(lines)
+        for chunk in range(0, len(d.ids), 50_000):  # Python lists are faster to index than numpy, per post
+            part = slice(chunk, min(len(d.ids), chunk + 50_000))
+            rows = zip(range(part.start, part.stop), d.ids[part].tolist(), d.ratings[part].tolist(),
+                       scores[part].tolist(), d.num_chars[part].tolist(), d.num_artists[part].tolist(),
+                       d.post_artists[part].tolist(), d.first_chars[part].tolist(), d.uniform[part].tolist(),
+                       general_starts[part].tolist(), general_starts[1:][part].tolist())
+            for index, post_id, rating_index, score, num_char, num_artist, artist_ids, first_char, u, begin, end in rows:
+                tags = {"meta": self.meta[meta_ids[meta_starts[index]: meta_starts[index + 1]]].tolist(),
+                        "general": self.general[background[begin:end]].tolist(),
+                        "artist": [], "copyright": [], "character": []}
+                if noise_starts is not None:
+                    tags["general"] += self.general[noise_ids[noise_starts[index]: noise_starts[index + 1]]].tolist()
+                post_artist_ids = artist_ids[:num_artist]
+                for a in post_artist_ids:
+                    artist = artists[a]
+                    tags["artist"].append(artist)
+                    style = world.styles[artist]
+                    flips = coins[coin_at: coin_at + len(style)].tolist()
+                    coin_at = (coin_at + len(style)) % (len(coins) - 16)
+                    tags["general"] += [t for t, f in zip(style, flips) if f < style_p]
+                chosen: list[str] = []
+                for slot in range(num_char):
+                    picked = None
+                    if slot == 0 and post_artist_ids and u[0] < 0.5:
+                        picked = world.pick_character(world.favourites[artists[post_artist_ids[0]]][0], u[1])
+                    elif slot > 0 and u[self.coin_column[slot]] < 0.7:
+                        picked = world.pick_character(universe.character_copyright[chosen[0]], u[self.pick_column[slot]])
+                    chosen.append(picked or characters[first_char[slot]])
+                for character in dict.fromkeys(chosen):
+                    tags["character"].append(character)
+                    tags["copyright"].append(universe.character_copyright[character])
+                    traits = world.traits[character]
+                    flips = coins[coin_at: coin_at + len(traits)].tolist()
+                    coin_at = (coin_at + len(traits)) % (len(coins) - 16)
+                    tags["general"] += [t for t, f in zip(traits, flips) if f < trait_p]
+                if not chosen:
+                    if u[0] < 0.4:
+                        tags["copyright"].append("original")
+                    elif u[0] < 0.7:
+                        tags["copyright"].append(world.pick_copyright(u[1]))
+                    if u[7] < 0.8:  # an unnamed character still has hair and eyes
+                        tags["general"] += [HAIR_COLOURS[int(u[2] * len(HAIR_COLOURS))],
+                                            EYE_COLOURS[int(u[3] * len(EYE_COLOURS))]]
+                rating = RATINGS[rating_index]
+                if rating in world.rating_tags:
+                    pool = world.rating_tags[rating]
+                    start = int(u[5] * len(pool))
+                    tags["general"] += [pool[(start + 7 * i) % len(pool)] for i in range(2 + int(u[4] * 5))]
+                for category in ("general", "character", "copyright", "meta", "artist"):
+                    for tag in list(tags[category]):
+                        for implied in closures.get(tag, ()):
+                            tags[category_of[implied]].append(implied)
+                fields = [" ".join(sorted(set(tags[c]))) for c in ("meta", "general", "artist", "copyright", "character")]
+                lines.append(f"{post_id},{rating},{score}," + ",".join(_quote(f) for f in fields) + "\n")
+        return lines
+
+
+def _write_posts(handle, spec: CorpusSpec, rng: np.random.Generator, world: _World, num_posts: int) -> None:
+    from tqdm.auto import tqdm
+
+    writer = _PostWriter(spec, world)
+    chunk = spec.chunk_posts or num_posts
+    last_id = 1000
+    with tqdm(total=num_posts, unit="post", desc="generate", disable=num_posts < 200_000) as progress:
+        for begin in range(0, num_posts, chunk):
+            draws = _draw(spec, rng, world, min(chunk, num_posts - begin), last_id)
+            last_id = int(draws.ids[-1])
+            handle.writelines(writer.lines(draws))
+            progress.update(len(draws.ids))
 
 
 def generate_corpus(output_csv: Path, num_posts: int, seed: int = 0, tag_data: Path | None = None,
                     spec: CorpusSpec | None = None) -> Path:
     """Write ``num_posts`` synthetic posts to ``output_csv`` (BigQuery CSV layout).
 
-    Returns the path of the ground truth written beside it (``<stem>.truth.json``): seed,
-    copyrights with their characters, characters with copyright and traits, artists with style
-    tags, rating-linked tags, the implications among the drawn tags, and the tag universe by
-    category. ``tag_data`` is a folder with Danbooru's ``tags.csv`` and ``implications.tsv`` (real
-    names) or None (made-up names); pass ``default_tag_data()`` to use the shared tables when present.
+    Returns the path of the ground truth written beside it (``<stem>.truth.json``): seed, setting and
+    knobs (``setting``, ``spec``), copyrights with their characters, characters with copyright and
+    traits, artists with style tags, rating-linked tags, the implications among the drawn tags, and
+    the tag universe by category. ``tag_data`` is a folder with Danbooru's ``tags.csv`` and
+    ``implications.tsv`` (real names) or None (made-up names); pass ``default_tag_data()`` to use the
+    shared tables when present. ``spec`` defaults to the ``default`` setting (see ``SETTINGS``).
     """
     if num_posts < 1:
         raise UsageError(f"--posts must be at least 1, got {num_posts}")
@@ -361,6 +560,7 @@ def generate_corpus(output_csv: Path, num_posts: int, seed: int = 0, tag_data: P
         "seed": seed,
         "num_posts": num_posts,
         "source": universe.source,
+        "setting": spec.name,
         "spec": asdict(spec),
         "copyrights": {c: {"characters": world.characters_of[c]} for c in universe.copyrights},
         "characters": {c: {"copyright": universe.character_copyright[c], "traits": world.traits[c],
@@ -374,24 +574,69 @@ def generate_corpus(output_csv: Path, num_posts: int, seed: int = 0, tag_data: P
                  "character": universe.characters},
     }
     truth_path = output_csv.with_name(output_csv.stem + ".truth.json")
-    truth_path.write_text(json.dumps(truth, indent=1, ensure_ascii=False), encoding="utf-8")
+    indent = 1 if universe.counts is None else None  # the indented encoder is pure Python: slow on 150k tags
+    truth_path.write_text(json.dumps(truth, indent=indent, ensure_ascii=False), encoding="utf-8")
     return truth_path
+
+
+def _probabilities(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated probabilities, got {text!r}") from None
+
+
+# override flags: (flag, CorpusSpec field, type, help)
+_KNOB_FLAGS = (
+    ("--characters", "num_characters", int, "distinct characters (sampled universe)"),
+    ("--copyrights", "num_copyrights", int, "distinct copyrights (sampled universe)"),
+    ("--artists", "num_artists", int, "distinct artists (sampled universe)"),
+    ("--general-tags", "num_general", int, "distinct background general tags (sampled universe)"),
+    ("--characters-per-post", "characters_per_post", _probabilities, "probabilities of 0,1,2,... characters a post"),
+    ("--max-traits", "max_traits", int, "most appearance traits a character (3-6)"),
+    ("--trait-probability", "trait_probability", float, "chance each trait is tagged when its character appears"),
+    ("--style-probability", "style_probability", float, "artist style strength: chance each style tag is tagged"),
+    ("--general-median", "general_median", float, "median background general tags a post (sampled universe)"),
+    ("--noise-tags", "noise_tags", float, "mean structure-free general tags a post"),
+    ("--general-zipf", "general_zipf", float, "Zipf exponent of general-tag popularity (sampled universe)"),
+    ("--subject-zipf", "subject_zipf", float, "Zipf exponent of character/artist/copyright popularity (sampled universe)"),
+)
+_SAMPLED_ONLY = ("num_characters", "num_copyrights", "num_artists", "num_general", "general_median",
+                 "general_zipf", "subject_zipf")
 
 
 def add_generate_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``booru-embed generate-corpus``."""
-    parser.add_argument("--output", type=Path, required=True, help="CSV file to write (truth JSON goes beside it)")
+    parser.add_argument("--output", type=Path, default=None, help="CSV file to write (truth JSON goes beside it)")
     parser.add_argument("--posts", type=int, default=20_000, help="number of posts (default 20000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--setting", default="default", choices=list(SETTINGS),
+                        help="named corpus setting (default: the original corpus); see --list-settings")
+    parser.add_argument("--list-settings", action="store_true", help="print the named settings and their knobs, then exit")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--tag-data", type=Path, default=None,
                         help="folder with Danbooru tags.csv and implications.tsv (default: ../shared/data/danbooru-2025-05 if present)")
     source.add_argument("--no-tag-data", action="store_true", help="use made-up tag names")
+    knobs = parser.add_argument_group("knobs (override the setting)")
+    for flag, field, kind, text in _KNOB_FLAGS:
+        knobs.add_argument(flag, dest=field, type=kind, default=None, help=text)
 
 
 def run_generate_corpus(args: argparse.Namespace) -> int:
     """Run ``booru-embed generate-corpus``."""
+    if args.list_settings:
+        print(describe_settings())
+        return 0
+    if args.output is None:
+        raise UsageError("--output is required")
+    overrides = {field: getattr(args, field) for _, field, _, _ in _KNOB_FLAGS}
+    if SETTINGS[args.setting].universe == "danbooru":
+        unused = [flag for flag, field, _, _ in _KNOB_FLAGS if field in _SAMPLED_ONLY and overrides[field] is not None]
+        if unused:
+            raise UsageError(f"{', '.join(unused)} cannot change setting {args.setting!r}: its tags and popularity are the real ones")
+    spec = setting(args.setting, **overrides)
     tag_data = None if args.no_tag_data else (args.tag_data or default_tag_data())
-    truth = generate_corpus(args.output, args.posts, seed=args.seed, tag_data=tag_data)
-    print(f"wrote {args.posts} posts to {args.output} (tag names: {tag_data or 'made-up'}); ground truth: {truth}")
+    truth = generate_corpus(args.output, args.posts, seed=args.seed, tag_data=tag_data, spec=spec)
+    print(f"wrote {args.posts} posts to {args.output} (setting {spec.name}, tag names: {tag_data or 'made-up'}); "
+          f"ground truth: {truth}")
     return 0

@@ -22,7 +22,7 @@ Packed posts attend only within themselves on every attention backend:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -653,6 +653,26 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         self.rating_head = nn.Linear(config.embedding_dim, config.num_ratings)
         self.score_head = nn.Linear(config.embedding_dim, config.num_score_buckets)
         self.post_init()
+
+    @torch.no_grad()
+    def initialise_tag_biases(self, token_counts: Sequence[int], num_posts: int) -> None:
+        """Start the tag heads at the tags' base rates: untrained logits then predict the prior, not 1/2.
+
+        With p = (count + 0.5) / (num_posts + 1), the share of training posts with the token (smoothed, so
+        never-seen tokens get a large negative bias rather than -inf): each read-back head's bias is
+        log(p / (1 - p)), so sigmoid(bias) = p; the masked-tag head's bias is log p, so its softmax over
+        any candidate set starts proportional to popularity. See `readback_loss` of the training
+        objectives for what this does to the loss scale.
+        """
+        if len(token_counts) != self.config.vocab_size:
+            raise ValueError(f"{len(token_counts)} token counts for a vocabulary of {self.config.vocab_size}")
+        if num_posts < 1:
+            raise ValueError(f"num_posts must be at least 1, got {num_posts}")
+        counts = torch.as_tensor(list(token_counts), dtype=torch.float64)
+        share = ((counts + 0.5) / (num_posts + 1)).clamp(max=1 - 0.5 / (num_posts + 1))
+        for head in self.readback_heads:
+            head.bias.copy_(torch.log(share) - torch.log1p(-share))
+        self.mlm_head.bias.copy_(torch.log(share))
 
     def readback(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Tag logits (…, vocab) read back from embeddings whose width is one of `nested_dims + [embedding_dim]`.

@@ -21,6 +21,7 @@ from ..resources import model_config_names, model_config_path
 
 LR_SCHEDULES = ("cosine", "wsd", "constant")
 EMBEDDING_INITS = ("random", "cooccurrence")
+TAG_BIAS_INITS = ("prior", "zero")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -76,6 +77,10 @@ class TrainingConfig:
                                                "the training split's tag co-counts: related tags start close, which "
                                                "rare tags with few gradient steps need) or random",
                                choices=EMBEDDING_INITS)
+    tag_bias_init: str = _opt("prior", "start of the tag heads' biases: prior (each tag's base rate in the training "
+                                       "split: log odds for read-back, log share for masked tags, so the read-back "
+                                       "loss starts near the tags' entropy whatever the vocabulary) or zero",
+                              choices=TAG_BIAS_INITS)
     # objectives
     mask_fraction_min: float = _opt(0.15, "smallest share of a post's tags hidden for masked-tag prediction")
     mask_fraction_max: float = _opt(0.95, "largest share of a post's tags hidden for masked-tag prediction")
@@ -118,6 +123,7 @@ class TrainingConfig:
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.rare_subject_oversampling >= 0, "rare_subject_oversampling must be >= 0"),
             (self.embedding_init in EMBEDDING_INITS, f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}"),
+            (self.tag_bias_init in TAG_BIAS_INITS, f"tag_bias_init must be one of {', '.join(TAG_BIAS_INITS)}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (0 <= self.decay_fraction <= 1, "decay_fraction must be in [0, 1]"),

@@ -303,6 +303,8 @@ def fit(config: TrainingConfig) -> TrainingResult:
     if config.embedding_init == "cooccurrence" and not (config.resume and checkpoints(output)):
         rows = initialise_from_cooccurrence(model, train_encoded, config.seed)
         accelerator.print(f"token embeddings: {rows} rows from the SVD of the training split's co-counts")
+    if config.tag_bias_init == "prior" and not (config.resume and checkpoints(output)):
+        model.initialise_tag_biases(tokenizer.token_counts, len(train_encoded))
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     sampler = EpochBatchSampler(

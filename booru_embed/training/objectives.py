@@ -11,8 +11,12 @@
 * ``info_nce``: two views of a post close, the other posts of the batch apart (of every process's
   batch when training on several), at every nested size.
 * ``readback_loss``: the post's tags from the pooled embedding alone, multi-label BCE at every nested
-  size, summed over the vocabulary and divided by the number of positive (post, tag) pairs, so its
-  scale does not grow with the vocabulary (the focal-loss normalisation).
+  size, summed over the vocabulary and divided by the number of positive (post, tag) pairs. The
+  division alone does not make the scale vocabulary-free: with zero biases every logit starts near 0,
+  so the loss starts at log 2 * vocab / tags-per-post (133 for 3.8k tokens, ~3,000 for 112k) and
+  swamps the other objectives under gradient clipping. The heads therefore start at the tags' base
+  rates (``BooruEmbedForPreTraining.initialise_tag_biases``, bias log(p_t / (1 - p_t))); see
+  ``readback_loss`` for the resulting scale.
 * ``classification_loss``: rating and score-bucket heads (cross-entropy, -100 ignored).
 """
 
@@ -98,6 +102,13 @@ def readback_loss(logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: t
 
     The (sequence, tag) pairs must be distinct. The BCE of logit x is softplus(x) - y x, so the sum over
     the whole grid is the softplus of every logit minus the positives' logits: no dense target grid.
+
+    Scale at the start. Let p_t be the share of posts with tag t and L = sum_t p_t the tags a post.
+    Logits that sit at the base rate, sigmoid(x_t) = p_t (the prior bias initialisation), give an
+    expected loss per positive of sum_t h(p_t) / L, h the binary entropy. For a rare tag
+    h(p) ~ p (log(1/p) + 1), so the loss is about the positives' mean surprisal, mean_t[log(1/p_t)] + 1
+    weighted by p_t: it grows with the log of the rarest tags' rarity, not with the vocabulary (the
+    added tags are rare, so they carry little weight). Zero logits would give log 2 * vocab / L instead.
     """
     logits = logits.float()
     total = F.softplus(logits).sum() - logits[:, sequence_index, tag_ids].sum()
