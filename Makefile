@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/bench_model.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_embed.py
+	$(BIN)/python bench/bench_app_completion.py
 	$(BIN)/python bench/bench_index.py
 
 clean:

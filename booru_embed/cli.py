@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("booru_embed.demo", "run the whole pipeline on a generated corpus"),
     "normalize": ("booru_embed.tags", "normalise tag sets: aliases, duplicates, implications, canonical order"),
     "export-captions": ("booru_embed.captions", "write a DATA_DIR's tags as captions for image-model trainers"),
+    "app": ("booru_embed.app", "serve a local page: completion, suggestions, normal forms, similar posts"),
 }
 
 

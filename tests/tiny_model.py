@@ -7,6 +7,7 @@ tested in seconds; the answers of an untrained model are arbitrary, the rules th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 TAG_CATEGORIES = ("meta", "general", "artist", "copyright", "character")
@@ -45,8 +46,11 @@ def write_data_dir(folder: Path, posts: list[dict]) -> Path:
     return folder
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Write DATA_DIR ``folder/data`` and the model folder ``folder/model``; return the model folder."""
+def build_tiny_model(folder: Path, seed: int = 0, aliases: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write DATA_DIR ``folder/data`` and the model folder ``folder/model``; return the model folder.
+
+    ``aliases`` (antecedent, canonical) pairs go into the tokenizer's alias table (none by default).
+    """
     import torch
 
     from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
@@ -56,8 +60,12 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     data_dir = write_data_dir(folder / "data", tiny_posts())
     implications = folder / "implications.tsv"
     implications.write_text("antecedent\tconsequent\n" + "".join(f"{a}\t{c}\n" for a, c in IMPLICATIONS))
+    alias_file = None
+    if aliases:
+        alias_file = folder / "aliases.tsv"
+        alias_file.write_text("antecedent\tconsequent\n" + "".join(f"{a}\t{c}\n" for a, c in aliases))
     model_dir = folder / "model"
-    tokenizer = build_tokenizer(data_dir, model_dir, implications=implications,
+    tokenizer = build_tokenizer(data_dir, model_dir, aliases=alias_file, implications=implications,
                                 min_counts={category: 1 for category in TAG_CATEGORIES})
     torch.manual_seed(seed)
     config = BooruEmbedConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
