@@ -12,7 +12,7 @@ $(BIN)/booru-embed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,index]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,index,onnx,app]"
 	touch $(BIN)/booru-embed
 
 setup: $(BIN)/booru-embed
