@@ -15,8 +15,9 @@ import pytest
 from datasets import load_from_disk
 
 from booru_embed.cli import main
-from booru_embed.data import ingest
-from booru_embed.data.ingest import _tag_lists, build_dataset, is_test_post
+from booru_embed.data import blocks
+from booru_embed.data.checks import tag_lists
+from booru_embed.data.ingest import build_dataset, is_test_post
 from booru_embed.data.synthetic import CSV_HEADER, generate_corpus
 from booru_embed.errors import UsageError
 
@@ -265,7 +266,7 @@ def test_rebuild_replaces_a_previous_dataset(tmp_path, capsys):
 
 
 def test_unterminated_quote_stops_with_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "MAX_RECORD_BYTES", 200)
+    monkeypatch.setattr(blocks, "MAX_RECORD_BYTES", 200)
     path = _write(tmp_path / "p.csv", [_row(1, general="a"), '2,g,1,"","never closed', *[_row(i) for i in range(3, 40)]])
     with pytest.raises(UsageError, match="unterminated quoted field starting near line 3"):
         build_dataset([path], tmp_path / "data", block_bytes=64)
@@ -281,8 +282,8 @@ def test_unterminated_quote_stops_with_one_line(tmp_path, monkeypatch):
     (["x y", "", "y x y"], [["x", "y"], [], ["y", "x"]]),  # repeat after an empty row
 ])
 def test_tag_lists_split_exactly(strings, expected):
-    lists, _ = _tag_lists(pa.array(strings, type=pa.string()))
+    lists, _ = tag_lists(pa.array(strings, type=pa.string()))
     assert lists.to_pylist() == expected
     # the same on a slice of a longer array (offsets not starting at 0)
-    sliced, _ = _tag_lists(pa.array(["zz  zz", *strings], type=pa.string()).slice(1))
+    sliced, _ = tag_lists(pa.array(["zz  zz", *strings], type=pa.string()).slice(1))
     assert sliced.to_pylist() == expected

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from ..errors import UsageError
 from ..modeling.categories_booru_embed import DANBOORU_CATEGORY_NAMES, RATING_ALIASES
-from .ingest import INPUT_COLUMNS, RAW_CHARS, TAG_COLUMNS, _Block, _Job, _printable, _text_blocks
+from .blocks import INPUT_COLUMNS, RAW_CHARS, TAG_COLUMNS, Block, Job, printable, text_blocks
 
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 # accepted column names (case-insensitive), first match wins; booru is optional
@@ -176,7 +176,7 @@ def _reject(line: int, reason: str, detail: str, raw: str, source: dict[str, str
 
 
 def _load_tsv(tsv: Path, connection: sqlite3.Connection, table: str, fields: dict[str, tuple[str, ...]],
-              block_bytes: int) -> Iterator[tuple[_Job, int]]:
+              block_bytes: int) -> Iterator[tuple[Job, int]]:
     """Copy the fields of one TSV into ``table`` (rowid = line); yield a job per block with its malformed lines."""
     header = _tsv_header(tsv)
     columns = _find_columns(header, fields, str(tsv))
@@ -186,7 +186,7 @@ def _load_tsv(tsv: Path, connection: sqlite3.Connection, table: str, fields: dic
     insert = f"INSERT INTO {table} VALUES ({', '.join('?' * (len(fields) + 1))})"
     source = {"file": str(tsv)}
     with pa.input_stream(str(tsv)) as stream:
-        for text in _text_blocks(stream, False, block_bytes, tsv):
+        for text in text_blocks(stream, False, block_bytes, tsv):
             rows, rejects = [], []
             for offset, raw_bytes in enumerate(bytes(text.data).split(b"\n")[:-1]):
                 line = text.line + offset
@@ -196,7 +196,7 @@ def _load_tsv(tsv: Path, connection: sqlite3.Connection, table: str, fields: dic
                 try:
                     raw.encode("utf-8")
                 except UnicodeEncodeError:
-                    rejects.append(_reject(line, "invalid_utf8", "not valid UTF-8", _printable(raw), source))
+                    rejects.append(_reject(line, "invalid_utf8", "not valid UTF-8", printable(raw), source))
                     continue
                 values = raw.split("\t")
                 if len(values) != len(header):
@@ -205,7 +205,7 @@ def _load_tsv(tsv: Path, connection: sqlite3.Connection, table: str, fields: dic
                     continue
                 rows.append((line, *(values[i] if i is not None else None for i in wanted)))
             connection.executemany(insert, rows)
-            yield functools.partial(_Block.only_rejects, rejects), len(text.data)
+            yield functools.partial(Block.only_rejects, rejects), len(text.data)
 
 
 # ----------------------------------------------------------------------------- grouping into posts
@@ -277,7 +277,7 @@ def _tag_strings(tags: list[tuple], file_keys: np.ndarray) -> dict[str, pa.Array
 
 
 def _post_block(files: list[tuple], tags: list[tuple], booru: object, tags_source: dict[str, str],
-                files_source: dict[str, str]) -> _Block:
+                files_source: dict[str, str]) -> Block:
     """Files rows and the good tag rows of the same post ids -> a block of posts; tag rows whose
     fid has no files row and files rows of another booru are its rejects."""
     rejects = []
@@ -304,7 +304,7 @@ def _post_block(files: list[tuple], tags: list[tuple], booru: object, tags_sourc
         "score": pa.array([None if row[4] is None else str(row[4]) for row in posts], pa.string()),
         **{f"tag_string_{name}": strings[name] for name in TAG_COLUMNS},
     }
-    return _Block({name: columns[name] for name in INPUT_COLUMNS}, np.array([row[0] for row in posts], dtype=np.int64),
+    return Block({name: columns[name] for name in INPUT_COLUMNS}, np.array([row[0] for row in posts], dtype=np.int64),
                   lambda i: _raw(_FILE_READ, posts[i]), rejects=rejects, source=files_source)
 
 
@@ -327,7 +327,7 @@ class _Cursor:
 
 
 def _posts(connection: sqlite3.Connection, files_table: _Table, tags_table: _Table,
-           total_bytes: int) -> Iterator[tuple[_Job, int]]:
+           total_bytes: int) -> Iterator[tuple[Job, int]]:
     """Merge the two cursors, both in post id order, into blocks of posts.
 
     A post id is complete once both cursors have gone past it, so every round emits the rows with a
@@ -360,10 +360,10 @@ def _posts(connection: sqlite3.Connection, files_table: _Table, tags_table: _Tab
             good, rejects = _check_tags(tags.fetch(), booru, tags_table.source)
             pending_tags += good
             if rejects:
-                yield functools.partial(_Block.only_rejects, rejects), 0
+                yield functools.partial(Block.only_rejects, rejects), 0
 
 
-def booru_chars_jobs(path: Path, block_bytes: int) -> Iterator[tuple[_Job, int]]:
+def booru_chars_jobs(path: Path, block_bytes: int) -> Iterator[tuple[Job, int]]:
     """Parse jobs for one booru-chars input (sqlite file, or the tags TSV of a pair)."""
     if path.suffix.lower() in SQLITE_SUFFIXES:
         connection, files_table, tags_table = _open_database(path)

@@ -3,7 +3,7 @@ some danbooru2023/2024 metadata dumps are) -> the row blocks ``build-dataset`` c
 
 The array is decoded one element at a time from a sliding buffer (``json.JSONDecoder.raw_decode``),
 so memory stays bounded by the block size whatever the file size. Every element is reported by the
-line its first character is on. Fields are read as in JSON Lines (``ingest.source_keys``: ``id``,
+line its first character is on. Fields are read as in JSON Lines (``blocks.source_keys``: ``id``,
 ``rating``, ``score`` and the tags by category, lists joined), any other key ignored. Text that is
 not JSON ends the array there: the rest of the file is one reject, the posts before it are kept.
 """
@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UsageError
-from .ingest import RAW_CHARS, _Block, _Job, _open, json_block
+from .blocks import RAW_CHARS, Block, Job, open_input
+from .readers import json_block
 
 _DECODER = json.JSONDecoder()
 _POSTS_PER_JOB = 20_000
@@ -26,7 +27,7 @@ _BROKEN = object()  # stands for an element that did not decode
 
 def is_json_array(path: Path, compression: str | None) -> bool:
     """True when the file's first non-blank character is ``[`` (a whole JSON array, not JSON Lines)."""
-    with _open(path, compression) as stream:
+    with open_input(path, compression) as stream:
         head = stream.read(1 << 16).lstrip(b"\xef\xbb\xbf").lstrip()
     return head.startswith(b"[")
 
@@ -47,7 +48,7 @@ def _elements(path: Path, compression: str | None, block_bytes: int) -> Iterator
     """(line, raw text cut short, value, input bytes read so far) of every element of the array;
     ``_BROKEN`` as the value of the text where decoding failed, which ends the iteration."""
     decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-    with _open(path, compression) as stream:
+    with open_input(path, compression) as stream:
         text, pos, line, line_pos = "", 0, 1, 0  # ``line`` is the line number at text[line_pos]
         exhausted, started = False, False
         while True:
@@ -85,14 +86,14 @@ def _elements(path: Path, compression: str | None, block_bytes: int) -> Iterator
             pos = end
 
 
-def _block(elements: list[tuple[int, str, object, int]]) -> _Block:
+def _block(elements: list[tuple[int, str, object, int]]) -> Block:
     """Decoded array elements -> a block; elements that are no post object are its rejects."""
     broken = [(line, "invalid_json", "not JSON; the rest of the file is not read", raw)
               for line, raw, value, _ in elements if value is _BROKEN]
     return json_block([(line, raw, value) for line, raw, value, _ in elements if value is not _BROKEN], broken)
 
 
-def json_array_jobs(path: Path, compression: str | None, block_bytes: int) -> Iterator[tuple[_Job, int]]:
+def json_array_jobs(path: Path, compression: str | None, block_bytes: int) -> Iterator[tuple[Job, int]]:
     """Parse jobs for one JSON array file, each with the number of input bytes it stands for."""
     elements: list[tuple[int, str, object, int]] = []
     done = 0
