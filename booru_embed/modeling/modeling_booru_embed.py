@@ -1,7 +1,9 @@
 """BooruEmbed: a transformer over unordered Danbooru tag sets (remote code, loadable with trust_remote_code).
 
-Reads top to bottom: outputs, embeddings, attention (with the packed-post layouts), MLP, block,
-pretrained base, encoder, heads.
+Reads top to bottom: outputs, embeddings, attention (the packed-post layouts and the `AttentionPlan` that
+every block follows), MLP, block, pretrained base, encoder, heads. `BooruEmbedForPreTraining` answers what
+users ask without reaching into its parts: `encode`, `embed`, `masked_tag_logits`, `rating_and_score_logits`,
+`readback`.
 
 Inputs come in one of two layouts:
 - padded: `input_ids`/`category_ids` (posts, tokens) with `attention_mask` (1 = real token);
@@ -684,6 +686,52 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
             head.bias.copy_(torch.log(share) - torch.log1p(-share))
         self.mlm_head.bias.copy_(torch.log(share))
 
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        category_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> BooruEmbedModelOutput:
+        """The encoder alone: per-tag hidden states and pooled embeddings (see [`BooruEmbedModel.forward`])."""
+        return self.model(
+            input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
+        )
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        category_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        normalize_embeddings: bool = False,
+    ) -> torch.Tensor:
+        """(posts, embedding_dim) pooled embeddings of padded or packed posts; no head runs."""
+        return self.encode(
+            input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+            position_ids=position_ids, normalize_embeddings=normalize_embeddings,
+        ).pooler_output
+
+    def masked_tag_logits(self, hidden_states: torch.Tensor, mlm_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked-tag logits (…, vocab) from encoder hidden states (…, hidden), e.g. `encode(...).last_hidden_state`.
+
+        With `mlm_positions` (boolean, the leading shape of `hidden_states`), only the selected tokens are scored,
+        in row-major order: (selected tokens, vocab).
+        """
+        if mlm_positions is not None:
+            hidden_states = hidden_states[mlm_positions]
+        return self.mlm_head(hidden_states, self.tag_output_matrix())
+
+    def rating_and_score_logits(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(posts, num_ratings) rating and (posts, num_score_buckets) score-bucket logits of full-size embeddings."""
+        return self.rating_head(embeddings), self.score_head(embeddings)
+
     def readback(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Tag logits (…, vocab) read back from embeddings whose width is one of `nested_dims + [embedding_dim]`.
 
@@ -711,24 +759,25 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         Args:
             mlm_positions: boolean, shape of `input_ids`: the tokens to score for masked-tag prediction.
         """
-        outputs = self.model(
+        outputs = self.encode(
             input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
             max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
         )
-        output_matrix = self.tag_output_matrix()
         mlm_logits = None
         if mlm_positions is not None:
-            mlm_logits = self.mlm_head(outputs.last_hidden_state[mlm_positions], output_matrix)
+            mlm_logits = self.masked_tag_logits(outputs.last_hidden_state, mlm_positions)
         embeddings = outputs.pooler_output
+        output_matrix = self.tag_output_matrix()
         readback_logits = torch.stack(
             [head(embeddings[:, : head.input_dim], output_matrix) for head in self.readback_heads]
         )  # (len(nested_dims) + 1, posts, vocab)
+        rating_logits, score_logits = self.rating_and_score_logits(embeddings)
         return BooruEmbedForPreTrainingOutput(
             mlm_logits=mlm_logits,
             embeddings=embeddings,
             readback_logits=readback_logits,
-            rating_logits=self.rating_head(embeddings),
-            score_logits=self.score_head(embeddings),
+            rating_logits=rating_logits,
+            score_logits=score_logits,
             last_hidden_state=outputs.last_hidden_state,
         )
 
