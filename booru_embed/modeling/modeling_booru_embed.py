@@ -686,37 +686,19 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
             head.bias.copy_(torch.log(share) - torch.log1p(-share))
         self.mlm_head.bias.copy_(torch.log(share))
 
-    def encode(
-        self,
-        input_ids: torch.Tensor,
-        category_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        max_seqlen: int | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> BooruEmbedModelOutput:
-        """The encoder alone: per-tag hidden states and pooled embeddings (see [`BooruEmbedModel.forward`])."""
-        return self.model(
-            input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
-            max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
-        )
+    def encode(self, input_ids: torch.Tensor, category_ids: torch.Tensor, **layout: object) -> BooruEmbedModelOutput:
+        """The encoder alone: per-tag hidden states and pooled embeddings.
+
+        `layout` is `attention_mask` (padded posts) or `cu_seqlens`/`max_seqlen`/`position_ids` (packed posts),
+        and any other argument of [`BooruEmbedModel.forward`].
+        """
+        return self.model(input_ids, category_ids, **layout)
 
     def embed(
-        self,
-        input_ids: torch.Tensor,
-        category_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        max_seqlen: int | None = None,
-        position_ids: torch.Tensor | None = None,
-        normalize_embeddings: bool = False,
+        self, input_ids: torch.Tensor, category_ids: torch.Tensor, normalize_embeddings: bool = False, **layout: object
     ) -> torch.Tensor:
-        """(posts, embedding_dim) pooled embeddings of padded or packed posts; no head runs."""
-        return self.encode(
-            input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-            position_ids=position_ids, normalize_embeddings=normalize_embeddings,
-        ).pooler_output
+        """(posts, embedding_dim) pooled embeddings of padded or packed posts (`layout` as in `encode`); no head runs."""
+        return self.encode(input_ids, category_ids, normalize_embeddings=normalize_embeddings, **layout).pooler_output
 
     def masked_tag_logits(self, hidden_states: torch.Tensor, mlm_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Masked-tag logits (…, vocab) from encoder hidden states (…, hidden), e.g. `encode(...).last_hidden_state`.
