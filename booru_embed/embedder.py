@@ -65,7 +65,11 @@ def _top(values: np.ndarray, count: int) -> np.ndarray:
 
 
 class TorchModel:
-    """The PyTorch backend: a ``BooruEmbedForPreTraining`` answering the embedder's calls on numpy arrays."""
+    """The PyTorch backend: a ``BooruEmbedForPreTraining`` answering the embedder's calls on numpy arrays.
+
+    It calls the model's public methods (``embed``, ``encode``, ``masked_tag_logits``, ``readback``); remote
+    code saved before ``embed`` existed answers through its forward pass instead, which runs every head.
+    """
 
     def __init__(self, model: Any) -> None:
         """Wrap a loaded ``BooruEmbedForPreTraining`` (put in eval mode)."""
@@ -73,6 +77,7 @@ class TorchModel:
         self.device = next(model.parameters()).device
         self.embedding_dim = int(model.config.embedding_dim)
         self.nested_dims = [int(d) for d in model.config.nested_dims]
+        self._has_methods = hasattr(model, "embed")
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         import torch
@@ -83,8 +88,10 @@ class TorchModel:
         """(n, embedding_dim) float32 pooled embeddings, not normalised, of a right-padded batch."""
         import torch
 
+        tensors = self._tensors(batch)
         with torch.inference_mode():
-            return self.model.model(**self._tensors(batch)).pooler_output.float().cpu().numpy()
+            pooled = self.model.embed(**tensors) if self._has_methods else self.model(**tensors).embeddings
+            return pooled.float().cpu().numpy()
 
     def mask_logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """(n, vocab) float32 masked-tag logits at the last real token of every row."""
@@ -92,9 +99,13 @@ class TorchModel:
 
         tensors = self._tensors(batch)
         rows = torch.arange(tensors["input_ids"].shape[0], device=self.device)
-        positions = torch.zeros_like(tensors["input_ids"], dtype=torch.bool)
-        positions[rows, tensors["attention_mask"].sum(dim=1) - 1] = True
+        last = tensors["attention_mask"].sum(dim=1) - 1  # (n,) right padding: the last real token
         with torch.inference_mode():
+            if self._has_methods:
+                hidden = self.model.encode(**tensors).last_hidden_state[rows, last]  # (n, hidden)
+                return self.model.masked_tag_logits(hidden).float().cpu().numpy()
+            positions = torch.zeros_like(tensors["input_ids"], dtype=torch.bool)
+            positions[rows, last] = True
             return self.model(**tensors, mlm_positions=positions).mlm_logits.float().cpu().numpy()
 
     def readback(self, embeddings: np.ndarray) -> np.ndarray:

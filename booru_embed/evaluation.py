@@ -263,9 +263,6 @@ class ModelRunner:
         self.info = info
         self.batch_tokens = batch_tokens
         self.device = next(model.parameters()).device
-        # the matrix the tag heads score against; folders saved before `tie_output_embeddings` existed are tied
-        output_matrix = getattr(model, "tag_output_matrix", None)
-        self.output_matrix = output_matrix() if output_matrix else model.get_input_embeddings().weight
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray):
         start = 0
@@ -278,18 +275,21 @@ class ModelRunner:
             start = end
 
     def _forward(self, batch: dict[str, Any], want: Sequence[str]) -> dict[str, Any]:
-        """The wanted outputs; without ``readback``, only the heads asked for run (they cost vocab-sized work)."""
-        if "readback" in want:
+        """The wanted outputs; without ``readback``, only the heads asked for run (they cost vocab-sized work).
+
+        Through the model's public methods; remote code saved before they existed runs its forward pass.
+        """
+        if "readback" in want or not hasattr(self.model, "encode"):
             out = self.model(**batch)
             return {name: getattr(out, self.OUTPUTS[name]) for name in want}
         positions = batch.pop("mlm_positions", None)
-        encoded = self.model.model(**batch)
+        encoded = self.model.encode(**batch)
         pooled = encoded.pooler_output
         heads = {
             "embeddings": lambda: pooled,
-            "rating": lambda: self.model.rating_head(pooled),
-            "score": lambda: self.model.score_head(pooled),
-            "mlm": lambda: self.model.mlm_head(encoded.last_hidden_state[positions], self.output_matrix),
+            "rating": lambda: self.model.rating_and_score_logits(pooled)[0],
+            "score": lambda: self.model.rating_and_score_logits(pooled)[1],
+            "mlm": lambda: self.model.masked_tag_logits(encoded.last_hidden_state, positions),
         }
         return {name: heads[name]() for name in want}
 

@@ -66,11 +66,10 @@ def _modules() -> tuple[type, type]:
         def forward(self, input_ids: torch.Tensor, category_ids: torch.Tensor,
                     attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """(batch, tokens) x 3 -> (batch, embedding_dim), (batch, vocab)."""
-            outputs = self.model.model(input_ids, category_ids, attention_mask=attention_mask)
+            outputs = self.model.encode(input_ids, category_ids, attention_mask=attention_mask)
             last = attention_mask.sum(dim=1) - 1  # (batch,) right padding: the last real token
             rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-            logits = self.model.mlm_head(outputs.last_hidden_state[rows, last], self.model.tag_output_matrix())
-            return outputs.pooler_output, logits
+            return outputs.pooler_output, self.model.masked_tag_logits(outputs.last_hidden_state[rows, last])
 
     class ReadbackForExport(nn.Module):
         """One embedding batch per trained size -> the tag logits of its read-back head."""
@@ -81,8 +80,7 @@ def _modules() -> tuple[type, type]:
 
         def forward(self, *embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
             """(rows_i, D_i) for each D_i in nested_dims + [embedding_dim] -> (rows_i, vocab) each."""
-            matrix = self.model.tag_output_matrix()
-            return tuple(head(batch, matrix) for head, batch in zip(self.model.readback_heads, embeddings))
+            return tuple(self.model.readback(batch) for batch in embeddings)
 
     return EncoderForExport, ReadbackForExport
 
@@ -183,7 +181,12 @@ def export_onnx(model_dir: str | Path, output: str | Path | None = None, opset: 
     with tqdm(total=len(steps), desc="export-onnx", unit="step", disable=not progress) as bar:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
         model = AutoModelForPreTraining.from_pretrained(str(folder), trust_remote_code=True,
-                                                        attn_implementation="sdpa").float().eval()
+                                                        attn_implementation="sdpa")
+        if not hasattr(model, "encode"):  # remote code saved before the public methods: the package's classes
+            from .modeling.modeling_booru_embed import BooruEmbedForPreTraining  # read it the same way
+
+            model = BooruEmbedForPreTraining.from_pretrained(str(folder), attn_implementation="sdpa")
+        model = model.float().eval()
         example = _example_inputs(tokenizer)
         bar.update()
         with _quiet():

@@ -190,6 +190,16 @@ def test_usage_errors_are_one_line(small_corpus, tmp_path):
                  "--output", str(tmp_path / "m2"), "--batch-size", "0"]) == 2
 
 
+def test_build_model_sets_the_attention_backend_through_set_attn_implementation(small_corpus, tmp_path):
+    from booru_embed.training.loop import build_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(small_corpus[1]))
+    model = build_model(config_for(small_corpus, tmp_path, attn_implementation="eager"), tokenizer)
+    assert model.config._attn_implementation == "eager"
+    with pytest.raises(UsageError, match="--attn-implementation no_such_backend"):
+        build_model(config_for(small_corpus, tmp_path, attn_implementation="no_such_backend"), tokenizer)
+
+
 def test_train_takes_a_shipped_config_by_name(small_corpus, tmp_path):
     from booru_embed.cli import main
 

@@ -1,7 +1,9 @@
 """BooruEmbed: a transformer over unordered Danbooru tag sets (remote code, loadable with trust_remote_code).
 
-Reads top to bottom: outputs, embeddings, attention (with the packed-post layouts), MLP, block,
-pretrained base, encoder, heads.
+Reads top to bottom: outputs, embeddings, attention (the packed-post layouts and the `AttentionPlan` that
+every block follows), MLP, block, pretrained base, encoder, heads. `BooruEmbedForPreTraining` answers what
+users ask without reaching into its parts: `encode`, `embed`, `masked_tag_logits`, `rating_and_score_logits`,
+`readback`.
 
 Inputs come in one of two layouts:
 - padded: `input_ids`/`category_ids` (posts, tokens) with `attention_mask` (1 = real token);
@@ -34,7 +36,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .configuration_booru_embed import BooruEmbedConfig
 
@@ -47,8 +49,6 @@ try:
     from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
 except ImportError:  # torch < 2.10
     _torch_varlen_attn = None
-
-logger = logging.get_logger(__name__)
 
 VARLEN_ATTENTION = "booru_varlen"
 # Backends that take cu_seqlens instead of a mask; a padded batch is unpadded once before the first block.
@@ -281,8 +281,116 @@ def varlen_attention_forward(
 AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
 
 
+@dataclass
+class AttentionPlan:
+    """How every block runs attention in one forward, chosen once from the input layout and the backend.
+
+    The only place that looks at backend names. Padded rows go to the backend with the bidirectional mask;
+    packed posts (or padded rows unpadded for the varlen backends, which take no mask) go with `cu_seqlens`
+    (varlen backends), a document `BlockMask` (flex) or, for every other backend, regrouped into one row per
+    post with a key padding mask.
+
+    Attributes:
+        attention: the attention function of the configured backend.
+        kwargs: what it receives besides query/key/value: `attention_mask`, and cu_seqlens for varlen backends.
+        layout: where the posts are when the blocks run on one packed row; None for padded rows.
+        regroup: regroup the packed row into (posts, max_seqlen) rows for the attention product only.
+        padding_mask: (posts, tokens), 1 for the real tokens of a padded input; None for packed input.
+        unpad: (real tokens,) position of every real token of a padded input in its flattened batch, when the
+            padded input runs packed; None otherwise.
+    """
+
+    attention: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    kwargs: dict[str, object]
+    layout: PostLayout | None = None
+    regroup: bool = False
+    padding_mask: torch.Tensor | None = None
+    unpad: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        config: BooruEmbedConfig,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cu_seqlens: torch.Tensor | None,
+        max_seqlen: int | None,
+        position_ids: torch.Tensor | None,
+    ) -> AttentionPlan:
+        """The plan for embedded inputs `hidden_states` (rows, tokens, hidden) in one of the layouts."""
+        implementation = config._attn_implementation
+        if implementation == VARLEN_ATTENTION:
+            # This file's own function: another copy of this remote code loaded in the same process (a Hub
+            # snapshot, say) registers the same name in the global registry, possibly from another version.
+            attention = varlen_attention_forward
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        varlen = implementation in _VARLEN_BACKENDS
+        unpad = None
+        if cu_seqlens is not None:
+            layout = PostLayout.from_cu_seqlens(cu_seqlens, max_seqlen, hidden_states.shape[1])
+        elif position_ids is not None:
+            layout = PostLayout.from_position_ids(position_ids)
+        elif varlen:  # varlen kernels take no mask: a padded batch is unpadded once and runs packed
+            real = attention_mask.bool() if attention_mask is not None else torch.ones(
+                hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+            lengths = real.sum(dim=1, dtype=torch.int32)
+            cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+            layout = PostLayout.from_cu_seqlens(cu, int(lengths.max()), int(cu[-1]))
+            unpad = real.flatten().nonzero().squeeze(1)  # (total_tokens,) position of each real token in the batch
+        else:
+            mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+            return cls(attention, {"attention_mask": mask}, padding_mask=attention_mask)
+
+        if varlen:
+            kwargs: dict[str, object] = {
+                "attention_mask": None,
+                "cu_seq_lens_q": layout.cu_seqlens,
+                "cu_seq_lens_k": layout.cu_seqlens,
+                "max_length_q": layout.max_seqlen,
+                "max_length_k": layout.max_seqlen,
+            }
+            if implementation == VARLEN_ATTENTION:
+                kwargs["post_layout"] = layout
+            return cls(attention, kwargs, layout=layout, padding_mask=real if unpad is not None else None, unpad=unpad)
+        if implementation == "flex_attention":
+            return cls(attention, {"attention_mask": layout.document_block_mask(layout.slots.numel())}, layout=layout)
+        return cls(attention, {"attention_mask": layout.key_mask()}, layout=layout, regroup=True)
+
+    def enter(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The embedded input as the blocks see it: a padded input that runs packed becomes one packed row."""
+        if self.unpad is None:
+            return hidden_states
+        return hidden_states.flatten(0, 1).index_select(0, self.unpad)[None]  # (1, total_tokens, hidden)
+
+    def leave(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Block states back in the input's layout, padding rows set to 0."""
+        if self.unpad is not None:
+            packed = hidden_states[0]  # (total_tokens, hidden)
+            padded = packed.new_zeros(self.padding_mask.numel(), packed.shape[-1]).index_copy(0, self.unpad, packed)
+            return padded.view(*self.padding_mask.shape, -1)
+        if self.padding_mask is not None:
+            return hidden_states * self.padding_mask[..., None].to(hidden_states.dtype)
+        return hidden_states
+
+    def first_tokens(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(posts, hidden) final states of every post's first (`<cls>`) token, from the blocks' output."""
+        if self.layout is not None:
+            return hidden_states[0, self.layout.cu_seqlens[:-1].long()]
+        first = self.padding_mask.int().argmax(dim=1) if self.padding_mask is not None else 0
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), first]
+
+    def group(self, states: torch.Tensor) -> torch.Tensor:
+        """(1, total_tokens, features) -> (posts, max_seqlen, features) when regrouping, else unchanged."""
+        return self.layout.regroup(states[0]) if self.regroup else states
+
+    def ungroup(self, states: torch.Tensor) -> torch.Tensor:
+        """The inverse of `group`: (posts, max_seqlen, features) -> (1, total_tokens, features)."""
+        return self.layout.ungroup(states)[None] if self.regroup else states
+
+
 class BooruEmbedAttention(nn.Module):
-    """Bidirectional multi-head self-attention without biases, dispatched to the configured backend."""
+    """Bidirectional multi-head self-attention without biases, dispatched to the backend of the plan."""
 
     def __init__(self, config: BooruEmbedConfig, layer_idx: int) -> None:
         super().__init__()
@@ -295,41 +403,16 @@ class BooruEmbedAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | object | None = None,
-        post_layout: PostLayout | None = None,
-        **kwargs: object,
-    ) -> torch.Tensor:
-        """(batch, tokens, hidden) -> (batch, tokens, hidden).
-
-        With `post_layout` and a backend that takes neither cu_seqlens nor a BlockMask, the packed posts are
-        regrouped into rows of a (posts, max_seqlen) grid for the attention product only.
-        """
-        qkv = self.qkv_proj(hidden_states)  # (batch, tokens, 3 * hidden)
-        implementation = self.config._attn_implementation
-        if implementation == VARLEN_ATTENTION:
-            # This file's own function: another copy of this remote code loaded in the same process (a Hub
-            # snapshot, say) registers the same name in the global registry, possibly from another version.
-            attention = varlen_attention_forward
-        else:
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        regroup = post_layout is not None and implementation not in _VARLEN_BACKENDS + ("flex_attention",)
-        if regroup:
-            qkv = post_layout.regroup(qkv[0])  # (posts, max_seqlen, 3 * hidden)
-            attention_mask = post_layout.key_mask()
-        elif implementation == VARLEN_ATTENTION:
-            kwargs["post_layout"] = post_layout
+    def forward(self, hidden_states: torch.Tensor, attention_plan: AttentionPlan) -> torch.Tensor:
+        """(batch, tokens, hidden) -> (batch, tokens, hidden)."""
+        qkv = attention_plan.group(self.qkv_proj(hidden_states))  # (rows, length, 3 * hidden)
         rows, length = qkv.shape[:2]
         qkv = qkv.view(rows, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (rows, heads, length, head_dim)
-        output, _ = attention(
-            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False, **kwargs
+        output, _ = attention_plan.attention(
+            self, query, key, value, scaling=self.scaling, dropout=0.0, is_causal=False, **attention_plan.kwargs
         )  # (rows, length, heads, head_dim)
-        output = output.reshape(rows, length, -1)
-        if regroup:
-            output = post_layout.ungroup(output)[None]  # (1, total_tokens, hidden)
+        output = attention_plan.ungroup(output.reshape(rows, length, -1))  # (batch, tokens, hidden)
         return self.o_proj(output)
 
 
@@ -360,9 +443,9 @@ class BooruEmbedLayer(GradientCheckpointingLayer):
         self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = BooruEmbedMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, **attention_kwargs: object) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_plan: AttentionPlan) -> torch.Tensor:
         """(batch, tokens, hidden) -> (batch, tokens, hidden)."""
-        hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), **attention_kwargs)
+        hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_plan)
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
 
@@ -382,6 +465,12 @@ class BooruEmbedPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    # Where flash_attn or CUDA is missing, transformers serves `flash_attention_*` requests with the first of these
+    # (a model-author flag, read by `from_pretrained` and `set_attn_implementation`): booru_varlen, not a load error.
+    _compatible_flash_implementations = (
+        ["flash_attention_2", VARLEN_ATTENTION] if _flash_attn_varlen_func is not None and torch.cuda.is_available()
+        else [VARLEN_ATTENTION]
+    )
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -406,20 +495,6 @@ class BooruEmbedPreTrainedModel(PreTrainedModel):
         if self.output_embeddings is not None:
             return self.output_embeddings.weight
         return self.model.embeddings.token_embeddings.weight
-
-    def _check_and_adjust_attn_implementation(
-        self, attn_implementation: str | None, *args: object, **kwargs: object
-    ) -> str:
-        """Serve `flash_attention_2` with `booru_varlen` where flash_attn or CUDA is missing, instead of failing."""
-        if attn_implementation == "flash_attention_2" and not (
-            _flash_attn_varlen_func is not None and torch.cuda.is_available()
-        ):
-            logger.warning_once(
-                "flash_attention_2 needs the flash_attn package and a CUDA device; using booru_varlen "
-                "(PyTorch varlen attention on CUDA, regrouped SDPA elsewhere) instead."
-            )
-            attn_implementation = VARLEN_ATTENTION
-        return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------- encoder
@@ -481,84 +556,21 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
         if packed and input_ids.shape[0] != 1:
             raise ValueError(f"packed posts must be one row of shape (1, total_tokens), got {tuple(input_ids.shape)}")
         hidden_states = self.embeddings(input_ids, category_ids)
-
-        if packed:
-            total_tokens = input_ids.shape[1]
-            if cu_seqlens is not None:
-                layout = PostLayout.from_cu_seqlens(cu_seqlens, max_seqlen, total_tokens)
-            else:
-                layout = PostLayout.from_position_ids(position_ids)
-            hidden_states, all_states = self._encode_packed(hidden_states, layout, output_hidden_states)
-            first_tokens = hidden_states[0, layout.cu_seqlens[:-1].long()]
-        elif self.config._attn_implementation in _VARLEN_BACKENDS:
-            # Varlen kernels take no mask: unpad once, run packed, scatter back.
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            real = attention_mask.bool()
-            lengths = real.sum(dim=1, dtype=torch.int32)
-            cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-            layout = PostLayout.from_cu_seqlens(cu, int(lengths.max()), int(cu[-1]))
-            index = real.flatten().nonzero().squeeze(1)  # (total_tokens,) position of each real token in the batch
-            packed_states, all_states = self._encode_packed(
-                hidden_states.flatten(0, 1).index_select(0, index)[None], layout, output_hidden_states
-            )
-            first_tokens = packed_states[0, layout.cu_seqlens[:-1].long()]
-            hidden_states = self._scatter(packed_states[0], index, real.shape)
-            if all_states is not None:
-                all_states = tuple(self._scatter(states[0], index, real.shape) for states in all_states)
-        else:
-            mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
-            )
-            hidden_states, all_states = self._run_blocks(hidden_states, output_hidden_states, attention_mask=mask)
-            first = attention_mask.int().argmax(dim=1) if attention_mask is not None else 0
-            first_tokens = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), first]
-            if attention_mask is not None:
-                hidden_states = hidden_states * attention_mask[..., None].to(hidden_states.dtype)
-
-        pooled = self.pooler(first_tokens)
-        if normalize_embeddings:
-            pooled = F.normalize(pooled, dim=-1)
-        return BooruEmbedModelOutput(last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_states)
-
-    def _encode_packed(
-        self, hidden_states: torch.Tensor, layout: PostLayout, output_hidden_states: bool
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Run the blocks on one packed row with the attention arguments of the configured backend."""
-        implementation = self.config._attn_implementation
-        if implementation in _VARLEN_BACKENDS:
-            attention_kwargs = {
-                "cu_seq_lens_q": layout.cu_seqlens,
-                "cu_seq_lens_k": layout.cu_seqlens,
-                "max_length_q": layout.max_seqlen,
-                "max_length_k": layout.max_seqlen,
-            }
-        elif implementation == "flex_attention":
-            attention_kwargs = {"attention_mask": layout.document_block_mask(hidden_states.shape[1])}
-        else:
-            attention_kwargs = {}
-        return self._run_blocks(hidden_states, output_hidden_states, post_layout=layout, **attention_kwargs)
-
-    def _run_blocks(
-        self, hidden_states: torch.Tensor, output_hidden_states: bool, **attention_kwargs: object
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """All blocks and the final norm; also the states between blocks when asked."""
+        plan = AttentionPlan.build(self.config, hidden_states, attention_mask, cu_seqlens, max_seqlen, position_ids)
+        hidden_states = plan.enter(hidden_states)
         all_states = [] if output_hidden_states else None
         for layer in self.layers:
             if all_states is not None:
-                all_states.append(hidden_states)
-            hidden_states = layer(hidden_states, **attention_kwargs)
+                all_states.append(plan.leave(hidden_states))
+            hidden_states = layer(hidden_states, attention_plan=plan)
         hidden_states = self.final_norm(hidden_states)
+        pooled = self.pooler(plan.first_tokens(hidden_states))
+        if normalize_embeddings:
+            pooled = F.normalize(pooled, dim=-1)
+        hidden_states = plan.leave(hidden_states)
         if all_states is not None:
-            all_states.append(hidden_states)
-            return hidden_states, tuple(all_states)
-        return hidden_states, None
-
-    @staticmethod
-    def _scatter(packed: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """(total_tokens, hidden) -> `shape` + (hidden,): real tokens at `index` of the flattened batch, else 0."""
-        padded = packed.new_zeros(shape.numel(), packed.shape[-1]).index_copy(0, index, packed)
-        return padded.view(*shape, -1)
+            all_states = (*all_states, hidden_states)
+        return BooruEmbedModelOutput(last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_states)
 
 
 # ------------------------------------------------------------------------------------------------------- heads
@@ -674,6 +686,34 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
             head.bias.copy_(torch.log(share) - torch.log1p(-share))
         self.mlm_head.bias.copy_(torch.log(share))
 
+    def encode(self, input_ids: torch.Tensor, category_ids: torch.Tensor, **layout: object) -> BooruEmbedModelOutput:
+        """The encoder alone: per-tag hidden states and pooled embeddings.
+
+        `layout` is `attention_mask` (padded posts) or `cu_seqlens`/`max_seqlen`/`position_ids` (packed posts),
+        and any other argument of [`BooruEmbedModel.forward`].
+        """
+        return self.model(input_ids, category_ids, **layout)
+
+    def embed(
+        self, input_ids: torch.Tensor, category_ids: torch.Tensor, normalize_embeddings: bool = False, **layout: object
+    ) -> torch.Tensor:
+        """(posts, embedding_dim) pooled embeddings of padded or packed posts (`layout` as in `encode`); no head runs."""
+        return self.encode(input_ids, category_ids, normalize_embeddings=normalize_embeddings, **layout).pooler_output
+
+    def masked_tag_logits(self, hidden_states: torch.Tensor, mlm_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked-tag logits (…, vocab) from encoder hidden states (…, hidden), e.g. `encode(...).last_hidden_state`.
+
+        With `mlm_positions` (boolean, the leading shape of `hidden_states`), only the selected tokens are scored,
+        in row-major order: (selected tokens, vocab).
+        """
+        if mlm_positions is not None:
+            hidden_states = hidden_states[mlm_positions]
+        return self.mlm_head(hidden_states, self.tag_output_matrix())
+
+    def rating_and_score_logits(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(posts, num_ratings) rating and (posts, num_score_buckets) score-bucket logits of full-size embeddings."""
+        return self.rating_head(embeddings), self.score_head(embeddings)
+
     def readback(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Tag logits (…, vocab) read back from embeddings whose width is one of `nested_dims + [embedding_dim]`.
 
@@ -701,24 +741,25 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         Args:
             mlm_positions: boolean, shape of `input_ids`: the tokens to score for masked-tag prediction.
         """
-        outputs = self.model(
+        outputs = self.encode(
             input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
             max_seqlen=max_seqlen, position_ids=position_ids, **kwargs,
         )
-        output_matrix = self.tag_output_matrix()
         mlm_logits = None
         if mlm_positions is not None:
-            mlm_logits = self.mlm_head(outputs.last_hidden_state[mlm_positions], output_matrix)
+            mlm_logits = self.masked_tag_logits(outputs.last_hidden_state, mlm_positions)
         embeddings = outputs.pooler_output
+        output_matrix = self.tag_output_matrix()
         readback_logits = torch.stack(
             [head(embeddings[:, : head.input_dim], output_matrix) for head in self.readback_heads]
         )  # (len(nested_dims) + 1, posts, vocab)
+        rating_logits, score_logits = self.rating_and_score_logits(embeddings)
         return BooruEmbedForPreTrainingOutput(
             mlm_logits=mlm_logits,
             embeddings=embeddings,
             readback_logits=readback_logits,
-            rating_logits=self.rating_head(embeddings),
-            score_logits=self.score_head(embeddings),
+            rating_logits=rating_logits,
+            score_logits=score_logits,
             last_hidden_state=outputs.last_hidden_state,
         )
 

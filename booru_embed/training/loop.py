@@ -89,10 +89,14 @@ def build_model(config: TrainingConfig, tokenizer: Any) -> Any:
         model_config = BooruEmbedConfig(**values)
     except (TypeError, ValueError) as error:
         raise UsageError(f"bad model config {config.config}: {error}") from None
-    if config.attn_implementation:
-        model_config._attn_implementation = config.attn_implementation
     torch.manual_seed(config.seed)
-    return BooruEmbedForPreTraining(model_config)
+    model = BooruEmbedForPreTraining(model_config)
+    if config.attn_implementation:
+        try:
+            model.set_attn_implementation(config.attn_implementation)
+        except (ImportError, ValueError) as error:
+            raise UsageError(f"--attn-implementation {config.attn_implementation}: {error}") from None
+    return model
 
 
 def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any) -> Any:
