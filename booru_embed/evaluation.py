@@ -351,11 +351,22 @@ def _log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the evaluation
 
 
-def sample_rows(total: int, size: int | None, rng: np.random.Generator) -> np.ndarray | None:
-    """Sorted indices of a random sample of ``size`` of ``total`` rows; None when all are kept."""
+SAMPLE_STREAMS = {"test": (), "train": (3,)}  # seed streams of the two draws (the test one predates the other)
+
+
+def sample_rows(total: int, size: int | None, split: str, seed: int = SEED) -> np.ndarray | None:
+    """Sorted indices of the seeded sample of ``size`` of ``total`` rows of ``split`` ("train" for the
+    baseline, "test" for the cases); None when all are kept (``size`` None, 0, or at least ``total``)."""
     if not size or size >= total:
         return None
-    return np.sort(rng.permutation(total)[:size])
+    return np.sort(np.random.default_rng([seed, *SAMPLE_STREAMS[split]]).permutation(total)[:size])
+
+
+def encode_sample(tokenizer: Any, split: Any, size: int | None, name: str, seed: int = SEED) -> Any:
+    """``tokenizer.encode_dataset`` of only the rows of ``split`` that ``sample_rows`` draws (the
+    ``Evaluator`` draws the same ones, so encoding the sample first changes no metric)."""
+    rows = sample_rows(len(split), size, name, seed)
+    return tokenizer.encode_dataset(split if rows is None else split.select(rows))
 
 
 class Evaluator:
@@ -378,12 +389,12 @@ class Evaluator:
         self.candidates = info.tag_candidates()
         self.tag_to_id = tag_to_id
         self.seed = seed
-        self.test = _as_posts(test_posts, sample_rows(len(test_posts), max_posts, np.random.default_rng(seed)))
+        self.test = _as_posts(test_posts, sample_rows(len(test_posts), max_posts, "test", seed))
         rating_class = {t: i for i, t in enumerate(info.rating_token_ids)}
         score_class = {t: i for i, t in enumerate(info.score_token_ids)}
         self.rating_class, self.score_class = rating_class, score_class
         started = time.perf_counter()
-        train_rows = sample_rows(len(train_posts), baseline_posts, np.random.default_rng([seed, 3]))
+        train_rows = sample_rows(len(train_posts), baseline_posts, "train", seed)
         ids, categories, lengths = _flat(train_posts, train_rows)
         starts = np.concatenate([[0], np.cumsum(lengths)])[:-1]
         self.baseline = CooccurrenceBaseline(
@@ -749,17 +760,14 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         pairs = [(a, c) for a, c in truth_table.get("implications", [])]
     loaded = {"time.load.seconds": time.perf_counter() - started, "memory.load.peak_mb": peak_memory_mb()}
     started = time.perf_counter()
-    train, test = splits["train"], splits["test"]
-    train_rows = sample_rows(len(train), baseline_posts, np.random.default_rng([SEED, 3]))  # Evaluator's draws
-    test_rows = sample_rows(len(test), max_posts, np.random.default_rng(SEED))
     evaluator = Evaluator(
         info,
-        tokenizer.encode_dataset(train if train_rows is None else train.select(train_rows)),
-        posts_from_encoded(tokenizer.encode_dataset(test if test_rows is None else test.select(test_rows))),
+        encode_sample(tokenizer, splits["train"], baseline_posts, "train"),
+        encode_sample(tokenizer, splits["test"], max_posts, "test"),
         tokenizer.tag_to_id,
         max_posts=max_posts,
         baseline_posts=baseline_posts,
-        train_total=len(train),
+        train_total=len(splits["train"]),
     )
     loaded["time.encode.seconds"] = time.perf_counter() - started - evaluator.recorded["time.baseline.seconds"]
     loaded["memory.encode.peak_mb"] = peak_memory_mb()
