@@ -1,14 +1,22 @@
 """Evaluation: what the model learned, side by side with a co-occurrence baseline on the same cases.
 
 ``booru-embed evaluate MODEL_DIR --dataset DATA_DIR --output METRICS_JSON [--implications FILE]
-[--truth FILE] [--max-posts N]``. Every metric is computed for the model (``model.*``) and, where a
+[--truth FILE] [--max-posts N] [--baseline-posts N]``. Every metric is computed for the model (``model.*``) and, where a
 classical method exists, for the baseline (``baseline.*``) on exactly the same cases (same posts, same
 hidden tags, drawn with a fixed seed). The keys are documented in README.md (section training).
 
 The baseline is Danbooru's "related tags": from the training split, the cosine of two tags'
 post sets, ``cos(a, b) = n(a and b) / sqrt(n(a) n(b))``; missing tags of a post are scored by the sum
 of their cosines to the visible tags. Retrieval's baseline is TF-IDF cosine over the visible tags
-(IDF from the training split); rating / score's is naive Bayes over the visible tags.
+(IDF from the training split), and a second one (``tagvec.*``) the idf-weighted mean of the visible
+tags' co-occurrence SVD rows (``cooccurrence.spectral_rows``); rating / score's is naive Bayes over the
+visible tags.
+
+Memory is bounded by settings, not by the split: the baseline counts a seeded sample of
+``baseline_posts`` training posts straight from the encoded Arrow columns (``booru_embed/cooccurrence.py``
+builds the sparse counts; no Python object per training post), cases are scored ``CASE_BATCH`` at a time
+with only each case's top ``TOP_K`` candidates kept, and read-back logits are held for one batch of
+posts at a time.
 
 Threshold metrics follow the WD tagger reports: micro F1 at the threshold where precision equals
 recall (that is, when as many (post, tag) pairs are predicted as there are true ones, so F1 = the
@@ -653,7 +661,7 @@ def peak_memory_mb() -> float:
     """The process's peak resident memory so far, in MB (0 where the platform does not say)."""
     try:
         import resource
-    except ImportError:  # not on Windows
+    except ImportError:  # no `resource` module on Windows
         return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
@@ -676,6 +684,8 @@ def posts_from_encoded(encoded: Any) -> list[Any]:
     from .training.collator import Post, flat_posts
 
     ids, categories, lengths = flat_posts(_arrow_table(encoded))
+    if not len(lengths):
+        return []
     cuts = np.cumsum(lengths)[:-1]
     return [Post.from_encoded(i, c) for i, c in zip(np.split(ids, cuts), np.split(categories, cuts))]
 
