@@ -101,9 +101,9 @@ def build_model_dir(data_dir: Path, model_dir: Path, config_name: str) -> int:
 
 
 def timed_evaluate(model_dir: Path, data_dir: Path, output: Path, max_posts: int, baseline_posts: int,
-                   code: Path) -> tuple[dict, float, float]:
+                   code: Path) -> tuple[dict, float, float, float]:
     """Run `booru-embed evaluate` under /usr/bin/time -v with ``code`` first on PYTHONPATH:
-    (metrics, wall seconds, peak RSS MB)."""
+    (metrics, wall seconds, CPU seconds, peak RSS MB)."""
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "booru_embed.cli", "evaluate", str(model_dir),
                "--dataset", str(data_dir), "--output", str(output), "--max-posts", str(max_posts)]
     if code == REPO:
@@ -115,7 +115,8 @@ def timed_evaluate(model_dir: Path, data_dir: Path, output: Path, max_posts: int
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
-    return json.loads(output.read_text()), seconds, peak_kb / 1024
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", result.stderr).group(1)) for kind in ("User", "System"))
+    return json.loads(output.read_text()), seconds, cpu, peak_kb / 1024
 
 
 def main() -> None:
@@ -146,7 +147,7 @@ def main() -> None:
         build_model_dir(args.workdir / f"data_{sizes[-1]}", model_dir, args.config)
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     rows.append((f"tokenizer + model (vocab {vocab:,})", time.perf_counter() - started, None))
-    print(f"{'stage':<44} {'seconds':>8} {'peak MB':>8}", flush=True)
+    print(f"{'stage':<44} {'seconds':>8} {'peak MB':>8}   (wall seconds; the stages' peak MB is the process's peak so far)", flush=True)
     for name, seconds, peak in rows:
         print(f"{name:<44} {seconds:>8.1f} {'-' if peak is None else f'{peak:.0f}':>8}", flush=True)
     runs = [(REPO, size, args.max_posts) for size in sizes]
@@ -155,22 +156,23 @@ def main() -> None:
     results = {}
     for code, size, max_posts in runs:
         label = f"{'reference' if code != REPO else 'this'} {size // 1000}k train, {max_posts // 1000}k test"
-        metrics, wall, peak = timed_evaluate(model_dir, args.workdir / f"data_{size}",
+        metrics, wall, cpu, peak = timed_evaluate(model_dir, args.workdir / f"data_{size}",
                                              args.workdir / f"metrics_{label.replace(' ', '_').replace(',', '')}.json",
                                              max_posts, args.baseline_posts, code)
-        results[code, size, max_posts] = (wall, peak)
+        results[code, size, max_posts] = (wall, cpu, peak)
         for stage in ("load", "encode", "baseline", "masked", "readback", "retrieval"):
             if f"time.{stage}.seconds" in metrics:
                 print(f"  {label}: {stage:<26} {metrics[f'time.{stage}.seconds']:>8.1f} "
                       f"{metrics.get(f'memory.{stage}.peak_mb', float('nan')):>8.0f}")
-        print(f"{label + ': whole command':<44} {wall:>8.1f} {peak:>8.0f}   "
+        print(f"{label + ': whole command':<44} {wall:>8.1f} {peak:>8.0f}   CPU {cpu:.0f} s "
               f"(baseline posts {metrics.get('count.baseline.posts', size):,.0f}, "
               f"tagvec character {metrics.get('tagvec.retrieval.character.recall@10', float('nan')):.3f}, "
               f"tf-idf {metrics['baseline.retrieval.character.recall@10']:.3f})", flush=True)
     if args.reference_code:
         ref = results[args.reference_code, sizes[0], args.reference_max_posts]
         new = results[REPO, sizes[0], args.reference_max_posts]
-        print(f"reference / this on the same inputs: {ref[0] / new[0]:.1f}x the seconds, {ref[1] / new[1]:.1f}x the peak memory")
+        print(f"reference / this on the same inputs: {ref[0] / new[0]:.1f}x the wall seconds, {ref[1] / new[1]:.1f}x the CPU "
+              f"seconds, {ref[2] / new[2]:.1f}x the peak memory")
 
 
 if __name__ == "__main__":
