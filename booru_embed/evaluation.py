@@ -44,6 +44,7 @@ from .modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 TOP_K = 100  # candidates kept per case; P=R thresholds never reach deeper on tag-set data
 CASE_BATCH = 256  # cases scored at once: (cases, vocab) float32 score arrays stay near 150 MB at 150k tags
 BASELINE_POSTS = 1_000_000  # training posts the baseline counts by default: ~1 GB of co-counts at Danbooru's vocabulary
+ENCODE_ROWS = 100_000  # posts encoded at once when sampling a split (their tag strings are copied)
 TAGVEC_DIMS = (64,)  # widths of the tag-vector retrieval baseline, besides the model's hidden size
 POPULAR_TAGS = 2000  # "popular" = the 2000 most frequent tags of the training split
 HIDE_FRACTION = 0.25  # share of a test post's tags hidden in the masked-tag cases
@@ -377,9 +378,28 @@ def sample_rows(total: int, size: int | None, split: str, seed: int = SEED) -> n
 
 def encode_sample(tokenizer: Any, split: Any, size: int | None, name: str, seed: int = SEED) -> Any:
     """``tokenizer.encode_dataset`` of only the rows of ``split`` that ``sample_rows`` draws (the
-    ``Evaluator`` draws the same ones, so encoding the sample first changes no metric)."""
+    ``Evaluator`` draws the same ones, so encoding the sample first changes no metric).
+
+    The rows are taken from each record batch of the memory-mapped table in turn (a take over the
+    whole chunked column would first copy all of it) and encoded ``ENCODE_ROWS`` at a time, so the tag
+    strings of one chunk are in memory at once, never those of the split or of the whole sample.
+    """
+    import datasets
+    import pyarrow as pa
+
     rows = sample_rows(len(split), size, name, seed)
-    return tokenizer.encode_dataset(split if rows is None else split.select(rows))
+    if rows is None:
+        return tokenizer.encode_dataset(split)
+    parts, pieces, offset = [], [], 0
+    for batch in split.with_format("arrow")[:].to_batches():
+        low, high = np.searchsorted(rows, [offset, offset + batch.num_rows])
+        if high > low:
+            pieces.append(batch.take(pa.array(rows[low:high] - offset)))
+        offset += batch.num_rows
+        if sum(p.num_rows for p in pieces) >= ENCODE_ROWS or (offset == len(split) and pieces):
+            parts.append(tokenizer.encode_dataset(datasets.Dataset(pa.Table.from_batches(pieces))))
+            pieces = []
+    return datasets.concatenate_datasets(parts)
 
 
 class Evaluator:

@@ -233,3 +233,23 @@ def test_tag_vector_baseline_is_the_idf_weighted_mean_of_cooccurrence_rows():
     expected = (idf[10] * rows[10] + idf[11] * rows[11] + idf[24] * rows[24]) / (idf[10] + idf[11] + idf[24])
     np.testing.assert_allclose(mean[0], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mean[1], rows[20], rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_encodes_only_the_samples_and_records_them(tmp_path):
+    import datasets
+    import pyarrow as pa
+    from tiny_model import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from booru_embed.evaluation import encode_sample, evaluate, sample_rows
+
+    model_dir = build_tiny_model(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+    train = datasets.load_from_disk(str(tmp_path / "data"))["train"]
+    chunked = datasets.Dataset(pa.Table.from_batches(train.data.table.to_batches(max_chunksize=7)))
+    sampled = encode_sample(tokenizer, chunked, 50, "train")  # rows taken batch by batch
+    expected = tokenizer.encode_dataset(train.select(sample_rows(len(train), 50, "train")))
+    assert sampled["input_ids"] == expected["input_ids"] and sampled["category_ids"] == expected["category_ids"]
+    metrics = evaluate(model_dir, tmp_path / "data", tmp_path / "metrics.json", max_posts=10, baseline_posts=50)
+    assert metrics["count.baseline.posts"] == 50 and metrics["count.baseline.train_posts"] == 120
+    assert metrics["count.test_posts"] == 10 and "tagvec.retrieval.character.recall@10" in metrics
