@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from booru_embed.training.cooccurrence_init import cooccurrence_embeddings
+from booru_embed.cooccurrence import cooccurrence_embeddings
 
 VOCAB = 32_000
 ARPACK_MAX_POSTS = 20_000  # ARPACK and the dense error check run on small sizes only

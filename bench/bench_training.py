@@ -104,7 +104,7 @@ def main() -> None:
         test = posts_from_encoded(tokenizer.encode_dataset(splits["test"]))
         model = build_model(TrainingConfig(config="tiny"), tokenizer)
         start_cpu, start_wall = time.process_time(), time.perf_counter()
-        evaluator = Evaluator(info, posts_from_encoded(encoded), test, tokenizer.tag_to_id)
+        evaluator = Evaluator(info, encoded, test, tokenizer.tag_to_id)
         setup_cpu, setup_wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         evaluator.run(model)

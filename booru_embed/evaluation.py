@@ -1,14 +1,22 @@
 """Evaluation: what the model learned, side by side with a co-occurrence baseline on the same cases.
 
 ``booru-embed evaluate MODEL_DIR --dataset DATA_DIR --output METRICS_JSON [--implications FILE]
-[--truth FILE] [--max-posts N]``. Every metric is computed for the model (``model.*``) and, where a
+[--truth FILE] [--max-posts N] [--baseline-posts N]``. Every metric is computed for the model (``model.*``) and, where a
 classical method exists, for the baseline (``baseline.*``) on exactly the same cases (same posts, same
 hidden tags, drawn with a fixed seed). The keys are documented in README.md (section training).
 
 The baseline is Danbooru's "related tags": from the training split, the cosine of two tags'
 post sets, ``cos(a, b) = n(a and b) / sqrt(n(a) n(b))``; missing tags of a post are scored by the sum
 of their cosines to the visible tags. Retrieval's baseline is TF-IDF cosine over the visible tags
-(IDF from the training split); rating / score's is naive Bayes over the visible tags.
+(IDF from the training split), and a second one (``tagvec.*``) the idf-weighted mean of the visible
+tags' co-occurrence SVD rows (``cooccurrence.spectral_rows``); rating / score's is naive Bayes over the
+visible tags.
+
+Memory is bounded by settings, not by the split: the baseline counts a seeded sample of
+``baseline_posts`` training posts straight from the encoded Arrow columns (``booru_embed/cooccurrence.py``
+builds the sparse counts; no Python object per training post), cases are scored ``CASE_BATCH`` at a time
+with only each case's top ``TOP_K`` candidates kept, and read-back logits are held for one batch of
+posts at a time.
 
 Threshold metrics follow the WD tagger reports: micro F1 at the threshold where precision equals
 recall (that is, when as many (post, tag) pairs are predicted as there are true ones, so F1 = the
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,10 +37,15 @@ from typing import Any
 
 import numpy as np
 
+from .cooccurrence import cosine_matrix, incidence_matrix, spectral_rows, tag_counts
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 
 TOP_K = 100  # candidates kept per case; P=R thresholds never reach deeper on tag-set data
+CASE_BATCH = 256  # cases scored at once: (cases, vocab) float32 score arrays stay near 150 MB at 150k tags
+BASELINE_POSTS = 1_000_000  # training posts the baseline counts by default: ~1 GB of co-counts at Danbooru's vocabulary
+ENCODE_ROWS = 100_000  # posts encoded at once when sampling a split (their tag strings are copied)
+TAGVEC_DIMS = (64,)  # widths of the tag-vector retrieval baseline, besides the model's hidden size
 POPULAR_TAGS = 2000  # "popular" = the 2000 most frequent tags of the training split
 HIDE_FRACTION = 0.25  # share of a test post's tags hidden in the masked-tag cases
 SEED = 1234
@@ -143,6 +157,7 @@ class RankingAccumulator:
 
     def __init__(self, groups: dict[str, np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> None:
         self.groups = groups  # name -> (vocab,) bool
+        self.columns = {name: np.flatnonzero(members) for name, members in groups.items()}
         self.ks = ks
         self.pairs: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {g: [] for g in groups}
         self.positives: dict[str, dict[int, int]] = {g: {} for g in groups}
@@ -156,8 +171,12 @@ class RankingAccumulator:
         is_answer = np.zeros(scores.shape, dtype=bool)  # (cases, vocab)
         is_answer[answer_rows, answer_ids] = True
         for name, members in self.groups.items():
-            masked = np.where(members[None], scores, -np.inf)
-            idx, vals = _top_k(masked, TOP_K)
+            columns = self.columns[name]  # ranking a group's own columns: the groups together cost ~3 x vocab
+            if len(columns):
+                idx, vals = _top_k(scores[:, columns], TOP_K)
+                idx = columns[idx]
+            else:
+                idx, vals = np.zeros((len(scores), 0), dtype=np.int64), np.zeros((len(scores), 0), dtype=scores.dtype)
             finite = np.isfinite(vals)
             hits = np.take_along_axis(is_answer, idx, axis=1)
             self.pairs[name].append((vals[finite], hits[finite], idx[finite]))
@@ -189,27 +208,33 @@ class RankingAccumulator:
 
 
 class CooccurrenceBaseline:
-    """Danbooru's related tags from the training split (see the module docstring)."""
+    """Danbooru's related tags from the training split (see the module docstring).
 
-    def __init__(self, posts: Sequence[np.ndarray], vocab_size: int, ratings: np.ndarray, scores: np.ndarray,
+    ``posts`` is a sequence of tag-id arrays, or the (posts, vocab) CSR incidence matrix
+    (``cooccurrence.incidence_matrix``) already built from them; ``ratings`` / ``scores`` the class of
+    each post (-1: unknown). The matrix is kept for the tag vectors of the retrieval baseline.
+    """
+
+    def __init__(self, posts: Sequence[np.ndarray] | Any, vocab_size: int, ratings: np.ndarray, scores: np.ndarray,
                  num_ratings: int, num_scores: int) -> None:
-        from scipy import sparse
-
-        rows = np.repeat(np.arange(len(posts)), [len(p) for p in posts])
-        cols = np.concatenate(posts) if posts else np.zeros(0, dtype=np.int64)
-        incidence = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(posts), vocab_size))
-        incidence.data[:] = 1.0  # a tag counts once per post
-        self.counts = np.asarray(incidence.sum(axis=0)).ravel()
-        co = (incidence.T @ incidence).tocoo()
-        norm = np.sqrt(self.counts[co.row] * self.counts[co.col])
-        cosine = sparse.csr_matrix((co.data / np.maximum(norm, 1e-12), (co.row, co.col)), shape=(vocab_size, vocab_size))
-        cosine.setdiag(0.0)
-        cosine.eliminate_zeros()
-        self.cosine = cosine.astype(np.float32)
-        self.idf = np.log((1 + len(posts)) / (1 + self.counts)).astype(np.float32) + 1.0
-        self.rating_log_prob = self._log_conditional(incidence, ratings, num_ratings)
-        self.score_log_prob = self._log_conditional(incidence, scores, num_scores)
+        if not hasattr(posts, "tocsr"):
+            lengths = np.array([len(p) for p in posts], dtype=np.int64)
+            ids = np.concatenate(posts) if len(posts) else np.zeros(0, dtype=np.int64)
+            posts = incidence_matrix(ids, lengths, vocab_size)
+        self.incidence = posts
+        self.counts = tag_counts(self.incidence)
+        self.cosine = cosine_matrix(self.incidence)
+        self.idf = np.log((1 + self.incidence.shape[0]) / (1 + self.counts)).astype(np.float32) + 1.0
+        self.rating_log_prob = self._log_conditional(self.incidence, ratings, num_ratings)
+        self.score_log_prob = self._log_conditional(self.incidence, scores, num_scores)
         self.vocab_size = vocab_size
+        self._tag_vectors: dict[tuple[int, int], np.ndarray] = {}
+
+    def tag_vectors(self, dim: int, seed: int) -> np.ndarray:
+        """(vocab, dim) co-occurrence SVD rows of the tags (``cooccurrence.spectral_rows``), computed once."""
+        if (dim, seed) not in self._tag_vectors:
+            self._tag_vectors[dim, seed] = spectral_rows(self.incidence, dim, seed)[0]
+        return self._tag_vectors[dim, seed]
 
     @staticmethod
     def _log_conditional(incidence: Any, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -239,6 +264,12 @@ class CooccurrenceBaseline:
     def tfidf(self, visible: Sequence[np.ndarray]) -> Any:
         """(cases, vocab) TF-IDF vectors of the visible tags, a sparse CSR matrix."""
         return self._incidence(visible, self.idf)
+
+    def mean_tag_vectors(self, visible: Sequence[np.ndarray], vectors: np.ndarray) -> np.ndarray:
+        """(cases, dim) idf-weighted mean of the rows of ``vectors`` of each case's visible tags."""
+        weights = self.tfidf(visible)
+        total = np.asarray(weights.sum(axis=1))
+        return np.asarray(weights @ vectors) / np.maximum(total, 1e-12)
 
     def classify(self, visible: Sequence[np.ndarray], log_prob: np.ndarray) -> np.ndarray:
         """Naive-Bayes class of each case from its visible tags (sum of log P(class | tag))."""
@@ -302,7 +333,7 @@ class ModelRunner:
 
         lengths = np.array([len(ids) for ids, _ in sequences])
         order = np.argsort(lengths, kind="stable")
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in want}
+        result: dict[str, np.ndarray] = {}
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -312,13 +343,16 @@ class ModelRunner:
                     batch["mlm_positions"] = mark_masks(batch, self.info.mask_token_id)
                 batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in model_inputs(batch).items()}
                 for name, value in self._forward(batch, want).items():
-                    parts[name].append(value.float().cpu().numpy())
+                    value = value.float().cpu().numpy()
+                    if name == "readback":  # (sizes, posts, vocab)
+                        if name not in result:
+                            result[name] = np.empty((value.shape[0], len(sequences), *value.shape[2:]), dtype=np.float32)
+                        result[name][:, chunk] = value
+                    else:
+                        if name not in result:
+                            result[name] = np.empty((len(sequences), *value.shape[1:]), dtype=np.float32)
+                        result[name][chunk] = value
         self.model.train(was_training)
-        inverse = np.argsort(order, kind="stable")
-        result = {}
-        for name, chunks in parts.items():
-            axis = 1 if name == "readback" else 0
-            result[name] = np.take(np.concatenate(chunks, axis=axis), inverse, axis=axis)
         return result
 
 
@@ -331,32 +365,84 @@ def _log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the evaluation
 
 
+SAMPLE_STREAMS = {"test": (), "train": (3,)}  # seed streams of the two draws (the test one predates the other)
+
+
+def sample_rows(total: int, size: int | None, split: str, seed: int = SEED) -> np.ndarray | None:
+    """Sorted indices of the seeded sample of ``size`` of ``total`` rows of ``split`` ("train" for the
+    baseline, "test" for the cases); None when all are kept (``size`` None, 0, or at least ``total``)."""
+    if not size or size >= total:
+        return None
+    return np.sort(np.random.default_rng([seed, *SAMPLE_STREAMS[split]]).permutation(total)[:size])
+
+
+def encode_sample(tokenizer: Any, split: Any, size: int | None, name: str, seed: int = SEED) -> Any:
+    """``tokenizer.encode_dataset`` of only the rows of ``split`` that ``sample_rows`` draws (the
+    ``Evaluator`` draws the same ones, so encoding the sample first changes no metric).
+
+    The rows are taken from each record batch of the memory-mapped table in turn (a take over the
+    whole chunked column would first copy all of it) and encoded ``ENCODE_ROWS`` at a time, so the tag
+    strings of one chunk are in memory at once, never those of the split or of the whole sample.
+    """
+    import datasets
+    import pyarrow as pa
+
+    rows = sample_rows(len(split), size, name, seed)
+    if rows is None:
+        return tokenizer.encode_dataset(split)
+    parts, pieces, offset = [], [], 0
+    for batch in split.with_format("arrow")[:].to_batches():
+        low, high = np.searchsorted(rows, [offset, offset + batch.num_rows])
+        if high > low:
+            pieces.append(batch.take(pa.array(rows[low:high] - offset)))
+        offset += batch.num_rows
+        if sum(p.num_rows for p in pieces) >= ENCODE_ROWS or (offset == len(split) and pieces):
+            parts.append(tokenizer.encode_dataset(datasets.Dataset(pa.Table.from_batches(pieces))))
+            pieces = []
+    return datasets.concatenate_datasets(parts)
+
+
 class Evaluator:
     """All metrics of a model on a test split, with the baseline built once from the training split.
 
-    ``train_posts``/``test_posts`` are lists of ``collator.Post``; ``info`` a ``collator.TokenInfo``;
-    ``tag_to_id`` maps a tag name to its token id or None (implications, ground-truth names).
+    ``train_posts``/``test_posts`` are lists of ``collator.Post`` or encoded splits (an Arrow table or
+    a ``datasets.Dataset`` with ``input_ids`` and ``category_ids``, as ``tokenizer.encode_dataset``
+    writes them); ``info`` a ``collator.TokenInfo``; ``tag_to_id`` maps a tag name to its token id or
+    None (implications, ground-truth names). ``max_posts`` test posts and ``baseline_posts`` training
+    posts are drawn with the seed (all when there are fewer). The training posts are only counted, from
+    the flat Arrow columns into sparse matrices: the memory is set by ``baseline_posts``, never by the
+    size of the split. ``train_total`` is the size of the split they were drawn from when the caller
+    drew them first (recorded in the metrics).
     """
 
-    def __init__(self, info: Any, train_posts: Sequence[Any], test_posts: Sequence[Any],
-                 tag_to_id: Callable[[str], int | None], max_posts: int | None = None, seed: int = SEED) -> None:
+    def __init__(self, info: Any, train_posts: Sequence[Any] | Any, test_posts: Sequence[Any] | Any,
+                 tag_to_id: Callable[[str], int | None], max_posts: int | None = None, seed: int = SEED,
+                 baseline_posts: int | None = None, train_total: int | None = None) -> None:
         self.info = info
         self.candidates = info.tag_candidates()
         self.tag_to_id = tag_to_id
         self.seed = seed
-        test = list(test_posts)
-        if max_posts:
-            test = [test[i] for i in sorted(np.random.default_rng(seed).permutation(len(test))[:max_posts])]
-        self.test = test
+        self.test = _as_posts(test_posts, sample_rows(len(test_posts), max_posts, "test", seed))
         rating_class = {t: i for i, t in enumerate(info.rating_token_ids)}
         score_class = {t: i for i, t in enumerate(info.score_token_ids)}
         self.rating_class, self.score_class = rating_class, score_class
+        started = time.perf_counter()
+        train_rows = sample_rows(len(train_posts), baseline_posts, "train", seed)
+        ids, categories, lengths = _flat(train_posts, train_rows)
+        starts = np.concatenate([[0], np.cumsum(lengths)])[:-1]
         self.baseline = CooccurrenceBaseline(
-            [self._known(p) for p in train_posts], info.vocab_size,
-            np.array([rating_class.get(p.rating, -1) for p in train_posts]),
-            np.array([score_class.get(p.score, -1) for p in train_posts]),
+            incidence_matrix(ids, lengths, info.vocab_size, counted=self.candidates[ids]), info.vocab_size,
+            _post_classes(ids, categories, starts, CATEGORY_IDS["rating"], rating_class, info.vocab_size),
+            _post_classes(ids, categories, starts, CATEGORY_IDS["score"], score_class, info.vocab_size),
             len(info.rating_token_ids), len(info.score_token_ids),
         )
+        self.recorded = {
+            "count.baseline.posts": float(len(lengths)),
+            "count.baseline.train_posts": float(train_total if train_total is not None else len(train_posts)),
+            "seed.baseline": float(seed),
+            "time.baseline.seconds": time.perf_counter() - started,
+            "memory.baseline.peak_mb": peak_memory_mb(),
+        }
         ranked = np.argsort(-np.where(self.candidates, self.baseline.counts, -1), kind="stable")
         popular = np.zeros(info.vocab_size, dtype=bool)
         popular[ranked[:POPULAR_TAGS]] = True
@@ -387,8 +473,8 @@ class Evaluator:
             if who == "model" and runner is None:
                 continue
             acc = RankingAccumulator(groups, ks)
-            for start in range(0, len(cases), 512):
-                chunk = cases[start : start + 512]
+            for start in range(0, len(cases), CASE_BATCH):
+                chunk = cases[start : start + CASE_BATCH]
                 visible = [c[1] for c in chunk]
                 allowed = np.repeat(self.candidates[None], len(chunk), axis=0)
                 for row, vis in enumerate(visible):
@@ -416,8 +502,14 @@ class Evaluator:
             cases.append((post, visible, set(known[hidden].tolist())))
         return cases
 
-    def retrieval(self, runner: ModelRunner | None, out: dict[str, float], category: int, name: str) -> None:
-        """recall@10 of finding posts sharing the removed character (artist) tags among neighbours."""
+    def retrieval(self, runner: ModelRunner | None, out: dict[str, float], category: int, name: str,
+                  tagvec_dims: Sequence[int] = TAGVEC_DIMS) -> None:
+        """recall@10 of finding posts sharing the removed character (artist) tags among neighbours.
+
+        Three sides: the model's embeddings, TF-IDF (``baseline.``), and the idf-weighted mean of the
+        visible tags' co-occurrence SVD rows (``tagvec.``, the rows the co-occurrence initialisation
+        starts the embeddings from): at the largest of ``tagvec_dims``, and at each as ``.dim{d}``.
+        """
         cats = self.info.token_categories
         posts, labels = [], []
         for post in self.test:
@@ -431,8 +523,13 @@ class Evaluator:
         if runner is not None:
             vectors = runner.run([self._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
             out[f"model.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(vectors, labels)
-        tfidf = self.baseline.tfidf([tags[self.candidates[tags]] for _, tags in posts])
-        out[f"baseline.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(tfidf, labels)
+        visible = [tags[self.candidates[tags]] for _, tags in posts]
+        out[f"baseline.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(self.baseline.tfidf(visible), labels)
+        rows = self.baseline.tag_vectors(max(tagvec_dims), self.seed)  # columns by decreasing singular value
+        for d in sorted(tagvec_dims):
+            recall, _ = retrieval_recall_at_k(self.baseline.mean_tag_vectors(visible, rows[:, :d]), labels)
+            out[f"tagvec.retrieval.{name}.dim{d}.recall@10"] = recall
+        out[f"tagvec.retrieval.{name}.recall@10"] = recall
         out[f"chance.retrieval.{name}.recall@10"] = chance
         out[f"count.retrieval.{name}.queries"] = float(len(posts))
 
@@ -458,13 +555,18 @@ class Evaluator:
         """From each test post without its rating and score tokens (one forward pass): its tags read back
         from the embedding, F1 (P=R) per nested size; rating and score-bucket accuracy."""
         posts = [p for p in self.test if len(self._known(p))]
-        outputs = {}
+        outputs: dict[str, list[np.ndarray]] = {"rating": [], "score": []}
         if runner is not None:
-            outputs = runner.run([self._sequence(p, p.tags, rating=False) for p in posts], "readback", "rating", "score")
-            answers = [set(self._known(p).tolist()) for p in posts]
-            for size, d in enumerate(dims):
-                acc = RankingAccumulator({"all": self.candidates}, ks=(1,))
-                acc.add(np.where(self.candidates[None], outputs["readback"][size], -np.inf), answers)
+            accumulators = [RankingAccumulator({"all": self.candidates}, ks=(1,)) for _ in dims]
+            for start in range(0, len(posts), CASE_BATCH):  # (sizes, batch, vocab) read-back logits at a time
+                chunk = posts[start : start + CASE_BATCH]
+                batch = runner.run([self._sequence(p, p.tags, rating=False) for p in chunk], "readback", "rating", "score")
+                answers = [set(self._known(p).tolist()) for p in chunk]
+                for size, acc in enumerate(accumulators):
+                    acc.add(np.where(self.candidates[None], batch["readback"][size], -np.inf), answers)
+                outputs["rating"].append(batch["rating"])
+                outputs["score"].append(batch["score"])
+            for d, acc in zip(dims, accumulators):
                 out[f"model.readback.dim{d}.micro_f1"] = acc.metrics("x")["x.micro_f1"]
         for name, classes, log_prob, token in (
             ("rating", self.rating_class, self.baseline.rating_log_prob, lambda p: p.rating),
@@ -475,7 +577,8 @@ class Evaluator:
                 continue
             truth = np.array([classes[token(p)] for p, k in zip(posts, known) if k])
             if runner is not None:
-                out[f"model.{name}.accuracy"] = float((outputs[name][known].argmax(axis=1) == truth).mean())
+                logits = np.concatenate(outputs[name])
+                out[f"model.{name}.accuracy"] = float((logits[known].argmax(axis=1) == truth).mean())
             chosen = [p for p, k in zip(posts, known) if k]
             guess = self.baseline.classify([p.tags[self.candidates[p.tags]] for p in chosen], log_prob)
             out[f"baseline.{name}.accuracy"] = float((guess == truth).mean())
@@ -539,51 +642,134 @@ class Evaluator:
         """Every metric; ``model=None`` computes the baseline side only."""
         started = time.perf_counter()
         runner = None if model is None else ModelRunner(model, self.info)
-        out: dict[str, float] = {}
+        out: dict[str, float] = dict(self.recorded)
+        stage_started = [time.perf_counter()]
+
+        def stage_done(name: str) -> None:
+            out[f"time.{name}.seconds"] = time.perf_counter() - stage_started[0]
+            out[f"memory.{name}.peak_mb"] = peak_memory_mb()
+            stage_started[0] = time.perf_counter()
+
         cases = self.masked_cases()
         out["count.masked.cases"] = float(len(cases))
         out["count.masked.hidden_tags"] = float(sum(len(c[2]) for c in cases))
         self._suggest(runner, cases, "masked", out)
+        stage_done("masked")
         dims = [] if model is None else [*model.config.nested_dims, model.config.embedding_dim]
         self.readback_and_classification(runner, out, dims)
-        self.retrieval(runner, out, CATEGORY_IDS["character"], "character")
-        self.retrieval(runner, out, CATEGORY_IDS["artist"], "artist")
+        stage_done("readback")
+        tagvec_dims = sorted({*TAGVEC_DIMS, *([model.config.hidden_size] if model is not None else [])})
+        self.retrieval(runner, out, CATEGORY_IDS["character"], "character", tagvec_dims)
+        self.retrieval(runner, out, CATEGORY_IDS["artist"], "artist", tagvec_dims)
+        stage_done("retrieval")
         if implications:
             imp_cases = self.implication_cases(implications)
             out["count.implications.cases"] = float(len(imp_cases))
             if imp_cases:
                 self._suggest(runner, imp_cases, "implications", out, with_groups=False, ks=(1, 5))
+            stage_done("implications")
         if truth:
             self.traits(runner, truth, out)
+            stage_done("traits")
         out["count.test_posts"] = float(len(self.test))
         out["time.seconds"] = time.perf_counter() - started
         # a metric without cases (e.g. no tag outside the top 2000) is left out, never written as NaN
         return {k: out[k] for k in sorted(out) if math.isfinite(out[k])}
 
 
+def peak_memory_mb() -> float:
+    """The process's peak resident memory so far, in MB (0 where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # no `resource` module on Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
 # ---------------------------------------------------------------- loading and the command
 
 
-def posts_from_encoded(encoded: Any) -> list[Any]:
-    """``collator.Post`` objects of a split encoded by ``tokenizer.encode_dataset``."""
-    from .training.collator import Post
+def _arrow_table(encoded: Any) -> Any:
+    """The ``input_ids`` and ``category_ids`` columns of an encoded split (Arrow table or ``datasets.Dataset``)."""
+    import pyarrow as pa
 
-    ids = encoded.data.column("input_ids").to_pylist()
-    cats = encoded.data.column("category_ids").to_pylist()
-    return [Post.from_encoded(i, c) for i, c in zip(ids, cats)]
+    table = encoded if isinstance(encoded, pa.Table) else encoded.with_format("arrow")[:]
+    return table.select(["input_ids", "category_ids"])
+
+
+def posts_from_encoded(encoded: Any) -> list[Any]:
+    """``collator.Post`` objects of a split encoded by ``tokenizer.encode_dataset`` (for test posts: the
+    training split is only ever counted, see ``Evaluator``)."""
+    from .training.collator import Post, flat_posts
+
+    ids, categories, lengths = flat_posts(_arrow_table(encoded))
+    if not len(lengths):
+        return []
+    cuts = np.cumsum(lengths)[:-1]
+    return [Post.from_encoded(i, c) for i, c in zip(np.split(ids, cuts), np.split(categories, cuts))]
+
+
+def _as_posts(posts: Sequence[Any] | Any, rows: np.ndarray | None) -> list[Any]:
+    """``rows`` (all when None) of a list of ``Post`` or of an encoded split, as ``Post`` objects."""
+    if isinstance(posts, (list, tuple)):
+        return list(posts) if rows is None else [posts[i] for i in rows]
+    table = _arrow_table(posts)
+    return posts_from_encoded(table if rows is None else table.take(rows))
+
+
+def _flat(posts: Sequence[Any] | Any, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat ``ids``, ``categories``, ``lengths`` (``collator.flat_posts``) of ``rows`` of a list of ``Post``
+    or of an encoded split; from a split, straight from its Arrow columns."""
+    from .training.collator import flat_posts
+
+    if not isinstance(posts, (list, tuple)):
+        table = _arrow_table(posts)
+        return flat_posts(table if rows is None else table.take(rows))
+    chosen = posts if rows is None else [posts[i] for i in rows]
+    parts = []
+    for post in chosen:
+        slots = [(t, CATEGORY_IDS[c]) for t, c in ((post.rating, "rating"), (post.score, "score")) if t is not None]
+        parts.append((np.array([t for t, _ in slots] + post.tags.tolist(), dtype=np.int64),
+                      np.array([c for _, c in slots] + post.tag_categories.tolist(), dtype=np.int64)))
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return (np.concatenate([i for i, _ in parts]), np.concatenate([c for _, c in parts]),
+            np.array([len(i) for i, _ in parts], dtype=np.int64))
+
+
+def _post_classes(ids: np.ndarray, categories: np.ndarray, starts: np.ndarray, category: int,
+                  classes: dict[int, int], vocab_size: int) -> np.ndarray:
+    """(posts,) class of each flat post's first token of ``category`` (rating or score), -1 when none."""
+    table = np.full(vocab_size, -1, dtype=np.int64)
+    table[list(classes)] = list(classes.values())
+    positions = np.flatnonzero(categories == category)
+    post = np.searchsorted(starts, positions, side="right") - 1
+    result = np.full(len(starts), -1, dtype=np.int64)
+    result[post[::-1]] = table[ids[positions]][::-1]  # the last write wins: reversed, the first token does
+    return result
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Path | None = None,
              implications: str | Path | None = None, max_posts: int | None = None,
-             truth: str | Path | None = None) -> dict[str, float]:
+             truth: str | Path | None = None, baseline_posts: int | None = BASELINE_POSTS) -> dict[str, float]:
     """Evaluate MODEL_DIR on DATA_DIR's test split vs the baseline; write METRICS_JSON and
-    ``MODEL_DIR/eval_metrics.json``; return the flat metrics."""
+    ``MODEL_DIR/eval_metrics.json``; return the flat metrics.
+
+    Only the sampled posts are encoded: ``max_posts`` of the test split and ``baseline_posts`` of the
+    training split (seeded; None or 0 keeps all), so the memory is set by those two numbers.
+    """
     import datasets
     from transformers import AutoModelForPreTraining, AutoTokenizer
 
     from .training.collator import TokenInfo
 
+    started = time.perf_counter()
     model_dir, data_dir = Path(model_dir), Path(data_dir)
+    if baseline_posts is not None and baseline_posts < 0:
+        raise UsageError(f"--baseline-posts must be positive (0 counts the whole training split), got {baseline_posts}")
+    if max_posts is not None and max_posts < 0:
+        raise UsageError(f"--max-posts must be positive, got {max_posts}")
     if not (model_dir / "config.json").is_file():
         raise UsageError(f"not a model folder (no config.json): {model_dir}")
     try:
@@ -607,14 +793,20 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         pairs = [(a, c) for a, consequents in tokenizer.implications.items() for c in consequents]
     if not pairs and truth_table:
         pairs = [(a, c) for a, c in truth_table.get("implications", [])]
+    loaded = {"time.load.seconds": time.perf_counter() - started, "memory.load.peak_mb": peak_memory_mb()}
+    started = time.perf_counter()
     evaluator = Evaluator(
         info,
-        posts_from_encoded(tokenizer.encode_dataset(splits["train"])),
-        posts_from_encoded(tokenizer.encode_dataset(splits["test"])),
+        encode_sample(tokenizer, splits["train"], baseline_posts, "train"),
+        encode_sample(tokenizer, splits["test"], max_posts, "test"),
         tokenizer.tag_to_id,
         max_posts=max_posts,
+        baseline_posts=baseline_posts,
+        train_total=len(splits["train"]),
     )
-    metrics = evaluator.run(model, pairs, truth_table)
+    loaded["time.encode.seconds"] = time.perf_counter() - started - evaluator.recorded["time.baseline.seconds"]
+    loaded["memory.encode.peak_mb"] = peak_memory_mb()
+    metrics = dict(sorted({**evaluator.run(model, pairs, truth_table), **loaded}.items()))
     text = json.dumps(metrics, indent=2) + "\n"
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
@@ -631,20 +823,24 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--implications", metavar="FILE", help="implications TSV (antecedent, consequent) for the implication metrics")
     parser.add_argument("--truth", metavar="FILE", help="ground-truth JSON of a generated corpus, for character-trait recovery")
     parser.add_argument("--max-posts", type=int, metavar="N", help="evaluate on a seeded sample of N test posts")
+    parser.add_argument("--baseline-posts", type=int, default=BASELINE_POSTS, metavar="N",
+                        help=f"count the baseline on a seeded sample of N training posts (default {BASELINE_POSTS:,}; 0: all)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``booru-embed evaluate``; print the model vs baseline table."""
-    metrics = evaluate(args.model_dir, args.dataset, args.output, args.implications, args.max_posts, args.truth)
+    metrics = evaluate(args.model_dir, args.dataset, args.output, args.implications, args.max_posts, args.truth,
+                       args.baseline_posts)
     print(format_metrics(metrics))
     return 0
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column model | baseline table of the metrics."""
-    names = sorted({k.split(".", 1)[1] for k in metrics if k.startswith(("model.", "baseline."))})
-    rows = [f"{'metric':<40} {'model':>8} {'baseline':>9}"]
+    """A model | baseline | tagvec table of the metrics (a side without the metric shows ``-``)."""
+    sides = ("model", "baseline", "tagvec")
+    names = sorted({k.split(".", 1)[1] for k in metrics if k.startswith(tuple(f"{who}." for who in sides))})
+    rows = [f"{'metric':<40} {'model':>8} {'baseline':>8} {'tagvec':>8}"]
     for name in names:
-        cells = [metrics.get(f"{who}.{name}") for who in ("model", "baseline")]
+        cells = [metrics.get(f"{who}.{name}") for who in sides]
         rows.append(f"{name:<40} " + " ".join(f"{c:>8.4f}" if c is not None else f"{'-':>8}" for c in cells))
     return "\n".join(rows)

@@ -8,7 +8,8 @@ import torch
 
 from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
 from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
-from booru_embed.training.cooccurrence_init import cooccurrence_embeddings, initialise_from_cooccurrence
+from booru_embed.cooccurrence import cooccurrence_embeddings
+from booru_embed.training.cooccurrence_init import initialise_from_cooccurrence
 
 VOCAB = 20
 # tokens: 1 cls (category 0), 3 a rating token (category 1), 10-15 tags (category 3); 16-19 never seen

@@ -166,3 +166,90 @@ def test_model_runner_head_path_matches_the_full_forward(tied: bool) -> None:
     full = runner.run(sequences, "mlm", "embeddings", "readback")  # the model's own forward
     np.testing.assert_allclose(heads_only["mlm"], full["mlm"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(heads_only["embeddings"], full["embeddings"], rtol=1e-5, atol=1e-5)
+
+
+def encoded_table(posts: list[Post]):
+    """The posts as the Arrow columns ``tokenizer.encode_dataset`` writes: ``[<cls>] [rating] [score] tags``."""
+    import pyarrow as pa
+
+    ids = [[1, p.rating, p.score, *p.tags.tolist()] for p in posts]
+    cats = [[0, 1, 2, *p.tag_categories.tolist()] for p in posts]
+    return pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())), "category_ids": pa.array(cats, pa.list_(pa.int32()))})
+
+
+def test_evaluator_counts_an_encoded_split_without_post_objects(monkeypatch):
+    train, test = clustered_posts(400, 0), clustered_posts(120, 1)
+    from_lists = Evaluator(INFO, train, test, NAMES.get, max_posts=100).run(None)
+    built = []
+    original = Post.from_encoded.__func__
+    monkeypatch.setattr(Post, "from_encoded", classmethod(lambda cls, *a: built.append(1) or original(cls, *a)))
+    from_table = Evaluator(INFO, encoded_table(train), encoded_table(test), NAMES.get, max_posts=100).run(None)
+    assert len(built) == 100  # the sampled test posts only: the 400 training posts are counted, never objects
+    assert {k: v for k, v in from_table.items() if not k.startswith(("time.", "memory."))} == {
+        k: v for k, v in from_lists.items() if not k.startswith(("time.", "memory."))}
+    assert from_table["count.baseline.posts"] == 400 and from_table["seed.baseline"] == 1234
+
+
+def test_baseline_sample_keeps_the_metrics_and_records_itself():
+    train, test = encoded_table(clustered_posts(400, 0)), clustered_posts(120, 1)
+    full = Evaluator(INFO, train, test, NAMES.get, max_posts=60).run(None)
+    sampled = Evaluator(INFO, train, test, NAMES.get, max_posts=60, baseline_posts=150).run(None)
+    again = Evaluator(INFO, train, test, NAMES.get, max_posts=60, baseline_posts=150).run(None)
+    assert sampled.keys() == full.keys()
+    assert sampled["count.baseline.posts"] == 150 and sampled["count.baseline.train_posts"] == 400
+    assert full["count.baseline.posts"] == 400
+    assert sampled["baseline.masked.micro_f1"] == again["baseline.masked.micro_f1"]  # a seeded sample
+    assert sampled["baseline.masked.micro_f1"] > 0.5  # 150 posts still hold the structure
+    for side in ("baseline", "tagvec"):
+        assert sampled[f"{side}.retrieval.character.recall@10"] > 2 * sampled["chance.retrieval.character.recall@10"]
+    assert "tagvec.retrieval.character.dim64.recall@10" in sampled and "retrieval.character.recall@10" in format_metrics(sampled)
+
+
+def test_baseline_memory_is_set_by_the_sample_not_the_split():
+    import tracemalloc
+
+    test = clustered_posts(40, 1)
+    peaks = []
+    for size in (2_000, 16_000):
+        train = encoded_table(clustered_posts(size, 0))
+        tracemalloc.start()
+        Evaluator(INFO, train, test, NAMES.get, baseline_posts=1_000)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # 8x the training split: the peak would grow ~8x if anything per training post were kept
+    assert peaks[1] < 1.5 * peaks[0]
+
+
+def test_tag_vector_baseline_is_the_idf_weighted_mean_of_cooccurrence_rows():
+    from booru_embed.cooccurrence import spectral_rows
+
+    evaluator = Evaluator(INFO, clustered_posts(400, 0), clustered_posts(120, 1), NAMES.get)
+    baseline = evaluator.baseline
+    rows = baseline.tag_vectors(8, seed=0)
+    np.testing.assert_array_equal(rows, spectral_rows(baseline.incidence, 8, 0)[0])
+    visible = [np.array([10, 11, 24]), np.array([20])]
+    mean = baseline.mean_tag_vectors(visible, rows)
+    idf = baseline.idf
+    expected = (idf[10] * rows[10] + idf[11] * rows[11] + idf[24] * rows[24]) / (idf[10] + idf[11] + idf[24])
+    np.testing.assert_allclose(mean[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean[1], rows[20], rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_encodes_only_the_samples_and_records_them(tmp_path):
+    import datasets
+    import pyarrow as pa
+    from tiny_model import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from booru_embed.evaluation import encode_sample, evaluate, sample_rows
+
+    model_dir = build_tiny_model(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+    train = datasets.load_from_disk(str(tmp_path / "data"))["train"]
+    chunked = datasets.Dataset(pa.Table.from_batches(train.data.table.to_batches(max_chunksize=7)))
+    sampled = encode_sample(tokenizer, chunked, 50, "train")  # rows taken batch by batch
+    expected = tokenizer.encode_dataset(train.select(sample_rows(len(train), 50, "train")))
+    assert sampled["input_ids"] == expected["input_ids"] and sampled["category_ids"] == expected["category_ids"]
+    metrics = evaluate(model_dir, tmp_path / "data", tmp_path / "metrics.json", max_posts=10, baseline_posts=50)
+    assert metrics["count.baseline.posts"] == 50 and metrics["count.baseline.train_posts"] == 120
+    assert metrics["count.test_posts"] == 10 and "tagvec.retrieval.character.recall@10" in metrics

@@ -125,7 +125,7 @@ def test_cooccurrence_init_starts_the_embeddings_from_the_training_split(small_c
     from safetensors.torch import load_file
 
     from booru_embed.training.collator import flat_posts
-    from booru_embed.training.cooccurrence_init import cooccurrence_embeddings
+    from booru_embed.cooccurrence import cooccurrence_embeddings
 
     untied = tmp_path / "untied.json"
     untied.write_text(json.dumps({**MICRO_MODEL, "tie_output_embeddings": False}))

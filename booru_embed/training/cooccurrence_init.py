@@ -9,7 +9,8 @@ best rank-``dim`` approximation: tags that go together start close together. Tra
 
 ``V`` and ``S^2`` are the top eigenpairs of ``Y^T Y``, found by a randomised range finder that only
 multiplies by ``Y`` (sparse) in chunks of posts: seconds for the generated corpus, a few minutes for
-a million posts and a 768-wide model (``max_posts`` caps the sample).
+a million posts and a 768-wide model (``max_posts`` caps the sample). The counting and the range
+finder live in ``booru_embed/cooccurrence.py``, shared with the evaluation's baselines.
 """
 
 from __future__ import annotations
@@ -17,69 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from .collator import RATING, flat_posts
-
-
-def cooccurrence_embeddings(
-    ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, vocab_size: int, dim: int, seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose dot products approximate the cosine of token co-counts, and which rows were seen.
-
-    The posts are given flat: ``ids`` and ``categories`` of all their tokens, one post after the
-    other, ``lengths`` tokens each. Tags, rating and score tokens count; special tokens do not.
-    Returns a (vocab_size, dim) float32 array (rows of unseen tokens are zero; columns past the rank
-    the data allows are zero) and a (vocab_size,) bool array of the rows that were seen.
-    """
-    counted = categories >= RATING
-    post_index = np.repeat(np.arange(len(lengths)), lengths)[counted]
-    incidence = sp.csr_matrix(
-        (np.ones(int(counted.sum()), dtype=np.float32), (post_index, ids[counted])),
-        shape=(len(lengths), vocab_size),
-    )
-    incidence.sum_duplicates()
-    incidence.data[:] = 1.0  # a token counts once per post
-    counts = np.asarray(incidence.sum(axis=0)).ravel()
-    seen = counts > 0
-    embeddings = np.zeros((vocab_size, dim), dtype=np.float32)
-    rank = min(dim, int(seen.sum()), len(lengths))
-    if rank < 1:
-        return embeddings, seen
-    normalised = (incidence[:, seen] @ sp.diags((1.0 / np.sqrt(counts[seen])).astype(np.float32))).tocsr()
-    values, vectors = top_eigenpairs(normalised, rank, seed)
-    keep = values > 1e-6 * max(values.max(initial=0.0), 1e-30)  # directions the data does not have stay zero
-    embeddings[np.flatnonzero(seen), : int(keep.sum())] = vectors[:, keep] * np.sqrt(values[keep])
-    return embeddings, seen
-
-
-def top_eigenpairs(
-    matrix: sp.csr_matrix, rank: int, seed: int, oversample: int = 10, power_iterations: int = 4,
-    chunk_rows: int = 65_536,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``rank`` largest eigenvalues and eigenvectors of ``matrix.T @ matrix``, never formed.
-
-    A randomised range finder with power iterations (Halko, Martinsson and Tropp, 2011): the Gram
-    matrix is applied as ``sum over row chunks of chunk.T @ (chunk @ Q)``, so the memory is
-    (columns x rank) plus one chunk, for any number of rows. Exact when ``rank + oversample`` reaches the
-    matrix's rank, close otherwise (the bench compares it with ARPACK), which is all an initialisation needs.
-    """
-    columns = matrix.shape[1]
-    width = min(rank + oversample, columns)
-
-    def gram_times(block: np.ndarray) -> np.ndarray:
-        out = np.zeros_like(block)
-        for start in range(0, matrix.shape[0], chunk_rows):
-            chunk = matrix[start: start + chunk_rows]
-            out += chunk.T @ (chunk @ block)
-        return out
-
-    basis = np.random.default_rng(seed).standard_normal((columns, width)).astype(np.float32)
-    for _ in range(power_iterations + 1):
-        basis, _ = np.linalg.qr(gram_times(basis))
-    values, rotation = np.linalg.eigh(basis.T @ gram_times(basis))
-    order = np.argsort(values)[::-1][:rank]
-    return np.clip(values[order], 0.0, None), basis @ rotation[:, order]
+from ..cooccurrence import cooccurrence_embeddings
+from .collator import flat_posts
 
 
 def initialise_from_cooccurrence(model: Any, train_encoded: Any, seed: int, max_posts: int = 1_000_000) -> int:

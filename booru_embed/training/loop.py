@@ -28,6 +28,7 @@ from .config import TrainingConfig, add_config_arguments, config_from_args, read
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.json"
 LOSS_LOG = "train_loss.jsonl"
+EVAL_BASELINE_POSTS = 50_000  # training posts the evaluations during training count (seconds, not minutes)
 LOGGED = ("loss", "mlm", "contrastive", "readback", "rating", "score", "view_accuracy")
 
 
@@ -211,18 +212,18 @@ class _StopSignal:
 
 
 def _evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded: Any) -> Any:
-    """An ``Evaluator`` over ``eval_posts`` test posts (baseline from up to 50k training posts)."""
+    """An ``Evaluator`` over ``eval_posts`` test posts, its baseline counted on a seeded sample of
+    ``EVAL_BASELINE_POSTS`` training posts (straight from the encoded Arrow columns)."""
     import datasets
 
-    from ..evaluation import Evaluator, posts_from_encoded
+    from ..evaluation import Evaluator, encode_sample
 
     test = datasets.load_from_disk(str(config.dataset)).get("test")
     if test is None or len(test) == 0 or config.eval_posts == 0:
         return None
-    baseline_rows = train_encoded.select(range(min(len(train_encoded), 50_000)))
     return Evaluator(
-        info, posts_from_encoded(baseline_rows), posts_from_encoded(tokenizer.encode_dataset(test)),
-        tokenizer.tag_to_id, max_posts=config.eval_posts,
+        info, train_encoded, encode_sample(tokenizer, test, config.eval_posts, "test"), tokenizer.tag_to_id,
+        max_posts=config.eval_posts, baseline_posts=EVAL_BASELINE_POSTS,
     )
 
 
