@@ -565,7 +565,7 @@ class Evaluator:
 
 
 def posts_from_encoded(encoded: Any) -> list[Any]:
-    """``collator.Post`` objects of a split encoded by ``tokenizer.encode_dataset``."""
+    """``collator.Post`` objects of a split encoded by ``data.bulk_encoding.encode_dataset``."""
     from .training.collator import Post
 
     ids = encoded.data.column("input_ids").to_pylist()
@@ -592,7 +592,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         raise UsageError(f"cannot read dataset {data_dir}: {error}") from None
     if not {"train", "test"} <= set(splits):
         raise UsageError(f"{data_dir} needs splits `train` and `test`")
-    from .vocab import read_pair_table
+    from .data.bulk_encoding import encode_dataset
+    from .data.tag_tables import read_pair_table
 
     pairs = read_pair_table(implications, "implication") if implications else []
     truth_table = None
@@ -609,8 +610,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         pairs = [(a, c) for a, c in truth_table.get("implications", [])]
     evaluator = Evaluator(
         info,
-        posts_from_encoded(tokenizer.encode_dataset(splits["train"])),
-        posts_from_encoded(tokenizer.encode_dataset(splits["test"])),
+        posts_from_encoded(encode_dataset(tokenizer, splits["train"])),
+        posts_from_encoded(encode_dataset(tokenizer, splits["test"])),
         tokenizer.tag_to_id,
         max_posts=max_posts,
     )

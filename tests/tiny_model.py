@@ -51,7 +51,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
 
     from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
     from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
-    from booru_embed.vocab import build_tokenizer
+    from booru_embed.data.tokenizer_build import build_tokenizer
 
     data_dir = write_data_dir(folder / "data", tiny_posts())
     implications = folder / "implications.tsv"

@@ -99,6 +99,8 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
     """The tokenized training split, cached under MODEL_DIR/cache and memory-mapped from there."""
     import datasets
 
+    from ..data.bulk_encoding import encode_dataset
+
     try:
         splits = datasets.load_from_disk(str(config.dataset))
     except (FileNotFoundError, ValueError) as error:
@@ -115,7 +117,7 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
             shutil.rmtree(cache, ignore_errors=True)
             tmp = cache.with_name(cache.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            tokenizer.encode_dataset(train).save_to_disk(str(tmp))
+            encode_dataset(tokenizer, train).save_to_disk(str(tmp))
             (tmp / "cache_key.json").write_text(json.dumps(key))
             tmp.rename(cache)
     accelerator.wait_for_everyone()
@@ -210,6 +212,7 @@ def _evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded:
     """An ``Evaluator`` over ``eval_posts`` test posts (baseline from up to 50k training posts)."""
     import datasets
 
+    from ..data.bulk_encoding import encode_dataset
     from ..evaluation import Evaluator, posts_from_encoded
 
     test = datasets.load_from_disk(str(config.dataset)).get("test")
@@ -217,7 +220,7 @@ def _evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded:
         return None
     baseline_rows = train_encoded.select(range(min(len(train_encoded), 50_000)))
     return Evaluator(
-        info, posts_from_encoded(baseline_rows), posts_from_encoded(tokenizer.encode_dataset(test)),
+        info, posts_from_encoded(baseline_rows), posts_from_encoded(encode_dataset(tokenizer, test)),
         tokenizer.tag_to_id, max_posts=config.eval_posts,
     )
 
