@@ -116,6 +116,28 @@ def test_unknown_tags_keep_their_category(tok):
     assert both == [1, unk["artist"], unk["meta"]]  # one unknown token per category, in canonical order
 
 
+def test_resolve_tag_and_lookup_read_tags_as_call_does(tok):
+    assert tok.resolve_tag("Long Hair", "general") == tok.tag_to_id("long_hair") == tok.tag_lookup["long_hair"]
+    assert tok.resolve_tag("brand_new_artist", "artist") == tok.unk_token_ids["artist"]
+    assert tok({"artist": ["brand_new_artist"]})["input_ids"] == [1, tok.unk_token_ids["artist"]]
+    assert tok.resolve_tag("  ", "meta") is None and tok.resolve_tag(None) is None
+    with pytest.raises(ValueError, match="strings"):
+        tok.resolve_tag(3)
+    with pytest.raises(TypeError):
+        tok.tag_lookup["x"] = 1  # read-only view
+
+
+def test_vocabulary_file_is_validated(tokenizer_dir, tmp_path):
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text())
+    (tmp_path / "v2.json").write_text(json.dumps({**vocab, "format": 2}))
+    with pytest.raises(ValueError, match="unsupported vocabulary format 2"):
+        BooruEmbedTokenizer(vocab_file=str(tmp_path / "v2.json"))
+    swapped = {**vocab, "tokens": [vocab["tokens"][1], vocab["tokens"][0], *vocab["tokens"][2:]]}
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    with pytest.raises(ValueError, match="<pad> at id 0"):
+        BooruEmbedTokenizer(vocab_file=str(tmp_path / "swapped.json"))
+
+
 def test_four_input_forms_give_identical_ids(tok):
     danbooru = "hatsune_miku vocaloid artist_a 1girl long_hair :d highres rating:g score:3"
     prompt = "Hatsune Miku, vocaloid, artist a, 1girl, long hair, :d, highres, rating:g, score:3"

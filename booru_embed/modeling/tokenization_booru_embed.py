@@ -59,6 +59,9 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
     ``is_split_into_words=True`` for a single list; a list of lists is a batch), or a dict by category
     (``{"general": [...], "artist": [...], "rating": "g", "score": 12}``). A list of strings without
     ``is_split_into_words`` is a batch of tag strings, as in transformers.
+
+    Built from a tokenizer folder's files (``vocab_file``, optional ``aliases_file`` and
+    ``implications_file``), or with ``from_vocabulary`` from a ``Vocabulary`` and tables in memory.
     """
 
     vocab_files_names = {"vocab_file": "vocab.json", "aliases_file": "aliases.json", "implications_file": "implications.json"}
