@@ -21,7 +21,7 @@ from pathlib import Path
 from booru_embed.app import COMPLETION_LIMIT, TagCompleter
 from booru_embed.modeling.categories_booru_embed import DANBOORU_CATEGORY_NAMES
 from booru_embed.modeling.normalization_booru_embed import normalize_tag
-from booru_embed.vocab import load_aliases
+from booru_embed.data.tag_tables import load_aliases
 
 PREFIXES = ["1", "a", "s", "lo", "long_h", "hatsu", "blue_", "kitty", "zz", "holo", "^", "girls'_f"]
 

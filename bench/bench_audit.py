@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from booru_embed.data.bulk_encoding import encode_dataset
 from booru_embed.data.synthetic import HAIR_COLOURS
 from booru_embed.embedder import BooruEmbedder
 from booru_embed.evaluation import Evaluator, posts_from_encoded
@@ -169,7 +170,7 @@ def main() -> None:
     splits = datasets.load_from_disk(str(args.data_dir))
     test = splits["test"] if args.max_posts is None else splits["test"].select(range(args.max_posts))
     start = time.perf_counter()
-    train_posts = posts_from_encoded(embedder.tokenizer.encode_dataset(splits["train"]))
+    train_posts = posts_from_encoded(encode_dataset(embedder.tokenizer, splits["train"]))
     baseline = Evaluator(TokenInfo.from_tokenizer(embedder.tokenizer), train_posts, train_posts[:1],
                          embedder.tokenizer.tag_to_id).baseline
     print(f"related-tags baseline from {len(train_posts)} training posts in {time.perf_counter() - start:.1f} s")

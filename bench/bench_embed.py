@@ -27,7 +27,7 @@ from booru_embed.embedder import BooruEmbedder
 from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
 from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
 from booru_embed.training.config import read_model_config
-from booru_embed.vocab import build_tokenizer
+from booru_embed.data.tokenizer_build import build_tokenizer
 
 
 def make_model(workdir: Path, posts: int, config_json: str) -> tuple[Path, list[dict]]:

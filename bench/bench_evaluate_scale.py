@@ -93,7 +93,7 @@ def build_model_dir(data_dir: Path, model_dir: Path, config_name: str) -> int:
     """Tokenizer (min count 2 everywhere) and a random-weight model of ``hub_configs/NAME.json``; the vocabulary size."""
     from booru_embed.training.config import TrainingConfig
     from booru_embed.training.loop import build_model
-    from booru_embed.vocab import build_tokenizer
+    from booru_embed.data.tokenizer_build import build_tokenizer
 
     tokenizer = build_tokenizer(data_dir, model_dir, min_counts={c: 2 for c in TAGS_PER_POST})
     build_model(TrainingConfig(config=str(REPO / "hub_configs" / f"{config_name}.json")), tokenizer).save_pretrained(model_dir)

@@ -21,10 +21,11 @@ import datasets
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from booru_embed.data.bulk_encoding import encode_dataset
 from booru_embed.data.ingest import build_dataset
 from booru_embed.data.synthetic import default_tag_data, generate_corpus
 from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
-from booru_embed.vocab import build_tokenizer
+from booru_embed.data.tokenizer_build import build_tokenizer
 
 
 def best_seconds(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -81,13 +82,13 @@ def main() -> None:
         for start in range(0, n, args.batch_size):
             tok(rows[start : start + args.batch_size], padding=True, return_tensors="pt")
 
-    encoded = tok.encode_dataset(split)
+    encoded = encode_dataset(tok, split)
     assert encoded["input_ids"][:1000] == tok(rows[:1000])["input_ids"], "bulk path differs from __call__"
     timings = best_seconds(
         {
             "(c) plain Python dict lookup (baseline)": dict_lookup,
             f"(a) __call__, batches of {args.batch_size} dicts, padding + return_tensors='pt'": call,
-            "(b) encode_dataset (bulk, Arrow + numpy)": lambda: tok.encode_dataset(split),
+            "(b) encode_dataset (bulk, Arrow + numpy)": lambda: encode_dataset(tok, split),
         },
         args.repeats,
     )

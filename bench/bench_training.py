@@ -23,7 +23,7 @@ def corpus(root: Path, posts: int) -> tuple[Path, Path]:
     """Generated corpus -> DATA_DIR and TOKENIZER_DIR under ``root``."""
     from booru_embed.data.ingest import build_dataset
     from booru_embed.data.synthetic import generate_corpus
-    from booru_embed.vocab import build_tokenizer
+    from booru_embed.data.tokenizer_build import build_tokenizer
 
     generate_corpus(root / "corpus.csv", posts, seed=0, tag_data=None)
     build_dataset([root / "corpus.csv"], root / "data", progress=False)
@@ -68,6 +68,7 @@ def main() -> None:
     """Print the table."""
     import datasets
 
+    from booru_embed.data.bulk_encoding import encode_dataset
     from booru_embed.evaluation import Evaluator, posts_from_encoded
     from booru_embed.training.collator import TokenInfo
     from booru_embed.training.loop import build_model, load_tokenizer
@@ -84,7 +85,7 @@ def main() -> None:
         data, tokenizer_dir = corpus(Path(tmp), args.posts)
         tokenizer = load_tokenizer(tokenizer_dir)
         splits = datasets.load_from_disk(str(data))
-        encoded = tokenizer.encode_dataset(splits["train"]).with_format(None, columns=["id", "input_ids", "category_ids", "length"])
+        encoded = encode_dataset(tokenizer, splits["train"]).with_format(None, columns=["id", "input_ids", "category_ids", "length"])
         rows = [
             ("random batches, packed (baseline)", dict(length_buckets=False)),
             ("random batches, padded", dict(length_buckets=False, packed=False)),
@@ -101,7 +102,7 @@ def main() -> None:
             base = base or cpu
             print(f"{name:<36} {cpu:>10.3f} {wall:>11.3f} {tokens:>11.0f} {tokens / cpu:>12,.0f} {base / cpu:>6.2f}")
         info = TokenInfo.from_tokenizer(tokenizer)
-        test = posts_from_encoded(tokenizer.encode_dataset(splits["test"]))
+        test = posts_from_encoded(encode_dataset(tokenizer, splits["test"]))
         model = build_model(TrainingConfig(config="tiny"), tokenizer)
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         evaluator = Evaluator(info, encoded, test, tokenizer.tag_to_id)

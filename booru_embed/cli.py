@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate-corpus": ("booru_embed.data.synthetic", "write a synthetic Danbooru CSV export and its ground truth"),
     "build-dataset": ("booru_embed.data.ingest", "turn CSV/TSV/Parquet/JSON exports or booru-chars files into a datasets DATA_DIR"),
     "analyze": ("booru_embed.data.analysis", "tag counts, coverage, lengths and plots of a DATA_DIR"),
-    "build-tokenizer": ("booru_embed.vocab", "choose the whole-tag vocabulary and write a tokenizer folder"),
+    "build-tokenizer": ("booru_embed.data.tokenizer_build", "choose the whole-tag vocabulary and write a tokenizer folder"),
     "train": ("booru_embed.training.loop", "train a model (same as `accelerate launch train_hf.py`)"),
     "evaluate": ("booru_embed.evaluation", "measure a model against the co-occurrence baseline"),
     "suggest": ("booru_embed.embedder", "suggest missing tags for a tag set"),

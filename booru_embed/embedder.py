@@ -30,6 +30,7 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
+from .modeling.normalization_booru_embed import parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
 
 if TYPE_CHECKING:
@@ -211,20 +212,13 @@ class BooruEmbedder:
         return [list(ids) for ids in self.tokenizer(tagsets)["input_ids"]] if tagsets else []
 
     def unknown_tags(self, tagset: TagSet) -> list[str]:
-        """The tags of ``tagset`` that are not in the vocabulary (they are read as unknown-tag tokens)."""
-        if isinstance(tagset, Mapping):
-            tags = [t for key, values in tagset.items() if key in TAG_CATEGORIES
-                    for t in ([values] if isinstance(values, str) else values or [])]
-            tags = [t for value in tags for t in value.split()]
-        elif isinstance(tagset, str):
-            prompt_style = "," in tagset
-            tags = [t.strip() for t in (tagset.split(",") if prompt_style else tagset.split()) if t.strip()]
-            if prompt_style:
-                tags = [t.replace("\\(", "(").replace("\\)", ")") for t in tags]
-        else:
-            tags = list(tagset)
-        metatag = ("rating:", "score:")
-        return [t for t in dict.fromkeys(tags) if not t.lower().startswith(metatag) and self.tokenizer.tag_to_id(t) is None]
+        """The tags of ``tagset`` that are not in the vocabulary (they are read as unknown-tag tokens).
+
+        Parsed by the tokenizer's own rules (``normalization_booru_embed.parse_tagset``: every input form,
+        metatags set aside, spelling normalised) and looked up with ``tokenizer.tag_to_id``; input order, each once.
+        """
+        tags = dict.fromkeys(tag for tag, _ in parse_tagset(tagset)[0])
+        return [tag for tag in tags if self.tokenizer.tag_to_id(tag) is None]
 
     def _batch(self, sequences: list[list[int]], extra: list[int] | None = None) -> dict[str, np.ndarray]:
         """Right-padded int64 model inputs for token-id lists (``extra`` ids appended to every one, category 0)."""

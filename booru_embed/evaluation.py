@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .cooccurrence import cosine_matrix, incidence_matrix, spectral_rows, tag_counts
+from .data.bulk_encoding import encode_dataset
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 
@@ -377,7 +378,7 @@ def sample_rows(total: int, size: int | None, split: str, seed: int = SEED) -> n
 
 
 def encode_sample(tokenizer: Any, split: Any, size: int | None, name: str, seed: int = SEED) -> Any:
-    """``tokenizer.encode_dataset`` of only the rows of ``split`` that ``sample_rows`` draws (the
+    """``encode_dataset(tokenizer, ...)`` of only the rows of ``split`` that ``sample_rows`` draws (the
     ``Evaluator`` draws the same ones, so encoding the sample first changes no metric).
 
     The rows are taken from each record batch of the memory-mapped table in turn (a take over the
@@ -389,7 +390,7 @@ def encode_sample(tokenizer: Any, split: Any, size: int | None, name: str, seed:
 
     rows = sample_rows(len(split), size, name, seed)
     if rows is None:
-        return tokenizer.encode_dataset(split)
+        return encode_dataset(tokenizer, split)
     parts, pieces, offset = [], [], 0
     for batch in split.with_format("arrow")[:].to_batches():
         low, high = np.searchsorted(rows, [offset, offset + batch.num_rows])
@@ -397,7 +398,7 @@ def encode_sample(tokenizer: Any, split: Any, size: int | None, name: str, seed:
             pieces.append(batch.take(pa.array(rows[low:high] - offset)))
         offset += batch.num_rows
         if sum(p.num_rows for p in pieces) >= ENCODE_ROWS or (offset == len(split) and pieces):
-            parts.append(tokenizer.encode_dataset(datasets.Dataset(pa.Table.from_batches(pieces))))
+            parts.append(encode_dataset(tokenizer, datasets.Dataset(pa.Table.from_batches(pieces))))
             pieces = []
     return datasets.concatenate_datasets(parts)
 
@@ -406,7 +407,7 @@ class Evaluator:
     """All metrics of a model on a test split, with the baseline built once from the training split.
 
     ``train_posts``/``test_posts`` are lists of ``collator.Post`` or encoded splits (an Arrow table or
-    a ``datasets.Dataset`` with ``input_ids`` and ``category_ids``, as ``tokenizer.encode_dataset``
+    a ``datasets.Dataset`` with ``input_ids`` and ``category_ids``, as ``data.bulk_encoding.encode_dataset``
     writes them); ``info`` a ``collator.TokenInfo``; ``tag_to_id`` maps a tag name to its token id or
     None (implications, ground-truth names). ``max_posts`` test posts and ``baseline_posts`` training
     posts are drawn with the seed (all when there are fewer). The training posts are only counted, from
@@ -699,7 +700,7 @@ def _arrow_table(encoded: Any) -> Any:
 
 
 def posts_from_encoded(encoded: Any) -> list[Any]:
-    """``collator.Post`` objects of a split encoded by ``tokenizer.encode_dataset`` (for test posts: the
+    """``collator.Post`` objects of a split encoded by ``data.bulk_encoding.encode_dataset`` (for test posts: the
     training split is only ever counted, see ``Evaluator``)."""
     from .training.collator import Post, flat_posts
 
@@ -760,8 +761,9 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
     training split (seeded; None or 0 keeps all), so the memory is set by those two numbers.
     """
     import datasets
-    from transformers import AutoModelForPreTraining, AutoTokenizer
+    from transformers import AutoModelForPreTraining
 
+    from .modeling.tokenization_booru_embed import BooruEmbedTokenizer
     from .training.collator import TokenInfo
 
     started = time.perf_counter()
@@ -778,7 +780,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         raise UsageError(f"cannot read dataset {data_dir}: {error}") from None
     if not {"train", "test"} <= set(splits):
         raise UsageError(f"{data_dir} needs splits `train` and `test`")
-    from .vocab import read_pair_table
+    from .data.tag_tables import read_pair_table
 
     pairs = read_pair_table(implications, "implication") if implications else []
     truth_table = None
@@ -786,7 +788,9 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         if not Path(truth).is_file():
             raise UsageError(f"ground-truth file not found: {truth}")
         truth_table = json.loads(Path(truth).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+    # The package's tokenizer class, not the folder's copy: the bulk encoder needs its current API, and
+    # it reads folders saved by earlier versions the same way (tests/test_saved_folder.py).
+    tokenizer = BooruEmbedTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForPreTraining.from_pretrained(str(model_dir), trust_remote_code=True)
     info = TokenInfo.from_tokenizer(tokenizer)
     if not pairs:

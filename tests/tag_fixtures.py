@@ -42,7 +42,7 @@ def write_table(path: Path, pairs: list[tuple[str, str]]) -> Path:
 
 def build_tag_tokenizer(folder: Path) -> tuple[Path, Path]:
     """Write ``folder/data`` (DATA_DIR) and ``folder/tokenizer`` (aliases, implications); return both paths."""
-    from booru_embed.vocab import build_tokenizer
+    from booru_embed.data.tokenizer_build import build_tokenizer
 
     data_dir = write_data_dir(folder / "data", tag_posts())
     tokenizer_dir = folder / "tokenizer"

@@ -34,7 +34,7 @@ def test_known_answer_posts_remove_the_traits() -> None:
 
 
 def test_write_implications_is_the_tsv_build_tokenizer_reads(tmp_path: Path) -> None:
-    from booru_embed.vocab import load_implications
+    from booru_embed.data.tag_tables import load_implications
 
     truth = tmp_path / "truth.json"
     truth.write_text(json.dumps(TRUTH))

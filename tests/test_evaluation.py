@@ -16,6 +16,7 @@ from booru_embed.evaluation import (
     recall_at_k,
     retrieval_recall_at_k,
 )
+from booru_embed.data.bulk_encoding import encode_dataset
 from booru_embed.training.collator import Post, TokenInfo
 
 
@@ -169,7 +170,7 @@ def test_model_runner_head_path_matches_the_full_forward(tied: bool) -> None:
 
 
 def encoded_table(posts: list[Post]):
-    """The posts as the Arrow columns ``tokenizer.encode_dataset`` writes: ``[<cls>] [rating] [score] tags``."""
+    """The posts as the Arrow columns ``encode_dataset`` writes: ``[<cls>] [rating] [score] tags``."""
     import pyarrow as pa
 
     ids = [[1, p.rating, p.score, *p.tags.tolist()] for p in posts]
@@ -248,7 +249,7 @@ def test_evaluate_encodes_only_the_samples_and_records_them(tmp_path):
     train = datasets.load_from_disk(str(tmp_path / "data"))["train"]
     chunked = datasets.Dataset(pa.Table.from_batches(train.data.table.to_batches(max_chunksize=7)))
     sampled = encode_sample(tokenizer, chunked, 50, "train")  # rows taken batch by batch
-    expected = tokenizer.encode_dataset(train.select(sample_rows(len(train), 50, "train")))
+    expected = encode_dataset(tokenizer, train.select(sample_rows(len(train), 50, "train")))
     assert sampled["input_ids"] == expected["input_ids"] and sampled["category_ids"] == expected["category_ids"]
     metrics = evaluate(model_dir, tmp_path / "data", tmp_path / "metrics.json", max_posts=10, baseline_posts=50)
     assert metrics["count.baseline.posts"] == 50 and metrics["count.baseline.train_posts"] == 120

@@ -15,7 +15,8 @@ import torch
 
 from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS, PRIORITY_ORDER
 from booru_embed.modeling.tokenization_booru_embed import BooruEmbedTokenizer
-from booru_embed.vocab import build_tokenizer
+from booru_embed.data.bulk_encoding import encode_dataset
+from booru_embed.data.tokenizer_build import build_tokenizer
 
 TAG_COLUMNS = ("meta", "general", "artist", "copyright", "character")
 FEATURES = datasets.Features(
@@ -113,6 +114,28 @@ def test_unknown_tags_keep_their_category(tok):
     assert tok("totally_unknown_tag")["input_ids"] == [1, unk["general"]]
     both = tok({"artist": ["x1", "x2"], "meta": ["x3"]})["input_ids"]
     assert both == [1, unk["artist"], unk["meta"]]  # one unknown token per category, in canonical order
+
+
+def test_resolve_tag_and_lookup_read_tags_as_call_does(tok):
+    assert tok.resolve_tag("Long Hair", "general") == tok.tag_to_id("long_hair") == tok.tag_lookup["long_hair"]
+    assert tok.resolve_tag("brand_new_artist", "artist") == tok.unk_token_ids["artist"]
+    assert tok({"artist": ["brand_new_artist"]})["input_ids"] == [1, tok.unk_token_ids["artist"]]
+    assert tok.resolve_tag("  ", "meta") is None and tok.resolve_tag(None) is None
+    with pytest.raises(ValueError, match="strings"):
+        tok.resolve_tag(3)
+    with pytest.raises(TypeError):
+        tok.tag_lookup["x"] = 1  # read-only view
+
+
+def test_vocabulary_file_is_validated(tokenizer_dir, tmp_path):
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text())
+    (tmp_path / "v2.json").write_text(json.dumps({**vocab, "format": 2}))
+    with pytest.raises(ValueError, match="unsupported vocabulary format 2"):
+        BooruEmbedTokenizer(vocab_file=str(tmp_path / "v2.json"))
+    swapped = {**vocab, "tokens": [vocab["tokens"][1], vocab["tokens"][0], *vocab["tokens"][2:]]}
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    with pytest.raises(ValueError, match="<pad> at id 0"):
+        BooruEmbedTokenizer(vocab_file=str(tmp_path / "swapped.json"))
 
 
 def test_four_input_forms_give_identical_ids(tok):
@@ -237,7 +260,7 @@ def random_posts(tok: BooruEmbedTokenizer, count: int, seed: int) -> list[dict]:
 def test_bulk_path_equals_call_on_every_post(tok, tmp_path):
     posts = random_posts(tok, 300, seed=0)
     split = datasets.load_from_disk(str(write_data_dir(tmp_path / "data", posts)))["train"]
-    encoded = tok.encode_dataset(split, batch_size=64)
+    encoded = encode_dataset(tok, split, batch_size=64)
     assert encoded.column_names == ["id", "input_ids", "category_ids", "length"]
     assert encoded.features["input_ids"].feature.dtype == "int32"
     assert encoded.features["category_ids"].feature.dtype == "int8"
@@ -246,14 +269,14 @@ def test_bulk_path_equals_call_on_every_post(tok, tmp_path):
     assert encoded["category_ids"] == calls["category_ids"]
     assert encoded["length"] == [len(ids) for ids in calls["input_ids"]]
     assert encoded["id"] == split["id"]
-    truncated = tok.encode_dataset(split, max_length=5)
+    truncated = encode_dataset(tok, split, max_length=5)
     assert truncated["input_ids"] == tok([dict(row) for row in split], truncation=True, max_length=5)["input_ids"]
-    shuffled = tok.encode_dataset(split, shuffle_within_categories=True, seed=1)
+    shuffled = encode_dataset(tok, split, shuffle_within_categories=True, seed=1)
     for order, canonical in zip(shuffled["input_ids"], calls["input_ids"]):
         assert sorted(order) == sorted(canonical)
         assert [tok.token_categories[i] for i in order] == [tok.token_categories[i] for i in canonical]
     assert shuffled["input_ids"] != calls["input_ids"]
-    assert tok.encode_dataset(split, shuffle_within_categories=True, seed=1)["input_ids"] == shuffled["input_ids"]
+    assert encode_dataset(tok, split, shuffle_within_categories=True, seed=1)["input_ids"] == shuffled["input_ids"]
 
 
 RELOAD_SCRIPT = """
@@ -311,7 +334,7 @@ def test_real_alias_table_is_resolved(shared_tag_data, tmp_path):
     assert tok("valentines, ff7")["input_ids"] == tok("valentine final_fantasy_vii")["input_ids"]
     assert tok({"general": ["valentine's day", "valentines"]})["input_ids"] == [1, tok.tag_to_id("valentine")]
     split = datasets.load_from_disk(str(data_dir))["train"]
-    assert tok.encode_dataset(split)["input_ids"] == tok([dict(r) for r in split])["input_ids"]
+    assert encode_dataset(tok, split)["input_ids"] == tok([dict(r) for r in split])["input_ids"]
 
 
 def test_any_vocabulary_id_order_gives_the_same_canonical_tokens(tok, tokenizer_dir, tmp_path):
@@ -322,10 +345,10 @@ def test_any_vocabulary_id_order_gives_the_same_canonical_tokens(tok, tokenizer_
     vocab["tokens"] = rows[:3] + rest
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     shuffled = BooruEmbedTokenizer(vocab_file=str(tmp_path / "vocab.json"))
-    assert not shuffled._rank_is_identity
+    assert not shuffled.vocabulary.rank_is_identity
     posts = random_posts(tok, 100, seed=1)
     split = datasets.load_from_disk(str(write_data_dir(tmp_path / "data", posts)))["train"]
     here = [tok.convert_ids_to_tokens(ids) for ids in tok(posts)["input_ids"]]
     there = [shuffled.convert_ids_to_tokens(ids) for ids in shuffled(posts)["input_ids"]]
     assert here == there
-    assert shuffled.encode_dataset(split, batch_size=32)["input_ids"] == shuffled(posts)["input_ids"]
+    assert encode_dataset(shuffled, split, batch_size=32)["input_ids"] == shuffled(posts)["input_ids"]

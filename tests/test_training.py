@@ -35,7 +35,7 @@ def make_corpus(root: Path, posts: int) -> tuple[Path, Path, Path]:
     """Generated corpus -> DATA_DIR -> TOKENIZER_DIR; returns (data, tokenizer, truth)."""
     from booru_embed.data.ingest import build_dataset
     from booru_embed.data.synthetic import generate_corpus
-    from booru_embed.vocab import build_tokenizer
+    from booru_embed.data.tokenizer_build import build_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
     truth = generate_corpus(root / "corpus.csv", posts, seed=0, tag_data=None)

@@ -11,13 +11,14 @@ from test_tokenizer import TAG_COLUMNS, write_data_dir
 
 from booru_embed.cli import main
 from booru_embed.errors import UsageError
-from booru_embed.vocab import (
+from booru_embed.modeling.vocabulary_booru_embed import Vocabulary
+from booru_embed.data.bulk_encoding import encode_dataset
+from booru_embed.data.tag_tables import load_implications, read_pair_table
+from booru_embed.data.tokenizer_build import (
     BUILD_INFO_FILE,
     assign_categories,
     build_tokenizer,
-    load_implications,
     parse_min_counts,
-    read_pair_table,
     score_boundaries,
 )
 
@@ -79,10 +80,20 @@ def test_vocabulary_layout_and_padding_rows(data_dir, tmp_path):
     assert unused and all(tok.token_categories[i] == 0 for i in unused)
     assert all(i > max(tok.tag_token_ids) for i in unused)
     split = datasets.load_from_disk(str(data_dir))["train"]
-    produced = {i for ids in tok.encode_dataset(split)["input_ids"] for i in ids}
+    produced = {i for ids in encode_dataset(tok, split)["input_ids"] for i in ids}
     assert not produced & set(unused)
     assert {tok.convert_ids_to_tokens(i) for i in tok.tag_token_ids} == kept_tags(tok)
     assert tok.token_counts[tok.tag_to_id("common")] == 40
+
+
+def test_build_writes_vocab_json_once_and_it_reloads_identically(data_dir, tmp_path, monkeypatch):
+    written = []
+    write = Vocabulary.write
+    monkeypatch.setattr(Vocabulary, "write", lambda self, path: (written.append(Path(path).name), write(self, path))[1])
+    tok = build_tokenizer(data_dir, tmp_path / "tok")
+    assert written == ["vocab.json"]
+    reloaded = Vocabulary.read(tmp_path / "tok" / "vocab.json")
+    assert reloaded.rows() == tok.vocabulary.rows() and reloaded.score_boundaries == tok.score_boundaries
 
 
 def test_score_buckets_are_training_quantiles(data_dir, tmp_path):

@@ -55,7 +55,7 @@ def build_tiny_model(folder: Path, seed: int = 0, aliases: Sequence[tuple[str, s
 
     from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
     from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
-    from booru_embed.vocab import build_tokenizer
+    from booru_embed.data.tokenizer_build import build_tokenizer
 
     data_dir = write_data_dir(folder / "data", tiny_posts())
     implications = folder / "implications.tsv"

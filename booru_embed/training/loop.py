@@ -104,6 +104,8 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
     """The tokenized training split, cached under MODEL_DIR/cache and memory-mapped from there."""
     import datasets
 
+    from ..data.bulk_encoding import encode_dataset
+
     try:
         splits = datasets.load_from_disk(str(config.dataset))
     except (FileNotFoundError, ValueError) as error:
@@ -120,7 +122,7 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
             shutil.rmtree(cache, ignore_errors=True)
             tmp = cache.with_name(cache.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            tokenizer.encode_dataset(train).save_to_disk(str(tmp))
+            encode_dataset(tokenizer, train).save_to_disk(str(tmp))
             (tmp / "cache_key.json").write_text(json.dumps(key))
             tmp.rename(cache)
     accelerator.wait_for_everyone()

@@ -18,71 +18,24 @@ of that category's tag occurrences (``booru_embed.data.analysis.recommend_min_co
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UsageError
-from .modeling.categories_booru_embed import CATEGORY_IDS, PRIORITY_ORDER, RATINGS, TAG_CATEGORIES
+from ..errors import UsageError
+from ..modeling.categories_booru_embed import TAG_CATEGORIES
+from .tag_tables import load_aliases, load_implications
 
 if TYPE_CHECKING:
     import datasets
 
-    from .modeling.tokenization_booru_embed import BooruEmbedTokenizer
+    from ..modeling.tokenization_booru_embed import BooruEmbedTokenizer
 
 # Minimum training posts per kept tag, per category (see the module docstring and README).
 DEFAULT_MIN_COUNTS = {"general": 10, "artist": 3, "copyright": 5, "character": 5, "meta": 10}
 DEFAULT_SCORE_BUCKETS = 8
-VOCAB_MULTIPLE = 64  # embedding rows padded to a multiple of 64 for efficient matrix shapes
 BUILD_INFO_FILE = "vocab_build.json"
-
-
-def read_pair_table(path: str | Path, what: str) -> list[tuple[str, str]]:
-    """Rows ``(antecedent, consequent)`` of a Danbooru alias or implication TSV (header ``antecedent<TAB>consequent...``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{what} file not found: {path}")
-    pairs = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None or [h.strip().lower() for h in header[:2]] != ["antecedent", "consequent"]:
-            raise UsageError(f"{path}: expected a tab-separated header 'antecedent<TAB>consequent', got {header!r}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise UsageError(f"{path}:{line}: expected antecedent<TAB>consequent, got {row!r}")
-            pairs.append((row[0], row[1]))
-    return pairs
-
-
-def load_aliases(path: str | Path) -> dict[str, str]:
-    """Alias table: normalised antecedent -> normalised canonical tag."""
-    from .modeling.tokenization_booru_embed import normalize_tag
-
-    aliases = {}
-    for antecedent, consequent in read_pair_table(path, "alias"):
-        antecedent, consequent = normalize_tag(antecedent), normalize_tag(consequent)
-        if antecedent != consequent:
-            aliases[antecedent] = consequent
-    return aliases
-
-
-def load_implications(path: str | Path, aliases: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """Implication table: antecedent -> sorted consequents, both sides normalised and alias-resolved."""
-    from .modeling.tokenization_booru_embed import normalize_tag, resolve_alias
-
-    aliases = aliases or {}
-    table: dict[str, set[str]] = {}
-    for antecedent, consequent in read_pair_table(path, "implication"):
-        antecedent = resolve_alias(normalize_tag(antecedent), aliases)
-        consequent = resolve_alias(normalize_tag(consequent), aliases)
-        if antecedent != consequent:
-            table.setdefault(antecedent, set()).add(consequent)
-    return {antecedent: sorted(consequents) for antecedent, consequents in sorted(table.items())}
 
 
 def count_tags(split: datasets.Dataset, aliases: dict[str, str] | None = None, batch_size: int = 200_000) -> dict[str, dict[str, int]]:
@@ -90,7 +43,7 @@ def count_tags(split: datasets.Dataset, aliases: dict[str, str] | None = None, b
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .modeling.tokenization_booru_embed import normalize_tag, resolve_alias
+    from ..modeling.normalization_booru_embed import normalize_tag, resolve_alias
 
     columns = [c for c in TAG_CATEGORIES if c in split.column_names]
     raw: dict[str, Counter] = {c: Counter() for c in TAG_CATEGORIES}
@@ -164,32 +117,6 @@ def _train_split(data_dir: str | Path) -> datasets.Dataset:
     return data["train"]
 
 
-def vocabulary_rows(
-    kept: dict[str, list[tuple[str, int]]],
-    rating_counts: dict[str, int],
-    boundaries: list[int],
-    bucket_counts: list[int],
-) -> list[tuple[str, str, int, int]]:
-    """Vocabulary rows ``(token, kind, category, count)`` in id order, padded to a multiple of 64."""
-    from .modeling.tokenization_booru_embed import (
-        CLS_TOKEN,
-        MASK_TOKEN,
-        PAD_TOKEN,
-        UNK_TOKENS,
-        rating_token,
-        score_token_names,
-    )
-
-    rows = [(PAD_TOKEN, "special", 0, 0), (CLS_TOKEN, "special", 0, 0), (MASK_TOKEN, "special", 0, 0)]
-    rows += [(rating_token(r), "rating", CATEGORY_IDS["rating"], rating_counts.get(r, 0)) for r in RATINGS]
-    rows += [(name, "score", CATEGORY_IDS["score"], n) for name, n in zip(score_token_names(boundaries), bucket_counts)]
-    for category in PRIORITY_ORDER:  # ids in canonical order: sorting a post's ids orders it
-        rows += [(tag, "tag", CATEGORY_IDS[category], n) for tag, n in kept.get(category, [])]
-        rows.append((UNK_TOKENS[category], "special", CATEGORY_IDS[category], 0))
-    rows += [(f"<unused_{i}>", "unused", 0, 0) for i in range(-len(rows) % VOCAB_MULTIPLE)]
-    return rows
-
-
 def build_tokenizer(
     data_dir: str | Path,
     output: str | Path,
@@ -208,8 +135,9 @@ def build_tokenizer(
     import numpy as np
     import pyarrow.compute as pc
 
-    from .data.analysis import recommend_min_counts
-    from .modeling.tokenization_booru_embed import BooruEmbedTokenizer
+    from ..modeling.tokenization_booru_embed import BooruEmbedTokenizer
+    from ..modeling.vocabulary_booru_embed import Vocabulary
+    from .analysis import recommend_min_counts
 
     if coverage is not None and not 0.0 < coverage <= 1.0:
         raise UsageError(f"--coverage must be in (0, 1], got {coverage}")
@@ -249,25 +177,15 @@ def build_tokenizer(
     boundaries = score_boundaries(scores, score_buckets)
     bucket_counts = np.bincount(np.searchsorted(boundaries, scores, side="right"), minlength=len(boundaries) + 1).tolist()
     rating_counts = dict(Counter(train.with_format("arrow")["rating"].to_pylist()))
-    rows = vocabulary_rows(kept, rating_counts, boundaries, bucket_counts)
-
-    from .modeling.tokenization_booru_embed import write_table_file, write_vocab_file
-
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    write_vocab_file(output / "vocab.json", rows, boundaries)
-    files = {"vocab_file": str(output / "vocab.json")}
-    for key, table in (("aliases_file", alias_table), ("implications_file", implication_table)):
-        if table:
-            path = output / BooruEmbedTokenizer.vocab_files_names[key]
-            write_table_file(path, table)
-            files[key] = str(path)
-    tokenizer = BooruEmbedTokenizer(**files)
-    tokenizer.save_pretrained(str(output))
+    vocabulary = Vocabulary.layout(kept, rating_counts, boundaries, bucket_counts)
+    tokenizer = BooruEmbedTokenizer.from_vocabulary(vocabulary, alias_table, implication_table)
+    tokenizer.save_pretrained(str(output))  # vocab.json, the tables and tokenizer_config.json, each written once
     info = {
         "data_dir": str(data_dir),
         "train_posts": len(train),
-        "vocab_size": len(rows),
+        "vocab_size": len(vocabulary),
         "score_boundaries": boundaries,
         "aliases": len(alias_table),
         "implications": len(implication_table),
