@@ -428,6 +428,16 @@ class TrainingResult:
     finished: bool  # False when stopped early (SIGTERM or stop_after_steps) with a checkpoint to resume
 
 
+def save_model(accelerator: Any, model: Any, tokenizer: Any, output: Path) -> None:
+    """Write the loadable model folder: safetensors, config with auto_map, remote code, tokenizer."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(str(output), save_function=accelerator.save, safe_serialization=True)
+        tokenizer.save_pretrained(str(output))
+    accelerator.wait_for_everyone()
+
+
 def finish(run: Session) -> TrainingResult:
     """The end of a complete run: the last checkpoint, the model folder, the final evaluation, the summary."""
     accelerator, state, output = run.accelerator, run.state, run.output
@@ -493,16 +503,6 @@ def fit(config: TrainingConfig) -> TrainingResult:
         accelerator.end_training()
         return TrainingResult(run.output, accelerator.unwrap_model(run.model), state, {}, finished=False)
     return finish(run)
-
-
-def save_model(accelerator: Any, model: Any, tokenizer: Any, output: Path) -> None:
-    """Write the loadable model folder: safetensors, config with auto_map, remote code, tokenizer."""
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(str(output), save_function=accelerator.save, safe_serialization=True)
-        tokenizer.save_pretrained(str(output))
-    accelerator.wait_for_everyone()
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
