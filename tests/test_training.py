@@ -21,8 +21,10 @@ import pytest
 import torch
 
 from booru_embed.errors import UsageError
+from booru_embed.training.checkpointing import checkpoints
 from booru_embed.training.config import TrainingConfig
-from booru_embed.training.loop import LOSS_LOG, checkpoints, fit, lr_factor, train
+from booru_embed.training.loop import fit, lr_factor, train
+from booru_embed.training.loss_log import LOSS_LOG
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_MODEL = {

@@ -14,33 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from .checkpointing import StopSignal, TrainState, checkpoints, ignore_sigterm, load_last_checkpoint, save_checkpoint
 from .config import TrainingConfig, add_config_arguments, config_from_args, read_model_config
+from .loss_log import LOGGED, LossLog, RunningSums
 
-CHECKPOINT_PREFIX = "step_"
-STATE_FILE = "trainer_state.json"
-LOSS_LOG = "train_loss.jsonl"
 EVAL_BASELINE_POSTS = 50_000  # training posts the evaluations during training count (seconds, not minutes)
-LOGGED = ("loss", "mlm", "contrastive", "readback", "rating", "score", "view_accuracy")
-
-
-@dataclass
-class TrainState:
-    """Where the run is: saved with every checkpoint so a resumed run continues exactly."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed (per process)
-    tokens: int = 0  # tokens seen, all processes together
-    seconds: float = 0.0  # training time before this session
 
 
 def lr_factor(step: int, total: int, config: TrainingConfig) -> float:
@@ -160,62 +145,99 @@ def optimizer_for(model: Any, config: TrainingConfig, fused: bool) -> Any:
     )
 
 
-def checkpoints(output: Path) -> list[Path]:
-    """Complete checkpoints of MODEL_DIR, oldest first."""
-    folder = output / "checkpoints"
-    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+def check_inputs(config: TrainingConfig) -> Path:
+    """MODEL_DIR, created, once the inputs exist and it may be trained into (``UsageError`` otherwise)."""
+    for name in ("dataset", "tokenizer", "output"):
+        if not getattr(config, name):
+            raise UsageError(f"--{name} is required")
+    if not Path(config.dataset).is_dir():
+        raise UsageError(f"cannot read dataset {config.dataset}: no such folder")
+    if not Path(config.tokenizer, "vocab.json").is_file():
+        raise UsageError(f"not a tokenizer folder (no vocab.json): {config.tokenizer}")
+    if config.eval_truth and not Path(config.eval_truth).is_file():
+        raise UsageError(f"ground-truth file not found: {config.eval_truth}")
+    output = Path(config.output)
+    if checkpoints(output) and not config.resume:
+        raise UsageError(f"{output} already holds checkpoints: pass --resume to continue, or choose another --output")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
 
 
-def save_checkpoint(accelerator: Any, output: Path, state: TrainState, keep: int) -> Path:
-    """``accelerator.save_state`` into a temporary folder, renamed when complete (atomic)."""
-    final = output / "checkpoints" / f"{CHECKPOINT_PREFIX}{state.step}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoints(output)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (CUDA, XPU, MPS, ...)."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM to the main process, which saves a checkpoint and stops them."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def make_accelerator(config: TrainingConfig, output: Path) -> Any:
+    """The run's ``Accelerator``: accumulation, mixed precision, TensorBoard under MODEL_DIR/logs."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    return Accelerator(
+        cpu=not has_accelerator(),  # lets torchrun / accelerate launch run several CPU processes (gloo)
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        step_scheduler_with_optimizer=False,
+    )
 
 
-class _StopSignal:
-    """Remembers a SIGTERM so the loop can save a checkpoint and exit at the next step boundary."""
+def initialise_weights(model: Any, config: TrainingConfig, tokenizer: Any, train_encoded: Any, accelerator: Any) -> None:
+    """A fresh run's start: co-occurrence token embeddings (``--embedding-init``) and prior tag biases.
 
-    def __init__(self) -> None:
-        self.received = False
-        self.previous = None
+    The co-occurrence rows take minutes at a million posts, so only the main process computes them;
+    the others wait and receive its weights (``broadcast``).
+    """
+    import torch
+    from accelerate.utils import broadcast
 
-    def __enter__(self) -> _StopSignal:
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: signals cannot be caught here
-            self.previous = None
-        return self
+    from .cooccurrence_init import initialise_from_cooccurrence
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = True
+    if config.embedding_init == "cooccurrence":
+        started = time.perf_counter()
+        rows = initialise_from_cooccurrence(model, train_encoded, config.seed) if accelerator.is_main_process else 0
+        if accelerator.num_processes > 1:
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.copy_(broadcast(param.detach().to(accelerator.device), from_process=0))
+        accelerator.print(f"token embeddings: {rows} rows from the SVD of the training split's co-counts "
+                          f"in {time.perf_counter() - started:.1f} s")
+    if config.tag_bias_init == "prior":
+        model.initialise_tag_biases(tokenizer.token_counts, len(train_encoded))
 
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+
+def make_loader(config: TrainingConfig, train_encoded: Any, info: Any, accelerator: Any) -> tuple[Any, Any, Any]:
+    """The training ``DataLoader`` and the two parts of it that learn the epoch: its batch sampler and collator."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .collator import EpochBatchSampler, PretrainingCollator
+
+    sampler = EpochBatchSampler(
+        len(train_encoded), config.batch_size, config.seed,
+        lengths=train_encoded.data.column("length").to_numpy() if config.length_buckets else None,
+        weights=post_weights(train_encoded, info, config.rare_subject_oversampling),
+    )
+    if len(sampler) < accelerator.num_processes:
+        raise UsageError(f"the train split ({len(train_encoded)} posts) is smaller than one batch per process")
+    collator = PretrainingCollator(info, config)
+    loader = DataLoader(
+        train_encoded.with_format(None, columns=["id", "input_ids", "category_ids"]),
+        batch_sampler=sampler, collate_fn=collator, num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),  # worker seeds must not touch the global RNG
+        worker_init_fn=ignore_sigterm,
+    )
+    return loader, sampler, collator
 
 
-def _evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded: Any) -> Any:
+def build_evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded: Any) -> Any:
     """An ``Evaluator`` over ``eval_posts`` test posts, its baseline counted on a seeded sample of
-    ``EVAL_BASELINE_POSTS`` training posts (straight from the encoded Arrow columns)."""
+    ``EVAL_BASELINE_POSTS`` training posts (straight from the encoded Arrow columns), or None."""
     import datasets
 
     from ..evaluation import Evaluator, encode_sample
@@ -229,14 +251,169 @@ def _evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded:
     )
 
 
-def _run_evaluation(accelerator: Any, evaluator: Any, model: Any, step: int, truth: dict | None) -> dict[str, float]:
-    """Evaluate on the main process, log ``eval/*`` to the trackers; the others wait."""
+@dataclass
+class Session:
+    """What ``setup`` prepares for ``fit``: the prepared Accelerate objects, the run's position, its logs."""
+
+    config: TrainingConfig
+    output: Path
+    accelerator: Any
+    tokenizer: Any
+    model: Any  # as prepared (wrapped); ``accelerator.unwrap_model`` gives the BooruEmbedForPreTraining
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    sampler: Any
+    collator: Any
+    total_steps: int
+    candidates: Any  # (group, vocab) bool: the tokens each masked-slot kind chooses among
+    dims: list[int]  # nested embedding sizes, then the full size
+    state: TrainState
+    sums: RunningSums
+    loss_log: LossLog
+    evaluator: Any
+    truth: dict | None
+
+
+def setup(config: TrainingConfig) -> Session:
+    """Everything before the first step: accelerator, tokenizer, data, model, optimizer, schedule, one ``prepare``, resume."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from .collator import TokenInfo
+
+    output = check_inputs(config)
+    resuming = bool(config.resume and checkpoints(output))
+    accelerator = make_accelerator(config, output)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.tokenizer)
+    info = TokenInfo.from_tokenizer(tokenizer)
+    train_encoded = encoded_train_split(config, tokenizer, accelerator)
+    model = build_model(config, tokenizer)
+    if not resuming:
+        initialise_weights(model, config, tokenizer, train_encoded, accelerator)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    loader, sampler, collator = make_loader(config, train_encoded, info, accelerator)
+    batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    total_steps = config.max_steps or config.num_epochs * steps_per_epoch
+    optimizer = optimizer_for(model, config, fused=accelerator.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
+    if config.torch_compile:
+        model = torch.compile(model)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model_config = accelerator.unwrap_model(model).config
+
+    state = load_last_checkpoint(accelerator, output) if resuming else TrainState()
+    loss_log = LossLog(output / "logs", accelerator.is_main_process)
+    loss_log.keep_until(state.step)
+    if accelerator.is_main_process:
+        config.save(output / "training_config.json")
+    accelerator.init_trackers("train", config={k: v for k, v in config.to_dict().items() if v is not None})
+    evaluator = build_evaluator(config, tokenizer, info, train_encoded) if accelerator.is_main_process else None
+    posts_per_step = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    accelerator.print(
+        f"running training: {len(train_encoded)} posts ({len(sampler.items)} draws per epoch), "
+        f"{accelerator.num_processes} process(es), "
+        f"{config.batch_size} posts x {config.gradient_accumulation_steps} accumulation x "
+        f"{accelerator.num_processes} = {posts_per_step} posts per step, "
+        f"{total_steps} steps ({steps_per_epoch} per epoch), "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+    )
+    return Session(
+        config, output, accelerator, tokenizer, model, optimizer, scheduler, loader, sampler, collator,
+        total_steps, info.candidates_by_group().to(accelerator.device),
+        [*model_config.nested_dims, model_config.embedding_dim], state, RunningSums(accelerator), loss_log,
+        evaluator, json.loads(Path(config.eval_truth).read_text()) if config.eval_truth else None,
+    )
+
+
+def epoch_batches(run: Session) -> Any:
+    """The current epoch's batches: every part told the epoch, the batches a resumed run already trained skipped."""
+    for part in (run.loader, run.sampler, run.collator):
+        part.set_epoch(run.state.epoch)
+    if not run.state.batches_in_epoch:
+        return run.loader
+    rest = run.accelerator.skip_first_batches(run.loader, run.state.batches_in_epoch)
+    rest.set_epoch(run.state.epoch)
+    return rest
+
+
+def train_micro_batch(run: Session, batch: dict[str, Any]) -> None:
+    """Forward, losses and backward of one batch; on a step's last micro-batch also clip and step (``accumulate``)."""
+    from .collator import model_inputs
+    from .objectives import pretraining_losses
+
+    accelerator, config = run.accelerator, run.config
+    with accelerator.accumulate(run.model):
+        outputs = run.model(**model_inputs(batch))
+        loss, parts = pretraining_losses(outputs, batch, config, run.candidates, run.dims)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    run.sums.add(**{name: parts[name] for name in LOGGED}, tokens=batch["num_tokens"], micro_batches=1)
+
+
+def end_step(run: Session, stop_received: bool) -> tuple[dict[str, float], int, bool]:
+    """After a step's last micro-batch: advance the schedule and the step count, add up every process's sums.
+
+    Returns the step's mean losses, its tokens (all processes) and whether any process received
+    SIGTERM (the flag travels with the sums: one collective per step).
+    """
+    run.scheduler.step()
+    run.state.step += 1
+    run.sums.add(stop=float(stop_received))
+    totals = run.sums.reduce()
+    tokens = int(totals["tokens"])
+    run.state.tokens += tokens
+    return {name: totals[name] / totals["micro_batches"] for name in LOGGED}, tokens, totals["stop"] > 0
+
+
+class Throughput:
+    """Tokens per second since the session started or last checkpointed; ``bank`` adds the time to ``state.seconds``."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.tokens = 0
+
+    def per_second(self) -> float:
+        """Tokens per second so far."""
+        return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+    def bank(self, state: TrainState) -> None:
+        """Add the elapsed time to ``state.seconds`` and start counting again."""
+        state.seconds += time.perf_counter() - self.started
+        self.started, self.tokens = time.perf_counter(), 0
+
+
+def log_step(run: Session, losses: dict[str, float], bar: Any, clock: Throughput) -> None:
+    """The step's line in the loss log; every ``log_every`` steps (and the last) the trackers and the bar's postfix."""
+    step, lr = run.state.step, run.scheduler.get_last_lr()[0]
+    run.loss_log.append(step, lr, losses)
+    if step % run.config.log_every == 0 or step == run.total_steps:
+        run.accelerator.log({f"train/{k}": v for k, v in losses.items()} | {"train/lr": lr}, step=step)
+        bar.set_postfix(loss=f"{losses['loss']:.3f}", mlm=f"{losses['mlm']:.3f}", tok_s=f"{clock.per_second():,.0f}")
+    bar.update(1)
+
+
+def every(period: int, step: int) -> bool:
+    """Whether a hook with this period (0: never) runs at ``step``."""
+    return bool(period) and step % period == 0
+
+
+def run_evaluation(run: Session) -> dict[str, float]:
+    """Evaluate on the main process, log ``eval/*`` to the trackers and print a summary; the others wait."""
+    accelerator, step = run.accelerator, run.state.step
     metrics: dict[str, float] = {}
-    if evaluator is not None and accelerator.is_main_process:
-        metrics = evaluator.run(accelerator.unwrap_model(model), truth=truth)
+    if run.evaluator is not None and accelerator.is_main_process:
+        started = time.perf_counter()
+        metrics = run.evaluator.run(accelerator.unwrap_model(run.model), truth=run.truth)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items() if math.isfinite(v)}, step=step)
         shown = ("masked.micro_f1", "retrieval.character.recall@10", "traits.r_precision")
-        accelerator.print(f"step {step}: " + ", ".join(
+        accelerator.print(f"step {step} (evaluated in {time.perf_counter() - started:.1f} s): " + ", ".join(
             f"{name} {metrics[f'model.{name}']:.4f} (baseline {metrics[f'baseline.{name}']:.4f})"
             for name in shown if f"model.{name}" in metrics
         ))
@@ -255,200 +432,6 @@ class TrainingResult:
     finished: bool  # False when stopped early (SIGTERM or stop_after_steps) with a checkpoint to resume
 
 
-def _has_accelerator() -> bool:
-    """Whether torch sees a GPU-like device (CUDA, XPU, MPS, ...)."""
-    import torch
-
-    accelerator = getattr(torch, "accelerator", None)
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-
-
-def train(config: TrainingConfig) -> Path:
-    """Train (or resume) as configured and return MODEL_DIR (see ``fit``)."""
-    return fit(config).output
-
-
-def fit(config: TrainingConfig) -> TrainingResult:
-    """Train (or resume) as configured. Raises ``UsageError`` for bad inputs."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from .collator import EpochBatchSampler, PretrainingCollator, TokenInfo, model_inputs
-    from .cooccurrence_init import initialise_from_cooccurrence
-    from .objectives import pretraining_losses
-
-    for name in ("dataset", "tokenizer", "output"):
-        if not getattr(config, name):
-            raise UsageError(f"--{name} is required")
-    if not Path(config.dataset).is_dir():
-        raise UsageError(f"cannot read dataset {config.dataset}: no such folder")
-    if not Path(config.tokenizer, "vocab.json").is_file():
-        raise UsageError(f"not a tokenizer folder (no vocab.json): {config.tokenizer}")
-    if config.eval_truth and not Path(config.eval_truth).is_file():
-        raise UsageError(f"ground-truth file not found: {config.eval_truth}")
-    output = Path(config.output)
-    if checkpoints(output) and not config.resume:
-        raise UsageError(f"{output} already holds checkpoints: pass --resume to continue, or choose another --output")
-    output.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(
-        cpu=not _has_accelerator(),  # lets torchrun / accelerate launch run several CPU processes (gloo)
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
-        dataloader_config=DataLoaderConfiguration(non_blocking=True),
-        step_scheduler_with_optimizer=False,
-    )
-    set_seed(config.seed)
-    tokenizer = load_tokenizer(config.tokenizer)
-    info = TokenInfo.from_tokenizer(tokenizer)
-    train_encoded = encoded_train_split(config, tokenizer, accelerator)
-    model = build_model(config, tokenizer)
-    if config.embedding_init == "cooccurrence" and not (config.resume and checkpoints(output)):
-        rows = initialise_from_cooccurrence(model, train_encoded, config.seed)
-        accelerator.print(f"token embeddings: {rows} rows from the SVD of the training split's co-counts")
-    if config.tag_bias_init == "prior" and not (config.resume and checkpoints(output)):
-        model.initialise_tag_biases(tokenizer.token_counts, len(train_encoded))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    sampler = EpochBatchSampler(
-        len(train_encoded), config.batch_size, config.seed,
-        lengths=train_encoded.data.column("length").to_numpy() if config.length_buckets else None,
-        weights=post_weights(train_encoded, info, config.rare_subject_oversampling),
-    )
-    if len(sampler) < accelerator.num_processes:
-        raise UsageError(f"the train split ({len(train_encoded)} posts) is smaller than one batch per process")
-    collator = PretrainingCollator(info, config)
-    loader = DataLoader(
-        train_encoded.with_format(None, columns=["id", "input_ids", "category_ids"]),
-        batch_sampler=sampler, collate_fn=collator, num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),  # worker seeds must not touch the global RNG
-        worker_init_fn=_ignore_sigterm,
-    )
-    batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
-    total_steps = config.max_steps or config.num_epochs * steps_per_epoch
-    optimizer = optimizer_for(model, config, fused=accelerator.device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
-    if config.torch_compile:
-        model = torch.compile(model)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    candidates = info.candidates_by_group().to(accelerator.device)
-    unwrapped_config = accelerator.unwrap_model(model).config
-    dims = [*unwrapped_config.nested_dims, unwrapped_config.embedding_dim]
-
-    state = TrainState()
-    loss_log = output / "logs" / LOSS_LOG
-    if config.resume and checkpoints(output):
-        last = checkpoints(output)[-1]
-        accelerator.load_state(str(last))
-        state = TrainState(**json.loads((last / STATE_FILE).read_text()))
-        accelerator.print(f"resumed from {last} (step {state.step}, epoch {state.epoch})")
-    if accelerator.is_main_process:
-        loss_log.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in loss_log.read_text().splitlines() if json.loads(line)["step"] <= state.step] if loss_log.is_file() else []
-        loss_log.write_text("".join(line + "\n" for line in kept))
-        config.save(output / "training_config.json")
-    accelerator.init_trackers("train", config={k: v for k, v in config.to_dict().items() if v is not None})
-    evaluator = _evaluator(config, tokenizer, info, train_encoded) if accelerator.is_main_process else None
-    truth = json.loads(Path(config.eval_truth).read_text()) if config.eval_truth else None
-
-    accelerator.print(
-        f"running training: {len(train_encoded)} posts ({len(sampler.items)} draws per epoch), "
-        f"{accelerator.num_processes} process(es), "
-        f"{config.batch_size} posts x {config.gradient_accumulation_steps} accumulation x "
-        f"{accelerator.num_processes} = {config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes} "
-        f"posts per step, {total_steps} steps ({steps_per_epoch} per epoch), "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
-    )
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (config.progress and accelerator.is_local_main_process),
-               desc="training", unit="step", dynamic_ncols=True)
-    started = time.perf_counter()
-    session_tokens = 0
-    running = torch.zeros(len(LOGGED) + 2, device=accelerator.device)  # losses, tokens, micro-batches
-    stop_requested = False
-    session_start = state.step
-    model.train()
-    with _StopSignal() as stop:
-        while state.step < total_steps and not stop_requested:
-            for part in (loader, sampler, collator):
-                part.set_epoch(state.epoch)
-            epoch_loader = loader
-            if state.batches_in_epoch:
-                epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-                epoch_loader.set_epoch(state.epoch)
-            for batch in epoch_loader:
-                with accelerator.accumulate(model):
-                    outputs = model(**model_inputs(batch))
-                    loss, parts = pretraining_losses(outputs, batch, config, candidates, dims)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                state.batches_in_epoch += 1
-                running += torch.stack([*(parts[k].float() for k in LOGGED), batch["num_tokens"].float(),
-                                        torch.ones((), device=accelerator.device)])
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                state.step += 1
-                flag = torch.tensor([float(stop.received)], device=accelerator.device)
-                totals = accelerator.reduce(torch.cat([running, flag]), reduction="sum")
-                running.zero_()
-                count = float(totals[len(LOGGED) + 1])
-                losses = {k: float(totals[i]) / count for i, k in enumerate(LOGGED)}
-                state.tokens += int(totals[len(LOGGED)])
-                session_tokens += int(totals[len(LOGGED)])
-                done = state.step >= total_steps
-                stop_requested = not done and (
-                    bool(totals[-1] > 0)
-                    or (config.stop_after_steps > 0 and state.step - session_start >= config.stop_after_steps)
-                )
-                lr = scheduler.get_last_lr()[0]
-                if accelerator.is_main_process:
-                    with loss_log.open("a") as handle:
-                        handle.write(json.dumps({"step": state.step, "lr": lr, **losses}) + "\n")
-                if state.step % config.log_every == 0 or state.step == total_steps:
-                    elapsed = time.perf_counter() - started
-                    accelerator.log({f"train/{k}": v for k, v in losses.items()} | {"train/lr": lr}, step=state.step)
-                    bar.set_postfix(loss=f"{losses['loss']:.3f}", mlm=f"{losses['mlm']:.3f}",
-                                    tok_s=f"{session_tokens / max(elapsed, 1e-9):,.0f}")
-                bar.update(1)
-                if stop_requested or (config.checkpoint_every and state.step % config.checkpoint_every == 0 and not done):
-                    state.seconds += time.perf_counter() - started
-                    started, session_tokens = time.perf_counter(), 0
-                    path = save_checkpoint(accelerator, output, state, config.keep_checkpoints)
-                    if stop_requested:
-                        accelerator.print(f"stopped at step {state.step}: saved {path}; continue with --resume")
-                if config.eval_every and state.step % config.eval_every == 0 and not done and not stop_requested:
-                    _run_evaluation(accelerator, evaluator, model, state.step, truth)
-                if done or stop_requested:
-                    break
-            else:
-                state.epoch += 1
-                state.batches_in_epoch = 0
-    bar.close()
-    state.seconds += time.perf_counter() - started
-    if stop_requested:
-        accelerator.end_training()
-        return TrainingResult(output, accelerator.unwrap_model(model), state, {}, finished=False)
-    save_checkpoint(accelerator, output, state, config.keep_checkpoints)
-    save_model(accelerator, model, tokenizer, output)
-    metrics = _run_evaluation(accelerator, evaluator, model, state.step, truth)
-    if accelerator.is_main_process and metrics:
-        (output / "eval_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    accelerator.print(
-        f"done: {state.step} steps, {state.tokens:,} tokens in {state.seconds:,.1f} s "
-        f"({state.tokens / max(state.seconds, 1e-9):,.0f} tokens/s); model in {output}"
-    )
-    accelerator.end_training()
-    return TrainingResult(output, accelerator.unwrap_model(model), state, metrics, finished=True)
-
-
 def save_model(accelerator: Any, model: Any, tokenizer: Any, output: Path) -> None:
     """Write the loadable model folder: safetensors, config with auto_map, remote code, tokenizer."""
     accelerator.wait_for_everyone()
@@ -457,6 +440,73 @@ def save_model(accelerator: Any, model: Any, tokenizer: Any, output: Path) -> No
         unwrapped.save_pretrained(str(output), save_function=accelerator.save, safe_serialization=True)
         tokenizer.save_pretrained(str(output))
     accelerator.wait_for_everyone()
+
+
+def finish(run: Session) -> TrainingResult:
+    """The end of a complete run: the last checkpoint, the model folder, the final evaluation, the summary."""
+    accelerator, state, output = run.accelerator, run.state, run.output
+    save_checkpoint(accelerator, output, state, run.config.keep_checkpoints)
+    save_model(accelerator, run.model, run.tokenizer, output)
+    metrics = run_evaluation(run)
+    if accelerator.is_main_process and metrics:
+        (output / "eval_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    accelerator.print(
+        f"done: {state.step} steps, {state.tokens:,} tokens in {state.seconds:,.1f} s "
+        f"({state.tokens / max(state.seconds, 1e-9):,.0f} tokens/s); model in {output}"
+    )
+    accelerator.end_training()
+    return TrainingResult(output, accelerator.unwrap_model(run.model), state, metrics, finished=True)
+
+
+def train(config: TrainingConfig) -> Path:
+    """Train (or resume) as configured and return MODEL_DIR (see ``fit``)."""
+    return fit(config).output
+
+
+def fit(config: TrainingConfig) -> TrainingResult:
+    """Train (or resume) as configured: ``setup``, then the Accelerate loop. Raises ``UsageError`` for bad inputs.
+
+    Stops early, with a checkpoint to ``--resume`` from, on SIGTERM or after ``stop_after_steps``.
+    """
+    from tqdm.auto import tqdm
+
+    run = setup(config)
+    accelerator, state = run.accelerator, run.state
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True,
+               disable=not (config.progress and accelerator.is_local_main_process))
+    clock = Throughput()
+    session_start, stopping = state.step, False
+    run.model.train()
+    with StopSignal() as stop:
+        while state.step < run.total_steps and not stopping:
+            for batch in epoch_batches(run):
+                train_micro_batch(run, batch)
+                state.batches_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                losses, tokens, stop_seen = end_step(run, stop.received)
+                clock.tokens += tokens
+                done = state.step >= run.total_steps
+                stopping = not done and (stop_seen or 0 < config.stop_after_steps <= state.step - session_start)
+                log_step(run, losses, bar, clock)
+                if stopping or (every(config.checkpoint_every, state.step) and not done):
+                    clock.bank(state)
+                    path = save_checkpoint(accelerator, run.output, state, config.keep_checkpoints)
+                    if stopping:
+                        accelerator.print(f"stopped at step {state.step}: saved {path}; continue with --resume")
+                if every(config.eval_every, state.step) and not (done or stopping):
+                    run_evaluation(run)
+                if done or stopping:
+                    break
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+    bar.close()
+    clock.bank(state)
+    if stopping:
+        accelerator.end_training()
+        return TrainingResult(run.output, accelerator.unwrap_model(run.model), state, {}, finished=False)
+    return finish(run)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
