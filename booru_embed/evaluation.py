@@ -330,7 +330,7 @@ class ModelRunner:
         each), ``embeddings``, ``readback`` (sizes, n, vocab), ``rating``, ``score`` (logits)."""
         import torch
 
-        from .training.collator import mark_masks, model_inputs, pack_sequences
+        from .sequences import mark_masks, model_inputs, pack_sequences
 
         lengths = np.array([len(ids) for ids, _ in sequences])
         order = np.argsort(lengths, kind="stable")
@@ -406,9 +406,9 @@ def encode_sample(tokenizer: Any, split: Any, size: int | None, name: str, seed:
 class Evaluator:
     """All metrics of a model on a test split, with the baseline built once from the training split.
 
-    ``train_posts``/``test_posts`` are lists of ``collator.Post`` or encoded splits (an Arrow table or
+    ``train_posts``/``test_posts`` are lists of ``sequences.Post`` or encoded splits (an Arrow table or
     a ``datasets.Dataset`` with ``input_ids`` and ``category_ids``, as ``data.bulk_encoding.encode_dataset``
-    writes them); ``info`` a ``collator.TokenInfo``; ``tag_to_id`` maps a tag name to its token id or
+    writes them); ``info`` a ``sequences.TokenInfo``; ``tag_to_id`` maps a tag name to its token id or
     None (implications, ground-truth names). ``max_posts`` test posts and ``baseline_posts`` training
     posts are drawn with the seed (all when there are fewer). The training posts are only counted, from
     the flat Arrow columns into sparse matrices: the memory is set by ``baseline_posts``, never by the
@@ -458,7 +458,7 @@ class Evaluator:
 
     def _sequence(self, post: Any | None, tags: np.ndarray, rating: bool = True, mask: bool = False):
         """Model input of ``tags`` (+ the post's rating and score when ``rating``; + ``<mask>`` when ``mask``)."""
-        from .training.collator import build_sequence
+        from .sequences import build_sequence
 
         keep = rating and post is not None
         return build_sequence(
@@ -700,9 +700,9 @@ def _arrow_table(encoded: Any) -> Any:
 
 
 def posts_from_encoded(encoded: Any) -> list[Any]:
-    """``collator.Post`` objects of a split encoded by ``data.bulk_encoding.encode_dataset`` (for test posts: the
+    """``sequences.Post`` objects of a split encoded by ``data.bulk_encoding.encode_dataset`` (for test posts: the
     training split is only ever counted, see ``Evaluator``)."""
-    from .training.collator import Post, flat_posts
+    from .sequences import Post, flat_posts
 
     ids, categories, lengths = flat_posts(_arrow_table(encoded))
     if not len(lengths):
@@ -720,9 +720,9 @@ def _as_posts(posts: Sequence[Any] | Any, rows: np.ndarray | None) -> list[Any]:
 
 
 def _flat(posts: Sequence[Any] | Any, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat ``ids``, ``categories``, ``lengths`` (``collator.flat_posts``) of ``rows`` of a list of ``Post``
+    """Flat ``ids``, ``categories``, ``lengths`` (``sequences.flat_posts``) of ``rows`` of a list of ``Post``
     or of an encoded split; from a split, straight from its Arrow columns."""
-    from .training.collator import flat_posts
+    from .sequences import flat_posts
 
     if not isinstance(posts, (list, tuple)):
         table = _arrow_table(posts)
@@ -764,7 +764,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
     from transformers import AutoModelForPreTraining
 
     from .modeling.tokenization_booru_embed import BooruEmbedTokenizer
-    from .training.collator import TokenInfo
+    from .sequences import TokenInfo
 
     started = time.perf_counter()
     model_dir, data_dir = Path(model_dir), Path(data_dir)

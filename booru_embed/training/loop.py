@@ -135,7 +135,8 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
 def post_weights(train_encoded: Any, info: Any, exponent: float) -> Any:
     """Draws per epoch of every training post (``rare_subject_weights``), or None when not oversampling."""
     from ..modeling.categories_booru_embed import CATEGORY_IDS
-    from .collator import flat_posts, rare_subject_weights
+    from ..sequences import flat_posts
+    from .collator import rare_subject_weights
 
     if exponent == 0:
         return None
@@ -276,7 +277,8 @@ def fit(config: TrainingConfig) -> TrainingResult:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from .collator import EpochBatchSampler, PretrainingCollator, TokenInfo, model_inputs
+    from ..sequences import TokenInfo, model_inputs
+    from .collator import EpochBatchSampler, PretrainingCollator
     from .cooccurrence_init import initialise_from_cooccurrence
     from .objectives import pretraining_losses
 
