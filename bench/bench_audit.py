@@ -33,7 +33,7 @@ from booru_embed.data.synthetic import HAIR_COLOURS
 from booru_embed.embedder import BooruEmbedder
 from booru_embed.evaluation import Evaluator, posts_from_encoded
 from booru_embed.modeling.categories_booru_embed import CATEGORY_NAMES, TAG_CATEGORIES
-from booru_embed.training.collator import TokenInfo
+from booru_embed.sequences import TokenInfo
 
 METHODS = ("model p", "model distinctive", "model pmi", "related tags", "chance")
 

@@ -33,7 +33,8 @@ def corpus(root: Path, posts: int) -> tuple[Path, Path]:
 
 def time_steps(encoded, tokenizer, steps: int, batch_size: int, **options) -> tuple[float, float, float]:
     """(CPU seconds per step, wall seconds per step, tokens per step) of one configuration."""
-    from booru_embed.training.collator import EpochBatchSampler, PretrainingCollator, TokenInfo, model_inputs
+    from booru_embed.sequences import TokenInfo, model_inputs
+    from booru_embed.training.collator import EpochBatchSampler, PretrainingCollator
     from booru_embed.training.config import TrainingConfig
     from booru_embed.training.loop import build_model, optimizer_for
     from booru_embed.training.objectives import pretraining_losses
@@ -70,7 +71,7 @@ def main() -> None:
 
     from booru_embed.data.bulk_encoding import encode_dataset
     from booru_embed.evaluation import Evaluator, posts_from_encoded
-    from booru_embed.training.collator import TokenInfo
+    from booru_embed.sequences import TokenInfo
     from booru_embed.training.loop import build_model, load_tokenizer
     from booru_embed.training.config import TrainingConfig
 

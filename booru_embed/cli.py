@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("booru_embed.data.analysis", "tag counts, coverage, lengths and plots of a DATA_DIR"),
     "build-tokenizer": ("booru_embed.data.tokenizer_build", "choose the whole-tag vocabulary and write a tokenizer folder"),
     "train": ("booru_embed.training.loop", "train a model (same as `accelerate launch train_hf.py`)"),
-    "evaluate": ("booru_embed.evaluation", "measure a model against the co-occurrence baseline"),
+    "evaluate": ("booru_embed.evaluation.command", "measure a model against the co-occurrence baseline"),
     "suggest": ("booru_embed.embedder", "suggest missing tags for a tag set"),
     "embed": ("booru_embed.embedder", "embed tag sets into a .npy file"),
     "export-onnx": ("booru_embed.export", "export the encoder and heads to ONNX for ONNX Runtime serving"),

@@ -5,7 +5,7 @@ One home for the counting that two parts of the project share: the evaluation ba
 baseline) and the spectral initialisation of the token embeddings (``training/cooccurrence_init.py``).
 
 Everything starts from flat posts (``ids`` of all their tokens, one post after the other, ``lengths``
-tokens each, as ``collator.flat_posts`` reads them from the encoded Arrow columns) and builds a sparse
+tokens each, as ``sequences.flat_posts`` reads them from the encoded Arrow columns) and builds a sparse
 CSR matrix without a per-post Python object. The memory is set by the number of posts counted, so
 callers that face Danbooru-sized splits count a seeded sample.
 

@@ -32,6 +32,7 @@ from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
 from .modeling.normalization_booru_embed import parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
+from .sequences import padded_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -223,16 +224,13 @@ class BooruEmbedder:
     def _batch(self, sequences: list[list[int]], extra: list[int] | None = None) -> dict[str, np.ndarray]:
         """Right-padded int64 model inputs for token-id lists (``extra`` ids appended to every one, category 0)."""
         extra = extra or []
-        lengths = np.asarray([len(ids) + len(extra) for ids in sequences])
-        rows = np.arange(len(sequences))
-        input_ids = np.full((len(sequences), int(lengths.max())), self.tokenizer.pad_token_id, dtype=np.int64)
-        for row, ids in enumerate(sequences):
-            input_ids[row, : lengths[row]] = ids + extra
-        attention = (np.arange(input_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-        categories = self._categories[input_ids]
-        for offset in range(1, len(extra) + 1):
-            categories[rows, lengths - offset] = SPECIAL_CATEGORY_ID  # the <mask> of suggest has category 0, as in training
-        return {"input_ids": input_ids, "category_ids": categories, "attention_mask": attention}
+        rows = []
+        for ids in sequences:
+            row = np.asarray([*ids, *extra], dtype=np.int64)
+            categories = self._categories[row]
+            categories[len(ids):] = SPECIAL_CATEGORY_ID  # the <mask> of suggest has category 0, as in training
+            rows.append((row, categories))
+        return padded_inputs(rows, self.tokenizer.pad_token_id)
 
     def _pooled(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """(n, embedding_dim) float32 pooled embeddings of a ``_batch``, not normalised (either backend)."""

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from booru_embed.training.collator import (
-    IGNORE_INDEX,
-    EpochBatchSampler,
-    Post,
-    PretrainingCollator,
-    TokenInfo,
-    rare_subject_weights,
-)
+from booru_embed.sequences import Post, TokenInfo
+from booru_embed.training.collator import IGNORE_INDEX, EpochBatchSampler, PretrainingCollator, rare_subject_weights
 from booru_embed.training.config import TrainingConfig
 
 # vocabulary: 0 pad, 1 cls, 2 mask, 3-6 ratings g s q e, 7-9 score buckets, 10 <unk_general>,

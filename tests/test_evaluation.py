@@ -17,7 +17,7 @@ from booru_embed.evaluation import (
     retrieval_recall_at_k,
 )
 from booru_embed.data.bulk_encoding import encode_dataset
-from booru_embed.training.collator import Post, TokenInfo
+from booru_embed.sequences import Post, TokenInfo
 
 
 def test_f1_at_equal_precision_recall_by_hand():

@@ -126,7 +126,7 @@ def test_cooccurrence_init_starts_the_embeddings_from_the_training_split(small_c
     import datasets
     from safetensors.torch import load_file
 
-    from booru_embed.training.collator import flat_posts
+    from booru_embed.sequences import flat_posts
     from booru_embed.cooccurrence import cooccurrence_embeddings
 
     untied = tmp_path / "untied.json"
@@ -306,7 +306,7 @@ if __name__ == "__main__":
 def test_short_training_learns_beyond_chance(small_corpus, tmp_path):
     """A fast learning check: 40 steps of a micro model vs the same model untrained, on training posts."""
     from booru_embed.evaluation import Evaluator, posts_from_encoded
-    from booru_embed.training.collator import TokenInfo
+    from booru_embed.sequences import TokenInfo
     from booru_embed.training.loop import build_model, load_tokenizer
 
     import datasets

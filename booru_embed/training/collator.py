@@ -22,146 +22,15 @@ of a batch depend only on its posts and the epoch, not on worker processes or on
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ..modeling.categories_booru_embed import CATEGORY_IDS, RATINGS
+from ..sequences import RATING, SCORE, SPECIAL, Post, TokenInfo, build_sequence, mark_masks, pack_sequences
 
-SPECIAL, RATING, SCORE = CATEGORY_IDS["special"], CATEGORY_IDS["rating"], CATEGORY_IDS["score"]
-FIRST_TAG_CATEGORY = CATEGORY_IDS["general"]
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    """What the collator, objectives and evaluation need to know about the vocabulary."""
-
-    token_categories: np.ndarray  # (vocab,) category id of every token
-    rating_token_ids: tuple[int, ...]  # class order of the rating head (g, s, q, e)
-    score_token_ids: tuple[int, ...]  # class order of the score head (bucket order)
-    unk_token_ids: frozenset[int]
-    pad_token_id: int = 0
-    cls_token_id: int = 1
-    mask_token_id: int = 2
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> TokenInfo:
-        """Read the attributes of a ``BooruEmbedTokenizer``."""
-        ratings = tokenizer.rating_token_ids
-        return cls(
-            token_categories=np.asarray(tokenizer.token_categories, dtype=np.int64),
-            rating_token_ids=tuple(int(ratings[r]) for r in RATINGS if r in ratings),
-            score_token_ids=tuple(int(i) for i in tokenizer.score_token_ids),
-            unk_token_ids=frozenset(int(i) for i in tokenizer.unk_token_ids.values()),
-            pad_token_id=int(tokenizer.pad_token_id),
-            cls_token_id=int(tokenizer.cls_token_id),
-            mask_token_id=int(tokenizer.mask_token_id),
-        )
-
-    @property
-    def vocab_size(self) -> int:
-        """Rows of the vocabulary (including padding rows)."""
-        return len(self.token_categories)
-
-    def tag_candidates(self) -> np.ndarray:
-        """(vocab,) bool: tokens that can be a predicted tag (a tag category, not an unknown-tag token)."""
-        candidates = self.token_categories >= FIRST_TAG_CATEGORY
-        candidates[list(self.unk_token_ids)] = False
-        return candidates
-
-    def candidates_by_group(self) -> torch.Tensor:
-        """(3, vocab) bool: candidates of a ``<mask>`` with category 0 (tags), 1 (rating), 2 (score)."""
-        table = torch.zeros(3, self.vocab_size, dtype=torch.bool)
-        table[SPECIAL] = torch.from_numpy(self.tag_candidates())
-        table[RATING, list(self.rating_token_ids)] = True
-        table[SCORE, list(self.score_token_ids)] = True
-        return table
-
-
-@dataclass
-class Post:
-    """One encoded post split into its parts (token ids; ``tag_categories`` parallel to ``tags``)."""
-
-    rating: int | None
-    score: int | None
-    tags: np.ndarray
-    tag_categories: np.ndarray
-
-    @classmethod
-    def from_encoded(cls, input_ids: Sequence[int], category_ids: Sequence[int]) -> Post:
-        """Split ``[<cls>] [rating] [score] tags...`` by category."""
-        ids = np.asarray(input_ids, dtype=np.int64)
-        cats = np.asarray(category_ids, dtype=np.int64)
-        rating = ids[cats == RATING]
-        score = ids[cats == SCORE]
-        is_tag = cats >= FIRST_TAG_CATEGORY
-        return cls(
-            rating=int(rating[0]) if len(rating) else None,
-            score=int(score[0]) if len(score) else None,
-            tags=ids[is_tag],
-            tag_categories=cats[is_tag],
-        )
-
-
-def build_sequence(
-    info: TokenInfo,
-    rating: int | None,
-    score: int | None,
-    tags: np.ndarray,
-    tag_categories: np.ndarray,
-    mask_rating: bool = False,
-    mask_score: bool = False,
-    mask_tags: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token and category ids of ``[<cls>] [rating|<mask>] [score|<mask>] tags [<mask>]``."""
-    ids, cats = [info.cls_token_id], [SPECIAL]
-    if rating is not None:
-        ids.append(info.mask_token_id if mask_rating else rating)
-        cats.append(RATING)
-    if score is not None:
-        ids.append(info.mask_token_id if mask_score else score)
-        cats.append(SCORE)
-    ids.extend(tags.tolist())
-    cats.extend(tag_categories.tolist())
-    if mask_tags:
-        ids.append(info.mask_token_id)
-        cats.append(SPECIAL)
-    return np.asarray(ids, dtype=np.int64), np.asarray(cats, dtype=np.int64)
-
-
-def pack_sequences(
-    sequences: Sequence[tuple[np.ndarray, np.ndarray]], packed: bool = True, pad_token_id: int = 0
-) -> dict[str, Any]:
-    """Model inputs for a list of (input_ids, category_ids) sequences.
-
-    Packed: ``input_ids``/``category_ids`` (1, total), ``cu_seqlens`` (n+1,) int32 from 0, ``max_seqlen``.
-    Padded: (n, longest) with ``attention_mask``. Sequences keep their order in both layouts.
-    """
-    lengths = np.array([len(ids) for ids, _ in sequences], dtype=np.int64)
-    if packed:
-        ids = torch.from_numpy(np.concatenate([s[0] for s in sequences]))[None]  # (1, total)
-        cats = torch.from_numpy(np.concatenate([s[1] for s in sequences]))[None]  # (1, total)
-        cu = torch.zeros(len(sequences) + 1, dtype=torch.int32)
-        cu[1:] = torch.from_numpy(np.cumsum(lengths)).to(torch.int32)
-        return {"input_ids": ids, "category_ids": cats, "cu_seqlens": cu, "max_seqlen": int(lengths.max())}
-    width = int(lengths.max())
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (n, longest)
-    cats = torch.zeros((len(sequences), width), dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (seq_ids, seq_cats) in enumerate(sequences):
-        ids[row, : len(seq_ids)] = torch.from_numpy(seq_ids)
-        cats[row, : len(seq_cats)] = torch.from_numpy(seq_cats)
-        attention[row, : len(seq_ids)] = 1
-    return {"input_ids": ids, "category_ids": cats, "attention_mask": attention}
-
-
-def mark_masks(batch: dict[str, Any], mask_token_id: int) -> torch.Tensor:
-    """(same shape as input_ids) bool: the ``<mask>`` tokens, in the row-major order the model returns."""
-    return batch["input_ids"] == mask_token_id
 
 
 class PretrainingCollator:
@@ -302,29 +171,6 @@ class PretrainingCollator:
             num_tokens=torch.tensor(sum(len(s[0]) for s in sequences)),
         )
         return batch
-
-
-MODEL_INPUT_KEYS = ("input_ids", "category_ids", "attention_mask", "cu_seqlens", "max_seqlen", "mlm_positions")
-
-
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a batch that the model's forward takes."""
-    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-
-
-def flat_posts(table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The posts of an encoded Arrow table, flat: ``ids``, ``categories``, ``lengths``.
-
-    ``ids`` and ``categories`` hold all the posts' tokens, one post after the other; ``lengths`` the
-    tokens of each post. One pass over the columns, no per-post copy.
-    """
-    import pyarrow.compute as pc
-
-    return (
-        pc.list_flatten(table.column("input_ids")).to_numpy(),
-        pc.list_flatten(table.column("category_ids")).to_numpy(),
-        pc.list_value_length(table.column("input_ids")).to_numpy(),
-    )
 
 
 def rare_subject_weights(

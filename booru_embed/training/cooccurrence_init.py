@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..cooccurrence import cooccurrence_embeddings
-from .collator import flat_posts
+from ..sequences import flat_posts
 
 
 def initialise_from_cooccurrence(model: Any, train_encoded: Any, seed: int, max_posts: int = 1_000_000) -> int:

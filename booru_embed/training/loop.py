@@ -120,7 +120,8 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
 def post_weights(train_encoded: Any, info: Any, exponent: float) -> Any:
     """Draws per epoch of every training post (``rare_subject_weights``), or None when not oversampling."""
     from ..modeling.categories_booru_embed import CATEGORY_IDS
-    from .collator import flat_posts, rare_subject_weights
+    from ..sequences import flat_posts
+    from .collator import rare_subject_weights
 
     if exponent == 0:
         return None
@@ -280,7 +281,7 @@ def setup(config: TrainingConfig) -> Session:
     import torch
     from accelerate.utils import set_seed
 
-    from .collator import TokenInfo
+    from ..sequences import TokenInfo
 
     output = check_inputs(config)
     resuming = bool(config.resume and checkpoints(output))
@@ -342,7 +343,7 @@ def epoch_batches(run: Session) -> Any:
 
 def train_micro_batch(run: Session, batch: dict[str, Any]) -> None:
     """Forward, losses and backward of one batch; on a step's last micro-batch also clip and step (``accumulate``)."""
-    from .collator import model_inputs
+    from ..sequences import model_inputs
     from .objectives import pretraining_losses
 
     accelerator, config = run.accelerator, run.config
