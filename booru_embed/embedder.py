@@ -462,6 +462,12 @@ def _categories_arg(value: str | None) -> list[str] | None:
     return names
 
 
+def print_unknown_note(unknown: list[str]) -> None:
+    """Name the input tags that are not in the vocabulary on stderr (nothing when there are none)."""
+    if unknown:
+        print(f"note: not in the vocabulary (read as unknown tags): {', '.join(unknown)}", file=sys.stderr)
+
+
 def add_suggest_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``booru-embed suggest``."""
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="model folder or Hub repo id")
@@ -493,8 +499,7 @@ def run_suggest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"tags": args.tags, "unknown_tags": unknown, "suggestions": rows}, ensure_ascii=False))
         return 0
-    if unknown:
-        print(f"note: not in the vocabulary (read as unknown tags): {', '.join(unknown)}", file=sys.stderr)
+    print_unknown_note(unknown)
     for row in rows:
         print(f"{row['score']:.4f}  {row['tag']}  ({row['category']})")
     return 0

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .data.splits import open_split
-from .errors import UsageError
+from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
 
 if TYPE_CHECKING:
@@ -363,10 +363,7 @@ class PostIndex:
         info_path = folder / "index_info.json"
         if not info_path.is_file():
             raise UsageError(f"{folder} is not an index folder (no index_info.json; build one with booru-embed index)")
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{info_path} is not valid JSON: {error}") from None
+        info = read_json_file(info_path)
         if info.get("format") != FORMAT:
             raise UsageError(f"{info_path} does not describe a booru-embed index")
         for name in ("index.faiss", "ids.npy"):
@@ -481,6 +478,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Run ``booru-embed search``."""
+    from .embedder import print_unknown_note
+
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     if not args.tags.replace(",", " ").split():
@@ -495,8 +494,7 @@ def run_search(args: argparse.Namespace) -> int:
         print(json.dumps([{"id": hit.id, "score": round(hit.score, 6), "tags": hit.tags} for hit in hits],
                          ensure_ascii=False))
         return 0
-    if unknown:
-        print(f"note: not in the vocabulary (read as unknown tags): {', '.join(unknown)}", file=sys.stderr)
+    print_unknown_note(unknown)
     for hit in hits:
         print(f"{hit.score:.4f}  {hit.id}  {hit.tags}")
     return 0

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, read_json_file
 from .resources import model_card_template
 from .st_compat import sentence_transformers_files
 
@@ -41,19 +41,13 @@ def check_model_dir(model_dir: str | Path) -> list[Path]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise UsageError(f"{folder} is not a model folder: config.json is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{config_path} is not valid JSON: {error}") from None
+    config = read_json_file(config_path)
     if not config.get("auto_map"):
         raise UsageError(f"{config_path} has no auto_map: save the model with save_pretrained")
     tokenizer_config_path = folder / "tokenizer_config.json"
     auto_map = dict(config["auto_map"])
     if tokenizer_config_path.is_file():
-        try:
-            auto_map.update(json.loads(tokenizer_config_path.read_text(encoding="utf-8")).get("auto_map") or {})
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{tokenizer_config_path} is not valid JSON: {error}") from None
+        auto_map.update(read_json_file(tokenizer_config_path).get("auto_map") or {})
     needed = {"tokenizer_config.json"}
     for reference in auto_map.values():
         for class_path in reference if isinstance(reference, list) else [reference]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, read_json_file
 from ..resources import model_config_names, model_config_path
 
 LR_SCHEDULES = ("cosine", "wsd", "constant")
@@ -176,10 +176,7 @@ def read_model_config(config: str | Path) -> tuple[dict[str, Any], dict[str, Any
     ``config`` is a shipped name (``tiny``) or a path; a wrong one is a one-line ``UsageError``.
     """
     path = model_config_path(config)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path} is not valid JSON: {error}") from None
+    values = read_json_file(path)
     if not isinstance(values, dict):
         raise UsageError(f"{path} must hold a JSON object")
     training = values.pop("training", {}) or {}
