@@ -32,6 +32,7 @@ from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
 from .modeling.normalization_booru_embed import parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
+from .ranking import distinctive_scores, masked_log_softmax
 from .sequences import padded_inputs
 
 if TYPE_CHECKING:
@@ -53,12 +54,6 @@ def _first_line(error: Exception) -> str:
 def _is_local_path(name: str) -> bool:
     """Whether ``name`` means a folder rather than a Hub repo id (``OWNER/NAME`` or ``NAME``)."""
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log softmax over the last axis ((vocab,) or (n, vocab)) in float64; -inf entries stay -inf (probability 0)."""
-    shifted = logits.astype(np.float64) - np.max(logits, axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def _top(values: np.ndarray, count: int) -> np.ndarray:
@@ -303,11 +298,11 @@ class BooruEmbedder:
             raise ValueError("the tag set is empty: give at least one tag")
         candidates = self._is_tag.copy()
         candidates[ids] = False
-        log_probabilities = _log_softmax(np.where(candidates, self._mask_logits(ids), -np.inf))
+        log_probabilities = masked_log_softmax(self._mask_logits(ids).astype(np.float64), candidates)
         usable = candidates & allowed
         ranking = log_probabilities.copy()
         if distinctive:
-            ranking[usable] -= 0.5 * self._log_prior()[usable]
+            ranking[usable] = distinctive_scores(ranking[usable], self._log_prior()[usable])
         ranking[~usable] = -np.inf
         chosen = _top(ranking, int(min(top_k, usable.sum())))
         ranked = [(self.tokenizer.convert_ids_to_tokens(int(i)), float(np.exp(log_probabilities[i]))) for i in chosen]
@@ -320,7 +315,7 @@ class BooruEmbedder:
         """(vocab,) log p(tag | no tags): the masked-tag head on ``<cls> <mask>`` (computed once)."""
         if self._prior is None:
             logits = self._mask_logits([self.tokenizer.cls_token_id])
-            self._prior = _log_softmax(np.where(self._is_tag, logits, -np.inf))
+            self._prior = masked_log_softmax(logits.astype(np.float64), self._is_tag)
         return self._prior
 
     def _mask_logits(self, ids: list[int]) -> np.ndarray:
@@ -357,11 +352,10 @@ class BooruEmbedder:
             candidates = np.repeat(is_tag[None], len(sequences), axis=0)  # (chunk, vocab)
             for row, sequence in enumerate(sequences):
                 candidates[row, sequence] = False
-            logits = np.where(candidates, self._mask_logits_batch(sequences).astype(np.float64), -np.inf)
-            log_probabilities = _log_softmax(logits)
+            log_probabilities = masked_log_softmax(self._mask_logits_batch(sequences).astype(np.float64), candidates)
             log_fit[start : start + len(sequences)] = log_probabilities[np.arange(len(sequences)), targets[start : start + len(sequences)]]
         if distinctive:
-            log_fit -= 0.5 * self._log_prior()[targets].astype(np.float64)
+            log_fit = distinctive_scores(log_fit, self._log_prior()[targets])
         names = self.tokenizer.convert_ids_to_tokens(targets.tolist())
         out: dict[str, float | None] = {name: float(value) for name, value in zip(names, np.exp(log_fit))}
         out.update((tag, None) for tag in unknown)

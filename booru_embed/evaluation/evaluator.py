@@ -19,6 +19,7 @@ import numpy as np
 from ..cooccurrence import incidence_matrix
 from ..data.bulk_encoding import encode_dataset
 from ..modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
+from ..ranking import distinctive_scores, masked_log_softmax
 from ..sequences import Post, build_sequence, flat_posts
 from .baselines import CooccurrenceBaseline
 from .metrics import TOP_K, RankingAccumulator, peak_memory_mb, recall_at_k, retrieval_recall_at_k, top_k
@@ -30,12 +31,6 @@ TAGVEC_DIMS = (64,)  # widths of the tag-vector retrieval baseline, besides the 
 POPULAR_TAGS = 2000  # "popular" = the 2000 most frequent tags of the training split
 HIDE_FRACTION = 0.25  # share of a test post's tags hidden in the masked-tag cases
 SEED = 1234
-
-
-def _log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    masked = np.where(allowed, logits, -np.inf)
-    peak = masked.max(axis=1, keepdims=True)
-    return masked - peak - np.log(np.exp(masked - peak).sum(axis=1, keepdims=True))
 
 
 
@@ -153,7 +148,7 @@ class Evaluator:
                     allowed[row, vis] = False
                 if who == "model":
                     logits = runner.run([self._sequence(c[0], c[1], mask=True) for c in chunk], "mlm")["mlm"]
-                    scores = _log_softmax(logits, allowed)
+                    scores = masked_log_softmax(logits, allowed)
                 else:
                     scores = np.where(allowed, self.baseline.suggest_scores(visible), -np.inf)
                 acc.add(scores, [c[2] for c in chunk])
@@ -288,11 +283,11 @@ class Evaluator:
                 sequences = [self._sequence(p, vis, rating=False, mask=True) for p, vis, _ in cases]
                 sequences.append(self._sequence(None, np.zeros(0, dtype=np.int64), rating=False, mask=True))
                 logits = runner.run(sequences, "mlm")["mlm"]
-                plain = _log_softmax(logits[:-1], allowed)
-                prior = _log_softmax(logits[-1:], general[None])
+                plain = masked_log_softmax(logits[:-1], allowed)
+                prior = masked_log_softmax(logits[-1:], general[None])
                 self._rank_traits(plain, cases, "model.traits_plain", out)
                 with np.errstate(invalid="ignore"):  # -inf - -inf outside the candidates, masked next
-                    normalised = np.where(allowed, plain - 0.5 * prior, -np.inf)
+                    normalised = np.where(allowed, distinctive_scores(plain, prior), -np.inf)
                 self._rank_traits(normalised, cases, "model.traits", out)
             else:
                 scores = np.where(allowed, self.baseline.suggest_scores([vis for _, vis, _ in cases]), -np.inf)

@@ -1,0 +1,27 @@
+"""How the masked-tag head's logits become rankings: one definition for suggest, score_tags and evaluation.
+
+Numpy only (the ONNX backend of the embedder runs without torch).
+
+The "distinctive" ranking is Danbooru's related-tags normalisation in the model's terms: the
+co-occurrence cosine n(a,b)/sqrt(n(a)n(b)) is P(b|a)/sqrt(P(b)) up to a constant, so a tag is ranked by
+log p(tag | tag set) - 1/2 log p(tag | no tags): what is typical of this tag set before what is common
+everywhere (``highres``, ``1girl``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DISTINCTIVE_PRIOR_WEIGHT = 0.5  # the square root of the prior in the cosine's denominator
+
+
+def masked_log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Log softmax over the last axis among the ``allowed`` entries (others -inf), in the logits' dtype."""
+    masked = np.where(allowed, logits, -np.inf)
+    peak = masked.max(axis=-1, keepdims=True)
+    return masked - peak - np.log(np.exp(masked - peak).sum(axis=-1, keepdims=True))
+
+
+def distinctive_scores(log_probabilities: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """log p(tag | tag set) - 1/2 log p(tag | no tags): the related-tags ranking (module docstring)."""
+    return log_probabilities - DISTINCTIVE_PRIOR_WEIGHT * log_prior
