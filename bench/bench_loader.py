@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from training_flops import BatchShape, training_flops  # noqa: E402
 
@@ -64,6 +65,25 @@ def time_loader(encoded: object, info: object, config_name: str, batch_size: int
     return shape.posts / wall, (shape.posts / cpu if workers == 0 else None), shape
 
 
+def time_collators(encoded: object, info: object, batch_size: int, batches: int) -> tuple[float, float]:
+    """Posts per CPU-second of the collator alone, batch-wide and per-post (the version before), same batches."""
+    from collator_reference import ReferenceCollator
+
+    from booru_embed.training.collator import PretrainingCollator
+    from booru_embed.training.config import TrainingConfig
+
+    config = TrainingConfig(batch_size=batch_size)
+    rows = encoded.with_format(None, columns=["id", "input_ids", "category_ids"])
+    examples = [rows.__getitems__(list(range(b * batch_size, (b + 1) * batch_size))) for b in range(batches)]
+    rates = []
+    for collator in (PretrainingCollator(info, config), ReferenceCollator(info, config)):
+        started = time.process_time()
+        for batch in examples:
+            collator(batch)
+        rates.append(batches * batch_size / (time.process_time() - started))
+    return rates[0], rates[1]
+
+
 def main() -> None:
     """Print the loader table and the rate `--config` needs on the GPU."""
     from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
@@ -96,6 +116,7 @@ def main() -> None:
             for workers in (int(w) for w in args.workers.split(",")):
                 rate, per_cpu, shape = time_loader(encoded, info, args.config, batch_size, workers, args.batches)
                 rows.append((batch_size, workers, rate, per_cpu, shape))
+        collators = {b: time_collators(encoded, info, b, args.batches) for b in sorted({r[0] for r in rows})}
 
     values = read_model_config(model_config_path(args.config))[0]
     values.pop("model_type", None)
@@ -103,7 +124,7 @@ def main() -> None:
     print(f"per post: {total.tokens / total.posts:.1f} tokens in {total.sequences / total.posts:.0f} sequences, "
           f"{total.masks / total.posts:.2f} <mask> tokens, mean sequence {total.tokens / total.sequences:.1f} tokens")
     required = {}
-    for vocab in (info.vocab_size, args.vocab):
+    for vocab in dict.fromkeys((info.vocab_size, args.vocab)):
         flops = training_flops(BooruEmbedConfig(**{**values, "vocab_size": vocab}), total)
         per_post = flops["total"] / total.posts
         required[vocab] = args.mfu * args.peak_tflops * 1e12 / per_post
@@ -120,17 +141,24 @@ def main() -> None:
         print(f"| {batch_size} | {workers} | {rate:,.0f} | {ratio} | {'' if per_cpu is None else f'{per_cpu:,.0f}'} |")
 
     print()
-    print(f"| batch (posts) | per-worker rate (1 worker) | vocab | required posts/s | workers needed "
-          f"(of {args.cores - 1} free cores) |")
-    print("|---|---|---|---|---|")
-    for batch_size, workers, rate, _, _ in rows:
-        if workers != 1:
-            continue
-        for vocab, need in required.items():
-            needed = math.ceil(need / rate)
-            verdict = "fits" if needed <= args.cores - 1 else "does not fit"
-            print(f"| {batch_size} | {rate:,.0f} | {vocab:,} | {need:,.0f} | {needed} ({verdict}) |")
+    print("| batch (posts) | collator alone: batch-wide, posts per CPU-s | per-post (before) | ratio |")
+    print("|---|---|---|---|")
+    for batch_size, (fast, reference) in collators.items():
+        print(f"| {batch_size} | {fast:,.0f} | {reference:,.0f} | {fast / reference:.2f} |")
 
+    print()
+    print(f"| batch (posts) | vocab | required posts/s | workers needed at the 1-worker wall rate "
+          f"| at the per-core rate (posts per CPU-s) | of {args.cores - 1} free cores |")
+    print("|---|---|---|---|---|---|")
+    for batch_size in sorted({r[0] for r in rows}):
+        wall = next((r[2] for r in rows if r[0] == batch_size and r[1] == 1), None)
+        core = next((r[3] for r in rows if r[0] == batch_size and r[1] == 0), None)
+        for vocab, need in required.items():
+            at_wall = f"{math.ceil(need / wall)} ({wall:,.0f}/worker)" if wall else ""
+            at_core = f"{math.ceil(need / core)} ({core:,.0f}/worker)" if core else ""
+            worst = max(math.ceil(need / r) for r in (wall, core) if r)
+            print(f"| {batch_size} | {vocab:,} | {need:,.0f} | {at_wall} | {at_core} | "
+                  f"{'fits' if worst <= args.cores - 1 else 'does not fit'} |")
 
 if __name__ == "__main__":
     main()
