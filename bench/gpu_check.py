@@ -12,13 +12,17 @@ finishes in about 5 minutes and writes ``OUT/gpu_check.json`` and ``OUT/gpu_chec
    flash_attention_2 when flash_attn imports) on one collated batch of packed posts, the real
    pre-training loss and its backward: max abs difference of hidden states, embeddings and
    gradients against eager in float32, next to eager's own error in the same dtype;
-3. throughput: forward + losses + backward + fused AdamW of `small` and `base` with a `--vocab`
+3. loader: posts/s of the training DataLoader with 1, 4 and 12 workers (`bench_loader.py`'s timing);
+4. throughput: forward + losses + backward + fused AdamW of `small` and `base` with a `--vocab`
    vocabulary (150,016 by default: Danbooru's) under bf16 autocast, on collated batches of
    `--batch-size` posts: tokens/s, posts/s, model TFLOP/s and MFU (`training_flops.py`, against
    `--peak-tflops`), peak memory, and the projected time of one epoch of `--epoch-posts` posts;
-4. training: `accelerate launch train_hf.py` for `--steps` steps with a checkpoint halfway, and the
+5. training: `accelerate launch train_hf.py` for `--steps` steps with a checkpoint halfway, and the
    same run stopped at the checkpoint (`--stop-after-steps`) and resumed (`--resume`): the per-step
    losses of both, before and after the resume, and the peak device memory.
+
+The report is rewritten after every part (a failed part records its error, the next one runs), so
+a run cut short still returns what it measured. Scratch files go to a temporary folder (`--work`).
 
 `--dry-run` runs the same code paths at tiny sizes on CPU (eager and sdpa only, `tiny`, a few steps,
 float32) in well under a minute, and writes the same report; `tests/test_gpu_check.py` runs it.
@@ -35,6 +39,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,22 +52,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_loader import encoded_split, time_loader  # noqa: E402
 from training_flops import BatchShape, training_flops  # noqa: E402
 
 ALL_BACKENDS = ("eager", "sdpa", "flex_attention", "booru_varlen", "flash_attention_2")
 DRY_RUN = {"posts": 1500, "setting": "default", "numerics_config": "tiny", "numerics_posts": 16,
            "throughput_configs": ["tiny"], "vocab": 4096, "batch_size": 16, "timed_steps": 2,
-           "train_config": "tiny", "steps": 4, "train_batch_size": 16, "workers": 0}
+           "train_config": "tiny", "steps": 4, "train_batch_size": 16, "workers": 0, "loader_workers": "0,1"}
 GPU_RUN = {"posts": 100_000, "numerics_config": "small", "numerics_posts": 64,
            "throughput_configs": ["small", "base"], "vocab": 150_016, "batch_size": 1024, "timed_steps": 10,
-           "train_config": "small", "steps": 300, "train_batch_size": 256, "workers": 8}
+           "train_config": "small", "steps": 300, "train_batch_size": 256, "workers": 8,
+           "loader_workers": "1,4,12"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The check's flags; sizes left unset take the GPU or the dry-run defaults."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu_check", help="report folder")
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: OUT/work)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary folder; "
+                        "not under OUT, whose files a device run sends back)")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU, eager and sdpa only")
     parser.add_argument("--tag-data", type=Path, default=None,
                         help="folder with Danbooru's tags.csv and implications.tsv: a danbooru-scale corpus")
@@ -74,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="training steps through accelerate launch")
     parser.add_argument("--train-batch-size", type=int, help="posts per training batch")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the training runs")
+    parser.add_argument("--loader-workers", help="DataLoader workers to time, comma-separated")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak (H200: ~790 measured)")
     parser.add_argument("--epoch-posts", type=int, default=5_800_000, help="posts of one projected epoch")
     args = parser.parse_args(argv)
@@ -81,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
-    args.work = args.work or args.out / "work"
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="booru-embed-gpu-check-"))
     return args
 
 
@@ -135,6 +144,20 @@ def collated_batches(data: Path, tokenizer: Any, batch_size: int, count: int) ->
         if len(batches) == count:
             return batches
     raise RuntimeError(f"the corpus gives only {len(batches)} batches of {batch_size} posts")
+
+
+def loader_rates(args: argparse.Namespace, data: Path, tokenizer: Any) -> list[dict[str, Any]]:
+    """Posts/s of the training DataLoader (`bench_loader.time_loader`) at ``--batch-size`` per worker count."""
+    from booru_embed.sequences import TokenInfo
+
+    info = TokenInfo.from_tokenizer(tokenizer)
+    encoded = encoded_split(data, tokenizer, args.work / "loader_encoded")
+    rows = []
+    for workers in (int(w) for w in args.loader_workers.split(",")):
+        rate, _, shape = time_loader(encoded, info, args.train_config, args.batch_size, workers, 8)
+        rows.append({"workers": workers, "batch_size": args.batch_size, "posts_per_s": rate,
+                     "tokens_per_post": shape.tokens / shape.posts})
+    return rows
 
 
 def model_config(name: str, vocab: int, tokenizer: Any) -> Any:
@@ -264,18 +287,25 @@ def throughput(args: argparse.Namespace, tokenizer: Any, batches: list[dict[str,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for batch in batches[:3]:  # warm-up: kernels chosen, allocator grown
-        step(batch)
-    synchronize()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     timed = [batches[i % len(batches)] for i in range(args.timed_steps)]
     shape = sum((BatchShape.of(b) for b in timed), BatchShape(0, 0, 0, 0, 0))
-    started = time.perf_counter()
-    for batch in timed:
-        step(batch)
-    synchronize()
-    seconds = time.perf_counter() - started
+    try:
+        for batch in batches[:3]:  # warm-up: kernels chosen, allocator grown
+            step(batch)
+        synchronize()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        for batch in timed:
+            step(batch)
+        synchronize()
+        seconds = time.perf_counter() - started
+    except Exception as error:  # out of memory, a kernel that does not run: a finding of the report
+        return {**row, "error": f"{type(error).__name__}: {error}"[:300]}
+    finally:
+        del optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     flops = training_flops(config, shape)
     posts_per_s = shape.posts / seconds
     row.update(
@@ -286,9 +316,6 @@ def throughput(args: argparse.Namespace, tokenizer: Any, batches: list[dict[str,
         epoch_minutes=args.epoch_posts / posts_per_s / 60,
         peak_memory_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     )
-    del model, optimizer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -379,17 +406,10 @@ def training_resume(args: argparse.Namespace, data: Path, tokenizer_dir: Path) -
     }
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as markdown tables."""
-    env = report["environment"]
-    lines = [f"# GPU check ({report['mode']}, {report['elapsed_s']:.0f} s)", "",
-             f"{env['device']}; torch {env['torch']}, transformers {env['transformers']}, accelerate "
-             f"{env['accelerate']}; flash_attn {'yes' if env['flash_attn'] else 'no'}, PyTorch varlen "
-             f"{'yes' if env['torch_varlen_attn'] else 'no'}. Corpus: {report['corpus']['posts']:,} posts, "
-             f"setting {report['corpus']['setting']}, vocabulary {report['corpus']['vocab']:,}.", "",
-             "| attention | dtype | max abs diff: hidden | embeddings | grads (max grad) | within tolerance |",
+def _attention_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| attention | dtype | max abs diff: hidden | embeddings | grads (max grad) | within tolerance |",
              "|---|---|---|---|---|---|"]
-    for row in report["attention"]:
+    for row in rows:
         if not row["available"]:
             lines.append(f"| {row['backend']} | {row['dtype']} | not run: {row['error']} | | | |")
         elif row.get("reference"):
@@ -398,9 +418,19 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {row['backend']} | {row['dtype']} | {row['max_abs_diff_hidden']:.2e} | "
                          f"{row['max_abs_diff_embeddings']:.2e} | {row['max_abs_diff_grads']:.2e} "
                          f"({row['max_abs_grad']:.2e}) | {'yes' if row['within_tolerance'] else 'NO'} |")
-    lines += ["", "| config | attention | vocab | posts/batch | tokens/batch | step s | tokens/s | posts/s | "
-              "TFLOP/s | MFU | heads' FLOPs | epoch (min) | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in report["throughput"]:
+    return lines
+
+
+def _loader_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| loader workers | posts/batch | posts/s | tokens/post |", "|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['batch_size']} | {r['posts_per_s']:,.0f} | {r['tokens_per_post']:.1f} |" for r in rows]
+    return lines
+
+
+def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| config | attention | vocab | posts/batch | tokens/batch | step s | tokens/s | posts/s | TFLOP/s | MFU "
+             "| heads' FLOPs | epoch (min) | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
         if "error" in row:
             lines.append(f"| {row['config']} | {row['backend']} | {row['vocab']:,} | failed: {row['error']} |" + " |" * 9)
             continue
@@ -409,20 +439,53 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{row['tokens_per_batch']:,} | {row['step_s']:.3f} | {row['tokens_per_s']:,.0f} | "
                      f"{row['posts_per_s']:,.0f} | {row['model_tflops']:.1f} | {row['mfu']:.1%} | "
                      f"{row['heads_share_of_flops']:.0%} | {row['epoch_minutes']:.1f} | {memory} |")
-    t = report["training"]
+    return lines
+
+
+def _training_table(t: dict[str, Any]) -> list[str]:
     memory = (f"{t['peak_device_memory_gb']:.1f} GiB on the device" if t["peak_device_memory_gb"] is not None
               else f"{t['peak_process_rss_gb']:.2f} GiB RSS")
-    lines += ["", "| training | steps | checkpoint | full run s | loss step 1 -> last | max loss diff before / after "
-              "resume | exact resume | peak memory |", "|---|---|---|---|---|---|---|---|",
-              f"| {t['config']}, {t['batch_size']} posts, {t['workers']} workers | {t['steps']} | {t['checkpoint_step']} | "
-              f"{t['full_run_s']} | {t['first_loss']:.3f} -> {t['last_loss']:.3f} | "
-              f"{t['max_loss_diff_before_resume']:.2e} / {t['max_loss_diff_after_resume']:.2e} | "
-              f"{'yes' if t['exact_resume'] else 'no'} | {memory} |", ""]
-    return "\n".join(lines)
+    return ["| training | steps | checkpoint | full run s | loss step 1 -> last | max loss diff before / after resume "
+            "| exact resume | peak memory |", "|---|---|---|---|---|---|---|---|",
+            f"| {t['config']}, {t['batch_size']} posts, {t['workers']} workers | {t['steps']} | {t['checkpoint_step']} "
+            f"| {t['full_run_s']} | {t['first_loss']:.3f} -> {t['last_loss']:.3f} | "
+            f"{t['max_loss_diff_before_resume']:.2e} / {t['max_loss_diff_after_resume']:.2e} | "
+            f"{'yes' if t['exact_resume'] else 'no'} | {memory} |"]
+
+
+TABLES = {"attention": _attention_table, "loader": _loader_table, "throughput": _throughput_table,
+          "training": _training_table}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables (a section that failed shows its error; one not reached is left out)."""
+    env, corpus = report["environment"], report.get("corpus", {})
+    lines = [f"# GPU check ({report['mode']}, {report.get('elapsed_s', 0):.0f} s)", "",
+             f"{env['device']}; torch {env['torch']}, transformers {env['transformers']}, accelerate "
+             f"{env['accelerate']}; flash_attn {'yes' if env['flash_attn'] else 'no'}, PyTorch varlen "
+             f"{'yes' if env['torch_varlen_attn'] else 'no'}. Corpus: {corpus.get('posts', 0):,} posts, "
+             f"setting {corpus.get('setting')}, vocabulary {corpus.get('vocab', 0):,}."]
+    for name, table in TABLES.items():
+        if name in report:
+            section = report[name]
+            failed = isinstance(section, dict) and "error" in section
+            lines += ["", f"{name}: failed: {section['error']}" if failed else "\n".join(table(section))]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out: Path, started: float) -> None:
+    """OUT/gpu_check.json and OUT/gpu_check.md as they stand (written after every section)."""
+    report["elapsed_s"] = time.perf_counter() - started
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gpu_check.md").write_text(markdown(report))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every part, write OUT/gpu_check.json and OUT/gpu_check.md, return the report."""
+    """Run every part, writing OUT/gpu_check.json and OUT/gpu_check.md after each; return the report.
+
+    A part that fails records its error and the next one runs; a report cut short by a time limit holds
+    every part finished before it.
+    """
     from booru_embed.training.loop import load_tokenizer
 
     args = parse_args(argv)
@@ -436,20 +499,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = load_tokenizer(tokenizer_dir)
     report["corpus"]["vocab"] = len(tokenizer.token_categories)
     args.vocab = max(args.vocab, report["corpus"]["vocab"])
-    print(f"corpus ready in {report['corpus']['seconds']} s, vocabulary {report['corpus']['vocab']:,}", flush=True)
-    numerics_batch = collated_batches(data, tokenizer, args.numerics_posts, 1)[0]
-    report["attention"] = attention_numerics(args, tokenizer, numerics_batch, device)
-    print("attention numerics done", flush=True)
-    batches = collated_batches(data, tokenizer, args.batch_size, max(4, min(args.timed_steps, 10)))
+    write_report(report, args.out, started)
     backends = ["sdpa"] if args.dry_run else ["booru_varlen", "sdpa"] + (
         ["flash_attention_2"] if report["environment"]["flash_attn"] else [])
-    report["throughput"] = [throughput(args, tokenizer, batches, name, backend, device)
-                            for name in args.throughput_configs for backend in backends]
-    print("throughput done", flush=True)
-    report["training"] = training_resume(args, data, tokenizer_dir)
-    report["elapsed_s"] = time.perf_counter() - started
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(report))
+    parts = {
+        "attention": lambda: attention_numerics(
+            args, tokenizer, collated_batches(data, tokenizer, args.numerics_posts, 1)[0], device),
+        "loader": lambda: loader_rates(args, data, tokenizer),
+        "throughput": lambda: [
+            throughput(args, tokenizer, batches, name, backend, device)
+            for batches in [collated_batches(data, tokenizer, args.batch_size, max(4, min(args.timed_steps, 10)))]
+            for name in args.throughput_configs for backend in backends],
+        "training": lambda: training_resume(args, data, tokenizer_dir),
+    }
+    for name, part in parts.items():
+        try:
+            report[name] = part()
+        except Exception as error:  # recorded; the other parts still run
+            report[name] = {"error": f"{type(error).__name__}: {error}"[-3000:]}
+        write_report(report, args.out, started)
+        print(f"{name} done at {time.perf_counter() - started:.0f} s", flush=True)
     print(markdown(report))
     return report
 
