@@ -13,26 +13,15 @@ import numpy as np
 import torch
 
 from booru_embed.sequences import RATING, SCORE, SPECIAL, Post, TokenInfo, build_sequence, mark_masks, pack_sequences
+from booru_embed.training.collator import IGNORE_INDEX, PretrainingCollator
 
-IGNORE_INDEX = -100
 
-
-class ReferenceCollator:
-    """``PretrainingCollator`` before the rewrite (same constructor, ``set_epoch`` and output keys)."""
+class ReferenceCollator(PretrainingCollator):
+    """``PretrainingCollator`` before the rewrite: same constructor, ``set_epoch`` and output keys."""
 
     def __init__(self, info: TokenInfo, config: Any, packed: bool | None = None) -> None:
-        self.info = info
-        self.config = config
-        self.packed = config.packed if packed is None else packed
-        self.seed = int(config.seed)
-        self.epoch = 0
-        self._rating_class = {t: i for i, t in enumerate(info.rating_token_ids)}
-        self._score_class = {t: i for i, t in enumerate(info.score_token_ids)}
+        super().__init__(info, config, packed)
         self._unk = np.array(sorted(info.unk_token_ids), dtype=np.int64)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the masks and views of ``epoch``."""
-        self.epoch = int(epoch)
 
     def _shuffle_within_categories(self, post: Post, rng: np.random.Generator) -> Post:
         """Drop repeated known tags, keep at most ``max_tags`` (a random subset), shuffle within categories.

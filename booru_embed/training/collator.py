@@ -140,13 +140,8 @@ class PretrainingCollator:
         info = self.info
         rng = np.random.default_rng([self.seed, self.epoch, *(int(e["id"]) for e in examples)])
         num_posts = len(examples)
-        posts = np.arange(num_posts)
-        # the posts' tokens laid flat; rating / score (-1: none) and tags per post
-        lengths = np.fromiter((len(e["input_ids"]) for e in examples), np.int64, num_posts)
-        ids = np.fromiter(itertools.chain.from_iterable(e["input_ids"] for e in examples), np.int64, int(lengths.sum()))
-        cats = np.fromiter(itertools.chain.from_iterable(e["category_ids"] for e in examples), np.int64, len(ids))
-        post_of = np.repeat(posts, lengths)
-        rating = _first_per_post(post_of[cats == RATING], ids[cats == RATING], num_posts)
+        ids, cats, post_of = _flatten(examples)
+        rating = _first_per_post(post_of[cats == RATING], ids[cats == RATING], num_posts)  # -1: none
         score = _first_per_post(post_of[cats == SCORE], ids[cats == SCORE], num_posts)
         has = np.stack([rating >= 0, score >= 0], axis=1)  # (B, 2)
         is_tag = cats >= FIRST_TAG_CATEGORY
@@ -163,10 +158,9 @@ class PretrainingCollator:
         # each post's tags: its kept candidates put in category order (stable: shuffled within a category)
         sizes = np.fromiter(map(len, draws.selected), np.int64, num_posts)
         kept = cand[_concat(draws.selected) + np.repeat(np.cumsum(counts) - counts, sizes)]
-        kept_post = np.repeat(posts, sizes)
+        kept_post = np.repeat(np.arange(num_posts), sizes)
         kept = kept[np.argsort(kept_post * len(CATEGORY_IDS) + tag_cats[kept], kind="stable")]
         tags, tag_categories = tag_ids[kept], tag_cats[kept]
-        offset = np.cumsum(sizes) - sizes
         known = ~self._is_unk[tags]
         maskable = np.flatnonzero(known)
         maskable_count = np.bincount(kept_post[maskable], minlength=num_posts)
@@ -180,63 +174,103 @@ class PretrainingCollator:
         masked_slot[:num_posts] = present[:num_posts] & flags[:, 2:4]
         slot_ids = np.where(masked_slot, info.mask_token_id, np.tile(np.stack([rating, score], axis=1), (3, 1)))
         unseen = np.tile(has, (3, 1)) & ~(present & ~masked_slot)
-        rating_labels = np.where(unseen[:, 0], np.tile(self._rating_class[rating.clip(0)], 3), IGNORE_INDEX)
-        score_labels = np.where(unseen[:, 1], np.tile(self._score_class[score.clip(0)], 3), IGNORE_INDEX)
 
-        # the 3B sequences, back to back: <cls>, metadata slots, tags, the masked post's <mask> (when it hides tags)
+        # tags of the 3B sequences, as positions in ``tags``: the masked posts' visible ones, then the views
+        offset = np.cumsum(sizes) - sizes
+        views = [np.sort(_concat(v) + np.repeat(offset, [len(x) for x in v])) for v in (draws.view_a, draws.view_b)]
         visible = np.flatnonzero(~hidden)
-        view_a, view_b = (np.sort(_concat(v) + np.repeat(offset, [len(x) for x in v])) for v in (draws.view_a, draws.view_b))
-        sources = np.concatenate([visible, view_a, view_b])
-        tag_counts = np.concatenate([sizes - k, [len(x) for x in draws.view_a], [len(x) for x in draws.view_b]])
-        mask_suffix = np.concatenate([k > 0, np.zeros(2 * num_posts, dtype=bool)])
-        slots = present.sum(axis=1)
-        seq_lengths = 1 + slots + tag_counts + mask_suffix
-        starts = np.cumsum(seq_lengths) - seq_lengths
-        out_ids = np.empty(int(seq_lengths.sum()), dtype=np.int64)
-        out_cats = np.empty_like(out_ids)
-        out_ids[starts], out_cats[starts] = info.cls_token_id, SPECIAL
-        slot_at = (starts[:, None] + np.cumsum(present, axis=1))[present]
-        out_ids[slot_at] = slot_ids[present]
-        out_cats[slot_at] = np.broadcast_to(np.array([RATING, SCORE]), present.shape)[present]
-        tag_at = _ragged_arange(starts + 1 + slots, tag_counts)
-        out_ids[tag_at], out_cats[tag_at] = tags[sources], tag_categories[sources]
-        mask_at = (starts + seq_lengths - 1)[mask_suffix]
-        out_ids[mask_at], out_cats[mask_at] = info.mask_token_id, SPECIAL
+        tag_counts = np.concatenate([sizes - k, *([len(x) for x in v] for v in (draws.view_a, draws.view_b))])
+        out_ids, out_cats, seq_lengths = _assemble(
+            info, present, slot_ids, tags, tag_categories, np.concatenate([visible, *views]), tag_counts, k > 0)
         batch = pack_flat(out_ids, out_cats, seq_lengths, packed=self.packed, pad_token_id=info.pad_token_id)
         batch["mlm_positions"] = mark_masks(batch, info.mask_token_id)
-
-        # mask groups in the row-major order of their <mask> tokens: per post rating, score, tags
-        group_on = np.concatenate([masked_slot[:num_posts], (k > 0)[:, None]], axis=1)  # (B, 3)
-        group_of = (np.cumsum(group_on.ravel()) - 1).reshape(num_posts, 3)
-        hidden_at = np.flatnonzero(hidden)  # post by post, in the order of the post's tags
-        hidden_post = kept_post[hidden_at]
-        by_post = np.argsort(np.concatenate([3 * posts[group_on[:, 0]], 3 * posts[group_on[:, 1]] + 1, 3 * hidden_post + 2]),
-                             kind="stable")
-        target_ids = np.concatenate([rating[group_on[:, 0]], score[group_on[:, 1]], tags[hidden_at]])[by_post]
-        target_group = np.concatenate([group_of[group_on[:, 0], 0], group_of[group_on[:, 1], 1], group_of[hidden_post, 2]])
-        target_weights = np.concatenate([np.ones(group_on[:, :2].sum()), 1.0 / k[hidden_post]]).astype(np.float32)
-        excluded = visible[k[kept_post[visible]] > 0]  # the visible tags of a post that hides some
-        # read-back: each post's known tags, sorted, for each of its 3 sequences (post by post)
-        readback = np.sort(kept_post[known] * info.vocab_size + tags[known])  # known tags never repeat in a post
-        per_post = np.bincount(readback // info.vocab_size, minlength=num_posts)
-        instances = np.repeat(per_post, 3)
+        batch.update(_mask_targets(masked_slot[:num_posts], k, rating, score, tags, hidden, visible, kept_post))
+        readback_sequence, readback_ids = _readback(kept_post[known], tags[known], num_posts, info.vocab_size)
         batch.update(
-            mlm_group_kind=torch.from_numpy(np.tile(np.array([RATING, SCORE, SPECIAL]), num_posts)[group_on.ravel()]),
-            mlm_target_group=torch.from_numpy(target_group[by_post]),
-            mlm_target_ids=torch.from_numpy(target_ids),
-            mlm_target_weights=torch.from_numpy(target_weights[by_post]),
-            mlm_exclude_group=torch.from_numpy(group_of[kept_post[excluded], 2]),
-            mlm_exclude_ids=torch.from_numpy(tags[excluded]),
-            readback_sequence=torch.from_numpy(np.repeat(np.tile(np.arange(3) * num_posts, num_posts) + np.repeat(posts, 3),
-                                                         instances)),
-            readback_ids=torch.from_numpy(readback[_ragged_arange(np.repeat(np.cumsum(per_post) - per_post, 3), instances)]
-                                          % info.vocab_size),
-            rating_labels=torch.from_numpy(rating_labels),
-            score_labels=torch.from_numpy(score_labels),
+            readback_sequence=torch.from_numpy(readback_sequence),
+            readback_ids=torch.from_numpy(readback_ids),
+            rating_labels=torch.from_numpy(
+                np.where(unseen[:, 0], np.tile(self._rating_class[rating.clip(0)], 3), IGNORE_INDEX)),
+            score_labels=torch.from_numpy(
+                np.where(unseen[:, 1], np.tile(self._score_class[score.clip(0)], 3), IGNORE_INDEX)),
             num_posts=torch.tensor(num_posts),
             num_tokens=torch.tensor(len(out_ids)),
         )
         return batch
+
+
+def _flatten(examples: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The posts' ``input_ids`` and ``category_ids`` back to back, and the post of every token."""
+    lengths = np.fromiter((len(e["input_ids"]) for e in examples), np.int64, len(examples))
+    total = int(lengths.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(e["input_ids"] for e in examples), np.int64, total)
+    cats = np.fromiter(itertools.chain.from_iterable(e["category_ids"] for e in examples), np.int64, total)
+    return ids, cats, np.repeat(np.arange(len(examples)), lengths)
+
+
+def _assemble(
+    info: TokenInfo, present: np.ndarray, slot_ids: np.ndarray, tags: np.ndarray, tag_categories: np.ndarray,
+    sources: np.ndarray, tag_counts: np.ndarray, tags_masked: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids, categories and lengths of the 3B sequences ``<cls> [rating] [score] tags [<mask>]``, flat.
+
+    ``present`` (3B, 2) which metadata slots a sequence has, holding ``slot_ids`` (a token or ``<mask>``);
+    ``tags[sources]`` the sequences' tags, ``tag_counts`` each; ``tags_masked`` (B,) whether the masked
+    post (the first B sequences) ends with the ``<mask>`` of its hidden tags.
+    """
+    mask_suffix = np.concatenate([tags_masked, np.zeros(2 * len(tags_masked), dtype=bool)])
+    slots = present.sum(axis=1)
+    lengths = 1 + slots + tag_counts + mask_suffix
+    starts = np.cumsum(lengths) - lengths
+    ids = np.empty(int(lengths.sum()), dtype=np.int64)
+    cats = np.empty_like(ids)
+    ids[starts], cats[starts] = info.cls_token_id, SPECIAL
+    slot_at = (starts[:, None] + np.cumsum(present, axis=1))[present]
+    ids[slot_at] = slot_ids[present]
+    cats[slot_at] = np.broadcast_to(np.array([RATING, SCORE]), present.shape)[present]
+    tag_at = _ragged_arange(starts + 1 + slots, tag_counts)
+    ids[tag_at], cats[tag_at] = tags[sources], tag_categories[sources]
+    mask_at = (starts + lengths - 1)[mask_suffix]
+    ids[mask_at], cats[mask_at] = info.mask_token_id, SPECIAL
+    return ids, cats, lengths
+
+
+def _mask_targets(
+    masked_slot: np.ndarray, k: np.ndarray, rating: np.ndarray, score: np.ndarray, tags: np.ndarray,
+    hidden: np.ndarray, visible: np.ndarray, tag_post: np.ndarray,
+) -> dict[str, torch.Tensor]:
+    """The ``mlm_*`` tensors: mask groups in the row-major order of their ``<mask>`` tokens (per post:
+    rating, score, then the ``k`` hidden ``tags``), their targets, and the visible tags they exclude."""
+    num_posts = len(k)
+    posts = np.arange(num_posts)
+    group_on = np.concatenate([masked_slot, (k > 0)[:, None]], axis=1)  # (B, 3) rating, score, tags
+    group_of = (np.cumsum(group_on.ravel()) - 1).reshape(num_posts, 3)
+    hidden_at = np.flatnonzero(hidden)  # post by post, in the order of the post's tags
+    hidden_post = tag_post[hidden_at]
+    by_post = np.argsort(
+        np.concatenate([3 * posts[group_on[:, 0]], 3 * posts[group_on[:, 1]] + 1, 3 * hidden_post + 2]), kind="stable")
+    target_ids = np.concatenate([rating[group_on[:, 0]], score[group_on[:, 1]], tags[hidden_at]])
+    target_group = np.concatenate([group_of[group_on[:, 0], 0], group_of[group_on[:, 1], 1], group_of[hidden_post, 2]])
+    target_weights = np.concatenate([np.ones(group_on[:, :2].sum()), 1.0 / k[hidden_post]]).astype(np.float32)
+    excluded = visible[k[tag_post[visible]] > 0]  # the visible tags of a post that hides some
+    return {
+        "mlm_group_kind": torch.from_numpy(np.tile(np.array([RATING, SCORE, SPECIAL]), num_posts)[group_on.ravel()]),
+        "mlm_target_group": torch.from_numpy(target_group[by_post]),
+        "mlm_target_ids": torch.from_numpy(target_ids[by_post]),
+        "mlm_target_weights": torch.from_numpy(target_weights[by_post]),
+        "mlm_exclude_group": torch.from_numpy(group_of[tag_post[excluded], 2]),
+        "mlm_exclude_ids": torch.from_numpy(tags[excluded]),
+    }
+
+
+def _readback(post_of: np.ndarray, tags: np.ndarray, num_posts: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence, tag) read-back pairs: each post's known ``tags``, sorted, for its 3 sequences, post by post."""
+    keys = np.sort(post_of * vocab_size + tags)  # a known tag never repeats in a post
+    per_post = np.bincount(keys // vocab_size, minlength=num_posts)
+    instances = np.repeat(per_post, 3)  # (post, block) in post order
+    sequence = np.tile(np.arange(3) * num_posts, num_posts) + np.repeat(np.arange(num_posts), 3)
+    at = _ragged_arange(np.repeat(np.cumsum(per_post) - per_post, 3), instances)
+    return np.repeat(sequence, instances), keys[at] % vocab_size
 
 
 def rare_subject_weights(
