@@ -57,11 +57,12 @@ from training_flops import BatchShape, training_flops  # noqa: E402
 
 ALL_BACKENDS = ("eager", "sdpa", "flex_attention", "booru_varlen", "flash_attention_2")
 DRY_RUN = {"posts": 1500, "setting": "default", "numerics_config": "tiny", "numerics_posts": 16,
-           "throughput_configs": ["tiny"], "vocab": 4096, "batch_size": 16, "timed_steps": 2,
-           "train_config": "tiny", "steps": 4, "train_batch_size": 16, "workers": 0, "loader_workers": "0,1"}
+           "throughput_configs": ["tiny"], "vocab": 4096, "batch_size": 16, "warmup_steps": 1,
+           "timed_steps": 2, "train_config": "tiny", "steps": 4, "train_batch_size": 16, "workers": 0,
+           "loader_workers": "0,1"}
 GPU_RUN = {"posts": 100_000, "numerics_config": "small", "numerics_posts": 64,
-           "throughput_configs": ["small", "base"], "vocab": 150_016, "batch_size": 1024, "timed_steps": 10,
-           "train_config": "small", "steps": 300, "train_batch_size": 256, "workers": 8,
+           "throughput_configs": ["small", "base"], "vocab": 150_016, "batch_size": 1024, "warmup_steps": 3,
+           "timed_steps": 10, "train_config": "small", "steps": 300, "train_batch_size": 256, "workers": 8,
            "loader_workers": "1,4,12"}
 
 
@@ -78,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--setting", help="generate-corpus setting (default: danbooru-scale with --tag-data)")
     parser.add_argument("--vocab", type=int, help="vocabulary of the throughput models")
     parser.add_argument("--batch-size", type=int, help="posts per throughput batch")
-    parser.add_argument("--timed-steps", type=int, help="timed throughput steps per model (after 3 warm-up)")
+    parser.add_argument("--warmup-steps", type=int, help="untimed throughput steps per model before the timed ones")
+    parser.add_argument("--timed-steps", type=int, help="timed throughput steps per model")
     parser.add_argument("--steps", type=int, help="training steps through accelerate launch")
     parser.add_argument("--train-batch-size", type=int, help="posts per training batch")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the training runs")
@@ -290,7 +292,7 @@ def throughput(args: argparse.Namespace, tokenizer: Any, batches: list[dict[str,
     timed = [batches[i % len(batches)] for i in range(args.timed_steps)]
     shape = sum((BatchShape.of(b) for b in timed), BatchShape(0, 0, 0, 0, 0))
     try:
-        for batch in batches[:3]:  # warm-up: kernels chosen, allocator grown
+        for batch in batches[: args.warmup_steps]:  # warm-up: kernels chosen, allocator grown
             step(batch)
         synchronize()
         if device.type == "cuda":
@@ -423,7 +425,8 @@ def _attention_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _loader_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| loader workers | posts/batch | posts/s | tokens/post |", "|---|---|---|---|"]
-    lines += [f"| {r['workers']} | {r['batch_size']} | {r['posts_per_s']:,.0f} | {r['tokens_per_post']:.1f} |" for r in rows]
+    lines += [f"| {r['workers']} | {r['batch_size']} | {r['posts_per_s']:,.0f} | {r['tokens_per_post']:.1f} |"
+              for r in rows]
     return lines
 
 
@@ -432,7 +435,8 @@ def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
              "| heads' FLOPs | epoch (min) | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['config']} | {row['backend']} | {row['vocab']:,} | failed: {row['error']} |" + " |" * 9)
+            lines.append(f"| {row['config']} | {row['backend']} | {row['vocab']:,} | failed: {row['error']} |"
+                         + " |" * 9)
             continue
         memory = "" if row["peak_memory_gb"] is None else f"{row['peak_memory_gb']:.1f}"
         lines.append(f"| {row['config']} | {row['backend']} | {row['vocab']:,} | {row['posts_per_batch']} | "
