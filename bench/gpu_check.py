@@ -4,7 +4,7 @@
 
 On one H100/H200 (no internet; torch, transformers, accelerate, pyarrow, safetensors, but neither
 `datasets` nor `flash-attn`: `gpu_check.sh --wheels DIR` installs the carried wheels first) it
-finishes in about 5 minutes and writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``:
+should finish in about 5 minutes (an estimate: never run on a GPU yet) and writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``:
 
 1. corpus: `generate-corpus` (`danbooru-scale` with `--tag-data`, else `default`), `build-dataset`,
    `build-tokenizer`, as a user runs them;
@@ -24,8 +24,9 @@ finishes in about 5 minutes and writes ``OUT/gpu_check.json`` and ``OUT/gpu_chec
 The report is rewritten after every part (a failed part records its error, the next one runs), so
 a run cut short still returns what it measured. Scratch files go to a temporary folder (`--work`).
 
-`--dry-run` runs the same code paths at tiny sizes on CPU (eager and sdpa only, `tiny`, a few steps,
-float32) in well under a minute, and writes the same report; `tests/test_gpu_check.py` runs it.
+`--dry-run` runs the same code paths at tiny sizes on CPU (eager and sdpa only, `tiny`, 4 steps,
+float32) and writes the same report; most of its time is the three `accelerate launch` processes
+starting (241 s on the overloaded shared 2-core machine). `tests/test_gpu_check.py` runs it.
 """
 
 from __future__ import annotations
