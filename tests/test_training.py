@@ -311,7 +311,8 @@ def test_short_training_learns_beyond_chance(small_corpus, tmp_path):
 
     import datasets
 
-    config = config_for(small_corpus, tmp_path / "m", max_steps=40, learning_rate=5e-3, warmup_steps=5)
+    # few sampled read-back negatives (the micro vocabulary is smaller than the default 2048): the sampled form learns
+    config = config_for(small_corpus, tmp_path / "m", max_steps=40, learning_rate=5e-3, warmup_steps=5, readback_negatives=16)
     result = fit(config)
     tokenizer = load_tokenizer(config.tokenizer)
     info = TokenInfo.from_tokenizer(tokenizer)

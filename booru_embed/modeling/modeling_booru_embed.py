@@ -85,7 +85,8 @@ class BooruEmbedForPreTrainingOutput(ModelOutput):
             None without `mlm_positions`.
         embeddings: (posts, embedding_dim) pooled embedding, not normalised.
         readback_logits: (len(nested_dims) + 1, posts, vocab) tags read back from the first d dims of the
-            embedding for d in `nested_dims + [embedding_dim]`.
+            embedding for d in `nested_dims + [embedding_dim]`; (…, posts, len(readback_columns)) when the
+            forward got `readback_columns`.
         rating_logits: (posts, num_ratings).
         score_logits: (posts, num_score_buckets).
         last_hidden_state: as in [`BooruEmbedModelOutput`].
@@ -594,12 +595,20 @@ class BooruEmbedTagHead(nn.Module):
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, features: torch.Tensor, output_matrix: torch.Tensor) -> torch.Tensor:
-        """(…, input_dim) -> (…, vocab) logits."""
+    def forward(
+        self, features: torch.Tensor, output_matrix: torch.Tensor, columns: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(…, input_dim) -> (…, vocab) logits, or (…, len(columns)) for the token ids `columns` only.
+
+        Scoring a few columns gathers their rows of the output matrix and their biases, so the cost
+        follows the number of columns, not the vocabulary.
+        """
         if self.normalize_input:
             features = F.rms_norm(features, (self.input_dim,), eps=self.eps)
         hidden = self.norm(F.gelu(self.dense(features)))
-        return F.linear(hidden, output_matrix, self.bias)
+        if columns is None:
+            return F.linear(hidden, output_matrix, self.bias)
+        return F.linear(hidden, output_matrix.index_select(0, columns), self.bias.index_select(0, columns))
 
 
 class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
@@ -734,12 +743,15 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         max_seqlen: int | None = None,
         position_ids: torch.Tensor | None = None,
         mlm_positions: torch.Tensor | None = None,
+        readback_columns: torch.Tensor | None = None,
         **kwargs: object,
     ) -> BooruEmbedForPreTrainingOutput:
         """All head outputs for padded or packed posts (see [`BooruEmbedModel.forward`]).
 
         Args:
             mlm_positions: boolean, shape of `input_ids`: the tokens to score for masked-tag prediction.
+            readback_columns: (columns,) token ids: the read-back heads score only these (a sampled
+                read-back loss); None scores the whole vocabulary.
         """
         outputs = self.encode(
             input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
@@ -751,8 +763,8 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         embeddings = outputs.pooler_output
         output_matrix = self.tag_output_matrix()
         readback_logits = torch.stack(
-            [head(embeddings[:, : head.input_dim], output_matrix) for head in self.readback_heads]
-        )  # (len(nested_dims) + 1, posts, vocab)
+            [head(embeddings[:, : head.input_dim], output_matrix, readback_columns) for head in self.readback_heads]
+        )  # (len(nested_dims) + 1, posts, vocab or columns)
         rating_logits, score_logits = self.rating_and_score_logits(embeddings)
         return BooruEmbedForPreTrainingOutput(
             mlm_logits=mlm_logits,

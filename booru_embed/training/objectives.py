@@ -17,12 +17,19 @@
   swamps the other objectives under gradient clipping. The heads therefore start at the tags' base
   rates (``BooruEmbedForPreTraining.initialise_tag_biases``, bias log(p_t / (1 - p_t))); see
   ``readback_loss`` for the resulting scale.
+* ``sample_readback_columns``: the sampled form of the read-back loss (``--readback-negatives K``).
+  Every tag of the batch is scored exactly; the rest of the vocabulary, negatives for every sequence,
+  is estimated from K draws (with replacement) from a proposal q restricted to it, each draw's
+  softplus terms weighted 1 / (K q): the estimate of the sum, and of its gradient, is unbiased, and
+  the heads score a few thousand columns instead of the vocabulary. The proposal (``readback_proposal``)
+  mixes the tags' frequencies with a uniform share, so no weight exceeds 2 x vocab / K.
 * ``classification_loss``: rating and score-bucket heads (cross-entropy, -100 ignored).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -97,11 +104,15 @@ def info_nce(
     return torch.stack(losses).mean(), accuracy
 
 
-def readback_loss(logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor) -> torch.Tensor:
+def readback_loss(
+    logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor, column_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-label BCE of ``logits`` (sizes, sequences, vocab) against the (sequence, tag) positives.
 
     The (sequence, tag) pairs must be distinct. The BCE of logit x is softplus(x) - y x, so the sum over
     the whole grid is the softplus of every logit minus the positives' logits: no dense target grid.
+    With ``column_weights`` (columns,), ``logits`` cover sampled columns only (``ReadbackSample``),
+    ``tag_ids`` index those columns, and each column's softplus terms count ``column_weights`` times.
 
     Scale at the start. Let p_t be the share of posts with tag t and L = sum_t p_t the tags a post.
     Logits that sit at the base rate, sigmoid(x_t) = p_t (the prior bias initialisation), give an
@@ -111,8 +122,64 @@ def readback_loss(logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: t
     added tags are rare, so they carry little weight). Zero logits would give log 2 * vocab / L instead.
     """
     logits = logits.float()
-    total = F.softplus(logits).sum() - logits[:, sequence_index, tag_ids].sum()
+    softplus = F.softplus(logits).sum() if column_weights is None else F.softplus(logits).sum((0, 1)) @ column_weights
+    total = softplus - logits[:, sequence_index, tag_ids].sum()
     return total / max(1, logits.shape[0] * len(tag_ids))
+
+
+@dataclass
+class ReadbackSample:
+    """The read-back columns of one batch: what the heads score and how the loss weighs them.
+
+    Attributes:
+        columns: (columns,) token ids: the batch's tags, then the sampled negatives (distinct).
+        weights: (columns,) 1 for the batch's tags; draws / (K q) for a sampled negative.
+        positive_columns: (pairs,) the column of each (sequence, tag) positive pair.
+    """
+
+    columns: torch.Tensor
+    weights: torch.Tensor
+    positive_columns: torch.Tensor
+
+
+def readback_proposal(token_counts: Sequence[int], uniform_share: float = 0.5) -> torch.Tensor:
+    """(vocab,) float64 sampling distribution of read-back negatives: frequencies mixed with a uniform share.
+
+    Frequent tags carry most of the softplus sum at the start (the heads sit at the base rates), so
+    drawing by frequency keeps the estimate's variance low; the uniform share bounds every weight.
+    """
+    counts = torch.as_tensor(list(token_counts), dtype=torch.float64).clamp(min=0)
+    uniform = torch.full_like(counts, 1 / len(counts))
+    if counts.sum() == 0:
+        return uniform
+    return uniform_share * uniform + (1 - uniform_share) * counts / counts.sum()
+
+
+def sample_readback_columns(
+    tag_ids: torch.Tensor, proposal: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+) -> ReadbackSample:
+    """The batch's distinct tags plus ``num_negatives`` draws from ``proposal`` over the other tokens.
+
+    The draws are with replacement and merged: a token drawn n times gets weight n / (K q'), q' the
+    proposal renormalised over the tokens not in the batch, so the weighted softplus sum is an unbiased
+    estimate of the exact one. When the other tokens are no more than K, all of them are taken with
+    weight 1 (the exact loss).
+    """
+    present, positive_columns = torch.unique(tag_ids, return_inverse=True)
+    rest = proposal.to(torch.float64).clone()
+    rest[present.to(rest.device)] = 0
+    others = torch.nonzero(rest).reshape(-1)
+    if others.numel() <= num_negatives:
+        negatives, weights = others, torch.ones(others.numel(), dtype=torch.float64, device=rest.device)
+    else:
+        total = rest.sum()
+        draws = torch.multinomial(rest / total, num_negatives, replacement=True, generator=generator)
+        negatives, counts = torch.unique(draws, return_counts=True)
+        weights = counts * total / (num_negatives * rest[negatives])
+    device = tag_ids.device
+    columns = torch.cat([present, negatives.to(device)])
+    weights = torch.cat([torch.ones(present.numel(), dtype=torch.float64, device=device), weights.to(device)])
+    return ReadbackSample(columns, weights.float(), positive_columns)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -122,11 +189,13 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def pretraining_losses(
-    outputs: Any, batch: dict[str, Any], config: Any, candidates_by_kind: torch.Tensor, dims: Sequence[int]
+    outputs: Any, batch: dict[str, Any], config: Any, candidates_by_kind: torch.Tensor, dims: Sequence[int],
+    readback_sample: ReadbackSample | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total and every objective on its own (detached) for one collated batch.
 
-    ``outputs`` is a ``BooruEmbedForPreTrainingOutput``; ``dims`` the nested sizes plus the full size.
+    ``outputs`` is a ``BooruEmbedForPreTrainingOutput``; ``dims`` the nested sizes plus the full size;
+    ``readback_sample`` the columns the read-back logits cover when the forward got them (else the vocabulary).
     """
     posts = int(batch["num_posts"])
     embeddings = outputs.embeddings
@@ -144,7 +213,11 @@ def pretraining_losses(
         embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims,
         across_processes=config.contrastive_across_processes,
     )
-    readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
+    if readback_sample is None:
+        readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
+    else:
+        readback = readback_loss(outputs.readback_logits, batch["readback_sequence"],
+                                 readback_sample.positive_columns, readback_sample.weights)
     rating = classification_loss(outputs.rating_logits, batch["rating_labels"])
     score = classification_loss(outputs.score_logits, batch["score_labels"])
     total = (
