@@ -61,7 +61,7 @@ def time_steps(encoded, tokenizer, vocab: int, negatives: int, steps: int, batch
     from booru_embed.training.collator import EpochBatchSampler, PretrainingCollator
     from booru_embed.training.config import TrainingConfig
     from booru_embed.training.loop import forward_and_losses, optimizer_for
-    from booru_embed.training.objectives import readback_proposal
+    from booru_embed.training.objectives import negative_proposal
 
     config = TrainingConfig(config="small", batch_size=batch_size, readback_negatives=negatives)
     info = TokenInfo.from_tokenizer(tokenizer)
@@ -72,7 +72,7 @@ def time_steps(encoded, tokenizer, vocab: int, negatives: int, steps: int, batch
     candidates[:, : base.shape[1]] = base
     candidates[0, base.shape[1]:] = True
     dims = [*model.config.nested_dims, model.config.embedding_dim]
-    proposal = readback_proposal(counts) if negatives else None
+    proposal = negative_proposal(counts) if negatives else None
     batches = iter(EpochBatchSampler(len(encoded), batch_size, seed=0, lengths=encoded.data.column("length").to_numpy()))
     collator = PretrainingCollator(info, config)
     totals = dict(step=0.0, forward=0.0, backward=0.0, optimizer=0.0, columns=0.0, masks=0.0)

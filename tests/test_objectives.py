@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -13,8 +14,8 @@ from booru_embed.training.objectives import (
     classification_loss,
     info_nce,
     readback_loss,
-    readback_proposal,
-    sample_readback_columns,
+    negative_proposal,
+    sample_columns,
     set_prediction_loss,
 )
 
@@ -153,7 +154,7 @@ def _random_readback_case(seed: int, vocab: int = 400) -> tuple[torch.Tensor, to
     logits = torch.randn(3, 6, vocab, generator=generator) * 2 - 1
     pairs = torch.randperm(6 * 30, generator=generator)[:40]  # distinct (sequence, tag) pairs among 30 tags
     counts = torch.randint(0, 1000, (vocab,), generator=generator) ** 2
-    return logits, pairs // 30, pairs % 30, readback_proposal(counts.tolist())
+    return logits, pairs // 30, pairs % 30, negative_proposal(counts.tolist())
 
 
 def test_sampled_readback_loss_is_an_unbiased_estimate_of_the_exact_loss():
@@ -162,7 +163,7 @@ def test_sampled_readback_loss_is_an_unbiased_estimate_of_the_exact_loss():
     generator = torch.Generator().manual_seed(1)
     estimates = []
     for _ in range(3000):
-        sample = sample_readback_columns(ids, proposal, 24, generator)
+        sample = sample_columns(ids, proposal, 24, generator)
         estimates.append(readback_loss(logits[:, :, sample.columns], seq, sample.positive_columns, sample.weights))
     estimates = torch.stack(estimates)
     stderr = estimates.std().item() / math.sqrt(len(estimates))
@@ -182,7 +183,7 @@ def test_sampled_readback_gradient_is_unbiased_for_the_logits():
     mean, unweighted = torch.zeros_like(logits), torch.zeros_like(logits)
     draws = 2000
     for _ in range(draws):
-        sample = sample_readback_columns(ids, proposal, 16, generator)
+        sample = sample_columns(ids, proposal, 16, generator)
         for weights, total in ((sample.weights, mean), (torch.ones_like(sample.weights), unweighted)):
             loss = readback_loss(logits[:, :, sample.columns], seq, sample.positive_columns, weights)
             total += torch.autograd.grad(loss, logits)[0] / draws
@@ -192,7 +193,7 @@ def test_sampled_readback_gradient_is_unbiased_for_the_logits():
 
 def test_readback_sample_takes_every_other_token_when_they_are_few():
     logits, seq, ids, proposal = _random_readback_case(4, vocab=60)
-    sample = sample_readback_columns(ids, proposal, 64)
+    sample = sample_columns(ids, proposal, 64)
     assert sorted(sample.columns.tolist()) == list(range(60)) and bool((sample.weights == 1).all())
     assert torch.equal(sample.columns[sample.positive_columns], ids)
     torch.testing.assert_close(readback_loss(logits[:, :, sample.columns], seq, sample.positive_columns, sample.weights),
@@ -218,6 +219,45 @@ def test_readback_columns_score_only_those_tags_and_gradients_reach_their_rows()
     bias_grad = model.readback_heads[0].bias.grad
     assert set(torch.nonzero(bias_grad).reshape(-1).tolist()) == {5, 9, 30}
     assert model.model.embeddings.token_embeddings.weight.grad.abs().sum() > 0
+
+
+def _masked_case(vocab: int = 3000) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """(logits (4, vocab), the set-loss arguments after the logits, candidates, proposal) with visible tags."""
+    generator = torch.Generator().manual_seed(5)
+    candidates = torch.zeros(3, vocab, dtype=torch.bool)
+    candidates[0, 5:] = True
+    candidates[1, 1:3] = True
+    candidates[2, 3:5] = True
+    logits = torch.randn(4, vocab, generator=generator) * 1.5
+    kinds = torch.tensor([0, 0, 0, 1])
+    target_group = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    target_ids = torch.tensor([10, 11, 40, 7, 900, 1500, 2])
+    target_weights = torch.tensor([0.5, 0.5, 1.0, 1 / 3, 1 / 3, 1 / 3, 1.0])
+    exclude_group, exclude_ids = torch.tensor([0, 0, 1, 2]), torch.tensor([40, 2999, 10, 11])
+    counts = (torch.randint(0, 100, (vocab,), generator=generator) ** 2).tolist()
+    return logits, (kinds, target_group, target_ids, target_weights, exclude_group, exclude_ids), candidates, \
+        negative_proposal(counts)
+
+
+def test_sampled_masked_loss_estimates_the_exact_set_loss():
+    logits, args, candidates, proposal = _masked_case()
+    exact = set_prediction_loss(logits, *args, candidates).item()
+    exact_ids = torch.cat([args[2], torch.tensor([1, 2, 3, 4])])  # targets, rating and score tokens
+    # with fewer other tokens than K the sampled form is the exact loss
+    everything = sample_columns(exact_ids, proposal, 5000)
+    torch.testing.assert_close(set_prediction_loss(logits[:, everything.columns], *args, candidates, everything).item(),
+                               exact)
+    generator = torch.Generator().manual_seed(6)
+    estimates, uncorrected = [], []
+    for _ in range(200):
+        sample = sample_columns(exact_ids, proposal, 256, generator)
+        estimates.append(set_prediction_loss(logits[:, sample.columns], *args, candidates, sample).item())
+        plain = dataclasses.replace(sample, weights=torch.ones_like(sample.weights))
+        uncorrected.append(set_prediction_loss(logits[:, sample.columns], *args, candidates, plain).item())
+    mean = sum(estimates) / len(estimates)
+    assert abs(mean / exact - 1) < 0.02, (mean, exact)
+    # without the logQ correction the normaliser is a tenth of the vocabulary's: far too low a loss
+    assert sum(uncorrected) / len(uncorrected) < exact - 1.0
 
 
 def _step_one_readback_loss(vocab: int, prior: bool, negatives: int = 0) -> tuple[float, float]:
@@ -251,8 +291,8 @@ def _step_one_readback_loss(vocab: int, prior: bool, negatives: int = 0) -> tupl
     tag_ids = torch.tensor([t for tags in posts for t in tags.tolist()])
     sample = None
     if negatives:
-        proposal = readback_proposal(np.rint(share * 1_000_000).astype(int).tolist())
-        sample = sample_readback_columns(tag_ids, proposal, negatives, torch.Generator().manual_seed(0))
+        proposal = negative_proposal(np.rint(share * 1_000_000).astype(int).tolist())
+        sample = sample_columns(tag_ids, proposal, negatives, torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(input_ids, (input_ids > 2).long(), attention_mask=attention_mask,
                        readback_columns=None if sample is None else sample.columns).readback_logits

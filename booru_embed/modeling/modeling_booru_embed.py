@@ -81,8 +81,8 @@ class BooruEmbedForPreTrainingOutput(ModelOutput):
     """Output of [`BooruEmbedForPreTraining`]; the training code computes the losses from it.
 
     Args:
-        mlm_logits: (selected tokens, vocab) for the tokens where `mlm_positions` is True, row-major order;
-            None without `mlm_positions`.
+        mlm_logits: (selected tokens, vocab) for the tokens where `mlm_positions` is True, row-major order
+            ((selected tokens, len(masked_columns)) with `masked_columns`); None without `mlm_positions`.
         embeddings: (posts, embedding_dim) pooled embedding, not normalised.
         readback_logits: (len(nested_dims) + 1, posts, vocab) tags read back from the first d dims of the
             embedding for d in `nested_dims + [embedding_dim]`; (…, posts, len(readback_columns)) when the
@@ -709,15 +709,17 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         """(posts, embedding_dim) pooled embeddings of padded or packed posts (`layout` as in `encode`); no head runs."""
         return self.encode(input_ids, category_ids, normalize_embeddings=normalize_embeddings, **layout).pooler_output
 
-    def masked_tag_logits(self, hidden_states: torch.Tensor, mlm_positions: torch.Tensor | None = None) -> torch.Tensor:
+    def masked_tag_logits(
+        self, hidden_states: torch.Tensor, mlm_positions: torch.Tensor | None = None, columns: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Masked-tag logits (…, vocab) from encoder hidden states (…, hidden), e.g. `encode(...).last_hidden_state`.
 
         With `mlm_positions` (boolean, the leading shape of `hidden_states`), only the selected tokens are scored,
-        in row-major order: (selected tokens, vocab).
+        in row-major order: (selected tokens, vocab). With `columns` (token ids), only those are: (…, columns).
         """
         if mlm_positions is not None:
             hidden_states = hidden_states[mlm_positions]
-        return self.mlm_head(hidden_states, self.tag_output_matrix())
+        return self.mlm_head(hidden_states, self.tag_output_matrix(), columns)
 
     def rating_and_score_logits(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(posts, num_ratings) rating and (posts, num_score_buckets) score-bucket logits of full-size embeddings."""
@@ -744,6 +746,7 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         mlm_positions: torch.Tensor | None = None,
         readback_columns: torch.Tensor | None = None,
+        masked_columns: torch.Tensor | None = None,
         **kwargs: object,
     ) -> BooruEmbedForPreTrainingOutput:
         """All head outputs for padded or packed posts (see [`BooruEmbedModel.forward`]).
@@ -752,6 +755,7 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
             mlm_positions: boolean, shape of `input_ids`: the tokens to score for masked-tag prediction.
             readback_columns: (columns,) token ids: the read-back heads score only these (a sampled
                 read-back loss); None scores the whole vocabulary.
+            masked_columns: (columns,) token ids: the masked-tag head scores only these (a sampled softmax).
         """
         outputs = self.encode(
             input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
@@ -759,7 +763,7 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         )
         mlm_logits = None
         if mlm_positions is not None:
-            mlm_logits = self.masked_tag_logits(outputs.last_hidden_state, mlm_positions)
+            mlm_logits = self.masked_tag_logits(outputs.last_hidden_state, mlm_positions, masked_columns)
         embeddings = outputs.pooler_output
         output_matrix = self.tag_output_matrix()
         readback_logits = torch.stack(

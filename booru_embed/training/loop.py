@@ -268,7 +268,7 @@ class Session:
     collator: Any
     total_steps: int
     candidates: Any  # (group, vocab) bool: the tokens each masked-slot kind chooses among
-    readback_proposal: Any  # (vocab,) distribution of sampled read-back negatives, or None (exact read-back)
+    negative_proposal: Any  # (vocab,) distribution of the tag heads' sampled negatives, or None (both exact)
     dims: list[int]  # nested embedding sizes, then the full size
     state: TrainState
     sums: RunningSums
@@ -326,7 +326,7 @@ def setup(config: TrainingConfig) -> Session:
     return Session(
         config, output, accelerator, tokenizer, model, optimizer, scheduler, loader, sampler, collator,
         total_steps, info.candidates_by_group().to(accelerator.device),
-        readback_proposal_for(config, tokenizer, accelerator.device),
+        negative_proposal_for(config, tokenizer, accelerator.device),
         [*model_config.nested_dims, model_config.embedding_dim], state, RunningSums(accelerator), loss_log,
         evaluator, json.loads(Path(config.eval_truth).read_text()) if config.eval_truth else None,
     )
@@ -343,33 +343,48 @@ def epoch_batches(run: Session) -> Any:
     return rest
 
 
-def readback_proposal_for(config: TrainingConfig, tokenizer: Any, device: Any) -> Any:
-    """The sampling distribution of read-back negatives on ``device``, or None with ``readback_negatives`` 0."""
-    from .objectives import readback_proposal
+def negative_proposal_for(config: TrainingConfig, tokenizer: Any, device: Any) -> Any:
+    """The sampling distribution of the tag heads' sampled negatives on ``device``, or None when both heads are exact."""
+    from .objectives import negative_proposal
 
-    return readback_proposal(tokenizer.token_counts).to(device) if config.readback_negatives else None
+    if not (config.readback_negatives or config.masked_negatives):
+        return None
+    return negative_proposal(tokenizer.token_counts).to(device)
 
 
 def forward_and_losses(
     model: Any, batch: dict[str, Any], config: TrainingConfig, candidates: Any, dims: list[int], proposal: Any
 ) -> tuple[Any, dict[str, Any]]:
-    """Forward one collated batch and return ``pretraining_losses``; with a ``proposal`` the read-back heads
-    score only the batch's tags and ``config.readback_negatives`` sampled negatives."""
-    from ..sequences import model_inputs
-    from .objectives import pretraining_losses, sample_readback_columns
+    """Forward one collated batch and return ``pretraining_losses``.
 
-    sample = None
-    if proposal is not None:
-        sample = sample_readback_columns(batch["readback_ids"], proposal, config.readback_negatives)
-    outputs = model(**model_inputs(batch), readback_columns=None if sample is None else sample.columns)
-    return pretraining_losses(outputs, batch, config, candidates, dims, readback_sample=sample)
+    With ``config.readback_negatives`` the read-back heads score only the batch's tags and that many
+    sampled negatives; with ``config.masked_negatives`` the masked-tag head scores its targets, the
+    rating and score tokens and that many sampled tags (negatives drawn from ``proposal``).
+    """
+    import torch
+
+    from ..sequences import model_inputs
+    from .objectives import pretraining_losses, sample_columns
+
+    readback = masked = None
+    if config.readback_negatives:
+        readback = sample_columns(batch["readback_ids"], proposal, config.readback_negatives)
+    if config.masked_negatives:
+        metadata = torch.nonzero(candidates[1:].any(dim=0)).reshape(-1)  # rating and score tokens: always exact
+        masked = sample_columns(torch.cat([batch["mlm_target_ids"], metadata]), proposal, config.masked_negatives)
+    outputs = model(
+        **model_inputs(batch),
+        readback_columns=None if readback is None else readback.columns,
+        masked_columns=None if masked is None else masked.columns,
+    )
+    return pretraining_losses(outputs, batch, config, candidates, dims, readback_sample=readback, masked_sample=masked)
 
 
 def train_micro_batch(run: Session, batch: dict[str, Any]) -> None:
     """Forward, losses and backward of one batch; on a step's last micro-batch also clip and step (``accumulate``)."""
     accelerator, config = run.accelerator, run.config
     with accelerator.accumulate(run.model):
-        loss, parts = forward_and_losses(run.model, batch, config, run.candidates, run.dims, run.readback_proposal)
+        loss, parts = forward_and_losses(run.model, batch, config, run.candidates, run.dims, run.negative_proposal)
         accelerator.backward(loss)
         if accelerator.sync_gradients and config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
