@@ -598,17 +598,16 @@ class BooruEmbedTagHead(nn.Module):
     def forward(
         self, features: torch.Tensor, output_matrix: torch.Tensor, columns: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(…, input_dim) -> (…, vocab) logits, or (…, len(columns)) for the token ids `columns` only.
+        """(…, input_dim) -> (…, vocab) logits against `output_matrix` (vocab, hidden).
 
-        Scoring a few columns gathers their rows of the output matrix and their biases, so the cost
-        follows the number of columns, not the vocabulary.
+        With `columns` (token ids), `output_matrix` holds only their rows, (len(columns), hidden), e.g.
+        `output_matrix.index_select(0, columns)` gathered once for several heads, and the logits are
+        (…, len(columns)): the cost follows the number of columns, not the vocabulary.
         """
         if self.normalize_input:
             features = F.rms_norm(features, (self.input_dim,), eps=self.eps)
         hidden = self.norm(F.gelu(self.dense(features)))
-        if columns is None:
-            return F.linear(hidden, output_matrix, self.bias)
-        return F.linear(hidden, output_matrix.index_select(0, columns), self.bias.index_select(0, columns))
+        return F.linear(hidden, output_matrix, self.bias if columns is None else self.bias.index_select(0, columns))
 
 
 class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
@@ -719,7 +718,10 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         """
         if mlm_positions is not None:
             hidden_states = hidden_states[mlm_positions]
-        return self.mlm_head(hidden_states, self.tag_output_matrix(), columns)
+        output_matrix = self.tag_output_matrix()
+        if columns is not None:
+            output_matrix = output_matrix.index_select(0, columns)
+        return self.mlm_head(hidden_states, output_matrix, columns)
 
     def rating_and_score_logits(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(posts, num_ratings) rating and (posts, num_score_buckets) score-bucket logits of full-size embeddings."""
@@ -766,6 +768,8 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
             mlm_logits = self.masked_tag_logits(outputs.last_hidden_state, mlm_positions, masked_columns)
         embeddings = outputs.pooler_output
         output_matrix = self.tag_output_matrix()
+        if readback_columns is not None:  # one gather for every head: one sparse-row gradient, not one per head
+            output_matrix = output_matrix.index_select(0, readback_columns)
         readback_logits = torch.stack(
             [head(embeddings[:, : head.input_dim], output_matrix, readback_columns) for head in self.readback_heads]
         )  # (len(nested_dims) + 1, posts, vocab or columns)
