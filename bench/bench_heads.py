@@ -24,18 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def corpus(root: Path, posts: int) -> tuple[Path, Path]:
-    """Generated corpus -> DATA_DIR and TOKENIZER_DIR under ``root``."""
-    from booru_embed.data.ingest import build_dataset
-    from booru_embed.data.synthetic import generate_corpus
-    from booru_embed.data.tokenizer_build import build_tokenizer
-
-    generate_corpus(root / "corpus.csv", posts, seed=0, tag_data=None)
-    build_dataset([root / "corpus.csv"], root / "data", progress=False)
-    build_tokenizer(root / "data", root / "tokenizer")
-    return root / "data", root / "tokenizer"
+from bench_training import encoded_corpus  # the generated corpus and its encoded training split
 
 
 def padded_model(tokenizer, vocab: int):
@@ -127,11 +116,6 @@ def time_masked_head(vocab: int, groups: int, steps: int) -> float:
 
 def main() -> None:
     """Print the table."""
-    import datasets
-
-    from booru_embed.data.bulk_encoding import encode_dataset
-    from booru_embed.training.loop import load_tokenizer
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=20000)
     parser.add_argument("--steps", type=int, default=3)
@@ -142,10 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        data, tokenizer_dir = corpus(Path(tmp), args.posts)
-        tokenizer = load_tokenizer(tokenizer_dir)
-        train = datasets.load_from_disk(str(data))["train"]
-        encoded = encode_dataset(tokenizer, train).with_format(None, columns=["id", "input_ids", "category_ids", "length"])
+        tokenizer, _, encoded = encoded_corpus(Path(tmp), args.posts)
         small_vocab = len(tokenizer.token_categories)
         print(f"small, {args.posts} generated posts, batch {args.batch_size} posts (x3 sequences), {args.steps} steps "
               f"after one warm-up, {args.threads} threads; CPU seconds per step (time.process_time)")
