@@ -31,19 +31,33 @@ def corpus(root: Path, posts: int) -> tuple[Path, Path]:
     return root / "data", root / "tokenizer"
 
 
+def encoded_corpus(root: Path, posts: int) -> tuple[object, object, object]:
+    """(tokenizer, splits, encoded training split) of a generated corpus of ``posts`` posts built under ``root``."""
+    import datasets
+
+    from booru_embed.data.bulk_encoding import encode_dataset
+    from booru_embed.training.loop import load_tokenizer
+
+    data, tokenizer_dir = corpus(root, posts)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    splits = datasets.load_from_disk(str(data))
+    encoded = encode_dataset(tokenizer, splits["train"]).with_format(None, columns=["id", "input_ids", "category_ids", "length"])
+    return tokenizer, splits, encoded
+
+
 def time_steps(encoded, tokenizer, steps: int, batch_size: int, **options) -> tuple[float, float, float]:
     """(CPU seconds per step, wall seconds per step, tokens per step) of one configuration."""
-    from booru_embed.sequences import TokenInfo, model_inputs
+    from booru_embed.sequences import TokenInfo
     from booru_embed.training.collator import EpochBatchSampler, PretrainingCollator
     from booru_embed.training.config import TrainingConfig
-    from booru_embed.training.loop import build_model, optimizer_for
-    from booru_embed.training.objectives import pretraining_losses
+    from booru_embed.training.loop import build_model, forward_and_losses, negative_proposal_for, optimizer_for
 
     config = TrainingConfig(config="tiny", batch_size=batch_size, **options)
     info = TokenInfo.from_tokenizer(tokenizer)
     model = build_model(config, tokenizer)
-    optimizer = optimizer_for(model, config, fused=False)
+    optimizer = optimizer_for(model, config, fused=True)
     candidates = info.candidates_by_group()
+    proposal = negative_proposal_for(config, tokenizer, "cpu")
     dims = [*model.config.nested_dims, model.config.embedding_dim]
     lengths = encoded.data.column("length").to_numpy() if config.length_buckets else None
     batches = iter(EpochBatchSampler(len(encoded), batch_size, seed=0, lengths=lengths))
@@ -54,7 +68,7 @@ def time_steps(encoded, tokenizer, steps: int, batch_size: int, **options) -> tu
         examples = [dict(zip(rows, values)) for values in zip(*rows.values())]
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         batch = collator(examples)
-        loss, _ = pretraining_losses(model(**model_inputs(batch)), batch, config, candidates, dims)
+        loss, _ = forward_and_losses(model, batch, config, candidates, dims, proposal)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -67,12 +81,10 @@ def time_steps(encoded, tokenizer, steps: int, batch_size: int, **options) -> tu
 
 def main() -> None:
     """Print the table."""
-    import datasets
-
     from booru_embed.data.bulk_encoding import encode_dataset
     from booru_embed.evaluation import Evaluator, posts_from_encoded
     from booru_embed.sequences import TokenInfo
-    from booru_embed.training.loop import build_model, load_tokenizer
+    from booru_embed.training.loop import build_model
     from booru_embed.training.config import TrainingConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,10 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        data, tokenizer_dir = corpus(Path(tmp), args.posts)
-        tokenizer = load_tokenizer(tokenizer_dir)
-        splits = datasets.load_from_disk(str(data))
-        encoded = encode_dataset(tokenizer, splits["train"]).with_format(None, columns=["id", "input_ids", "category_ids", "length"])
+        tokenizer, splits, encoded = encoded_corpus(Path(tmp), args.posts)
         rows = [
             ("random batches, packed (baseline)", dict(length_buckets=False)),
             ("random batches, padded", dict(length_buckets=False, packed=False)),

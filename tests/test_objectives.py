@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -9,7 +10,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from booru_embed.training.objectives import classification_loss, info_nce, readback_loss, set_prediction_loss
+from booru_embed.training.objectives import (
+    classification_loss,
+    info_nce,
+    readback_loss,
+    negative_proposal,
+    sample_columns,
+    set_prediction_loss,
+)
 
 VOCAB = 12
 CANDIDATES = torch.zeros(3, VOCAB, dtype=torch.bool)
@@ -140,10 +148,123 @@ def test_classification_loss_ignores_unlabelled_rows():
     assert float(classification_loss(logits, torch.full((3,), -100))) == 0.0
 
 
-def _step_one_readback_loss(vocab: int, prior: bool) -> tuple[float, float]:
+def _random_readback_case(seed: int, vocab: int = 400) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (3, 6, vocab), positive sequences, positive tag ids, proposal from uneven counts)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 6, vocab, generator=generator) * 2 - 1
+    pairs = torch.randperm(6 * 30, generator=generator)[:40]  # distinct (sequence, tag) pairs among 30 tags
+    counts = torch.randint(0, 1000, (vocab,), generator=generator) ** 2
+    return logits, pairs // 30, pairs % 30, negative_proposal(counts.tolist())
+
+
+def test_sampled_readback_loss_is_an_unbiased_estimate_of_the_exact_loss():
+    logits, seq, ids, proposal = _random_readback_case(0)
+    exact = readback_loss(logits, seq, ids).item()
+    generator = torch.Generator().manual_seed(1)
+    estimates = []
+    for _ in range(3000):
+        sample = sample_columns(ids, proposal, 24, generator)
+        estimates.append(readback_loss(logits[:, :, sample.columns], seq, sample.positive_columns, sample.weights))
+    estimates = torch.stack(estimates)
+    stderr = estimates.std().item() / math.sqrt(len(estimates))
+    assert abs(estimates.mean().item() - exact) < 4 * stderr, (estimates.mean().item(), exact, stderr)
+    assert stderr < 0.01 * exact
+    # the importance weights matter: the same draws unweighted (merged counts / K only) miss by far
+    unweighted = readback_loss(logits[:, :, sample.columns], seq, sample.positive_columns,
+                               torch.ones_like(sample.weights)).item()
+    assert abs(unweighted - exact) > 100 * stderr
+
+
+def test_sampled_readback_gradient_is_unbiased_for_the_logits():
+    logits, seq, ids, proposal = _random_readback_case(2, vocab=120)
+    logits.requires_grad_(True)
+    exact = torch.autograd.grad(readback_loss(logits, seq, ids), logits)[0]
+    generator = torch.Generator().manual_seed(3)
+    mean, unweighted = torch.zeros_like(logits), torch.zeros_like(logits)
+    draws = 2000
+    for _ in range(draws):
+        sample = sample_columns(ids, proposal, 16, generator)
+        for weights, total in ((sample.weights, mean), (torch.ones_like(sample.weights), unweighted)):
+            loss = readback_loss(logits[:, :, sample.columns], seq, sample.positive_columns, weights)
+            total += torch.autograd.grad(loss, logits)[0] / draws
+    error = (mean - exact).abs().sum() / exact.abs().sum()
+    assert error < 0.06 and (unweighted - exact).abs().sum() / exact.abs().sum() > 5 * error
+
+
+def test_readback_sample_takes_every_other_token_when_they_are_few():
+    logits, seq, ids, proposal = _random_readback_case(4, vocab=60)
+    sample = sample_columns(ids, proposal, 64)
+    assert sorted(sample.columns.tolist()) == list(range(60)) and bool((sample.weights == 1).all())
+    assert torch.equal(sample.columns[sample.positive_columns], ids)
+    torch.testing.assert_close(readback_loss(logits[:, :, sample.columns], seq, sample.positive_columns, sample.weights),
+                               readback_loss(logits, seq, ids))
+
+
+def test_readback_columns_score_only_those_tags_and_gradients_reach_their_rows():
+    from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
+    from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
+
+    config = BooruEmbedConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32, embedding_dim=8, nested_dims=[4], tie_output_embeddings=False)
+    torch.manual_seed(0)
+    model = BooruEmbedForPreTraining(config)
+    input_ids = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 0]])
+    mask = (input_ids > 0).long()
+    full = model(input_ids, (input_ids > 2).long(), attention_mask=mask).readback_logits
+    columns = torch.tensor([9, 5, 30])
+    part = model(input_ids, (input_ids > 2).long(), attention_mask=mask, readback_columns=columns).readback_logits
+    assert part.shape == (2, 2, 3)
+    torch.testing.assert_close(part, full[:, :, columns])
+    part.sum().backward()
+    bias_grad = model.readback_heads[0].bias.grad
+    assert set(torch.nonzero(bias_grad).reshape(-1).tolist()) == {5, 9, 30}
+    assert model.model.embeddings.token_embeddings.weight.grad.abs().sum() > 0
+
+
+def _masked_case(vocab: int = 3000) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """(logits (4, vocab), the set-loss arguments after the logits, candidates, proposal) with visible tags."""
+    generator = torch.Generator().manual_seed(5)
+    candidates = torch.zeros(3, vocab, dtype=torch.bool)
+    candidates[0, 5:] = True
+    candidates[1, 1:3] = True
+    candidates[2, 3:5] = True
+    logits = torch.randn(4, vocab, generator=generator) * 1.5
+    kinds = torch.tensor([0, 0, 0, 1])
+    target_group = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    target_ids = torch.tensor([10, 11, 40, 7, 900, 1500, 2])
+    target_weights = torch.tensor([0.5, 0.5, 1.0, 1 / 3, 1 / 3, 1 / 3, 1.0])
+    exclude_group, exclude_ids = torch.tensor([0, 0, 1, 2]), torch.tensor([40, 2999, 10, 11])
+    counts = (torch.randint(0, 100, (vocab,), generator=generator) ** 2).tolist()
+    return logits, (kinds, target_group, target_ids, target_weights, exclude_group, exclude_ids), candidates, \
+        negative_proposal(counts)
+
+
+def test_sampled_masked_loss_estimates_the_exact_set_loss():
+    logits, args, candidates, proposal = _masked_case()
+    exact = set_prediction_loss(logits, *args, candidates).item()
+    exact_ids = torch.cat([args[2], torch.tensor([1, 2, 3, 4])])  # targets, rating and score tokens
+    # with fewer other tokens than K the sampled form is the exact loss
+    everything = sample_columns(exact_ids, proposal, 5000)
+    torch.testing.assert_close(set_prediction_loss(logits[:, everything.columns], *args, candidates, everything).item(),
+                               exact)
+    generator = torch.Generator().manual_seed(6)
+    estimates, uncorrected = [], []
+    for _ in range(200):
+        sample = sample_columns(exact_ids, proposal, 256, generator)
+        estimates.append(set_prediction_loss(logits[:, sample.columns], *args, candidates, sample).item())
+        plain = dataclasses.replace(sample, weights=torch.ones_like(sample.weights))
+        uncorrected.append(set_prediction_loss(logits[:, sample.columns], *args, candidates, plain).item())
+    mean = sum(estimates) / len(estimates)
+    assert abs(mean / exact - 1) < 0.02, (mean, exact)
+    # without the logQ correction the normaliser is a tenth of the vocabulary's: far too low a loss
+    assert sum(uncorrected) / len(uncorrected) < exact - 1.0
+
+
+def _step_one_readback_loss(vocab: int, prior: bool, negatives: int = 0) -> tuple[float, float]:
     """(read-back loss of an untrained model, sum_t h(p_t) / sum_t p_t) on posts drawn from the tag rates.
 
     Tag rates are Zipf-like (p = min(0.7, 3 / rank)): a bigger vocabulary adds rarer tags, as on Danbooru.
+    With ``negatives``, the loss is the sampled form (the batch's tags plus that many drawn negatives).
     """
     import numpy as np
 
@@ -166,13 +287,20 @@ def _step_one_readback_loss(vocab: int, prior: bool) -> tuple[float, float]:
     for row, tags in enumerate(posts):
         input_ids[row, : 1 + len(tags)] = torch.tensor([1, *tags.tolist()])
         attention_mask[row, : 1 + len(tags)] = 1
-    with torch.no_grad():
-        logits = model(input_ids, (input_ids > 2).long(), attention_mask=attention_mask).readback_logits
     sequence = torch.tensor([row for row, tags in enumerate(posts) for _ in tags])
     tag_ids = torch.tensor([t for tags in posts for t in tags.tolist()])
+    sample = None
+    if negatives:
+        proposal = negative_proposal(np.rint(share * 1_000_000).astype(int).tolist())
+        sample = sample_columns(tag_ids, proposal, negatives, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids, (input_ids > 2).long(), attention_mask=attention_mask,
+                       readback_columns=None if sample is None else sample.columns).readback_logits
     p = share[3:]
     entropy = -(p * np.log(p) + (1 - p) * np.log1p(-p)).sum() / p.sum()
-    return readback_loss(logits, sequence, tag_ids).item(), float(entropy)
+    if sample is None:
+        return readback_loss(logits, sequence, tag_ids).item(), float(entropy)
+    return readback_loss(logits, sequence, sample.positive_columns, sample.weights).item(), float(entropy)
 
 
 def test_readback_loss_at_step_one_does_not_grow_with_the_vocabulary():
@@ -185,3 +313,7 @@ def test_readback_loss_at_step_one_does_not_grow_with_the_vocabulary():
     zero_small, _ = _step_one_readback_loss(4096, prior=False)
     zero_large, _ = _step_one_readback_loss(150_016, prior=False)
     assert zero_large / zero_small > 10 and zero_small > 5 * small
+    # the sampled form (2048 negatives) estimates the same loss at both sizes
+    sampled_small, _ = _step_one_readback_loss(4096, prior=True, negatives=2048)
+    sampled_large, _ = _step_one_readback_loss(150_016, prior=True, negatives=2048)
+    assert abs(sampled_small / small - 1) < 0.05 and abs(sampled_large / large - 1) < 0.05, (sampled_large, large)

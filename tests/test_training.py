@@ -311,7 +311,9 @@ def test_short_training_learns_beyond_chance(small_corpus, tmp_path):
 
     import datasets
 
-    config = config_for(small_corpus, tmp_path / "m", max_steps=40, learning_rate=5e-3, warmup_steps=5)
+    # few sampled negatives for both tag heads (the micro vocabulary is smaller than the default 2048): sampled forms learn
+    config = config_for(small_corpus, tmp_path / "m", max_steps=40, learning_rate=5e-3, warmup_steps=5,
+                        readback_negatives=16, masked_negatives=16)
     result = fit(config)
     tokenizer = load_tokenizer(config.tokenizer)
     info = TokenInfo.from_tokenizer(tokenizer)
@@ -325,3 +327,36 @@ def test_short_training_learns_beyond_chance(small_corpus, tmp_path):
     assert trained["model.masked.micro_f1"] > max(5 * chance, untrained["model.masked.micro_f1"] + 0.05)
     assert trained["model.masked.recall@10"] > untrained["model.masked.recall@10"] + 0.1
     assert trained["model.readback.dim32.micro_f1"] > untrained["model.readback.dim32.micro_f1"] + 0.05
+
+
+def test_sampled_tag_heads_with_room_for_every_tag_give_the_exact_losses(small_corpus, tmp_path):
+    import datasets
+
+    from booru_embed.data.bulk_encoding import encode_dataset
+    from booru_embed.sequences import TokenInfo
+    from booru_embed.training.collator import PretrainingCollator
+    from booru_embed.training.loop import build_model, forward_and_losses, load_tokenizer, negative_proposal_for
+
+    tokenizer = load_tokenizer(small_corpus[1])
+    info = TokenInfo.from_tokenizer(tokenizer)
+    exact = config_for(small_corpus, tmp_path, readback_negatives=0, masked_negatives=0)
+    model = build_model(exact, tokenizer)
+    model.initialise_tag_biases(tokenizer.token_counts, 400)
+    rows = encode_dataset(tokenizer, datasets.load_from_disk(str(small_corpus[0]))["train"])[:24]
+    batch = PretrainingCollator(info, exact)([dict(zip(rows, values)) for values in zip(*rows.values())])
+    candidates, dims = info.candidates_by_group(), [*model.config.nested_dims, model.config.embedding_dim]
+
+    def losses(negatives: int) -> dict:
+        config = config_for(small_corpus, tmp_path, readback_negatives=negatives, masked_negatives=negatives)
+        return forward_and_losses(model, batch, config, candidates, dims, negative_proposal_for(config, tokenizer, "cpu"))
+
+    assert negative_proposal_for(exact, tokenizer, "cpu") is None
+    _, full = losses(0)
+    _, roomy = losses(len(tokenizer))  # every other token fits in the sample: the exact losses
+    torch.testing.assert_close(roomy["readback"], full["readback"])
+    torch.testing.assert_close(roomy["mlm"], full["mlm"])
+    torch.manual_seed(0)
+    loss, few = losses(8)
+    assert few["readback"] != full["readback"] and math.isfinite(float(loss.detach()))
+    loss.backward()
+    assert model.readback_heads[0].bias.grad.abs().sum() > 0 and model.mlm_head.bias.grad.abs().sum() > 0

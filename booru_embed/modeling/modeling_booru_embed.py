@@ -81,11 +81,12 @@ class BooruEmbedForPreTrainingOutput(ModelOutput):
     """Output of [`BooruEmbedForPreTraining`]; the training code computes the losses from it.
 
     Args:
-        mlm_logits: (selected tokens, vocab) for the tokens where `mlm_positions` is True, row-major order;
-            None without `mlm_positions`.
+        mlm_logits: (selected tokens, vocab) for the tokens where `mlm_positions` is True, row-major order
+            ((selected tokens, len(masked_columns)) with `masked_columns`); None without `mlm_positions`.
         embeddings: (posts, embedding_dim) pooled embedding, not normalised.
         readback_logits: (len(nested_dims) + 1, posts, vocab) tags read back from the first d dims of the
-            embedding for d in `nested_dims + [embedding_dim]`.
+            embedding for d in `nested_dims + [embedding_dim]`; (…, posts, len(readback_columns)) when the
+            forward got `readback_columns`.
         rating_logits: (posts, num_ratings).
         score_logits: (posts, num_score_buckets).
         last_hidden_state: as in [`BooruEmbedModelOutput`].
@@ -594,12 +595,19 @@ class BooruEmbedTagHead(nn.Module):
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, features: torch.Tensor, output_matrix: torch.Tensor) -> torch.Tensor:
-        """(…, input_dim) -> (…, vocab) logits."""
+    def forward(
+        self, features: torch.Tensor, output_matrix: torch.Tensor, columns: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(…, input_dim) -> (…, vocab) logits against `output_matrix` (vocab, hidden).
+
+        With `columns` (token ids), `output_matrix` holds only their rows, (len(columns), hidden), e.g.
+        `output_matrix.index_select(0, columns)` gathered once for several heads, and the logits are
+        (…, len(columns)): the cost follows the number of columns, not the vocabulary.
+        """
         if self.normalize_input:
             features = F.rms_norm(features, (self.input_dim,), eps=self.eps)
         hidden = self.norm(F.gelu(self.dense(features)))
-        return F.linear(hidden, output_matrix, self.bias)
+        return F.linear(hidden, output_matrix, self.bias if columns is None else self.bias.index_select(0, columns))
 
 
 class BooruEmbedForMaskedLM(BooruEmbedPreTrainedModel):
@@ -700,15 +708,20 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         """(posts, embedding_dim) pooled embeddings of padded or packed posts (`layout` as in `encode`); no head runs."""
         return self.encode(input_ids, category_ids, normalize_embeddings=normalize_embeddings, **layout).pooler_output
 
-    def masked_tag_logits(self, hidden_states: torch.Tensor, mlm_positions: torch.Tensor | None = None) -> torch.Tensor:
+    def masked_tag_logits(
+        self, hidden_states: torch.Tensor, mlm_positions: torch.Tensor | None = None, columns: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Masked-tag logits (…, vocab) from encoder hidden states (…, hidden), e.g. `encode(...).last_hidden_state`.
 
         With `mlm_positions` (boolean, the leading shape of `hidden_states`), only the selected tokens are scored,
-        in row-major order: (selected tokens, vocab).
+        in row-major order: (selected tokens, vocab). With `columns` (token ids), only those are: (…, columns).
         """
         if mlm_positions is not None:
             hidden_states = hidden_states[mlm_positions]
-        return self.mlm_head(hidden_states, self.tag_output_matrix())
+        output_matrix = self.tag_output_matrix()
+        if columns is not None:
+            output_matrix = output_matrix.index_select(0, columns)
+        return self.mlm_head(hidden_states, output_matrix, columns)
 
     def rating_and_score_logits(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(posts, num_ratings) rating and (posts, num_score_buckets) score-bucket logits of full-size embeddings."""
@@ -734,12 +747,17 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         max_seqlen: int | None = None,
         position_ids: torch.Tensor | None = None,
         mlm_positions: torch.Tensor | None = None,
+        readback_columns: torch.Tensor | None = None,
+        masked_columns: torch.Tensor | None = None,
         **kwargs: object,
     ) -> BooruEmbedForPreTrainingOutput:
         """All head outputs for padded or packed posts (see [`BooruEmbedModel.forward`]).
 
         Args:
             mlm_positions: boolean, shape of `input_ids`: the tokens to score for masked-tag prediction.
+            readback_columns: (columns,) token ids: the read-back heads score only these (a sampled
+                read-back loss); None scores the whole vocabulary.
+            masked_columns: (columns,) token ids: the masked-tag head scores only these (a sampled softmax).
         """
         outputs = self.encode(
             input_ids, category_ids, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
@@ -747,12 +765,14 @@ class BooruEmbedForPreTraining(BooruEmbedPreTrainedModel):
         )
         mlm_logits = None
         if mlm_positions is not None:
-            mlm_logits = self.masked_tag_logits(outputs.last_hidden_state, mlm_positions)
+            mlm_logits = self.masked_tag_logits(outputs.last_hidden_state, mlm_positions, masked_columns)
         embeddings = outputs.pooler_output
         output_matrix = self.tag_output_matrix()
+        if readback_columns is not None:  # one gather for every head: one sparse-row gradient, not one per head
+            output_matrix = output_matrix.index_select(0, readback_columns)
         readback_logits = torch.stack(
-            [head(embeddings[:, : head.input_dim], output_matrix) for head in self.readback_heads]
-        )  # (len(nested_dims) + 1, posts, vocab)
+            [head(embeddings[:, : head.input_dim], output_matrix, readback_columns) for head in self.readback_heads]
+        )  # (len(nested_dims) + 1, posts, vocab or columns)
         rating_logits, score_logits = self.rating_and_score_logits(embeddings)
         return BooruEmbedForPreTrainingOutput(
             mlm_logits=mlm_logits,

@@ -97,6 +97,11 @@ class TrainingConfig:
     contrastive_weight: float = _opt(1.0, "weight of the contrastive (two views) objective")
     readback_weight: float = _opt(0.3, "weight of reading the tags back from the pooled embedding (its early "
                                        "loss is ~20x the others; under global clipping it would crowd them out)")
+    readback_negatives: int = _opt(2048, "read-back loss over the batch's tags plus this many sampled negative tags "
+                                         "(importance-weighted, an unbiased estimate of the whole-vocabulary "
+                                         "loss); 0 scores the whole vocabulary for every sequence")
+    masked_negatives: int = _opt(0, "masked-tag softmax over the batch's hidden tags plus this many sampled tags "
+                                     "(logQ-corrected estimate of its normaliser); 0 takes every candidate")
     rating_weight: float = _opt(0.1, "weight of the rating head")
     score_weight: float = _opt(0.1, "weight of the score-bucket head")
     # logging, checkpoints, evaluation
@@ -135,6 +140,8 @@ class TrainingConfig:
             (0 <= self.view_metadata_probability <= 1, "view_metadata_probability must be in [0, 1]"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.readback_negatives >= 0, "readback_negatives must be >= 0"),
+            (self.masked_negatives >= 0, "masked_negatives must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
         ]

@@ -268,6 +268,7 @@ class Session:
     collator: Any
     total_steps: int
     candidates: Any  # (group, vocab) bool: the tokens each masked-slot kind chooses among
+    negative_proposal: Any  # (vocab,) distribution of the tag heads' sampled negatives, or None (both exact)
     dims: list[int]  # nested embedding sizes, then the full size
     state: TrainState
     sums: RunningSums
@@ -299,7 +300,8 @@ def setup(config: TrainingConfig) -> Session:
     batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = config.max_steps or config.num_epochs * steps_per_epoch
-    optimizer = optimizer_for(model, config, fused=accelerator.device.type == "cuda")
+    # fused AdamW: one pass per tensor; on CPU 5x faster than foreach on a 150k-row embedding matrix
+    optimizer = optimizer_for(model, config, fused=accelerator.device.type in ("cuda", "cpu"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
     if config.torch_compile:
         model = torch.compile(model)
@@ -325,6 +327,7 @@ def setup(config: TrainingConfig) -> Session:
     return Session(
         config, output, accelerator, tokenizer, model, optimizer, scheduler, loader, sampler, collator,
         total_steps, info.candidates_by_group().to(accelerator.device),
+        negative_proposal_for(config, tokenizer, accelerator.device),
         [*model_config.nested_dims, model_config.embedding_dim], state, RunningSums(accelerator), loss_log,
         evaluator, json.loads(Path(config.eval_truth).read_text()) if config.eval_truth else None,
     )
@@ -341,15 +344,48 @@ def epoch_batches(run: Session) -> Any:
     return rest
 
 
+def negative_proposal_for(config: TrainingConfig, tokenizer: Any, device: Any) -> Any:
+    """The sampling distribution of the tag heads' sampled negatives on ``device``, or None when both heads are exact."""
+    from .objectives import negative_proposal
+
+    if not (config.readback_negatives or config.masked_negatives):
+        return None
+    return negative_proposal(tokenizer.token_counts).to(device)
+
+
+def forward_and_losses(
+    model: Any, batch: dict[str, Any], config: TrainingConfig, candidates: Any, dims: list[int], proposal: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Forward one collated batch and return ``pretraining_losses``.
+
+    With ``config.readback_negatives`` the read-back heads score only the batch's tags and that many
+    sampled negatives; with ``config.masked_negatives`` the masked-tag head scores its targets, the
+    rating and score tokens and that many sampled tags (negatives drawn from ``proposal``).
+    """
+    import torch
+
+    from ..sequences import model_inputs
+    from .objectives import pretraining_losses, sample_columns
+
+    readback = masked = None
+    if config.readback_negatives:
+        readback = sample_columns(batch["readback_ids"], proposal, config.readback_negatives)
+    if config.masked_negatives:
+        metadata = torch.nonzero(candidates[1:].any(dim=0)).reshape(-1)  # rating and score tokens: always exact
+        masked = sample_columns(torch.cat([batch["mlm_target_ids"], metadata]), proposal, config.masked_negatives)
+    outputs = model(
+        **model_inputs(batch),
+        readback_columns=None if readback is None else readback.columns,
+        masked_columns=None if masked is None else masked.columns,
+    )
+    return pretraining_losses(outputs, batch, config, candidates, dims, readback_sample=readback, masked_sample=masked)
+
+
 def train_micro_batch(run: Session, batch: dict[str, Any]) -> None:
     """Forward, losses and backward of one batch; on a step's last micro-batch also clip and step (``accumulate``)."""
-    from ..sequences import model_inputs
-    from .objectives import pretraining_losses
-
     accelerator, config = run.accelerator, run.config
     with accelerator.accumulate(run.model):
-        outputs = run.model(**model_inputs(batch))
-        loss, parts = pretraining_losses(outputs, batch, config, run.candidates, run.dims)
+        loss, parts = forward_and_losses(run.model, batch, config, run.candidates, run.dims, run.negative_proposal)
         accelerator.backward(loss)
         if accelerator.sync_gradients and config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)

@@ -17,18 +17,84 @@
   swamps the other objectives under gradient clipping. The heads therefore start at the tags' base
   rates (``BooruEmbedForPreTraining.initialise_tag_biases``, bias log(p_t / (1 - p_t))); see
   ``readback_loss`` for the resulting scale.
+* Sampled forms (``--readback-negatives K``, ``--masked-negatives K``; ``sample_columns``): the tags
+  that must be exact (the batch's tags; for the masked head its targets and the rating / score
+  tokens) are scored exactly, the rest of the vocabulary is estimated from K draws (with
+  replacement) from a proposal q restricted to it, each draw weighted 1 / (K q). For the read-back
+  BCE the weighted softplus sum is an unbiased estimate of the exact one (and so is its gradient);
+  for the masked-tag softmax the weights estimate its normaliser (the logQ correction: log weight
+  added to a sampled logit). The heads then score a few thousand columns instead of the vocabulary.
+  The proposal (``negative_proposal``) mixes the tags' frequencies with a uniform share, so no weight
+  exceeds 2 x vocab / K.
 * ``classification_loss``: rating and score-bucket heads (cross-entropy, -100 ignored).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .collator import IGNORE_INDEX
+
+
+@dataclass
+class ColumnSample:
+    """The columns a tag head scores for one batch (a sampled loss) and how the loss weighs them.
+
+    Attributes:
+        columns: (columns,) distinct token ids: the exact ones (e.g. the batch's tags), then the sampled negatives.
+        weights: (columns,) 1 for an exact column; draws / (K q) for a sampled negative.
+        positive_columns: (ids,) the column of each id the sample was drawn for (e.g. each positive pair's tag).
+    """
+
+    columns: torch.Tensor
+    weights: torch.Tensor
+    positive_columns: torch.Tensor
+
+
+def negative_proposal(token_counts: Sequence[int], uniform_share: float = 0.5) -> torch.Tensor:
+    """(vocab,) float64 sampling distribution of sampled negatives: frequencies mixed with a uniform share.
+
+    Frequent tags carry most of the softplus sum and of the softmax normaliser at the start (the heads
+    sit at the base rates), so drawing by frequency keeps the estimates' variance low; the uniform
+    share bounds every weight.
+    """
+    counts = torch.as_tensor(list(token_counts), dtype=torch.float64).clamp(min=0)
+    uniform = torch.full_like(counts, 1 / len(counts))
+    if counts.sum() == 0:
+        return uniform
+    return uniform_share * uniform + (1 - uniform_share) * counts / counts.sum()
+
+
+def sample_columns(
+    tag_ids: torch.Tensor, proposal: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+) -> ColumnSample:
+    """The distinct ``tag_ids`` (exact columns) plus ``num_negatives`` draws from ``proposal`` over the other tokens.
+
+    The draws are with replacement and merged: a token drawn n times gets weight n / (K q'), q' the
+    proposal renormalised over the tokens not in ``tag_ids``, so a weighted sum over the columns is an
+    unbiased estimate of the sum over the vocabulary. When the other tokens are no more than K, all
+    of them are taken with weight 1 (the exact loss).
+    """
+    present, positive_columns = torch.unique(tag_ids, return_inverse=True)
+    rest = proposal.to(torch.float64).clone()
+    rest[present.to(rest.device)] = 0
+    others = torch.nonzero(rest).reshape(-1)
+    if others.numel() <= num_negatives:
+        negatives, weights = others, torch.ones(others.numel(), dtype=torch.float64, device=rest.device)
+    else:
+        total = rest.sum()
+        draws = torch.multinomial(rest / total, num_negatives, replacement=True, generator=generator)
+        negatives, counts = torch.unique(draws, return_counts=True)
+        weights = counts * total / (num_negatives * rest[negatives])
+    device = tag_ids.device
+    columns = torch.cat([present, negatives.to(device)])
+    weights = torch.cat([torch.ones(present.numel(), dtype=torch.float64, device=device), weights.to(device)])
+    return ColumnSample(columns, weights.float(), positive_columns)
 
 
 def set_prediction_loss(
@@ -40,18 +106,31 @@ def set_prediction_loss(
     exclude_group: torch.Tensor,
     exclude_ids: torch.Tensor,
     candidates_by_kind: torch.Tensor,
+    sample: ColumnSample | None = None,
 ) -> torch.Tensor:
     """Mean over mask groups of the cross-entropy between softmax(logits) and the uniform hidden set.
 
     ``logits`` (G, vocab), one row per ``<mask>``; ``group_kind`` (G,) indexes ``candidates_by_kind``
     (kinds, vocab) bool; targets are (group, id, weight) triples with weights summing to 1 per group;
-    excluded (group, id) pairs (the visible tags) are not candidates.
+    excluded (group, id) pairs (the visible tags) are not candidates. With ``sample``, ``logits`` are
+    (G, columns) over ``sample.columns`` (every target among its exact columns) and the softmax
+    normaliser is its importance-weighted estimate.
     """
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    allowed = candidates_by_kind[group_kind].clone()  # (G, vocab)
+    logits = logits.float()
+    if sample is None:
+        allowed = candidates_by_kind[group_kind].clone()  # (G, vocab)
+    else:
+        position = torch.full((candidates_by_kind.shape[1],), -1, dtype=torch.long, device=logits.device)
+        position[sample.columns] = torch.arange(len(sample.columns), device=logits.device)
+        target_ids, exclude_ids = position[target_ids], position[exclude_ids]
+        kept = exclude_ids >= 0  # visible tags outside the sample need no exclusion
+        exclude_group, exclude_ids = exclude_group[kept], exclude_ids[kept]
+        allowed = candidates_by_kind[:, sample.columns][group_kind]  # (G, columns)
+        logits = logits + sample.weights.log()
     allowed[exclude_group, exclude_ids] = False
-    log_probs = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
+    log_probs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
     return -(target_weights * log_probs[target_group, target_ids]).sum() / logits.shape[0]
 
 
@@ -97,11 +176,15 @@ def info_nce(
     return torch.stack(losses).mean(), accuracy
 
 
-def readback_loss(logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor) -> torch.Tensor:
+def readback_loss(
+    logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor, column_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-label BCE of ``logits`` (sizes, sequences, vocab) against the (sequence, tag) positives.
 
     The (sequence, tag) pairs must be distinct. The BCE of logit x is softplus(x) - y x, so the sum over
     the whole grid is the softplus of every logit minus the positives' logits: no dense target grid.
+    With ``column_weights`` (columns,), ``logits`` cover sampled columns only (``ColumnSample``),
+    ``tag_ids`` index those columns, and each column's softplus terms count ``column_weights`` times.
 
     Scale at the start. Let p_t be the share of posts with tag t and L = sum_t p_t the tags a post.
     Logits that sit at the base rate, sigmoid(x_t) = p_t (the prior bias initialisation), give an
@@ -111,7 +194,8 @@ def readback_loss(logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: t
     added tags are rare, so they carry little weight). Zero logits would give log 2 * vocab / L instead.
     """
     logits = logits.float()
-    total = F.softplus(logits).sum() - logits[:, sequence_index, tag_ids].sum()
+    softplus = F.softplus(logits).sum() if column_weights is None else F.softplus(logits).sum((0, 1)) @ column_weights
+    total = softplus - logits[:, sequence_index, tag_ids].sum()
     return total / max(1, logits.shape[0] * len(tag_ids))
 
 
@@ -122,11 +206,14 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def pretraining_losses(
-    outputs: Any, batch: dict[str, Any], config: Any, candidates_by_kind: torch.Tensor, dims: Sequence[int]
+    outputs: Any, batch: dict[str, Any], config: Any, candidates_by_kind: torch.Tensor, dims: Sequence[int],
+    readback_sample: ColumnSample | None = None, masked_sample: ColumnSample | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total and every objective on its own (detached) for one collated batch.
 
-    ``outputs`` is a ``BooruEmbedForPreTrainingOutput``; ``dims`` the nested sizes plus the full size.
+    ``outputs`` is a ``BooruEmbedForPreTrainingOutput``; ``dims`` the nested sizes plus the full size;
+    ``readback_sample`` / ``masked_sample`` the columns the read-back / masked-tag logits cover when the
+    forward got them (else the vocabulary).
     """
     posts = int(batch["num_posts"])
     embeddings = outputs.embeddings
@@ -139,12 +226,17 @@ def pretraining_losses(
         batch["mlm_exclude_group"],
         batch["mlm_exclude_ids"],
         candidates_by_kind,
+        masked_sample,
     )
     contrastive, view_accuracy = info_nce(
         embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims,
         across_processes=config.contrastive_across_processes,
     )
-    readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
+    if readback_sample is None:
+        readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
+    else:
+        readback = readback_loss(outputs.readback_logits, batch["readback_sequence"],
+                                 readback_sample.positive_columns, readback_sample.weights)
     rating = classification_loss(outputs.rating_logits, batch["rating_labels"])
     score = classification_loss(outputs.score_logits, batch["score_labels"])
     total = (
