@@ -53,7 +53,7 @@ def time_loader(encoded: object, info: object, config_name: str, batch_size: int
     config = TrainingConfig.from_sources(config_name, batch_size=batch_size, num_workers=workers, progress=False)
     loader, _, _ = make_loader(config, encoded, info, SimpleNamespace(num_processes=1))
     warmup = 1 + 2 * workers  # the first batch (worker start) and what the workers prefetched meanwhile
-    shape = BatchShape(0, 0, 0, 0, 0)
+    shape = BatchShape(0, 0, 0, 0, 0, 0)
     iterator = iter(loader)
     for _ in range(warmup):
         next(iterator)
@@ -89,7 +89,7 @@ def main() -> None:
     from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
     from booru_embed.resources import model_config_path
     from booru_embed.sequences import TokenInfo
-    from booru_embed.training.config import read_model_config
+    from booru_embed.training.config import TrainingConfig, read_model_config
     from booru_embed.training.loop import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,12 +120,13 @@ def main() -> None:
 
     values = read_model_config(model_config_path(args.config))[0]
     values.pop("model_type", None)
-    total = sum((r[4] for r in rows), BatchShape(0, 0, 0, 0, 0))
+    total = sum((r[4] for r in rows), BatchShape(0, 0, 0, 0, 0, 0))
     print(f"per post: {total.tokens / total.posts:.1f} tokens in {total.sequences / total.posts:.0f} sequences, "
           f"{total.masks / total.posts:.2f} <mask> tokens, mean sequence {total.tokens / total.sequences:.1f} tokens")
     required = {}
     for vocab in dict.fromkeys((info.vocab_size, args.vocab)):
-        flops = training_flops(BooruEmbedConfig(**{**values, "vocab_size": vocab}), total)
+        flops = training_flops(BooruEmbedConfig(**{**values, "vocab_size": vocab}), total,
+                               TrainingConfig().readback_negatives)
         per_post = flops["total"] / total.posts
         required[vocab] = args.mfu * args.peak_tflops * 1e12 / per_post
         shares = ", ".join(f"{k} {v / flops['total']:.0%}" for k, v in flops.items() if k != "total")

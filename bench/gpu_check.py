@@ -259,9 +259,9 @@ def throughput(args: argparse.Namespace, tokenizer: Any, batches: list[dict[str,
                device: torch.device) -> dict[str, Any]:
     """Timed training steps (forward, losses, backward, AdamW) of config ``name`` on ``batches``."""
     from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
-    from booru_embed.sequences import model_inputs
     from booru_embed.training.config import TrainingConfig
-    from booru_embed.training.objectives import pretraining_losses
+    from booru_embed.training.loop import forward_and_losses
+    from booru_embed.training.objectives import negative_proposal
 
     config = model_config(name, args.vocab, tokenizer)
     row: dict[str, Any] = {"config": name, "backend": backend, "vocab": args.vocab,
@@ -272,16 +272,17 @@ def throughput(args: argparse.Namespace, tokenizer: Any, batches: list[dict[str,
         model.set_attn_implementation(backend)
     except Exception as error:
         return {**row, "error": f"{type(error).__name__}: {error}"[:300]}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     candidates = candidates_for(tokenizer, args.vocab, device)
     dims = [*config.nested_dims, config.embedding_dim]
-    training = TrainingConfig()
+    training = TrainingConfig()  # the default heads: sampled read-back negatives, as training runs them
+    counts = list(tokenizer.token_counts) + [0] * (args.vocab - len(tokenizer.token_counts))
+    proposal = negative_proposal(counts).to(device)
 
     def step(batch: dict[str, Any]) -> None:
         batch = to_device(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs = model(**model_inputs(batch))
-            loss, _ = pretraining_losses(outputs, batch, training, candidates, dims)
+            loss, _ = forward_and_losses(model, batch, training, candidates, dims, proposal)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -291,7 +292,7 @@ def throughput(args: argparse.Namespace, tokenizer: Any, batches: list[dict[str,
             torch.cuda.synchronize(device)
 
     timed = [batches[i % len(batches)] for i in range(args.timed_steps)]
-    shape = sum((BatchShape.of(b) for b in timed), BatchShape(0, 0, 0, 0, 0))
+    shape = sum((BatchShape.of(b) for b in timed), BatchShape(0, 0, 0, 0, 0, 0))
     try:
         for batch in batches[: args.warmup_steps]:  # warm-up: kernels chosen, allocator grown
             step(batch)
@@ -309,7 +310,7 @@ def throughput(args: argparse.Namespace, tokenizer: Any, batches: list[dict[str,
         del optimizer
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    flops = training_flops(config, shape)
+    flops = training_flops(config, shape, training.readback_negatives)
     posts_per_s = shape.posts / seconds
     row.update(
         posts_per_batch=shape.posts // len(timed), tokens_per_batch=shape.tokens // len(timed),

@@ -10,7 +10,8 @@ batch (see `BooruEmbedForPreTraining.forward` and `training/objectives.py`):
 * the pooler (h x embedding_dim) on the first token of every sequence;
 * the masked-tag head on every `<mask>` token (`mlm_positions`): dense h x h, then h x vocab;
 * the read-back heads on every sequence at every nested size d and the full size: dense d x h,
-  then h x vocab (the vocabulary-wide products that grow with the vocabulary);
+  then h x the scored tags: the whole vocabulary with ``readback_negatives=0``, else the batch's
+  distinct tags plus the sampled negatives (the default, ``--readback-negatives``);
 * rating and score heads (embedding_dim x classes) on every sequence.
 Element-wise work (norms, softmax, softplus over the read-back grid) is not counted, as usual for MFU.
 """
@@ -32,6 +33,7 @@ class BatchShape:
     masks: int
     squared_lengths: int
     posts: int
+    tag_sequences: int  # distinct tags of the batch x its sequences (what sampled read-back scores exactly)
 
     @classmethod
     def of(cls, batch: dict[str, Any]) -> BatchShape:
@@ -43,26 +45,31 @@ class BatchShape:
         return cls(
             tokens=int(lengths.sum()), sequences=int(lengths.numel()), masks=int(batch["mlm_positions"].sum()),
             squared_lengths=int((lengths * lengths).sum()), posts=int(batch["num_posts"]),
+            tag_sequences=int(batch["readback_ids"].unique().numel()) * int(lengths.numel()),
         )
 
     def __add__(self, other: BatchShape) -> BatchShape:
         return BatchShape(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
 
 
-def training_flops(config: Any, shape: BatchShape) -> dict[str, float]:
+def training_flops(config: Any, shape: BatchShape, readback_negatives: int = 0) -> dict[str, float]:
     """FLOPs of one training step (forward + backward) on a batch of ``shape``, by part, and ``total``.
 
-    ``config`` is a `BooruEmbedConfig` (its ``vocab_size`` is the vocabulary the heads score).
+    ``config`` is a `BooruEmbedConfig` (its ``vocab_size`` is the vocabulary the heads score);
+    ``readback_negatives`` as the training option (0: read-back scores the whole vocabulary).
     """
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     vocab, embedding = config.vocab_size, config.embedding_dim
     block_params = layers * (4 * h * h + 3 * h * inter)
+    # (tag, sequence) products of each read-back head
+    scored = vocab * shape.sequences if readback_negatives == 0 else min(
+        vocab * shape.sequences, shape.tag_sequences + readback_negatives * shape.sequences)
     parts = {
         "encoder": 2 * block_params * shape.tokens,
         "attention": 4 * h * layers * shape.squared_lengths,
         "pooler": 2 * h * embedding * shape.sequences,
         "masked_head": 2 * (h * h + h * vocab) * shape.masks,
-        "readback_heads": 2 * sum(d * h + h * vocab for d in [*config.nested_dims, embedding]) * shape.sequences,
+        "readback_heads": 2 * sum(d * h * shape.sequences + h * scored for d in [*config.nested_dims, embedding]),
         "rating_score_heads": 2 * embedding * (config.num_ratings + config.num_score_buckets) * shape.sequences,
     }
     parts = {name: float(TRAINING_FACTOR * value) for name, value in parts.items()}
