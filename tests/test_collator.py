@@ -211,3 +211,21 @@ def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
 def test_collator_works_with_namespace_config(posts):
     config = SimpleNamespace(**TrainingConfig().to_dict())
     assert PretrainingCollator(INFO, config)(posts[:2])["num_posts"] == 2
+
+
+def test_views_can_drop_whole_categories_and_batches_carry_each_posts_subjects(posts):
+    never = PretrainingCollator(INFO, TrainingConfig())(posts)
+    always = PretrainingCollator(INFO, TrainingConfig(view_drop_category_probability=1.0))(posts)
+    b = len(posts)
+    characters = set(range(41, 46))
+    for batch, dropped in ((never, False), (always, True)):
+        seqs = sequences_of(batch)
+        views_with_character = sum(bool(set(seqs[s].tolist()) & characters) for s in range(b, 3 * b))
+        assert (views_with_character == 0) == dropped
+        for p, post in enumerate(posts):  # the character (41-45) of every post, then -1
+            own = [t for t in post["input_ids"] if t in characters]
+            assert batch["contrastive_subjects"][p].tolist() == own + [-1] * (8 - len(own))
+    # with a character-only post, a view keeps that post's tags rather than coming out empty
+    lone = {"id": 99, "input_ids": [1, 42], "category_ids": CATEGORIES[[1, 42]].tolist()}
+    seqs = sequences_of(PretrainingCollator(INFO, TrainingConfig(view_drop_category_probability=1.0))([lone, *posts]))
+    assert 42 in seqs[len(posts) + 1].tolist()

@@ -28,9 +28,16 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..modeling.categories_booru_embed import CATEGORY_IDS
 from ..sequences import RATING, SCORE, SPECIAL, Post, TokenInfo, build_sequence, mark_masks, pack_sequences
 
 IGNORE_INDEX = -100
+# Categories a contrastive view may leave out whole (general tags carry the post; they stay).
+VIEW_DROPPABLE_CATEGORIES = ("character", "artist", "copyright", "meta")
+# Tags that make two posts of a batch contrastive positives (``contrastive_subject_positives``), at most
+# SUBJECTS_PER_POST a post (a fixed width, so the groups of every process can be gathered).
+SUBJECT_CATEGORIES = ("character", "artist")
+SUBJECTS_PER_POST = 8
 
 
 class PretrainingCollator:
@@ -39,7 +46,8 @@ class PretrainingCollator:
     Output keys: the model inputs of ``pack_sequences`` plus ``mlm_positions``; for the set loss
     ``mlm_group_kind`` (G,) 0 tags / 1 rating / 2 score, ``mlm_target_group``/``mlm_target_ids``/
     ``mlm_target_weights`` (targets, weights summing to 1 per group), ``mlm_exclude_group``/
-    ``mlm_exclude_ids`` (visible tags, never valid answers); ``readback_sequence``/``readback_ids``
+    ``mlm_exclude_ids`` (visible tags, never valid answers); ``contrastive_subjects`` (B, 8) the post's
+    character and artist ids, -1 padded (see ``objectives.info_nce``); ``readback_sequence``/``readback_ids``
     (the post's tags, for each of its 3 sequences); ``rating_labels``/``score_labels`` (3B,) class
     index, -100 where the token is visible or unknown; ``num_posts``; ``num_tokens``.
     """
@@ -53,6 +61,8 @@ class PretrainingCollator:
         self._rating_class = {t: i for i, t in enumerate(info.rating_token_ids)}
         self._score_class = {t: i for i, t in enumerate(info.score_token_ids)}
         self._unk = np.array(sorted(info.unk_token_ids), dtype=np.int64)
+        self._droppable = np.array([CATEGORY_IDS[name] for name in VIEW_DROPPABLE_CATEGORIES], dtype=np.int64)
+        self._subject_categories = np.array([CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES], dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the masks and views of ``epoch`` (a fresh, reproducible draw per epoch)."""
@@ -73,10 +83,21 @@ class PretrainingCollator:
         return Post(post.rating, post.score, post.tags[order], post.tag_categories[order])
 
     def _view(self, post: Post, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        """One contrastive view: whole categories dropped, then a random share of the remaining tags kept.
+
+        Each of character, artist, copyright and meta is left out entirely with probability
+        ``view_drop_category_probability`` (a post keeps at least one tag): a search query or a
+        conditioning prompt often lacks a whole category, and the embedding should stay put.
+        """
         cfg = self.config
-        n = len(post.tags)
+        pool = np.arange(len(post.tags))
+        if cfg.view_drop_category_probability > 0 and len(pool):
+            dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
+            remaining = pool[~np.isin(post.tag_categories, dropped)]
+            pool = remaining if len(remaining) else pool
+        n = len(pool)
         keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * n)) if n else 0
-        kept = np.sort(rng.choice(n, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
+        kept = np.sort(rng.choice(pool, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
         keep_rating = post.rating is not None and rng.random() < cfg.view_metadata_probability
         keep_score = post.score is not None and rng.random() < cfg.view_metadata_probability
         ids, cats = build_sequence(
@@ -98,11 +119,14 @@ class PretrainingCollator:
         target_group, target_ids, target_weights = [], [], []
         exclude_group, exclude_ids = [], []
         readback_seq, readback_ids = [], []
+        subjects = np.full((num_posts, SUBJECTS_PER_POST), -1, dtype=np.int64)
         rating_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
         score_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
         for p, example in enumerate(examples):
             post = self._shuffle_within_categories(Post.from_encoded(example["input_ids"], example["category_ids"]), rng)
             maskable = np.flatnonzero(~np.isin(post.tags, self._unk))
+            own = np.unique(post.tags[maskable][np.isin(post.tag_categories[maskable], self._subject_categories)])
+            subjects[p, : min(len(own), SUBJECTS_PER_POST)] = own[:SUBJECTS_PER_POST]
             fraction = rng.uniform(cfg.mask_fraction_min, cfg.mask_fraction_max)
             k = min(len(maskable), max(1, round(fraction * len(maskable)))) if len(maskable) else 0
             hidden = np.zeros(len(post.tags), dtype=bool)
@@ -165,6 +189,7 @@ class PretrainingCollator:
             mlm_exclude_ids=torch.tensor(exclude_ids, dtype=torch.long),
             readback_sequence=torch.tensor(readback_seq, dtype=torch.long),
             readback_ids=torch.tensor(readback_ids, dtype=torch.long),
+            contrastive_subjects=torch.from_numpy(subjects),
             rating_labels=torch.from_numpy(rating_labels),
             score_labels=torch.from_numpy(score_labels),
             num_posts=torch.tensor(num_posts),
