@@ -225,6 +225,35 @@ def rare_subject_weights(
     return weights
 
 
+def rarest_subject_groups(
+    ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, subject_categories: Sequence[int],
+    exclude_ids: frozenset[int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The posts grouped by their rarest subject tag, for ``EpochBatchSampler(partners=...)``.
+
+    Flat posts as in ``rare_subject_weights``. Returns (``group``, ``members``, ``starts``): ``group[i]``
+    the rarest subject (character or artist, fewest posts, ties to the lower id) of post i or -1;
+    ``members[starts[g]:starts[g + 1]]`` the posts whose rarest subject is the g-th (ascending tag id).
+    """
+    subject = np.isin(categories, subject_categories) & ~np.isin(ids, list(exclude_ids))
+    posts_of = np.bincount(ids[subject], minlength=int(ids.max(initial=0)) + 1)
+    post_index = np.repeat(np.arange(len(lengths)), lengths)[subject]
+    tags = ids[subject]
+    # per post, the subject with the fewest posts: sort by (post, count, id) and take each post's first
+    order = np.lexsort((tags, posts_of[tags], post_index))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = post_index[order][1:] != post_index[order][:-1]
+    rarest_tag = np.full(len(lengths), -1, dtype=np.int64)
+    rarest_tag[post_index[order][first]] = tags[order][first]
+    has = rarest_tag >= 0
+    subjects, group_of = np.unique(rarest_tag[has], return_inverse=True)
+    group = np.full(len(lengths), -1, dtype=np.int64)
+    group[has] = group_of
+    members = np.flatnonzero(has)[np.argsort(group_of, kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(group_of, minlength=len(subjects)))])
+    return group, members, starts
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` post indices, in a fresh order every epoch, seeded by (seed, epoch).
 
@@ -237,6 +266,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     so every epoch has the same length and a resumed run the same batches. The k-th draws of the posts
     form round k, shuffled and bucketed on its own: two draws of a post have the same length, and
     bucketed together they would land in one batch, a post as its own contrastive negative.
+    With ``partners`` (``rarest_subject_groups``), half of every batch is drawn as above and each of
+    those posts brings a partner: another post of its rarest character or artist (a random post when it
+    has none), so that even a rare subject meets itself in a batch (``contrastive_subject_positives``).
+    An epoch then has twice the batches, each with half its posts from the order.
     """
 
     def __init__(
@@ -247,9 +280,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         lengths: np.ndarray | None = None,
         bucket_batches: int = 50,
         weights: np.ndarray | None = None,
+        partners: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.num_items = int(num_items)
         self.batch_size = int(batch_size)
+        self.partners = partners
+        self.drawn_per_batch = self.batch_size if partners is None else self.batch_size - self.batch_size // 2
         self.drop_last = True
         self.seed = int(seed)
         self.lengths = None if lengths is None else np.asarray(lengths)
@@ -268,11 +304,22 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.items) // self.batch_size
+        return len(self.items) // self.drawn_per_batch
+
+    def _partners_of(self, posts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A partner for each post: another post of the same rarest-subject group, else a random post."""
+        group, members, starts = self.partners
+        g = group[posts]
+        size = np.where(g >= 0, starts[g + 1] - starts[np.maximum(g, 0)], 0)
+        pick = (rng.random(len(posts)) * np.maximum(size - 1, 1)).astype(np.int64)
+        candidate = members[starts[np.maximum(g, 0)] + pick]
+        candidate = np.where(candidate == posts, members[starts[np.maximum(g, 0)] + size - 1], candidate)
+        random = self.items[rng.integers(0, len(self.items), len(posts))]
+        return np.where(size >= 2, candidate, random)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        chunk = self.batch_size * self.bucket_batches
+        chunk = self.drawn_per_batch * self.bucket_batches
         parts = []
         for items in self.rounds:
             order = items[rng.permutation(len(items))]
@@ -281,9 +328,12 @@ class EpochBatchSampler(Sampler[list[int]]):
                 order = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")] for p in pieces])
             parts.append(order)
         order = np.concatenate(parts)
-        usable = len(self) * self.batch_size
-        batches = order[:usable].reshape(-1, self.batch_size) if usable else np.zeros((0, self.batch_size), dtype=np.int64)
+        usable = len(self) * self.drawn_per_batch
+        batches = order[:usable].reshape(-1, self.drawn_per_batch) if usable else np.zeros(
+            (0, self.drawn_per_batch), dtype=np.int64)
         if self.lengths is not None or len(self.rounds) > 1:  # rounds and buckets in random order
             batches = batches[rng.permutation(len(batches))]
         for batch in batches:
+            if self.partners is not None:
+                batch = np.concatenate([batch, self._partners_of(batch, rng)[: self.batch_size - len(batch)]])
             yield batch.tolist()

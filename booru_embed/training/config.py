@@ -95,6 +95,9 @@ class TrainingConfig:
     temperature: float = _opt(0.05, "InfoNCE temperature of the contrastive objective")
     contrastive_subject_positives: bool = _opt(False, "posts of a batch that share a character or artist are "
                                                        "contrastive positives too, not only two views of one post")
+    subject_pair_batches: bool = _opt(False, "half of every batch is partners: for each drawn post another post of "
+                                              "its rarest character or artist (with --contrastive-subject-positives, "
+                                              "rare subjects get positives too)")
     contrastive_across_processes: bool = _opt(True, "with several processes, the other processes' posts are "
                                                      "contrastive negatives too (gathered, no gradient to them)")
     mlm_weight: float = _opt(1.0, "weight of masked-tag (set) prediction")
