@@ -157,11 +157,27 @@ def pack_sequences(
     if not packed:
         return {name: torch.from_numpy(value) for name, value in padded_inputs(sequences, pad_token_id).items()}
     lengths = np.array([len(ids) for ids, _ in sequences], dtype=np.int64)
-    ids = torch.from_numpy(np.concatenate([s[0] for s in sequences]))[None]  # (1, total)
-    cats = torch.from_numpy(np.concatenate([s[1] for s in sequences]))[None]  # (1, total)
-    cu = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+    return pack_flat(np.concatenate([s[0] for s in sequences]), np.concatenate([s[1] for s in sequences]), lengths)
+
+
+def pack_flat(
+    ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, packed: bool = True, pad_token_id: int = 0
+) -> dict[str, Any]:
+    """``pack_sequences`` of sequences given flat: int64 ``ids``/``categories`` back to back, ``lengths`` each."""
+    import torch
+
+    if not packed:
+        bounds = np.cumsum(lengths)[:-1]
+        sequences = list(zip(np.split(ids, bounds), np.split(categories, bounds)))
+        return pack_sequences(sequences, packed=False, pad_token_id=pad_token_id)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu[1:] = torch.from_numpy(np.cumsum(lengths)).to(torch.int32)
-    return {"input_ids": ids, "category_ids": cats, "cu_seqlens": cu, "max_seqlen": int(lengths.max())}
+    return {
+        "input_ids": torch.from_numpy(ids)[None],  # (1, total)
+        "category_ids": torch.from_numpy(categories)[None],  # (1, total)
+        "cu_seqlens": cu,
+        "max_seqlen": int(np.max(lengths)),
+    }
 
 
 def mark_masks(batch: dict[str, Any], mask_token_id: int) -> torch.Tensor:

@@ -252,3 +252,37 @@ def test_subject_pair_batches_give_every_drawn_post_a_partner_of_its_rarest_subj
             if group[post] >= 0:
                 assert partner != post and group[partner] == group[post]
     assert sorted(drawn) == list(range(10))
+
+
+def messy_post(post_id: int, rng: np.random.Generator) -> dict:
+    """A post with repeated known tags, several unknown-tag tokens, or no tags, rating or score at all."""
+    tags = rng.integers(10, 46, size=rng.integers(0, 40)).tolist()  # 10 is <unk_general>; repeats on purpose
+    rating = [int(rng.integers(3, 7))] if rng.random() < 0.8 else []
+    score = [int(rng.integers(7, 10))] if rng.random() < 0.8 else []
+    ids = [1] + rating + score + tags
+    return {"id": post_id, "input_ids": ids, "category_ids": CATEGORIES[ids].tolist()}
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"max_tags": 5}, {"metadata_drop_probability": 0.0, "metadata_mask_probability": 1.0},
+    {"metadata_drop_probability": 1.0, "view_metadata_probability": 1.0, "packed": False},
+    {"mask_fraction_min": 1.0, "mask_fraction_max": 1.0, "view_keep_min": 1.0, "view_keep_max": 1.0},
+    {"view_drop_category_probability": 0.5}, {"view_drop_category_probability": 1.0, "max_tags": 5},
+])
+def test_batch_wide_collator_gives_the_batches_of_the_per_post_one(options):
+    from collator_reference import ReferenceCollator
+
+    rng = np.random.default_rng(7)
+    config = TrainingConfig(seed=11, **options)
+    for epoch in range(3):
+        examples = [messy_post(int(i), rng) for i in rng.choice(10_000, size=int(rng.integers(1, 40)), replace=False)]
+        fast, reference = PretrainingCollator(INFO, config), ReferenceCollator(INFO, config)
+        fast.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        got, expected = fast(examples), reference(examples)
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+            else:
+                assert got[key] == value, key

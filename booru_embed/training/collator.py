@@ -21,7 +21,9 @@ of a batch depend only on its posts and the epoch, not on worker processes or on
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..modeling.categories_booru_embed import CATEGORY_IDS
-from ..sequences import RATING, SCORE, SPECIAL, Post, TokenInfo, build_sequence, mark_masks, pack_sequences
+from ..sequences import FIRST_TAG_CATEGORY, RATING, SCORE, SPECIAL, TokenInfo, mark_masks, pack_flat
 
 IGNORE_INDEX = -100
 # Categories a contrastive view may leave out whole (general tags carry the post; they stay).
@@ -38,6 +40,36 @@ VIEW_DROPPABLE_CATEGORIES = ("character", "artist", "copyright", "meta")
 # SUBJECTS_PER_POST a post (a fixed width, so the groups of every process can be gathered).
 SUBJECT_CATEGORIES = ("character", "artist")
 SUBJECTS_PER_POST = 8
+
+
+def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])`` without the loop."""
+    ends = np.cumsum(counts)
+    return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - counts - starts, counts)
+
+
+def _first_per_post(post_of: np.ndarray, values: np.ndarray, num_posts: int) -> np.ndarray:
+    """(num_posts,) the first of ``values`` of each post (``post_of`` ascending), -1 where a post has none."""
+    out = np.full(num_posts, -1, dtype=np.int64)
+    present, first = np.unique(post_of, return_index=True)
+    out[present] = values[first]
+    return out
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    """The int64 concatenation of ``arrays`` (empty for none)."""
+    return np.concatenate([*arrays, np.zeros(0, dtype=np.int64)])
+
+
+@dataclass
+class _Draws:
+    """The random draws of one batch, one entry per post (see ``PretrainingCollator._draw``)."""
+
+    selected: list[np.ndarray] = field(default_factory=list)  # kept candidates: indices into the post's candidates
+    hidden: list[np.ndarray] = field(default_factory=list)  # hidden tags: indices into the post's maskable tags
+    view_a: list[np.ndarray] = field(default_factory=list)  # kept tags of each view: positions in the post's tags
+    view_b: list[np.ndarray] = field(default_factory=list)
+    flags: list[list[bool]] = field(default_factory=list)  # drop r/s, mask r/s, view a keeps r/s, view b keeps r/s
 
 
 class PretrainingCollator:
@@ -50,6 +82,10 @@ class PretrainingCollator:
     character and artist ids, -1 padded (see ``objectives.info_nce``); ``readback_sequence``/``readback_ids``
     (the post's tags, for each of its 3 sequences); ``rating_labels``/``score_labels`` (3B,) class
     index, -100 where the token is visible or unknown; ``num_posts``; ``num_tokens``.
+
+    The work is numpy over the batch's tokens laid flat; only the random draws run post by post
+    (``_draw``, a few generator calls each), so a worker collates several thousand posts a second
+    (``bench/bench_loader.py``).
     """
 
     def __init__(self, info: TokenInfo, config: Any, packed: bool | None = None) -> None:
@@ -58,9 +94,12 @@ class PretrainingCollator:
         self.packed = config.packed if packed is None else packed
         self.seed = int(config.seed)
         self.epoch = 0
-        self._rating_class = {t: i for i, t in enumerate(info.rating_token_ids)}
-        self._score_class = {t: i for i, t in enumerate(info.score_token_ids)}
-        self._unk = np.array(sorted(info.unk_token_ids), dtype=np.int64)
+        self._is_unk = np.zeros(info.vocab_size, dtype=bool)
+        self._is_unk[list(info.unk_token_ids)] = True
+        self._rating_class = np.full(info.vocab_size, IGNORE_INDEX, dtype=np.int64)
+        self._rating_class[list(info.rating_token_ids)] = np.arange(len(info.rating_token_ids))
+        self._score_class = np.full(info.vocab_size, IGNORE_INDEX, dtype=np.int64)
+        self._score_class[list(info.score_token_ids)] = np.arange(len(info.score_token_ids))
         self._droppable = np.array([CATEGORY_IDS[name] for name in VIEW_DROPPABLE_CATEGORIES], dtype=np.int64)
         self._subject_categories = np.array([CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES], dtype=np.int64)
 
@@ -68,134 +107,204 @@ class PretrainingCollator:
         """Draw the masks and views of ``epoch`` (a fresh, reproducible draw per epoch)."""
         self.epoch = int(epoch)
 
-    def _shuffle_within_categories(self, post: Post, rng: np.random.Generator) -> Post:
-        """Drop repeated known tags, keep at most ``max_tags`` (a random subset), shuffle within categories.
+    def _draw(self, rng: np.random.Generator, candidates: np.ndarray, candidate_unknown: np.ndarray,
+              candidate_categories: np.ndarray, metadata: np.ndarray) -> _Draws:
+        """Every random draw of the batch, post by post, in this order per post.
 
-        Repeats of a known tag would be both hidden and visible; repeats of an unknown-tag token are
-        kept (they say how many unknown tags the post has).
-        """
-        _, first = np.unique(post.tags, return_index=True)
-        unique = np.zeros(len(post.tags), dtype=bool)
-        unique[first] = True
-        candidates = np.flatnonzero(unique | np.isin(post.tags, self._unk))
-        order = candidates[rng.permutation(len(candidates))][: self.config.max_tags]
-        order = order[np.argsort(post.tag_categories[order], kind="stable")]
-        return Post(post.rating, post.score, post.tags[order], post.tag_categories[order])
-
-    def _view(self, post: Post, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool, bool]:
-        """One contrastive view: whole categories dropped, then a random share of the remaining tags kept.
-
-        Each of character, artist, copyright and meta is left out entirely with probability
-        ``view_drop_category_probability`` (a post keeps at least one tag): a search query or a
-        conditioning prompt often lacks a whole category, and the embedding should stay put.
+        A permutation of its candidate tags (the first ``max_tags`` are kept); the share of its maskable
+        (known) tags to hide and which; whether rating and score are dropped, then masked; for each view,
+        which whole categories it leaves out (``view_drop_category_probability``; drawn only when that is
+        above 0), the share of the remaining tags kept, which, and whether it keeps rating and score
+        (drawn only when the post has them). ``candidates`` (B,) candidate counts; ``candidate_unknown``
+        and ``candidate_categories`` (total candidates,) whether each is an unknown-tag token, and its
+        category; ``metadata`` (B, 2) whether the post has a rating / score.
         """
         cfg = self.config
-        pool = np.arange(len(post.tags))
-        if cfg.view_drop_category_probability > 0 and len(pool):
-            dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
-            remaining = pool[~np.isin(post.tag_categories, dropped)]
-            pool = remaining if len(remaining) else pool
-        n = len(pool)
-        keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * n)) if n else 0
-        kept = np.sort(rng.choice(pool, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
-        keep_rating = post.rating is not None and rng.random() < cfg.view_metadata_probability
-        keep_score = post.score is not None and rng.random() < cfg.view_metadata_probability
-        ids, cats = build_sequence(
-            self.info,
-            post.rating if keep_rating else None,
-            post.score if keep_score else None,
-            post.tags[kept],
-            post.tag_categories[kept],
-        )
-        return ids, cats, keep_rating, keep_score
+        draws = _Draws()
+        drop = cfg.view_drop_category_probability > 0
+        offsets = np.cumsum(candidates) - candidates
+        unknown = np.bincount(np.repeat(np.arange(len(candidates)), candidates), weights=candidate_unknown,
+                              minlength=len(candidates)).astype(np.int64)
+        for p, (count, unk, (has_rating, has_score)) in enumerate(
+            zip(candidates.tolist(), unknown.tolist(), metadata.tolist())
+        ):
+            selected = rng.permutation(count)[: cfg.max_tags]
+            n = len(selected)
+            if unk and count > cfg.max_tags:  # which unknown-tag tokens survived the cut
+                unk = int(candidate_unknown[offsets[p] + selected].sum())
+            maskable = n - unk
+            fraction = rng.uniform(cfg.mask_fraction_min, cfg.mask_fraction_max)
+            k = min(maskable, max(1, round(fraction * maskable))) if maskable else 0
+            draws.selected.append(selected)
+            draws.hidden.append(rng.choice(maskable, size=k, replace=False))
+            flags = (rng.random(2) < cfg.metadata_drop_probability).tolist()
+            flags += (rng.random(2) < cfg.metadata_mask_probability).tolist()
+            # the categories of the post's tags in the order they take (category order, see __call__)
+            tag_categories = np.sort(candidate_categories[offsets[p] + selected]) if drop and n else None
+            for kept in (draws.view_a, draws.view_b):
+                pool = np.arange(n)
+                if tag_categories is not None:
+                    dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
+                    remaining = np.flatnonzero(~np.isin(tag_categories, dropped))
+                    pool = remaining if len(remaining) else pool  # a view never comes out empty
+                size = len(pool)
+                keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * size)) if size else 0
+                kept.append(pool[rng.choice(size, size=keep_count, replace=False)] if size else pool)
+                flags.append(has_rating and rng.random() < cfg.view_metadata_probability)
+                flags.append(has_score and rng.random() < cfg.view_metadata_probability)
+            draws.flags.append(flags)
+        return draws
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Build the batch of ``examples`` (dicts with ``id``, ``input_ids``, ``category_ids``)."""
-        cfg = self.config
+        info = self.info
         rng = np.random.default_rng([self.seed, self.epoch, *(int(e["id"]) for e in examples)])
         num_posts = len(examples)
-        masked_seqs, view_a, view_b = [], [], []
-        groups: list[int] = []
-        target_group, target_ids, target_weights = [], [], []
-        exclude_group, exclude_ids = [], []
-        readback_seq, readback_ids = [], []
-        subjects = np.full((num_posts, SUBJECTS_PER_POST), -1, dtype=np.int64)
-        rating_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
-        score_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
-        for p, example in enumerate(examples):
-            post = self._shuffle_within_categories(Post.from_encoded(example["input_ids"], example["category_ids"]), rng)
-            maskable = np.flatnonzero(~np.isin(post.tags, self._unk))
-            own = np.unique(post.tags[maskable][np.isin(post.tag_categories[maskable], self._subject_categories)])
-            subjects[p, : min(len(own), SUBJECTS_PER_POST)] = own[:SUBJECTS_PER_POST]
-            fraction = rng.uniform(cfg.mask_fraction_min, cfg.mask_fraction_max)
-            k = min(len(maskable), max(1, round(fraction * len(maskable)))) if len(maskable) else 0
-            hidden = np.zeros(len(post.tags), dtype=bool)
-            hidden[rng.choice(maskable, size=k, replace=False)] = True
-            # each metadata slot of the masked post: dropped, masked, or kept
-            rating, score = post.rating, post.score
-            drop_rating, drop_score = rng.random(2) < cfg.metadata_drop_probability
-            mask_draws = rng.random(2) < cfg.metadata_mask_probability
-            rating = None if drop_rating else rating
-            score = None if drop_score else score
-            mask_rating = rating is not None and bool(mask_draws[0])
-            mask_score = score is not None and bool(mask_draws[1])
-            masked_seqs.append(
-                build_sequence(
-                    self.info, rating, score, post.tags[~hidden], post.tag_categories[~hidden],
-                    mask_rating, mask_score, mask_tags=k > 0,
-                )
-            )
-            # mask groups in the row-major order of their <mask> tokens: rating, score, tags
-            for kind, masked, token in ((RATING, mask_rating, post.rating), (SCORE, mask_score, post.score)):
-                if masked:
-                    target_group.append(len(groups))
-                    target_ids.append(token)
-                    target_weights.append(1.0)
-                    groups.append(kind)
-            if k:
-                g = len(groups)
-                groups.append(SPECIAL)
-                target_group.extend([g] * k)
-                target_ids.extend(post.tags[hidden].tolist())
-                target_weights.extend([1.0 / k] * k)
-                visible = post.tags[~hidden]
-                exclude_group.extend([g] * len(visible))
-                exclude_ids.extend(visible.tolist())
-            labels_visible = []
-            for v, views in enumerate((view_a, view_b)):
-                ids, cats, kept_rating, kept_score = self._view(post, rng)
-                views.append((ids, cats))
-                labels_visible.append((1 + v, kept_rating, kept_score))
-            labels_visible.append((0, rating is not None and not mask_rating, score is not None and not mask_score))
-            for block, rating_seen, score_seen in labels_visible:
-                s = block * num_posts + p
-                if post.rating is not None and not rating_seen:
-                    rating_labels[s] = self._rating_class[post.rating]
-                if post.score is not None and not score_seen:
-                    score_labels[s] = self._score_class[post.score]
-            tags = np.unique(post.tags[maskable])
-            for block in range(3):
-                readback_seq.extend([block * num_posts + p] * len(tags))
-                readback_ids.extend(tags.tolist())
-        sequences = masked_seqs + view_a + view_b
-        batch = pack_sequences(sequences, packed=self.packed, pad_token_id=self.info.pad_token_id)
-        batch["mlm_positions"] = mark_masks(batch, self.info.mask_token_id)
+        ids, cats, post_of = _flatten(examples)
+        rating = _first_per_post(post_of[cats == RATING], ids[cats == RATING], num_posts)  # -1: none
+        score = _first_per_post(post_of[cats == SCORE], ids[cats == SCORE], num_posts)
+        has = np.stack([rating >= 0, score >= 0], axis=1)  # (B, 2)
+        is_tag = cats >= FIRST_TAG_CATEGORY
+        tag_ids, tag_cats, tag_post = ids[is_tag], cats[is_tag], post_of[is_tag]
+        # candidates: the first of each known tag of a post (a repeat would be hidden and visible), every unknown
+        _, first = np.unique(tag_post * info.vocab_size + tag_ids, return_index=True)
+        candidate = self._is_unk[tag_ids].copy()
+        candidate[first] = True
+        cand = np.flatnonzero(candidate)  # flat tag index of every candidate, post by post
+        counts = np.bincount(tag_post[cand], minlength=num_posts)
+        draws = self._draw(rng, counts, self._is_unk[tag_ids[cand]], tag_cats[cand], has)
+        flags = np.array(draws.flags, dtype=bool).reshape(num_posts, 8)
+
+        # each post's tags: its kept candidates put in category order (stable: shuffled within a category)
+        sizes = np.fromiter(map(len, draws.selected), np.int64, num_posts)
+        kept = cand[_concat(draws.selected) + np.repeat(np.cumsum(counts) - counts, sizes)]
+        kept_post = np.repeat(np.arange(num_posts), sizes)
+        kept = kept[np.argsort(kept_post * len(CATEGORY_IDS) + tag_cats[kept], kind="stable")]
+        tags, tag_categories = tag_ids[kept], tag_cats[kept]
+        known = ~self._is_unk[tags]
+        maskable = np.flatnonzero(known)
+        maskable_count = np.bincount(kept_post[maskable], minlength=num_posts)
+        k = np.fromiter(map(len, draws.hidden), np.int64, num_posts)
+        hidden = np.zeros(len(tags), dtype=bool)
+        hidden[maskable[_concat(draws.hidden) + np.repeat(np.cumsum(maskable_count) - maskable_count, k)]] = True
+
+        # metadata slots of the 3B sequences: the masked post's (dropped, masked or kept), then the views'
+        present = np.concatenate([has & ~flags[:, 0:2], has & flags[:, 4:6], has & flags[:, 6:8]])  # (3B, 2)
+        masked_slot = np.zeros_like(present)
+        masked_slot[:num_posts] = present[:num_posts] & flags[:, 2:4]
+        slot_ids = np.where(masked_slot, info.mask_token_id, np.tile(np.stack([rating, score], axis=1), (3, 1)))
+        unseen = np.tile(has, (3, 1)) & ~(present & ~masked_slot)
+
+        # tags of the 3B sequences, as positions in ``tags``: the masked posts' visible ones, then the views
+        offset = np.cumsum(sizes) - sizes
+        views = [np.sort(_concat(v) + np.repeat(offset, [len(x) for x in v])) for v in (draws.view_a, draws.view_b)]
+        visible = np.flatnonzero(~hidden)
+        tag_counts = np.concatenate([sizes - k, *([len(x) for x in v] for v in (draws.view_a, draws.view_b))])
+        out_ids, out_cats, seq_lengths = _assemble(
+            info, present, slot_ids, tags, tag_categories, np.concatenate([visible, *views]), tag_counts, k > 0)
+        batch = pack_flat(out_ids, out_cats, seq_lengths, packed=self.packed, pad_token_id=info.pad_token_id)
+        batch["mlm_positions"] = mark_masks(batch, info.mask_token_id)
+        batch.update(_mask_targets(masked_slot[:num_posts], k, rating, score, tags, hidden, visible, kept_post))
+        readback_sequence, readback_ids = _readback(kept_post[known], tags[known], num_posts, info.vocab_size)
+        subject = known & np.isin(tag_categories, self._subject_categories)
         batch.update(
-            mlm_group_kind=torch.tensor(groups, dtype=torch.long),
-            mlm_target_group=torch.tensor(target_group, dtype=torch.long),
-            mlm_target_ids=torch.tensor(target_ids, dtype=torch.long),
-            mlm_target_weights=torch.tensor(target_weights, dtype=torch.float32),
-            mlm_exclude_group=torch.tensor(exclude_group, dtype=torch.long),
-            mlm_exclude_ids=torch.tensor(exclude_ids, dtype=torch.long),
-            readback_sequence=torch.tensor(readback_seq, dtype=torch.long),
-            readback_ids=torch.tensor(readback_ids, dtype=torch.long),
-            contrastive_subjects=torch.from_numpy(subjects),
-            rating_labels=torch.from_numpy(rating_labels),
-            score_labels=torch.from_numpy(score_labels),
+            contrastive_subjects=torch.from_numpy(
+                _subject_table(kept_post[subject], tags[subject], num_posts, info.vocab_size)),
+            readback_sequence=torch.from_numpy(readback_sequence),
+            readback_ids=torch.from_numpy(readback_ids),
+            rating_labels=torch.from_numpy(
+                np.where(unseen[:, 0], np.tile(self._rating_class[rating.clip(0)], 3), IGNORE_INDEX)),
+            score_labels=torch.from_numpy(
+                np.where(unseen[:, 1], np.tile(self._score_class[score.clip(0)], 3), IGNORE_INDEX)),
             num_posts=torch.tensor(num_posts),
-            num_tokens=torch.tensor(sum(len(s[0]) for s in sequences)),
+            num_tokens=torch.tensor(len(out_ids)),
         )
         return batch
+
+
+def _flatten(examples: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The posts' ``input_ids`` and ``category_ids`` back to back, and the post of every token."""
+    lengths = np.fromiter((len(e["input_ids"]) for e in examples), np.int64, len(examples))
+    total = int(lengths.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(e["input_ids"] for e in examples), np.int64, total)
+    cats = np.fromiter(itertools.chain.from_iterable(e["category_ids"] for e in examples), np.int64, total)
+    return ids, cats, np.repeat(np.arange(len(examples)), lengths)
+
+
+def _assemble(
+    info: TokenInfo, present: np.ndarray, slot_ids: np.ndarray, tags: np.ndarray, tag_categories: np.ndarray,
+    sources: np.ndarray, tag_counts: np.ndarray, tags_masked: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids, categories and lengths of the 3B sequences ``<cls> [rating] [score] tags [<mask>]``, flat.
+
+    ``present`` (3B, 2) which metadata slots a sequence has, holding ``slot_ids`` (a token or ``<mask>``);
+    ``tags[sources]`` the sequences' tags, ``tag_counts`` each; ``tags_masked`` (B,) whether the masked
+    post (the first B sequences) ends with the ``<mask>`` of its hidden tags.
+    """
+    mask_suffix = np.concatenate([tags_masked, np.zeros(2 * len(tags_masked), dtype=bool)])
+    slots = present.sum(axis=1)
+    lengths = 1 + slots + tag_counts + mask_suffix
+    starts = np.cumsum(lengths) - lengths
+    ids = np.empty(int(lengths.sum()), dtype=np.int64)
+    cats = np.empty_like(ids)
+    ids[starts], cats[starts] = info.cls_token_id, SPECIAL
+    slot_at = (starts[:, None] + np.cumsum(present, axis=1))[present]
+    ids[slot_at] = slot_ids[present]
+    cats[slot_at] = np.broadcast_to(np.array([RATING, SCORE]), present.shape)[present]
+    tag_at = _ragged_arange(starts + 1 + slots, tag_counts)
+    ids[tag_at], cats[tag_at] = tags[sources], tag_categories[sources]
+    mask_at = (starts + lengths - 1)[mask_suffix]
+    ids[mask_at], cats[mask_at] = info.mask_token_id, SPECIAL
+    return ids, cats, lengths
+
+
+def _mask_targets(
+    masked_slot: np.ndarray, k: np.ndarray, rating: np.ndarray, score: np.ndarray, tags: np.ndarray,
+    hidden: np.ndarray, visible: np.ndarray, tag_post: np.ndarray,
+) -> dict[str, torch.Tensor]:
+    """The ``mlm_*`` tensors: mask groups in the row-major order of their ``<mask>`` tokens (per post:
+    rating, score, then the ``k`` hidden ``tags``), their targets, and the visible tags they exclude."""
+    num_posts = len(k)
+    posts = np.arange(num_posts)
+    group_on = np.concatenate([masked_slot, (k > 0)[:, None]], axis=1)  # (B, 3) rating, score, tags
+    group_of = (np.cumsum(group_on.ravel()) - 1).reshape(num_posts, 3)
+    hidden_at = np.flatnonzero(hidden)  # post by post, in the order of the post's tags
+    hidden_post = tag_post[hidden_at]
+    by_post = np.argsort(
+        np.concatenate([3 * posts[group_on[:, 0]], 3 * posts[group_on[:, 1]] + 1, 3 * hidden_post + 2]), kind="stable")
+    target_ids = np.concatenate([rating[group_on[:, 0]], score[group_on[:, 1]], tags[hidden_at]])
+    target_group = np.concatenate([group_of[group_on[:, 0], 0], group_of[group_on[:, 1], 1], group_of[hidden_post, 2]])
+    target_weights = np.concatenate([np.ones(group_on[:, :2].sum()), 1.0 / k[hidden_post]]).astype(np.float32)
+    excluded = visible[k[tag_post[visible]] > 0]  # the visible tags of a post that hides some
+    return {
+        "mlm_group_kind": torch.from_numpy(np.tile(np.array([RATING, SCORE, SPECIAL]), num_posts)[group_on.ravel()]),
+        "mlm_target_group": torch.from_numpy(target_group[by_post]),
+        "mlm_target_ids": torch.from_numpy(target_ids[by_post]),
+        "mlm_target_weights": torch.from_numpy(target_weights[by_post]),
+        "mlm_exclude_group": torch.from_numpy(group_of[tag_post[excluded], 2]),
+        "mlm_exclude_ids": torch.from_numpy(tags[excluded]),
+    }
+
+
+def _subject_table(post_of: np.ndarray, tags: np.ndarray, num_posts: int, vocab_size: int) -> np.ndarray:
+    """(num_posts, SUBJECTS_PER_POST) each post's subject ``tags`` ascending (the first ones), -1 padded."""
+    keys = np.sort(post_of * vocab_size + tags)  # a known tag never repeats in a post
+    post, tag = keys // vocab_size, keys % vocab_size
+    rank = np.arange(len(keys)) - np.searchsorted(post, post)  # position within its post
+    table = np.full((num_posts, SUBJECTS_PER_POST), -1, dtype=np.int64)
+    keep = rank < SUBJECTS_PER_POST
+    table[post[keep], rank[keep]] = tag[keep]
+    return table
+
+
+def _readback(post_of: np.ndarray, tags: np.ndarray, num_posts: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence, tag) read-back pairs: each post's known ``tags``, sorted, for its 3 sequences, post by post."""
+    keys = np.sort(post_of * vocab_size + tags)  # a known tag never repeats in a post
+    per_post = np.bincount(keys // vocab_size, minlength=num_posts)
+    instances = np.repeat(per_post, 3)  # (post, block) in post order
+    sequence = np.tile(np.arange(3) * num_posts, num_posts) + np.repeat(np.arange(num_posts), 3)
+    at = _ragged_arange(np.repeat(np.cumsum(per_post) - per_post, 3), instances)
+    return np.repeat(sequence, instances), keys[at] % vocab_size
 
 
 def rare_subject_weights(
