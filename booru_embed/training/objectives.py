@@ -113,9 +113,15 @@ def info_nce(
 
 
 def shared_subjects(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """(len(rows), len(columns)) bool: the two posts share a tag id (ids (posts, k), -1 = none)."""
-    same = (rows[:, None, :, None] == columns[None, :, None, :]) & (rows[:, None, :, None] >= 0)
-    return same.flatten(2).any(dim=-1)
+    """(len(rows), len(columns)) bool: the two posts share a tag id (ids (posts, k), -1 = none).
+
+    One slot of ``rows`` at a time, so memory stays at rows x columns x k (gathered batches are large).
+    """
+    shared = torch.zeros(rows.shape[0], columns.shape[0], dtype=torch.bool, device=rows.device)
+    for slot in range(rows.shape[1]):
+        ids = rows[:, slot, None, None]
+        shared |= ((ids == columns[None]) & (ids >= 0)).any(dim=-1)
+    return shared
 
 
 def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
