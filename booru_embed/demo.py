@@ -25,10 +25,10 @@ OUTPUTS = ("corpus", "data", "report", "tokenizer", "model", "metrics.json", MAR
 # The demo's corpus is smaller in variety than the generator's default (60 characters, 800 general
 # tags, ~10 general tags a post) so that `tiny` learns who wears what within minutes on 2 CPU cores.
 DEMO_SPEC = {"num_copyrights": 12, "num_characters": 60, "num_artists": 60, "num_general": 800, "general_median": 10.0}
-# Recipe of the demo's short run: 300 steps of 64 posts (about one epoch of 20000 posts) at a higher
-# peak rate with a short warm-up; training skips its own final evaluation (the evaluate stage follows).
+# The demo trains `tiny`'s recipe (the `training` block of hub_configs/tiny.json) cut to 300 steps, about
+# two epochs of 20000 posts; training skips its own final evaluation (the evaluate stage follows).
 DEMO_MAX_STEPS = 300
-DEMO_TRAINING = ["--learning-rate", "3e-3", "--warmup-steps", "30", "--eval-posts", "0"]
+DEMO_TRAINING = ["--eval-posts", "0"]
 
 
 def _prepare_workdir(workdir: Path) -> None:

@@ -70,6 +70,31 @@ def _format_number(value: object) -> str:
     return str(value)
 
 
+# (task, measure, metric key after the side prefix): completion and retrieval side by side on the card
+HEADLINE_METRICS = (
+    ("completion", "masked tags, micro-F1", "masked.micro_f1"),
+    ("completion", "implied tags, recall@5", "implications.recall@5"),
+    ("completion", "character traits, R-precision", "traits.r_precision"),
+    ("retrieval", "same character, recall@10", "retrieval.character.recall@10"),
+    ("retrieval", "same character, recall@10, first 64 dims", "retrieval.character.dim64.recall@10"),
+    ("retrieval", "same artist, recall@10", "retrieval.artist.recall@10"),
+    ("retrieval", "same artist, recall@10, first 64 dims", "retrieval.artist.dim64.recall@10"),
+)
+
+
+def headline_table(metrics: dict) -> str:
+    """Completion and retrieval measures in one table: the model, related tags / TF-IDF and tag vectors."""
+    lines = ["| task | measure | model | related tags / TF-IDF | tag vectors (idf-weighted mean) |",
+             "|---|---|---:|---:|---:|"]
+    for task, label, key in HEADLINE_METRICS:
+        if f"model.{key}" not in metrics:
+            continue
+        cells = [_format_number(metrics[f"{side}.{key}"]) if f"{side}.{key}" in metrics else "–"
+                 for side in ("model", "baseline", "tagvec")]
+        lines.append(f"| {task} | {label} | {' | '.join(cells)} |")
+    return "\n".join(lines) if len(lines) > 2 else "No headline measure was recorded for this model."
+
+
 def metrics_table(metrics: dict) -> str:
     """A markdown table of flat ``model.*``/``baseline.*`` metrics, one row per measure."""
     rows: dict[str, dict[str, object]] = {}
@@ -130,6 +155,7 @@ def render_model_card(model_dir: str | Path, repo_id: str, datasets: list[str] |
         "embedding_dim": str(config.get("embedding_dim", "")),
         "nested_dims": "/".join(str(d) for d in config.get("nested_dims", [])),
         "model_table": _model_table(config),
+        "headline_table": headline_table(metrics),
         "metrics_table": metrics_table(metrics),
         "training_summary": _training_summary(folder),
     }

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from booru_embed.sequences import RATING, SCORE, SPECIAL, Post, TokenInfo, build_sequence, mark_masks, pack_sequences
-from booru_embed.training.collator import IGNORE_INDEX, PretrainingCollator
+from booru_embed.training.collator import IGNORE_INDEX, SUBJECTS_PER_POST, PretrainingCollator
 
 
 class ReferenceCollator(PretrainingCollator):
@@ -38,10 +38,21 @@ class ReferenceCollator(PretrainingCollator):
         return Post(post.rating, post.score, post.tags[order], post.tag_categories[order])
 
     def _view(self, post: Post, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        """One contrastive view: whole categories dropped, then a random share of the remaining tags kept.
+
+        Each of character, artist, copyright and meta is left out entirely with probability
+        ``view_drop_category_probability`` (a post keeps at least one tag): a search query or a
+        conditioning prompt often lacks a whole category, and the embedding should stay put.
+        """
         cfg = self.config
-        n = len(post.tags)
+        pool = np.arange(len(post.tags))
+        if cfg.view_drop_category_probability > 0 and len(pool):
+            dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
+            remaining = pool[~np.isin(post.tag_categories, dropped)]
+            pool = remaining if len(remaining) else pool
+        n = len(pool)
         keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * n)) if n else 0
-        kept = np.sort(rng.choice(n, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
+        kept = np.sort(rng.choice(pool, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
         keep_rating = post.rating is not None and rng.random() < cfg.view_metadata_probability
         keep_score = post.score is not None and rng.random() < cfg.view_metadata_probability
         ids, cats = build_sequence(
@@ -63,11 +74,14 @@ class ReferenceCollator(PretrainingCollator):
         target_group, target_ids, target_weights = [], [], []
         exclude_group, exclude_ids = [], []
         readback_seq, readback_ids = [], []
+        subjects = np.full((num_posts, SUBJECTS_PER_POST), -1, dtype=np.int64)
         rating_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
         score_labels = np.full(3 * num_posts, IGNORE_INDEX, dtype=np.int64)
         for p, example in enumerate(examples):
             post = self._shuffle_within_categories(Post.from_encoded(example["input_ids"], example["category_ids"]), rng)
             maskable = np.flatnonzero(~np.isin(post.tags, self._unk))
+            own = np.unique(post.tags[maskable][np.isin(post.tag_categories[maskable], self._subject_categories)])
+            subjects[p, : min(len(own), SUBJECTS_PER_POST)] = own[:SUBJECTS_PER_POST]
             fraction = rng.uniform(cfg.mask_fraction_min, cfg.mask_fraction_max)
             k = min(len(maskable), max(1, round(fraction * len(maskable)))) if len(maskable) else 0
             hidden = np.zeros(len(post.tags), dtype=bool)
@@ -130,6 +144,7 @@ class ReferenceCollator(PretrainingCollator):
             mlm_exclude_ids=torch.tensor(exclude_ids, dtype=torch.long),
             readback_sequence=torch.tensor(readback_seq, dtype=torch.long),
             readback_ids=torch.tensor(readback_ids, dtype=torch.long),
+            contrastive_subjects=torch.from_numpy(subjects),
             rating_labels=torch.from_numpy(rating_labels),
             score_labels=torch.from_numpy(score_labels),
             num_posts=torch.tensor(num_posts),

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from booru_embed.sequences import Post, TokenInfo
-from booru_embed.training.collator import IGNORE_INDEX, EpochBatchSampler, PretrainingCollator, rare_subject_weights
+from booru_embed.training.collator import (
+    IGNORE_INDEX, EpochBatchSampler, PretrainingCollator, rare_subject_weights, rarest_subject_groups,
+)
 from booru_embed.training.config import TrainingConfig
 
 # vocabulary: 0 pad, 1 cls, 2 mask, 3-6 ratings g s q e, 7-9 score buckets, 10 <unk_general>,
@@ -213,6 +215,45 @@ def test_collator_works_with_namespace_config(posts):
     assert PretrainingCollator(INFO, config)(posts[:2])["num_posts"] == 2
 
 
+def test_views_can_drop_whole_categories_and_batches_carry_each_posts_subjects(posts):
+    never = PretrainingCollator(INFO, TrainingConfig())(posts)
+    always = PretrainingCollator(INFO, TrainingConfig(view_drop_category_probability=1.0))(posts)
+    b = len(posts)
+    characters = set(range(41, 46))
+    for batch, dropped in ((never, False), (always, True)):
+        seqs = sequences_of(batch)
+        views_with_character = sum(bool(set(seqs[s].tolist()) & characters) for s in range(b, 3 * b))
+        assert (views_with_character == 0) == dropped
+        for p, post in enumerate(posts):  # the character (41-45) of every post, then -1
+            own = [t for t in post["input_ids"] if t in characters]
+            assert batch["contrastive_subjects"][p].tolist() == own + [-1] * (8 - len(own))
+    # with a character-only post, a view keeps that post's tags rather than coming out empty
+    lone = {"id": 99, "input_ids": [1, 42], "category_ids": CATEGORIES[[1, 42]].tolist()}
+    seqs = sequences_of(PretrainingCollator(INFO, TrainingConfig(view_drop_category_probability=1.0))([lone, *posts]))
+    assert 42 in seqs[len(posts) + 1].tolist()
+
+
+def test_subject_pair_batches_give_every_drawn_post_a_partner_of_its_rarest_subject():
+    # posts 0-5: character 41 (6 posts), posts 6-7: character 42 (2 posts), post 8: 42 and 41, post 9: none
+    tags = [[41], [41], [41], [41], [41], [41], [42], [42], [41, 42], [11]]
+    ids = np.concatenate([np.array(t) for t in tags])
+    lengths = np.array([len(t) for t in tags])
+    group, members, starts = rarest_subject_groups(ids, CATEGORIES[ids], lengths, (6,), frozenset({10}))
+    of = {int(g): set(members[starts[g]:starts[g + 1]].tolist()) for g in range(len(starts) - 1)}
+    assert of[group[0]] == {0, 1, 2, 3, 4, 5} and of[group[6]] == {6, 7, 8} and group[9] == -1
+    sampler = EpochBatchSampler(10, 4, seed=1, partners=(group, members, starts))
+    batches = list(sampler)
+    assert len(sampler) == len(batches) == 5  # 10 posts, 2 drawn per batch
+    drawn = []
+    for batch in batches:
+        assert len(batch) == 4
+        for post, partner in zip(batch[:2], batch[2:]):
+            drawn.append(post)
+            if group[post] >= 0:
+                assert partner != post and group[partner] == group[post]
+    assert sorted(drawn) == list(range(10))
+
+
 def messy_post(post_id: int, rng: np.random.Generator) -> dict:
     """A post with repeated known tags, several unknown-tag tokens, or no tags, rating or score at all."""
     tags = rng.integers(10, 46, size=rng.integers(0, 40)).tolist()  # 10 is <unk_general>; repeats on purpose
@@ -226,6 +267,7 @@ def messy_post(post_id: int, rng: np.random.Generator) -> dict:
     {}, {"max_tags": 5}, {"metadata_drop_probability": 0.0, "metadata_mask_probability": 1.0},
     {"metadata_drop_probability": 1.0, "view_metadata_probability": 1.0, "packed": False},
     {"mask_fraction_min": 1.0, "mask_fraction_max": 1.0, "view_keep_min": 1.0, "view_keep_max": 1.0},
+    {"view_drop_category_probability": 0.5}, {"view_drop_category_probability": 1.0, "max_tags": 5},
 ])
 def test_batch_wide_collator_gives_the_batches_of_the_per_post_one(options):
     from collator_reference import ReferenceCollator

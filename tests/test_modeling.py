@@ -135,6 +135,31 @@ def test_packed_equals_padded(attn: str) -> None:
     assert a.last_hidden_state[~mask.bool()].abs().max() == 0
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "booru_varlen"])
+def test_attention_pooling_is_a_per_post_softmax_mean_in_every_layout(attn: str) -> None:
+    model = build(BooruEmbedModel, attn=attn, pooling="attention")
+    posts = make_posts(LENGTHS)
+    padded, packed = pad(posts), pack(posts)
+    mask = padded["attention_mask"].bool()
+    with torch.no_grad():
+        start = model(**padded)
+        states = start.last_hidden_state
+        mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # zero scores: a plain mean
+        torch.testing.assert_close(start.pooler_output, model.pooler(mean), atol=1e-5, rtol=1e-4)
+        torch.nn.init.normal_(model.pooling_score.weight, std=1.0)  # learned scores: a weighted mean
+        a, b = model(**padded), model(**packed)
+        weights = torch.softmax(model.pooling_score(a.last_hidden_state).squeeze(-1).masked_fill(~mask, -torch.inf), 1)
+    expected = model.pooler((weights[..., None] * a.last_hidden_state).sum(1))
+    torch.testing.assert_close(a.pooler_output, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(a.pooler_output, start.pooler_output, atol=1e-3)
+
+
+def test_unknown_pooling_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError, match="pooling must be one of cls, attention"):
+        tiny_config(pooling="max")
+
+
 def test_position_ids_give_the_same_result_as_cu_seqlens() -> None:
     model = build(BooruEmbedModel)
     packed = pack(make_posts(LENGTHS))

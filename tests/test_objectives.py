@@ -17,6 +17,7 @@ from booru_embed.training.objectives import (
     negative_proposal,
     sample_columns,
     set_prediction_loss,
+    shared_subjects,
 )
 
 VOCAB = 12
@@ -89,6 +90,24 @@ def test_info_nce_rewards_matching_views_at_every_size():
     # only the first 2 dims match: the size-2 term is low, the full-size term is not
     b = torch.cat([a[:, :2], torch.randn(16, 6)], dim=1)
     assert info_nce(a, b, 0.05, [2])[0] < info_nce(a, b, 0.05, [8])[0]
+
+
+def test_info_nce_with_subjects_pulls_posts_of_one_character_together():
+    torch.manual_seed(0)
+    a = torch.randn(6, 8)
+    b = a + 0.01 * torch.randn(6, 8)
+    subjects = torch.tensor([[40, -1], [40, 7], [-1, -1], [9, -1], [-1, -1], [-1, -1]])
+    none = torch.full((6, 2), -1)
+    # without shared subjects the supervised form is the plain loss
+    torch.testing.assert_close(info_nce(a, b, 0.1, [4, 8], subjects=none)[0], info_nce(a, b, 0.1, [4, 8])[0])
+    # posts 0 and 1 share character 40: the loss is lower when they are close than when apart
+    close = a.clone()
+    close[1] = a[0] + 0.05 * torch.randn(8)
+    apart, together = (info_nce(x, x + 0.01 * torch.randn(6, 8), 0.1, [8], subjects=subjects)[0] for x in (a, close))
+    plain_apart, plain_together = (info_nce(x, x + 0.01 * torch.randn(6, 8), 0.1, [8])[0] for x in (a, close))
+    assert together < apart and plain_together > plain_apart  # the plain loss wants every post apart
+    shared = shared_subjects(subjects, subjects)
+    assert shared[0, 1] and shared[1, 0] and not shared[0, 2] and not shared[2, 2] and shared[3, 3]
 
 
 def _info_nce_on_rank(rank: int, world: int, init_file: str, views: torch.Tensor, results: dict) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from booru_embed.cli import main
 from booru_embed.errors import UsageError
-from booru_embed.publish import check_model_dir, metrics_table, publish, render_model_card
+from booru_embed.publish import check_model_dir, headline_table, metrics_table, publish, render_model_card
 
 from fake_hub import FakeHub
 
@@ -85,6 +85,16 @@ def test_check_model_dir_names_missing_file(model_dir: Path, remove: str, expect
 def test_check_model_dir_rejects_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="model folder not found"):
         check_model_dir(tmp_path / "nope")
+
+
+def test_headline_table_puts_retrieval_beside_completion() -> None:
+    table = headline_table({"model.masked.micro_f1": 0.3, "baseline.masked.micro_f1": 0.2,
+                            "model.retrieval.character.recall@10": 0.6, "baseline.retrieval.character.recall@10": 0.5,
+                            "tagvec.retrieval.character.recall@10": 0.55, "baseline.traits.r_precision": 0.6})
+    rows = table.splitlines()[2:]
+    assert rows == ["| completion | masked tags, micro-F1 | 0.3000 | 0.2000 | – |",
+                    "| retrieval | same character, recall@10 | 0.6000 | 0.5000 | 0.5500 |"]
+    assert "No headline measure" in headline_table({"baseline.masked.micro_f1": 0.2})
 
 
 def test_metrics_table_pairs_model_and_baseline() -> None:

@@ -190,6 +190,8 @@ class Evaluator:
         if runner is not None:
             vectors = runner.run([self._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
             out[f"model.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(vectors, labels)
+            for d in runner.model.config.nested_dims:  # the Matryoshka prefixes, re-normalised
+                out[f"model.retrieval.{name}.dim{d}.recall@10"] = retrieval_recall_at_k(vectors[:, :d], labels)[0]
         visible = [tags[self.candidates[tags]] for _, tags in posts]
         out[f"baseline.retrieval.{name}.recall@10"], chance = retrieval_recall_at_k(self.baseline.tfidf(visible), labels)
         rows = self.baseline.tag_vectors(max(tagvec_dims), self.seed)  # columns by decreasing singular value
@@ -273,6 +275,9 @@ class Evaluator:
         if not cases:
             return
         general = self.groups["general"]
+        posts_of = self.baseline.counts[[int(vis[0]) for _, vis, _ in cases]]  # training posts of each character
+        rarest = posts_of <= np.quantile(posts_of, 0.25)
+        out["count.traits.rarest_quarter.max_posts"] = float(posts_of[rarest].max())
         for who in ("model", "baseline"):
             if who == "model" and runner is None:
                 continue
@@ -285,24 +290,30 @@ class Evaluator:
                 logits = runner.run(sequences, "mlm")["mlm"]
                 plain = masked_log_softmax(logits[:-1], allowed)
                 prior = masked_log_softmax(logits[-1:], general[None])
-                self._rank_traits(plain, cases, "model.traits_plain", out)
+                self._rank_traits(plain, cases, "model.traits_plain", out, rarest)
                 with np.errstate(invalid="ignore"):  # -inf - -inf outside the candidates, masked next
                     normalised = np.where(allowed, distinctive_scores(plain, prior), -np.inf)
-                self._rank_traits(normalised, cases, "model.traits", out)
+                self._rank_traits(normalised, cases, "model.traits", out, rarest)
             else:
                 scores = np.where(allowed, self.baseline.suggest_scores([vis for _, vis, _ in cases]), -np.inf)
-                self._rank_traits(scores, cases, "baseline.traits", out)
+                self._rank_traits(scores, cases, "baseline.traits", out, rarest)
         out["count.traits.characters"] = float(len(cases))
 
     @staticmethod
     def _rank_traits(scores: np.ndarray, cases: list[tuple[Any, np.ndarray, set[int]]], prefix: str,
-                     out: dict[str, float]) -> None:
-        """R-precision and recall@10 of each case's traits among its best-scored tags."""
+                     out: dict[str, float], rarest: np.ndarray | None = None) -> None:
+        """R-precision and recall@10 of each case's traits among its best-scored tags.
+
+        ``rarest`` (bool per case) marks the cases also reported on their own as ``.rarest_quarter``.
+        """
         ranked, _ = top_k(scores, TOP_K)
         answers = [t for _, _, t in cases]
-        out[f"{prefix}.r_precision"] = float(np.mean([len(set(row[: len(t)].tolist()) & t) / len(t)
-                                                      for row, t in zip(ranked, answers)]))
+        precision = np.array([len(set(row[: len(t)].tolist()) & t) / len(t) for row, t in zip(ranked, answers)])
+        out[f"{prefix}.r_precision"] = float(precision.mean())
         out[f"{prefix}.recall@10"] = recall_at_k(ranked, answers, 10)
+        if rarest is not None and rarest.any():
+            out[f"{prefix}.rarest_quarter.r_precision"] = float(precision[rarest].mean())
+            out[f"{prefix}.rarest_quarter.recall@10"] = recall_at_k(ranked[rarest], [a for a, r in zip(answers, rarest) if r], 10)
 
     def run(self, model: Any | None, implications: Sequence[tuple[str, str]] = (),
             truth: dict[str, Any] | None = None) -> dict[str, float]:

@@ -7,6 +7,7 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 # Every class the folder can be loaded with; written into config.json so one folder serves all Auto classes.
+POOLING_MODES = ("cls", "attention")
 AUTO_MAP = {
     "AutoConfig": "configuration_booru_embed.BooruEmbedConfig",
     "AutoModel": "modeling_booru_embed.BooruEmbedModel",
@@ -56,6 +57,10 @@ class BooruEmbedConfig(PreTrainedConfig):
             Id of `<cls>`, the pooling token that starts every post.
         mask_token_id (`int`, defaults to 2):
             Id of `<mask>` used by masked-tag prediction.
+        pooling (`str`, defaults to `"cls"`):
+            How a post's final hidden states become its embedding before the projection: `"cls"` (the `<cls>`
+            token's state) or `"attention"` (a mean of all its tokens' states, weighted by a softmax over a
+            learned score per token, which starts at 0: a plain mean).
         num_ratings (`int`, defaults to 4):
             Classes of the rating head (g, s, q, e).
         num_score_buckets (`int`, defaults to 5):
@@ -99,6 +104,7 @@ class BooruEmbedConfig(PreTrainedConfig):
         num_ratings: int = 4,
         num_score_buckets: int = 5,
         tie_output_embeddings: bool = True,
+        pooling: str = "cls",
         **kwargs: Any,
     ) -> None:
         self.vocab_size = vocab_size
@@ -116,6 +122,7 @@ class BooruEmbedConfig(PreTrainedConfig):
         self.num_ratings = num_ratings
         self.num_score_buckets = num_score_buckets
         self.tie_output_embeddings = tie_output_embeddings
+        self.pooling = pooling
         self._check_values(pad_token_id)
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         # The tag-predicting heads use the token embedding matrix directly (or their own output matrix,
@@ -161,6 +168,8 @@ class BooruEmbedConfig(PreTrainedConfig):
                 raise ValueError(
                     f"BooruEmbedConfig: {name} must be an id below vocab_size ({self.vocab_size}), got {value!r}"
                 )
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"BooruEmbedConfig: pooling must be one of {', '.join(POOLING_MODES)}, got {self.pooling!r}")
         if len(set(ids.values())) != len(ids):
             raise ValueError(f"BooruEmbedConfig: special token ids must differ, got {ids}")
 

@@ -10,7 +10,9 @@ Inputs come in one of two layouts:
 - packed: `input_ids`/`category_ids` (1, total_tokens), posts back to back, with `cu_seqlens` (int32,
   posts + 1, starting at 0) and optionally `max_seqlen`, or `position_ids` restarting at 0 for every post.
 
-Every post starts with its `<cls>` token, whose final hidden state is projected to the pooled embedding.
+Every post starts with its `<cls>` token, whose final hidden state is projected to the pooled embedding
+(`pooling="cls"`), or all its tokens' states are averaged with learned softmax weights first
+(`pooling="attention"`).
 Packed posts attend only within themselves on every attention backend:
 - `flash_attention_2` (flash_attn installed and CUDA) and `booru_varlen` get `cu_seqlens` directly;
 - `flex_attention` gets a document `BlockMask`;
@@ -381,6 +383,28 @@ class AttentionPlan:
         first = self.padding_mask.int().argmax(dim=1) if self.padding_mask is not None else 0
         return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), first]
 
+    def weighted_mean(self, hidden_states: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """(posts, hidden) mean of each post's token states from the blocks' output, weighted by softmax(scores).
+
+        `scores` (rows, tokens) is one score per token in the blocks' layout; the softmax runs within each post.
+        """
+        if self.layout is not None:
+            layout = self.layout
+            post = torch.div(layout.slots, layout.max_seqlen, rounding_mode="floor")  # (total_tokens,)
+            posts = layout.cu_seqlens.numel() - 1
+            score = scores[0].float()
+            post_max = score.new_full((posts,), float("-inf")).scatter_reduce(0, post, score, reduce="amax")
+            weight = torch.exp(score - post_max[post])
+            totals = weight.new_zeros(posts).index_add(0, post, weight)
+            states = hidden_states[0].float()
+            summed = states.new_zeros(posts, states.shape[-1]).index_add(0, post, weight[:, None] * states)
+            return (summed / totals[:, None]).to(hidden_states.dtype)
+        score = scores.float()
+        if self.padding_mask is not None:
+            score = score.masked_fill(~self.padding_mask.bool(), float("-inf"))
+        weight = torch.softmax(score, dim=1)
+        return (weight[..., None] * hidden_states.float()).sum(dim=1).to(hidden_states.dtype)
+
     def group(self, states: torch.Tensor) -> torch.Tensor:
         """(1, total_tokens, features) -> (posts, max_seqlen, features) when regrouping, else unchanged."""
         return self.layout.regroup(states[0]) if self.regroup else states
@@ -484,6 +508,9 @@ class BooruEmbedPreTrainedModel(PreTrainedModel):
             init.normal_(module.down_proj.weight, mean=0.0, std=residual_std)
         elif isinstance(module, BooruEmbedTagHead):
             init.zeros_(module.bias)
+        elif isinstance(module, BooruEmbedPoolingScore):
+            init.zeros_(module.weight)  # attention pooling starts as a plain mean of the states
+            init.zeros_(module.bias)
 
     def _init_output_embeddings(self, config: BooruEmbedConfig) -> None:
         """Models with tag heads: their own output matrix when `config.tie_output_embeddings` is False."""
@@ -501,6 +528,10 @@ class BooruEmbedPreTrainedModel(PreTrainedModel):
 # ----------------------------------------------------------------------------------------------------- encoder
 
 
+class BooruEmbedPoolingScore(nn.Linear):
+    """The per-token score of attention pooling (`config.pooling="attention"`); starts at 0, a plain mean."""
+
+
 class BooruEmbedModel(BooruEmbedPreTrainedModel):
     """The encoder: per-tag hidden states and the pooled, Matryoshka-nested tag-set embedding."""
 
@@ -512,6 +543,8 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
         self.embeddings = BooruEmbedEmbeddings(config)
         self.layers = nn.ModuleList(BooruEmbedLayer(config, index) for index in range(config.num_hidden_layers))
         self.final_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        # config.pooling "attention": one learned score per token, softmax-weighted mean of the post's states
+        self.pooling_score = BooruEmbedPoolingScore(config.hidden_size, 1) if config.pooling == "attention" else None
         self.pooler = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
         self.post_init()
 
@@ -565,7 +598,10 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
                 all_states.append(plan.leave(hidden_states))
             hidden_states = layer(hidden_states, attention_plan=plan)
         hidden_states = self.final_norm(hidden_states)
-        pooled = self.pooler(plan.first_tokens(hidden_states))
+        if self.pooling_score is None:
+            pooled = self.pooler(plan.first_tokens(hidden_states))
+        else:
+            pooled = self.pooler(plan.weighted_mean(hidden_states, self.pooling_score(hidden_states).squeeze(-1)))
         if normalize_embeddings:
             pooled = F.normalize(pooled, dim=-1)
         hidden_states = plan.leave(hidden_states)

@@ -34,6 +34,12 @@ from ..modeling.categories_booru_embed import CATEGORY_IDS
 from ..sequences import FIRST_TAG_CATEGORY, RATING, SCORE, SPECIAL, TokenInfo, mark_masks, pack_flat
 
 IGNORE_INDEX = -100
+# Categories a contrastive view may leave out whole (general tags carry the post; they stay).
+VIEW_DROPPABLE_CATEGORIES = ("character", "artist", "copyright", "meta")
+# Tags that make two posts of a batch contrastive positives (``contrastive_subject_positives``), at most
+# SUBJECTS_PER_POST a post (a fixed width, so the groups of every process can be gathered).
+SUBJECT_CATEGORIES = ("character", "artist")
+SUBJECTS_PER_POST = 8
 
 
 def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -72,7 +78,8 @@ class PretrainingCollator:
     Output keys: the model inputs of ``pack_sequences`` plus ``mlm_positions``; for the set loss
     ``mlm_group_kind`` (G,) 0 tags / 1 rating / 2 score, ``mlm_target_group``/``mlm_target_ids``/
     ``mlm_target_weights`` (targets, weights summing to 1 per group), ``mlm_exclude_group``/
-    ``mlm_exclude_ids`` (visible tags, never valid answers); ``readback_sequence``/``readback_ids``
+    ``mlm_exclude_ids`` (visible tags, never valid answers); ``contrastive_subjects`` (B, 8) the post's
+    character and artist ids, -1 padded (see ``objectives.info_nce``); ``readback_sequence``/``readback_ids``
     (the post's tags, for each of its 3 sequences); ``rating_labels``/``score_labels`` (3B,) class
     index, -100 where the token is visible or unknown; ``num_posts``; ``num_tokens``.
 
@@ -93,23 +100,28 @@ class PretrainingCollator:
         self._rating_class[list(info.rating_token_ids)] = np.arange(len(info.rating_token_ids))
         self._score_class = np.full(info.vocab_size, IGNORE_INDEX, dtype=np.int64)
         self._score_class[list(info.score_token_ids)] = np.arange(len(info.score_token_ids))
+        self._droppable = np.array([CATEGORY_IDS[name] for name in VIEW_DROPPABLE_CATEGORIES], dtype=np.int64)
+        self._subject_categories = np.array([CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES], dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the masks and views of ``epoch`` (a fresh, reproducible draw per epoch)."""
         self.epoch = int(epoch)
 
     def _draw(self, rng: np.random.Generator, candidates: np.ndarray, candidate_unknown: np.ndarray,
-              metadata: np.ndarray) -> _Draws:
+              candidate_categories: np.ndarray, metadata: np.ndarray) -> _Draws:
         """Every random draw of the batch, post by post, in this order per post.
 
         A permutation of its candidate tags (the first ``max_tags`` are kept); the share of its maskable
         (known) tags to hide and which; whether rating and score are dropped, then masked; for each view,
-        the share of tags kept, which, and whether it keeps rating and score (drawn only when the post
-        has them). ``candidates`` (B,) candidate counts; ``candidate_unknown`` (total candidates,) whether
-        each is an unknown-tag token; ``metadata`` (B, 2) whether the post has a rating / score.
+        which whole categories it leaves out (``view_drop_category_probability``; drawn only when that is
+        above 0), the share of the remaining tags kept, which, and whether it keeps rating and score
+        (drawn only when the post has them). ``candidates`` (B,) candidate counts; ``candidate_unknown``
+        and ``candidate_categories`` (total candidates,) whether each is an unknown-tag token, and its
+        category; ``metadata`` (B, 2) whether the post has a rating / score.
         """
         cfg = self.config
         draws = _Draws()
+        drop = cfg.view_drop_category_probability > 0
         offsets = np.cumsum(candidates) - candidates
         unknown = np.bincount(np.repeat(np.arange(len(candidates)), candidates), weights=candidate_unknown,
                               minlength=len(candidates)).astype(np.int64)
@@ -127,9 +139,17 @@ class PretrainingCollator:
             draws.hidden.append(rng.choice(maskable, size=k, replace=False))
             flags = (rng.random(2) < cfg.metadata_drop_probability).tolist()
             flags += (rng.random(2) < cfg.metadata_mask_probability).tolist()
+            # the categories of the post's tags in the order they take (category order, see __call__)
+            tag_categories = np.sort(candidate_categories[offsets[p] + selected]) if drop and n else None
             for kept in (draws.view_a, draws.view_b):
-                keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * n)) if n else 0
-                kept.append(rng.choice(n, size=keep_count, replace=False) if n else np.zeros(0, dtype=np.int64))
+                pool = np.arange(n)
+                if tag_categories is not None:
+                    dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
+                    remaining = np.flatnonzero(~np.isin(tag_categories, dropped))
+                    pool = remaining if len(remaining) else pool  # a view never comes out empty
+                size = len(pool)
+                keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * size)) if size else 0
+                kept.append(pool[rng.choice(size, size=keep_count, replace=False)] if size else pool)
                 flags.append(has_rating and rng.random() < cfg.view_metadata_probability)
                 flags.append(has_score and rng.random() < cfg.view_metadata_probability)
             draws.flags.append(flags)
@@ -152,7 +172,7 @@ class PretrainingCollator:
         candidate[first] = True
         cand = np.flatnonzero(candidate)  # flat tag index of every candidate, post by post
         counts = np.bincount(tag_post[cand], minlength=num_posts)
-        draws = self._draw(rng, counts, self._is_unk[tag_ids[cand]], has)
+        draws = self._draw(rng, counts, self._is_unk[tag_ids[cand]], tag_cats[cand], has)
         flags = np.array(draws.flags, dtype=bool).reshape(num_posts, 8)
 
         # each post's tags: its kept candidates put in category order (stable: shuffled within a category)
@@ -186,7 +206,10 @@ class PretrainingCollator:
         batch["mlm_positions"] = mark_masks(batch, info.mask_token_id)
         batch.update(_mask_targets(masked_slot[:num_posts], k, rating, score, tags, hidden, visible, kept_post))
         readback_sequence, readback_ids = _readback(kept_post[known], tags[known], num_posts, info.vocab_size)
+        subject = known & np.isin(tag_categories, self._subject_categories)
         batch.update(
+            contrastive_subjects=torch.from_numpy(
+                _subject_table(kept_post[subject], tags[subject], num_posts, info.vocab_size)),
             readback_sequence=torch.from_numpy(readback_sequence),
             readback_ids=torch.from_numpy(readback_ids),
             rating_labels=torch.from_numpy(
@@ -263,6 +286,17 @@ def _mask_targets(
     }
 
 
+def _subject_table(post_of: np.ndarray, tags: np.ndarray, num_posts: int, vocab_size: int) -> np.ndarray:
+    """(num_posts, SUBJECTS_PER_POST) each post's subject ``tags`` ascending (the first ones), -1 padded."""
+    keys = np.sort(post_of * vocab_size + tags)  # a known tag never repeats in a post
+    post, tag = keys // vocab_size, keys % vocab_size
+    rank = np.arange(len(keys)) - np.searchsorted(post, post)  # position within its post
+    table = np.full((num_posts, SUBJECTS_PER_POST), -1, dtype=np.int64)
+    keep = rank < SUBJECTS_PER_POST
+    table[post[keep], rank[keep]] = tag[keep]
+    return table
+
+
 def _readback(post_of: np.ndarray, tags: np.ndarray, num_posts: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(sequence, tag) read-back pairs: each post's known ``tags``, sorted, for its 3 sequences, post by post."""
     keys = np.sort(post_of * vocab_size + tags)  # a known tag never repeats in a post
@@ -300,6 +334,35 @@ def rare_subject_weights(
     return weights
 
 
+def rarest_subject_groups(
+    ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, subject_categories: Sequence[int],
+    exclude_ids: frozenset[int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The posts grouped by their rarest subject tag, for ``EpochBatchSampler(partners=...)``.
+
+    Flat posts as in ``rare_subject_weights``. Returns (``group``, ``members``, ``starts``): ``group[i]``
+    the rarest subject (character or artist, fewest posts, ties to the lower id) of post i or -1;
+    ``members[starts[g]:starts[g + 1]]`` the posts whose rarest subject is the g-th (ascending tag id).
+    """
+    subject = np.isin(categories, subject_categories) & ~np.isin(ids, list(exclude_ids))
+    posts_of = np.bincount(ids[subject], minlength=int(ids.max(initial=0)) + 1)
+    post_index = np.repeat(np.arange(len(lengths)), lengths)[subject]
+    tags = ids[subject]
+    # per post, the subject with the fewest posts: sort by (post, count, id) and take each post's first
+    order = np.lexsort((tags, posts_of[tags], post_index))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = post_index[order][1:] != post_index[order][:-1]
+    rarest_tag = np.full(len(lengths), -1, dtype=np.int64)
+    rarest_tag[post_index[order][first]] = tags[order][first]
+    has = rarest_tag >= 0
+    subjects, group_of = np.unique(rarest_tag[has], return_inverse=True)
+    group = np.full(len(lengths), -1, dtype=np.int64)
+    group[has] = group_of
+    members = np.flatnonzero(has)[np.argsort(group_of, kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(group_of, minlength=len(subjects)))])
+    return group, members, starts
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` post indices, in a fresh order every epoch, seeded by (seed, epoch).
 
@@ -312,6 +375,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     so every epoch has the same length and a resumed run the same batches. The k-th draws of the posts
     form round k, shuffled and bucketed on its own: two draws of a post have the same length, and
     bucketed together they would land in one batch, a post as its own contrastive negative.
+    With ``partners`` (``rarest_subject_groups``), half of every batch is drawn as above and each of
+    those posts brings a partner: another post of its rarest character or artist (a random post when it
+    has none), so that even a rare subject meets itself in a batch (``contrastive_subject_positives``).
+    An epoch then has twice the batches, each with half its posts from the order.
     """
 
     def __init__(
@@ -322,9 +389,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         lengths: np.ndarray | None = None,
         bucket_batches: int = 50,
         weights: np.ndarray | None = None,
+        partners: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.num_items = int(num_items)
         self.batch_size = int(batch_size)
+        self.partners = partners
+        self.drawn_per_batch = self.batch_size if partners is None else self.batch_size - self.batch_size // 2
         self.drop_last = True
         self.seed = int(seed)
         self.lengths = None if lengths is None else np.asarray(lengths)
@@ -343,11 +413,22 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.items) // self.batch_size
+        return len(self.items) // self.drawn_per_batch
+
+    def _partners_of(self, posts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A partner for each post: another post of the same rarest-subject group, else a random post."""
+        group, members, starts = self.partners
+        g = group[posts]
+        size = np.where(g >= 0, starts[g + 1] - starts[np.maximum(g, 0)], 0)
+        pick = (rng.random(len(posts)) * np.maximum(size - 1, 1)).astype(np.int64)
+        candidate = members[starts[np.maximum(g, 0)] + pick]
+        candidate = np.where(candidate == posts, members[starts[np.maximum(g, 0)] + size - 1], candidate)
+        random = self.items[rng.integers(0, len(self.items), len(posts))]
+        return np.where(size >= 2, candidate, random)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        chunk = self.batch_size * self.bucket_batches
+        chunk = self.drawn_per_batch * self.bucket_batches
         parts = []
         for items in self.rounds:
             order = items[rng.permutation(len(items))]
@@ -356,9 +437,12 @@ class EpochBatchSampler(Sampler[list[int]]):
                 order = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")] for p in pieces])
             parts.append(order)
         order = np.concatenate(parts)
-        usable = len(self) * self.batch_size
-        batches = order[:usable].reshape(-1, self.batch_size) if usable else np.zeros((0, self.batch_size), dtype=np.int64)
+        usable = len(self) * self.drawn_per_batch
+        batches = order[:usable].reshape(-1, self.drawn_per_batch) if usable else np.zeros(
+            (0, self.drawn_per_batch), dtype=np.int64)
         if self.lengths is not None or len(self.rounds) > 1:  # rounds and buckets in random order
             batches = batches[rng.permutation(len(batches))]
         for batch in batches:
+            if self.partners is not None:
+                batch = np.concatenate([batch, self._partners_of(batch, rng)[: self.batch_size - len(batch)]])
             yield batch.tolist()

@@ -89,8 +89,15 @@ class TrainingConfig:
                                                    "(suggestions are often asked without them)")
     view_keep_min: float = _opt(0.3, "smallest share of tags kept in a contrastive view")
     view_keep_max: float = _opt(0.8, "largest share of tags kept in a contrastive view")
+    view_drop_category_probability: float = _opt(0.0, "chance that a contrastive view leaves out all its character "
+                                                      "(artist, copyright, meta) tags, drawn per category")
     view_metadata_probability: float = _opt(0.5, "chance that a view keeps the rating / score token")
     temperature: float = _opt(0.05, "InfoNCE temperature of the contrastive objective")
+    contrastive_subject_positives: bool = _opt(False, "posts of a batch that share a character or artist are "
+                                                       "contrastive positives too, not only two views of one post")
+    subject_pair_batches: bool = _opt(False, "half of every batch is partners: for each drawn post another post of "
+                                              "its rarest character or artist (with --contrastive-subject-positives, "
+                                              "rare subjects get positives too)")
     contrastive_across_processes: bool = _opt(True, "with several processes, the other processes' posts are "
                                                      "contrastive negatives too (gathered, no gradient to them)")
     mlm_weight: float = _opt(1.0, "weight of masked-tag (set) prediction")
@@ -137,6 +144,7 @@ class TrainingConfig:
             (0 < self.view_keep_min <= self.view_keep_max <= 1, "need 0 < view_keep_min <= view_keep_max <= 1"),
             (0 <= self.metadata_mask_probability <= 1, "metadata_mask_probability must be in [0, 1]"),
             (0 <= self.metadata_drop_probability <= 1, "metadata_drop_probability must be in [0, 1]"),
+            (0 <= self.view_drop_category_probability <= 1, "view_drop_category_probability must be in [0, 1]"),
             (0 <= self.view_metadata_probability <= 1, "view_metadata_probability must be in [0, 1]"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),

@@ -131,6 +131,18 @@ def post_weights(train_encoded: Any, info: Any, exponent: float) -> Any:
     )
 
 
+def subject_partners(train_encoded: Any, info: Any, enabled: bool) -> Any:
+    """The training posts grouped by rarest subject (``rarest_subject_groups``), or None when not pairing."""
+    from ..modeling.categories_booru_embed import CATEGORY_IDS
+    from ..sequences import flat_posts
+    from .collator import SUBJECT_CATEGORIES, rarest_subject_groups
+
+    if not enabled:
+        return None
+    categories = tuple(CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES)
+    return rarest_subject_groups(*flat_posts(train_encoded.data), categories, info.unk_token_ids)
+
+
 def optimizer_for(model: Any, config: TrainingConfig, fused: bool) -> Any:
     """AdamW with weight decay on matrices only (no decay on norms, biases, embeddings)."""
     import torch
@@ -223,6 +235,7 @@ def make_loader(config: TrainingConfig, train_encoded: Any, info: Any, accelerat
         len(train_encoded), config.batch_size, config.seed,
         lengths=train_encoded.data.column("length").to_numpy() if config.length_buckets else None,
         weights=post_weights(train_encoded, info, config.rare_subject_oversampling),
+        partners=subject_partners(train_encoded, info, config.subject_pair_batches),
     )
     if len(sampler) < accelerator.num_processes:
         raise UsageError(f"the train split ({len(train_encoded)} posts) is smaller than one batch per process")

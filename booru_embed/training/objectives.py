@@ -9,7 +9,8 @@
   (about log of the candidate count) sits well beside the other losses. Visible tags are removed from
   the candidates (logit -inf): repeating a tag already present is never rewarded.
 * ``info_nce``: two views of a post close, the other posts of the batch apart (of every process's
-  batch when training on several), at every nested size.
+  batch when training on several), at every nested size; optionally posts sharing a character or
+  artist count as positives too.
 * ``readback_loss``: the post's tags from the pooled embedding alone, multi-label BCE at every nested
   size, summed over the vocabulary and divided by the number of positive (post, tag) pairs. The
   division alone does not make the scale vocabulary-free: with zero biases every logit starts near 0,
@@ -153,27 +154,60 @@ def gather_with_local_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def info_nce(
-    view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, dims: Sequence[int], across_processes: bool = False
+    view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, dims: Sequence[int], across_processes: bool = False,
+    subjects: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE between row i of ``view_a`` and row i of ``view_b``, averaged over ``dims``.
 
     Each size d uses the first d dimensions, L2-normalised (Matryoshka). With ``across_processes``
     the other views of every process's batch are negatives too (see ``gather_with_local_grad``).
+    With ``subjects`` (posts, k) tag ids, -1 padded, posts that share one are positives of each other
+    as well (supervised-contrastive form: the loss of a row is the mean of -log softmax over its
+    positives), so posts of one character or artist are pulled together, not only two views of a post.
     Returns (loss, top-1 accuracy of finding the other view at the largest size).
     """
     all_a, offset = gather_with_local_grad(view_a) if across_processes else (view_a, 0)
     all_b, _ = gather_with_local_grad(view_b) if across_processes else (view_b, 0)
     local = slice(offset, offset + view_a.shape[0])  # this process's rows (they keep their gradient)
     labels = torch.arange(view_a.shape[0], device=view_a.device) + offset
+    positives = None
+    if subjects is not None:
+        all_subjects = gather_with_local_grad(subjects)[0] if across_processes else subjects
+        positives = shared_subjects(subjects, all_subjects)
+        positives[torch.arange(len(labels), device=labels.device), labels] = True
     losses = []
     for d in dims:
         keys_a = F.normalize(all_a[:, :d].float(), dim=-1)
         keys_b = F.normalize(all_b[:, :d].float(), dim=-1)
         a, b = keys_a[local], keys_b[local]
         logits = a @ keys_b.T / temperature  # (posts here, posts everywhere)
-        losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(b @ keys_a.T / temperature, labels)) / 2)
+        reverse = b @ keys_a.T / temperature
+        if positives is None:
+            losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(reverse, labels)) / 2)
+        else:
+            losses.append((multi_positive_cross_entropy(logits, positives)
+                           + multi_positive_cross_entropy(reverse, positives)) / 2)
     accuracy = (logits.argmax(dim=-1) == labels).float().mean()
     return torch.stack(losses).mean(), accuracy
+
+
+def shared_subjects(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """(len(rows), len(columns)) bool: the two posts share a tag id (ids (posts, k), -1 = none).
+
+    One slot of ``rows`` at a time, so memory stays at rows x columns x k (gathered batches are large).
+    """
+    shared = torch.zeros(rows.shape[0], columns.shape[0], dtype=torch.bool, device=rows.device)
+    for slot in range(rows.shape[1]):
+        ids = rows[:, slot, None, None]
+        shared |= ((ids == columns[None]) & (ids >= 0)).any(dim=-1)
+    return shared
+
+
+def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the mean -log softmax(logits) over each row's positive columns (each row has one)."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    per_row = -(log_probs * positives).sum(dim=-1) / positives.sum(dim=-1)
+    return per_row.mean()
 
 
 def readback_loss(
@@ -231,6 +265,7 @@ def pretraining_losses(
     contrastive, view_accuracy = info_nce(
         embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims,
         across_processes=config.contrastive_across_processes,
+        subjects=batch["contrastive_subjects"] if config.contrastive_subject_positives else None,
     )
     if readback_sample is None:
         readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
