@@ -148,7 +148,8 @@ class RankingAccumulator:
         self.atoms_of = {name: [a for a, kind in enumerate(kinds) if kind >> bit & 1] for bit, name in enumerate(groups)}
 
     def add(self, scores: np.ndarray, answers: Sequence[set[int]]) -> None:
-        """Add cases: ``scores`` (cases, vocab) with -inf for non-candidates; ``answers`` the true tags."""
+        """Add cases: ``scores`` (cases, vocab), -inf where a case rules a tag out (its visible tags), the
+        columns outside every group never looked at; ``answers`` the true tags."""
         cases, vocab = scores.shape
         answer_rows = np.repeat(np.arange(len(answers)), [len(a) for a in answers])
         answer_ids = np.fromiter((t for a in answers for t in a), dtype=np.int64, count=len(answer_rows))
