@@ -10,8 +10,10 @@ Danbooru counts of ``../shared/data/danbooru-2025-05``), ``build-dataset``, ``an
 ``build-tokenizer`` (default thresholds), ``train_hf.py`` for a few steps of ``hub_configs/NAME.json``
 with the co-occurrence initialisation (its seconds, and seconds per step, from the training log),
 ``evaluate --max-posts``, ``embed`` of test posts (a text file, one tag set a line) and ``suggest``
-calls in one process (the model loaded once). Outputs are kept in WORKDIR and a stage whose output is
-already there is not run again unless ``--fresh`` (its earlier row is printed; ``--until STAGE`` stops early). The table marks the issue's targets (build <= 30 s,
+calls in one process (the model loaded once). CPU seconds (user + system, all threads) are printed
+beside the wall seconds: on a shared machine they are the steadier figure. Outputs are kept in WORKDIR
+and a stage whose output is already there is not run again unless ``--fresh`` (its earlier row is
+printed; ``--until STAGE`` stops after that stage). The table marks the issue's targets (build <= 30 s,
 every stage < 12 GB, evaluation of 10k test posts < 5 min).
 """
 
@@ -47,8 +49,8 @@ print(f"SUGGEST {len(seconds)} calls, median {np.median(seconds) * 1000:.1f} ms,
 """
 
 
-def timed(name: str, command: list[str], log: Path) -> tuple[float, float, str]:
-    """Run ``command`` under /usr/bin/time -v, output to ``log``: (wall seconds, peak RSS GB, output)."""
+def timed(name: str, command: list[str], log: Path) -> tuple[float, float, float, str]:
+    """Run ``command`` under /usr/bin/time -v, output to ``log``: (wall seconds, CPU seconds, peak RSS GB, output)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, env=env, cwd=REPO)
     log.write_text(f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}")
@@ -57,7 +59,8 @@ def timed(name: str, command: list[str], log: Path) -> tuple[float, float, str]:
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
-    return seconds, peak_kb / 2**20, result.stdout + result.stderr
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", result.stderr).group(1)) for kind in ("User", "System"))
+    return seconds, cpu, peak_kb / 2**20, result.stdout + result.stderr
 
 
 def write_tagsets(data_dir: Path, path: Path, posts: int) -> int:
@@ -146,7 +149,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "logs").mkdir(exist_ok=True)
     print(f"{args.posts:,} posts, model {args.config}; logs in {args.workdir / 'logs'}")
-    print(f"{'stage':<30} {'seconds':>8} {'peak GB':>8}  {'target':<7} notes", flush=True)
+    print(f"{'stage':<30} {'seconds':>8} {'CPU s':>8} {'peak GB':>8}  {'target':<7} notes", flush=True)
     rows_file = args.workdir / "rows.json"  # the printed row of every stage run so far
     rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
     for name, command, done in stages(args):
@@ -156,11 +159,11 @@ def main() -> None:
         if done.exists() and name in rows:
             print(rows[name] + "  (an earlier run)", flush=True)
         else:
-            seconds, peak, output = timed(name, command, log)
+            seconds, cpu, peak, output = timed(name, command, log)
             if name.startswith("suggest"):
                 done.write_text(output)
             met = peak < MEMORY_TARGET_GB and seconds <= TARGET_SECONDS.get(name.split()[0], float("inf"))
-            rows[name] = (f"{name:<30} {seconds:>8.1f} {peak:>8.2f}  {'ok' if met else 'MISSED':<7} "
+            rows[name] = (f"{name:<30} {seconds:>8.1f} {cpu:>8.1f} {peak:>8.2f}  {'ok' if met else 'MISSED':<7} "
                           f"{notes(name, output, args)}")
             rows_file.write_text(json.dumps(rows, indent=1))
             print(rows[name], flush=True)
