@@ -56,11 +56,17 @@ def timed(name: str, command: list[str], log: Path) -> tuple[float, float, float
     log.write_text(f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}")
     if result.returncode != 0:
         raise SystemExit(f"stage {name} failed (exit {result.returncode}); see {log}:\n{result.stderr[-3000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
-    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
-    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", result.stderr).group(1)) for kind in ("User", "System"))
+    seconds, cpu, peak_kb = time_v_figures(result.stderr)
     return seconds, cpu, peak_kb / 2**20, result.stdout + result.stderr
+
+
+def time_v_figures(report: str) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds user + system, peak RSS kB) from the report of ``/usr/bin/time -v``."""
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", report).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", report).group(1)
+    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", report).group(1)) for kind in ("User", "System"))
+    return seconds, cpu, peak_kb
 
 
 def write_tagsets(data_dir: Path, path: Path, posts: int) -> int:
