@@ -25,13 +25,13 @@ import argparse
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_scale import time_v_figures  # this folder is first on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 TAGS_CSV = REPO.parent / "shared" / "data" / "danbooru-2025-05" / "tags.csv"  # where the tests look too
@@ -112,10 +112,7 @@ def timed_evaluate(model_dir: Path, data_dir: Path, output: Path, max_posts: int
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"evaluate failed ({code}):\n{result.stderr[-3000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
-    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
-    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", result.stderr).group(1)) for kind in ("User", "System"))
+    seconds, cpu, peak_kb = time_v_figures(result.stderr)
     return json.loads(output.read_text()), seconds, cpu, peak_kb / 1024
 
 

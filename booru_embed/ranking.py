@@ -17,9 +17,10 @@ DISTINCTIVE_PRIOR_WEIGHT = 0.5  # the square root of the prior in the cosine's d
 
 def masked_log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """Log softmax over the last axis among the ``allowed`` entries (others -inf), in the logits' dtype."""
-    masked = np.where(allowed, logits, -np.inf)
-    peak = masked.max(axis=-1, keepdims=True)
-    return masked - peak - np.log(np.exp(masked - peak).sum(axis=-1, keepdims=True))
+    shifted = np.where(allowed, logits, -np.inf)
+    shifted -= shifted.max(axis=-1, keepdims=True)  # in place: one (…, vocab) array besides exp's
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
 
 
 def distinctive_scores(log_probabilities: np.ndarray, log_prior: np.ndarray) -> np.ndarray:

@@ -231,8 +231,8 @@ class Evaluator:
                 chunk = posts[start : start + CASE_BATCH]
                 batch = runner.run([self._sequence(p, p.tags, rating=False) for p in chunk], "readback", "rating", "score")
                 answers = [set(self._known(p).tolist()) for p in chunk]
-                for size, acc in enumerate(accumulators):
-                    acc.add(np.where(self.candidates[None], batch["readback"][size], -np.inf), answers)
+                for size, acc in enumerate(accumulators):  # ranks the candidates' columns only
+                    acc.add(batch["readback"][size], answers)
                 outputs["rating"].append(batch["rating"])
                 outputs["score"].append(batch["score"])
             for d, acc in zip(dims, accumulators):

@@ -106,12 +106,28 @@ def retrieval_recall_at_k(
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k highest scores of every row, best first."""
-    k = min(k, scores.shape[1])
-    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(scores, idx, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    """Indices and values of the k highest scores of every row, best first; equal scores rank the lower
+    index first (the order a stable sort of the whole row gives).
+
+    ``torch.topk`` keeps k + 1 entries a row (no sort or partition of the whole row in numpy); only
+    rows whose k-th and (k+1)-th scores tie, where which tied entries make the cut is up to the kernel,
+    are sorted in full.
+    """
+    import torch
+
+    rows, width = scores.shape
+    k = min(k, width)
+    if k == 0 or rows == 0:
+        return np.zeros((rows, k), dtype=np.int64), np.zeros((rows, k), dtype=scores.dtype)
+    scores = np.ascontiguousarray(scores)
+    vals, idx = (t.numpy() for t in torch.topk(torch.from_numpy(scores), min(k + 1, width), dim=1))
+    order = np.lexsort((idx, -vals))  # along each row: by score, then by index
+    idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    if vals.shape[1] > k:
+        for row in np.flatnonzero(vals[:, k - 1] == vals[:, k]):
+            idx[row, :k] = np.argsort(-scores[row], kind="stable")[:k]
+            vals[row, :k] = scores[row, idx[row, :k]]
+    return idx[:, :k], vals[:, :k]
 
 
 class RankingAccumulator:
@@ -119,28 +135,37 @@ class RankingAccumulator:
 
     def __init__(self, groups: dict[str, np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> None:
         self.groups = groups  # name -> (vocab,) bool
-        self.columns = {name: np.flatnonzero(members) for name, members in groups.items()}
         self.ks = ks
         self.pairs: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {g: [] for g in groups}
         self.positives: dict[str, dict[int, int]] = {g: {} for g in groups}
         self.ranked: list[np.ndarray] = []
         self.answers: list[set[int]] = []
+        # "atoms": the columns sharing one set of groups (here category x popular). Each column is ranked
+        # once, in its atom; a group's top TOP_K is merged from the top TOP_K of its atoms.
+        signature = sum(members.astype(np.int64) << bit for bit, members in enumerate(groups.values()))
+        kinds = np.unique(signature[signature > 0]) if len(groups) else np.zeros(0, dtype=np.int64)
+        self.atoms = [np.flatnonzero(signature == kind) for kind in kinds]
+        self.atoms_of = {name: [a for a, kind in enumerate(kinds) if kind >> bit & 1] for bit, name in enumerate(groups)}
 
     def add(self, scores: np.ndarray, answers: Sequence[set[int]]) -> None:
-        """Add cases: ``scores`` (cases, vocab) with -inf for non-candidates; ``answers`` the true tags."""
+        """Add cases: ``scores`` (cases, vocab), -inf where a case rules a tag out (its visible tags), the
+        columns outside every group never looked at; ``answers`` the true tags."""
+        cases, vocab = scores.shape
         answer_rows = np.repeat(np.arange(len(answers)), [len(a) for a in answers])
         answer_ids = np.fromiter((t for a in answers for t in a), dtype=np.int64, count=len(answer_rows))
-        is_answer = np.zeros(scores.shape, dtype=bool)  # (cases, vocab)
-        is_answer[answer_rows, answer_ids] = True
+        answer_keys = np.unique(answer_rows * vocab + answer_ids)  # (case, tag) pairs as case * vocab + tag
+        best = []
+        for columns in self.atoms:
+            idx, vals = top_k(scores[:, columns], TOP_K)
+            best.append((columns[idx], vals))
         for name, members in self.groups.items():
-            columns = self.columns[name]  # ranking a group's own columns: the groups together cost ~3 x vocab
-            if len(columns):
-                idx, vals = top_k(scores[:, columns], TOP_K)
-                idx = columns[idx]
-            else:
-                idx, vals = np.zeros((len(scores), 0), dtype=np.int64), np.zeros((len(scores), 0), dtype=scores.dtype)
+            parts = [best[a] for a in self.atoms_of[name]]
+            idx = np.concatenate([p[0] for p in parts], axis=1) if parts else np.zeros((cases, 0), dtype=np.int64)
+            vals = np.concatenate([p[1] for p in parts], axis=1) if parts else np.zeros((cases, 0), dtype=scores.dtype)
+            order = np.lexsort((idx, -vals))[:, :TOP_K]  # the atoms' best, merged: by score, then by index
+            idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
             finite = np.isfinite(vals)
-            hits = np.take_along_axis(is_answer, idx, axis=1)
+            hits = np.isin(np.arange(cases)[:, None] * vocab + idx, answer_keys)
             self.pairs[name].append((vals[finite], hits[finite], idx[finite]))
             counts = self.positives[name]
             for t, n in zip(*np.unique(answer_ids[members[answer_ids]], return_counts=True)):
