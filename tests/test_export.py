@@ -49,6 +49,23 @@ def onnx_embedder(model_dir: Path) -> BooruEmbedder:
     return BooruEmbedder.from_pretrained(model_dir, backend="onnx")
 
 
+def test_attention_pooling_exports_with_the_same_embeddings(tmp_path: Path) -> None:
+    import torch
+
+    from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
+
+    folder = build_tiny_model(tmp_path / "tiny", pooling="attention")
+    model = BooruEmbedForPreTraining.from_pretrained(folder)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.model.pooling_score.weight, std=1.0)  # a learned, non-uniform weighting
+    model.save_pretrained(folder)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["export-onnx", str(folder)]) == 0
+    torch_side = BooruEmbedder.from_pretrained(folder, device="cpu").embed(POSTS)
+    onnx_side = BooruEmbedder.from_pretrained(folder, backend="onnx").embed(POSTS)
+    np.testing.assert_allclose(onnx_side, torch_side, atol=1e-4)
+
+
 def test_layout_and_dynamic_shapes(model_dir: Path) -> None:
     import onnxruntime
 

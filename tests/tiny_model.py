@@ -46,10 +46,11 @@ def write_data_dir(folder: Path, posts: list[dict]) -> Path:
     return folder
 
 
-def build_tiny_model(folder: Path, seed: int = 0, aliases: Sequence[tuple[str, str]] = ()) -> Path:
+def build_tiny_model(folder: Path, seed: int = 0, aliases: Sequence[tuple[str, str]] = (), **config: object) -> Path:
     """Write DATA_DIR ``folder/data`` and the model folder ``folder/model``; return the model folder.
 
-    ``aliases`` (antecedent, canonical) pairs go into the tokenizer's alias table (none by default).
+    ``aliases`` (antecedent, canonical) pairs go into the tokenizer's alias table (none by default);
+    ``config`` overrides model config values (``pooling="attention"``, say).
     """
     import torch
 
@@ -70,6 +71,6 @@ def build_tiny_model(folder: Path, seed: int = 0, aliases: Sequence[tuple[str, s
     torch.manual_seed(seed)
     config = BooruEmbedConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                               intermediate_size=64, embedding_dim=48, nested_dims=[16, 32],
-                              num_score_buckets=len(tokenizer.score_token_ids))
+                              num_score_buckets=len(tokenizer.score_token_ids), **config)
     BooruEmbedForPreTraining(config).save_pretrained(model_dir)
     return model_dir
