@@ -98,7 +98,8 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str], Path]]:
          [sys.executable, str(REPO / "train_hf.py"), "--config", args.config, "--dataset", str(w / "data"),
           "--tokenizer", str(w / "tokenizer"), "--output", str(w / "model"), "--max-steps", str(args.train_steps),
           "--embedding-init", "cooccurrence", "--eval-posts", "0", "--no-resume",
-          "--mixed-precision", "no", "--num-workers", "1"],  # small's recipe is a GPU one (bf16, 8 workers)
+          "--mixed-precision", "no", "--num-workers", "1", "--batch-size", "64"],  # small's recipe is a GPU one
+                                                                                  # (bf16, 8 workers, 1024 posts)
          w / "model" / "config.json"),
         (f"evaluate --max-posts {args.eval_posts}",
          [*CLI, "evaluate", str(w / "model"), "--dataset", str(w / "data"), "--max-posts", str(args.eval_posts),
