@@ -307,6 +307,20 @@ def _readback(post_of: np.ndarray, tags: np.ndarray, num_posts: int, vocab_size:
     return np.repeat(sequence, instances), keys[at] % vocab_size
 
 
+def _subject_tokens(
+    ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, subject_categories: Sequence[int],
+    exclude_ids: frozenset[int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(post of each subject token, its tag id, posts of every tag id) of flat posts.
+
+    Subject tokens are those of ``subject_categories`` not in ``exclude_ids`` (the unknown-tag tokens).
+    """
+    subject = np.isin(categories, subject_categories) & ~np.isin(ids, list(exclude_ids))
+    posts_of = np.bincount(ids[subject], minlength=int(ids.max(initial=0)) + 1)  # a tag never repeats in a post
+    post_index = np.repeat(np.arange(len(lengths)), lengths)[subject]
+    return post_index, ids[subject], posts_of
+
+
 def rare_subject_weights(
     ids: np.ndarray, categories: np.ndarray, lengths: np.ndarray, subject_categories: Sequence[int],
     exclude_ids: frozenset[int], exponent: float, cap: float = 4.0,
@@ -320,15 +334,13 @@ def rare_subject_weights(
     subjects are all at least median-common, are drawn once. Co-occurrence counts learn a 15-post
     character in one pass; the model needs several, so its rare subjects get them.
     """
-    subject = np.isin(categories, subject_categories) & ~np.isin(ids, list(exclude_ids))
-    posts_of = np.bincount(ids[subject], minlength=int(ids.max(initial=0)) + 1)  # a tag never repeats in a post
+    post_index, tags, posts_of = _subject_tokens(ids, categories, lengths, subject_categories, exclude_ids)
     weights = np.ones(len(lengths))
-    if not subject.any():
+    if not len(tags):
         return weights
     median = np.median(posts_of[posts_of > 0])
-    post_index = np.repeat(np.arange(len(lengths)), lengths)[subject]
     rarest = np.full(len(lengths), np.inf)
-    np.minimum.at(rarest, post_index, posts_of[ids[subject]].astype(np.float64))
+    np.minimum.at(rarest, post_index, posts_of[tags].astype(np.float64))
     has_subject = np.isfinite(rarest)
     weights[has_subject] = np.clip((median / rarest[has_subject]) ** exponent, 1.0, cap)
     return weights
@@ -344,10 +356,7 @@ def rarest_subject_groups(
     the rarest subject (character or artist, fewest posts, ties to the lower id) of post i or -1;
     ``members[starts[g]:starts[g + 1]]`` the posts whose rarest subject is the g-th (ascending tag id).
     """
-    subject = np.isin(categories, subject_categories) & ~np.isin(ids, list(exclude_ids))
-    posts_of = np.bincount(ids[subject], minlength=int(ids.max(initial=0)) + 1)
-    post_index = np.repeat(np.arange(len(lengths)), lengths)[subject]
-    tags = ids[subject]
+    post_index, tags, posts_of = _subject_tokens(ids, categories, lengths, subject_categories, exclude_ids)
     # per post, the subject with the fewest posts: sort by (post, count, id) and take each post's first
     order = np.lexsort((tags, posts_of[tags], post_index))
     first = np.ones(len(order), dtype=bool)

@@ -117,30 +117,24 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
     return encoded
 
 
-def post_weights(train_encoded: Any, info: Any, exponent: float) -> Any:
-    """Draws per epoch of every training post (``rare_subject_weights``), or None when not oversampling."""
+def subject_draws(train_encoded: Any, info: Any, config: TrainingConfig) -> tuple[Any, Any]:
+    """(draws per epoch, rarest-subject groups) of the training posts for ``EpochBatchSampler``.
+
+    Each is None when its option is off (``rare_subject_oversampling``, ``subject_pair_batches``); the
+    split is laid flat once for both (``rare_subject_weights``, ``rarest_subject_groups``).
+    """
     from ..modeling.categories_booru_embed import CATEGORY_IDS
     from ..sequences import flat_posts
-    from .collator import rare_subject_weights
+    from .collator import SUBJECT_CATEGORIES, rare_subject_weights, rarest_subject_groups
 
-    if exponent == 0:
-        return None
-    return rare_subject_weights(
-        *flat_posts(train_encoded.data),
-        (CATEGORY_IDS["character"], CATEGORY_IDS["artist"]), info.unk_token_ids, exponent,
-    )
-
-
-def subject_partners(train_encoded: Any, info: Any, enabled: bool) -> Any:
-    """The training posts grouped by rarest subject (``rarest_subject_groups``), or None when not pairing."""
-    from ..modeling.categories_booru_embed import CATEGORY_IDS
-    from ..sequences import flat_posts
-    from .collator import SUBJECT_CATEGORIES, rarest_subject_groups
-
-    if not enabled:
-        return None
-    categories = tuple(CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES)
-    return rarest_subject_groups(*flat_posts(train_encoded.data), categories, info.unk_token_ids)
+    if not (config.rare_subject_oversampling or config.subject_pair_batches):
+        return None, None
+    flat = flat_posts(train_encoded.data)
+    subjects = (tuple(CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES), info.unk_token_ids)
+    weights = rare_subject_weights(*flat, *subjects, config.rare_subject_oversampling) \
+        if config.rare_subject_oversampling else None
+    partners = rarest_subject_groups(*flat, *subjects) if config.subject_pair_batches else None
+    return weights, partners
 
 
 def optimizer_for(model: Any, config: TrainingConfig, fused: bool) -> Any:
@@ -231,11 +225,12 @@ def make_loader(config: TrainingConfig, train_encoded: Any, info: Any, accelerat
 
     from .collator import EpochBatchSampler, PretrainingCollator
 
+    weights, partners = subject_draws(train_encoded, info, config)
     sampler = EpochBatchSampler(
         len(train_encoded), config.batch_size, config.seed,
         lengths=train_encoded.data.column("length").to_numpy() if config.length_buckets else None,
-        weights=post_weights(train_encoded, info, config.rare_subject_oversampling),
-        partners=subject_partners(train_encoded, info, config.subject_pair_batches),
+        weights=weights,
+        partners=partners,
     )
     if len(sampler) < accelerator.num_processes:
         raise UsageError(f"the train split ({len(train_encoded)} posts) is smaller than one batch per process")
