@@ -254,3 +254,45 @@ def test_evaluate_encodes_only_the_samples_and_records_them(tmp_path):
     metrics = evaluate(model_dir, tmp_path / "data", tmp_path / "metrics.json", max_posts=10, baseline_posts=50)
     assert metrics["count.baseline.posts"] == 50 and metrics["count.baseline.train_posts"] == 120
     assert metrics["count.test_posts"] == 10 and "tagvec.retrieval.character.recall@10" in metrics
+
+
+def test_traits_report_the_rarest_quarter_of_characters_on_their_own():
+    train = clustered_posts(400, 0)
+    rare = [p for p in train if 23 in p.tags.tolist()][:5]  # character 23 keeps only 5 training posts
+    train = [p for p in train if 23 not in p.tags.tolist()] + rare
+    evaluator = Evaluator(INFO, train, clustered_posts(120, 1), NAMES.get, max_posts=20)
+    truth = {"characters": {f"tag{20 + c}": {"copyright": None, "traits": [f"tag{10 + 2 * c}", f"tag{11 + 2 * c}"]}
+                            for c in range(4)}}
+    prior = np.full(len(CATEGORIES), 1e-3)
+    prior[10:18] = 0.01
+    runner = FixedLogitsRunner(np.log(prior), character=20, traits=[10, 11], boost=np.log(20.0))  # knows tag20 only
+    out: dict[str, float] = {}
+    evaluator.traits(runner, truth, out)
+    assert out["count.traits.rarest_quarter.max_posts"] == 5.0  # the quarter is character 23 alone
+    assert out["model.traits.rarest_quarter.r_precision"] == 0.0 < out["model.traits.r_precision"]
+    assert out["baseline.traits.rarest_quarter.r_precision"] == 1.0  # counts find its traits from 5 posts
+
+
+class PrefixRunner:
+    """Stands in for ``ModelRunner``: embeddings whose first 2 dims say the post's trait pair, the rest noise."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.model = SimpleNamespace(config=SimpleNamespace(nested_dims=[2]))
+        self.rng = np.random.default_rng(0)
+
+    def run(self, sequences, *outputs):
+        vectors = []
+        for ids, _ in sequences:
+            trait = [t for t in ids.tolist() if 10 <= t < 18][0] // 2  # the character's trait pair, 5..8
+            vectors.append(np.concatenate([[np.cos(trait), np.sin(trait)], 3 * self.rng.standard_normal(30)]))
+        return {"embeddings": np.array(vectors)}
+
+
+def test_model_retrieval_is_reported_for_each_nested_prefix():
+    evaluator = Evaluator(INFO, clustered_posts(400, 0), clustered_posts(120, 1), NAMES.get, max_posts=100)
+    out: dict[str, float] = {}
+    evaluator.retrieval(PrefixRunner(), out, 6, "character")
+    assert out["model.retrieval.character.dim2.recall@10"] == 1.0  # the prefix alone separates the characters
+    assert out["model.retrieval.character.recall@10"] < 0.9  # the noisy full width does not
