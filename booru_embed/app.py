@@ -302,7 +302,7 @@ def build_app(embedder: BooruEmbedder, index: Any = None, title: str = "booru-em
 
 def load_app(model_dir: str | Path, index_dir: str | Path | None = None, device: str | None = None) -> gr.Blocks:
     """Load MODEL_DIR (and INDEX_DIR) and build the page; ``UsageError`` with one line for a bad folder."""
-    from .embedder import _load
+    from .embedder import load_for_command
 
     import_gradio()  # fail before loading anything when Gradio is missing
     index = None
@@ -310,7 +310,7 @@ def load_app(model_dir: str | Path, index_dir: str | Path | None = None, device:
         from .index import PostIndex
 
         index = PostIndex.load(index_dir, model_dir=model_dir, device=device)
-    embedder = _load(str(model_dir), device)
+    embedder = load_for_command(str(model_dir), device)
     if index is not None and index.dim > embedder.embedding_dim:
         raise UsageError(f"index {index_dir} holds {index.dim}-dim vectors, model {model_dir} embeds {embedder.embedding_dim}")
     return build_app(embedder, index, title=f"booru-embed: {Path(str(model_dir)).name}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import BooruEmbedder, _load
+from .embedder import BooruEmbedder, load_for_command
 from .errors import UsageError
 from .modeling.categories_booru_embed import TAG_CATEGORIES
 
@@ -99,7 +99,7 @@ def audit(model_dir: str, data_dir: Path, output: Path, split: str = "test", max
     splits = datasets.load_from_disk(str(data_dir))
     if split not in splits:
         raise UsageError(f"--split {split!r} is not in {data_dir} (splits: {', '.join(splits)})")
-    embedder = _load(model_dir, device)
+    embedder = load_for_command(model_dir, device)
     table = _select(splits[split], max_posts, seed)
     selection = "all" if len(table) == len(splits[split]) else f"a uniform sample drawn with seed {seed}"
     output.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ RATING_WORDS = {letter: word for word, letter in RATING_ALIASES.items()}
 SCORE_WORDS = ("low_score", "average_score", "high_score")
 COMPLETE_TOP_K = 32  # model suggestions read per post for --complete; the threshold picks among them
 BATCH_ROWS = 4096  # posts per Arrow batch read
+COMPLETE_BATCH = 64  # posts captioned together (one batched model call for --complete)
 
 
 def score_thresholds(data: Any) -> list[int]:
@@ -121,6 +122,18 @@ def parse_order(value: str | None) -> list[str] | None:
     return names
 
 
+def _chunks(posts: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """``posts`` in lists of ``size`` (the last may be shorter)."""
+    chunk: list[dict[str, Any]] = []
+    for post in posts:
+        chunk.append(post)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _posts(data: Any, splits: list[str], batch_size: int) -> Iterator[dict[str, Any]]:
     """Rows of the chosen splits as dicts, read in Arrow batches."""
     for name in splits:
@@ -138,8 +151,30 @@ class CaptionExporter:
         self.order = parse_order(args.order)
         self.counts: Counter = Counter({key: 0 for key in CHANGE_KEYS})
 
-    def caption(self, post: dict[str, Any]) -> tuple[str, NormalizedTags, list[tuple[str, float]]]:
-        """Caption, normalised tags and model-added ``(tag, probability)`` of one row."""
+    def captions(self, posts: list[dict[str, Any]]) -> list[tuple[str, NormalizedTags, list[tuple[str, float]]]]:
+        """Caption, normalised tags and model-added ``(tag, probability)`` of each row; with ``--complete``
+        the model suggests for all of them in batched forward passes (``suggest_many``)."""
+        results = [self._normalized(post) for post in posts]
+        added: list[list[tuple[str, float]]] = [[] for _ in posts]
+        todo = [i for i, result in enumerate(results) if self.embedder is not None and result.all_tags()]
+        if todo:
+            present = {i: {**results[i].tags, "rating": results[i].rating} for i in todo}
+            for tags in present.values():
+                tags.pop("unknown")
+            suggestions = self.embedder.suggest_many([present[i] for i in todo], top_k=COMPLETE_TOP_K,
+                                                     expand_implications=False)
+            for i, found in zip(todo, suggestions):
+                added[i] = [(tag, score) for tag, score in found if score >= self.args.threshold]
+                if added[i]:
+                    for tag, _ in added[i]:
+                        category = self.embedder.category_of(tag)
+                        present[i][category] = [*present[i][category], tag]
+                    results[i] = self.normalizer.normalize(present[i], self.args.implications)
+        return [(self._caption_text(post, result), result, model_added)
+                for post, result, model_added in zip(posts, results, added)]
+
+    def _normalized(self, post: dict[str, Any]) -> NormalizedTags:
+        """One row's tags normalised with ``--implications``, its changes counted."""
         tags = {c: post.get(c) or [] for c in TAG_CATEGORIES}
         try:
             result = self.normalizer.normalize({**tags, "rating": post.get("rating")}, self.args.implications)
@@ -147,17 +182,10 @@ class CaptionExporter:
             raise UsageError(f"post id {post['id']}: {error}") from None
         changed = any(set(result.tags[c]) != set(tags[c]) for c in TAG_CATEGORIES)
         count_changes(self.counts, result, changed)
-        added: list[tuple[str, float]] = []
-        if self.embedder is not None and result.all_tags():
-            present = {**result.tags, "rating": result.rating}
-            present.pop("unknown")
-            suggestions = self.embedder.suggest(present, top_k=COMPLETE_TOP_K, expand_implications=False)
-            added = [(tag, score) for tag, score in suggestions if score >= self.args.threshold]
-            if added:
-                for tag, _ in added:
-                    category = self.embedder.category_of(tag)
-                    present[category] = [*present[category], tag]
-                result = self.normalizer.normalize(present, self.args.implications)
+        return result
+
+    def _caption_text(self, post: dict[str, Any], result: NormalizedTags) -> str:
+        """The caption of one row: rating and score words, then its tags in the chosen style and order."""
         words = []
         if self.args.rating_words and result.rating is not None:
             words.append(RATING_WORDS[result.rating])
@@ -166,8 +194,7 @@ class CaptionExporter:
         if self.args.style == "prompt":
             words = [prompt_tag(w) for w in words]
         body = result.to_string(self.args.style, order=self.order, separator=self.args.separator, metadata=False)
-        caption = self.args.separator.join([*words, body] if body else words)
-        return caption, result, added
+        return self.args.separator.join([*words, body] if body else words)
 
 
 def export_captions(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,14 +226,16 @@ def export_captions(args: argparse.Namespace) -> dict[str, Any]:
     complete = False
     total = sum(len(data[name]) for name in splits)
     try:
-        for post in tqdm(_posts(data, splits, BATCH_ROWS), total=total, desc="export-captions", unit="post"):
-            caption, result, added = exporter.caption(post)
-            writer.write(post["id"], caption, {"rating": result.rating, "score": post.get("score")})
-            if added:
-                added_handle.write(json.dumps({"id": post["id"], "added": [{"tag": t, "probability": round(p, 6)}
-                                                                           for t, p in added]}, ensure_ascii=False) + "\n")
-                model_added.update(tag for tag, _ in added)
-                posts_completed += 1
+        with tqdm(total=total, desc="export-captions", unit="post") as bar:
+            for posts in _chunks(_posts(data, splits, BATCH_ROWS), COMPLETE_BATCH):
+                for post, (caption, result, added) in zip(posts, exporter.captions(posts)):
+                    writer.write(post["id"], caption, {"rating": result.rating, "score": post.get("score")})
+                    if added:
+                        added_handle.write(json.dumps({"id": post["id"], "added": [
+                            {"tag": t, "probability": round(p, 6)} for t, p in added]}, ensure_ascii=False) + "\n")
+                        model_added.update(tag for tag, _ in added)
+                        posts_completed += 1
+                bar.update(len(posts))
         complete = True
     finally:
         writer.close(complete)

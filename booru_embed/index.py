@@ -293,7 +293,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``). With ``resume``,
     shards already embedded are kept and the index is rebuilt from them. Returns ``index_info.json``'s content.
     """
-    from .embedder import _load
+    from .embedder import load_for_command
 
     output, data_dir = Path(output), Path(data_dir)
     if batch_size < 1 or shard_size < 1:
@@ -303,7 +303,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     count = table.num_rows
     kind = choose_kind(kind, count)
     chosen = index_parameters(kind, count, **parameters)
-    embedder = _load(str(model_dir), device)
+    embedder = load_for_command(str(model_dir), device)
     try:
         dim = embedder._check_dim(dim)
     except ValueError as error:
@@ -386,9 +386,9 @@ class PostIndex:
     def embedder(self) -> BooruEmbedder:
         """The model that embeds queries (loaded on first use; its size must cover the index's dim)."""
         if self._embedder is None:
-            from .embedder import _load
+            from .embedder import load_for_command
 
-            embedder = _load(self.model_dir, self.device)
+            embedder = load_for_command(self.model_dir, self.device)
             if embedder.embedding_dim < self.dim:
                 raise UsageError(f"model {self.model_dir} embeds {embedder.embedding_dim} dims, "
                                  f"the index holds {self.dim}")

@@ -132,6 +132,21 @@ def test_suggest_expands_implications(embedder: BooruEmbedder) -> None:
     assert len(tags) == len(set(tags))
 
 
+def test_suggest_many_answers_as_suggest_does_for_each(embedder: BooruEmbedder) -> None:
+    tagsets = ["1girl", "1girl smile cat_ears", {"general": ["smile"], "rating": "e"}, "1girl long_hair smile solo"]
+    for options in ({}, {"categories": ["general"], "distinctive": True}, {"expand_implications": False}):
+        one_by_one = [embedder.suggest(tagset, top_k=5, **options) for tagset in tagsets]
+        # batches of 3 and 1: a padded batch (tag sets of 1 to 4 tags) answers as each set alone
+        together = embedder.suggest_many(tagsets, top_k=5, batch_size=3, **options)
+        assert [[tag for tag, _ in answer] for answer in together] == [[tag for tag, _ in a] for a in one_by_one]
+        for answer, alone in zip(together, one_by_one):
+            assert [p for _, p in answer] == pytest.approx([p for _, p in alone], rel=1e-4)
+    with pytest.raises(ValueError, match="empty"):
+        embedder.suggest_many(["1girl", "   "])
+    with pytest.raises(ValueError, match="batch_size"):
+        embedder.suggest_many(["1girl"], batch_size=0)
+
+
 def test_suggest_with_unknown_tags_and_bad_input(embedder: BooruEmbedder) -> None:
     assert embedder.unknown_tags("1girl not_a_real_tag") == ["not_a_real_tag"]
     assert embedder.unknown_tags({"character": ["nobody_at_all"], "rating": "g"}) == ["nobody_at_all"]
