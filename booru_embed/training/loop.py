@@ -325,7 +325,8 @@ def setup(config: TrainingConfig) -> Session:
     evaluator = build_evaluator(config, tokenizer, info, train_encoded) if accelerator.is_main_process else None
     posts_per_step = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
     accelerator.print(
-        f"running training: {len(train_encoded)} posts ({len(sampler.items)} draws per epoch), "
+        f"running training: {len(train_encoded)} posts ({len(sampler.items)} draws per epoch"
+        f"{', each with a same-subject partner' if config.subject_pair_batches else ''}), "
         f"{accelerator.num_processes} process(es), "
         f"{config.batch_size} posts x {config.gradient_accumulation_steps} accumulation x "
         f"{accelerator.num_processes} = {posts_per_step} posts per step, "
