@@ -97,9 +97,16 @@ def mean_sd(values: list[float]) -> str:
     return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
 
 
-def table(setting: str, runs: list[dict]) -> str:
+def tag_names(corpus: Path) -> str:
+    """Where a cached corpus's tag names came from: ``made-up`` or the tag-data folder (its truth file says)."""
+    return json.loads((corpus / "corpus.truth.json").read_text()).get("source", "unknown")
+
+
+def table(setting: str, runs: list[dict], sources: list[str]) -> str:
     """One markdown table: per headline metric the model, the baselines and the paired margin."""
-    lines = [f"\n{setting} ({len(runs)} seed(s)); train wall s: "
+    names = ", ".join(f"{sources.count(s)} x {'made-up' if s == 'made-up' else 'real (' + s + ')'}"
+                      for s in dict.fromkeys(sources))
+    lines = [f"\n{setting} ({len(runs)} seed(s); tag names: {names}); train wall s: "
              + mean_sd([r.get("time.train.wall_seconds") for r in runs]),
              "| metric | model | related / TF-IDF | tag vectors | model - best baseline |", "|---|---|---|---|---|"]
     for label, model_key, base_key, vec_key in ROWS:
@@ -131,13 +138,14 @@ def main() -> None:
     name = args.name or "run-" + hashlib.sha1(json.dumps([args.config, extra]).encode()).hexdigest()[:10]
     summary = {}
     for setting in args.settings.split(","):
-        runs = []
+        runs, sources = [], []
         for seed in (int(s) for s in args.seeds.split(",")):
             corpus = prepare_corpus(args.workdir, setting, seed, args.posts, args.threads)
+            sources.append(tag_names(corpus))
             runs.append(train_and_evaluate(corpus, name, args.config, seed, extra, args.threads))
             (corpus / name / "flags.json").write_text(json.dumps({"config": args.config, "flags": extra}) + "\n")
         summary[setting] = runs
-        print(table(setting, runs), flush=True)
+        print(table(setting, runs, sources), flush=True)
     (args.workdir / f"{name}.summary.json").write_text(json.dumps({"config": args.config, "flags": extra,
                                                                   "runs": summary}, indent=1) + "\n")
 

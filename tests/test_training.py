@@ -252,19 +252,17 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
 @pytest.mark.slow
 def test_tiny_recipe_on_the_sparse_traits_setting(tmp_path):
     """The same recipe on a second setting, ``sparse-traits`` (traits tagged half the time, weaker artist
-    styles), with real Danbooru tag names; README "The recipe over three seeds on every setting"."""
+    styles): the corpus of ``bench/bench_recipe.py --settings sparse-traits --seeds 0`` (made-up tag names);
+    README "The recipe over three seeds on every setting"."""
     from booru_embed.data.ingest import build_dataset
-    from booru_embed.data.synthetic import default_tag_data, generate_corpus
+    from booru_embed.data.synthetic import generate_corpus
     from booru_embed.data.synthetic_settings import setting
     from booru_embed.data.tokenizer_build import build_tokenizer
     from booru_embed.evaluation import evaluate
 
-    tag_data = default_tag_data()
-    if tag_data is None:
-        pytest.skip("needs the real tag tables (../shared/data/danbooru-2025-05), absent here")
     root = tmp_path / "corpus"
     root.mkdir()
-    truth = generate_corpus(root / "corpus.csv", 20000, seed=0, tag_data=tag_data, spec=setting("sparse-traits"))
+    truth = generate_corpus(root / "corpus.csv", 20000, seed=0, tag_data=None, spec=setting("sparse-traits"))
     build_dataset([root / "corpus.csv"], root / "data", progress=False)
     build_tokenizer(root / "data", root / "tokenizer")
     config = TrainingConfig.from_sources("tiny", dataset=str(root / "data"), tokenizer=str(root / "tokenizer"),
