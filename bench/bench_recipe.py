@@ -9,7 +9,8 @@ flags after ``--``, and evaluate with the corpus's truth file. Corpora and runs 
         [--posts 20000] [--config tiny] [--name NAME] [--threads 2] [-- --view-drop-category-probability 0.5]
 
 Prints one table per setting (rows: the headline metrics; columns: model, related tags / TF-IDF,
-tag vectors, model - best baseline) and writes ``summary.json`` into the run folders' parent.
+tag vectors, model - best baseline) and writes ``NAME.summary.json`` into the run folders' parent
+(settings run earlier under the same name and flags are kept).
 """
 
 from __future__ import annotations
@@ -146,8 +147,11 @@ def main() -> None:
             (corpus / name / "flags.json").write_text(json.dumps({"config": args.config, "flags": extra}) + "\n")
         summary[setting] = runs
         print(table(setting, runs, sources), flush=True)
-    (args.workdir / f"{name}.summary.json").write_text(json.dumps({"config": args.config, "flags": extra,
-                                                                  "runs": summary}, indent=1) + "\n")
+    path = args.workdir / f"{name}.summary.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if earlier.get("config") == args.config and earlier.get("flags") == extra:
+        summary = {**earlier["runs"], **summary}  # settings run earlier under this name stay in the summary
+    path.write_text(json.dumps({"config": args.config, "flags": extra, "runs": summary}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
