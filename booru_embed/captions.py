@@ -48,7 +48,7 @@ RATING_WORDS = {letter: word for word, letter in RATING_ALIASES.items()}
 SCORE_WORDS = ("low_score", "average_score", "high_score")
 COMPLETE_TOP_K = 32  # model suggestions read per post for --complete; the threshold picks among them
 BATCH_ROWS = 4096  # posts per Arrow batch read
-COMPLETE_BATCH = 64  # posts captioned together (one batched model call for --complete)
+COMPLETE_BATCH = 256  # posts captioned together (one batched model call for --complete)
 
 
 def score_thresholds(data: Any) -> list[int]:

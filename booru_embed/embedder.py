@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 TagSet = str | Sequence[str] | Mapping[str, Any]
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
-SUGGEST_BATCH = 64  # tag sets per forward pass of suggest_many
+SUGGEST_BATCH = 256  # tag sets per forward pass of suggest_many (bench/bench_suggest_many.py: 6x one at a time)
 SCORE_BATCH = 256  # leave-one-out sequences per forward pass of score_tags (one post rarely has more tags)
 BACKENDS = ("torch", "onnx")
 
