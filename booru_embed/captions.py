@@ -122,18 +122,6 @@ def parse_order(value: str | None) -> list[str] | None:
     return names
 
 
-def _chunks(posts: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    """``posts`` in lists of ``size`` (the last may be shorter)."""
-    chunk: list[dict[str, Any]] = []
-    for post in posts:
-        chunk.append(post)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _posts(data: Any, splits: list[str], batch_size: int) -> Iterator[dict[str, Any]]:
     """Rows of the chosen splits as dicts, read in Arrow batches."""
     for name in splits:
@@ -151,11 +139,12 @@ class CaptionExporter:
         self.order = parse_order(args.order)
         self.counts: Counter = Counter({key: 0 for key in CHANGE_KEYS})
 
-    def captions(self, posts: list[dict[str, Any]]) -> list[tuple[str, NormalizedTags, list[tuple[str, float]]]]:
-        """Caption, normalised tags and model-added ``(tag, probability)`` of each row; with ``--complete``
-        the model suggests for all of them in batched forward passes (``suggest_many``)."""
-        results = [self._normalized(post) for post in posts]
-        added: list[list[tuple[str, float]]] = [[] for _ in posts]
+    def complete(self, rows: list[tuple[dict[str, Any], NormalizedTags]]
+                 ) -> list[tuple[str, NormalizedTags, list[tuple[str, float]]]]:
+        """Caption, normalised tags and model-added ``(tag, probability)`` of each (row, ``normalized(row)``);
+        with ``--complete`` the model suggests for all of them in batched forward passes (``suggest_many``)."""
+        results = [result for _, result in rows]
+        added: list[list[tuple[str, float]]] = [[] for _ in rows]
         todo = [i for i, result in enumerate(results) if self.embedder is not None and result.all_tags()]
         if todo:
             present = {i: {**results[i].tags, "rating": results[i].rating} for i in todo}
@@ -171,10 +160,10 @@ class CaptionExporter:
                         present[i][category] = [*present[i][category], tag]
                     results[i] = self.normalizer.normalize(present[i], self.args.implications)
         return [(self._caption_text(post, result), result, model_added)
-                for post, result, model_added in zip(posts, results, added)]
+                for (post, _), result, model_added in zip(rows, results, added)]
 
-    def _normalized(self, post: dict[str, Any]) -> NormalizedTags:
-        """One row's tags normalised with ``--implications``, its changes counted."""
+    def normalized(self, post: dict[str, Any]) -> NormalizedTags:
+        """One row's tags normalised with ``--implications``, its changes counted; UsageError naming a bad row."""
         tags = {c: post.get(c) or [] for c in TAG_CATEGORIES}
         try:
             result = self.normalizer.normalize({**tags, "rating": post.get("rating")}, self.args.implications)
@@ -226,16 +215,28 @@ def export_captions(args: argparse.Namespace) -> dict[str, Any]:
     complete = False
     total = sum(len(data[name]) for name in splits)
     try:
-        with tqdm(total=total, desc="export-captions", unit="post") as bar:
-            for posts in _chunks(_posts(data, splits, BATCH_ROWS), COMPLETE_BATCH):
-                for post, (caption, result, added) in zip(posts, exporter.captions(posts)):
-                    writer.write(post["id"], caption, {"rating": result.rating, "score": post.get("score")})
-                    if added:
-                        added_handle.write(json.dumps({"id": post["id"], "added": [
-                            {"tag": t, "probability": round(p, 6)} for t, p in added]}, ensure_ascii=False) + "\n")
-                        model_added.update(tag for tag, _ in added)
-                        posts_completed += 1
-                bar.update(len(posts))
+        pending: list[tuple[dict[str, Any], NormalizedTags]] = []
+
+        def write_pending() -> None:
+            nonlocal posts_completed
+            for (post, _), (caption, result, added) in zip(pending, exporter.complete(pending)):
+                writer.write(post["id"], caption, {"rating": result.rating, "score": post.get("score")})
+                if added:
+                    added_handle.write(json.dumps({"id": post["id"], "added": [
+                        {"tag": t, "probability": round(p, 6)} for t, p in added]}, ensure_ascii=False) + "\n")
+                    model_added.update(tag for tag, _ in added)
+                    posts_completed += 1
+            pending.clear()
+
+        for post in tqdm(_posts(data, splits, BATCH_ROWS), total=total, desc="export-captions", unit="post"):
+            try:
+                pending.append((post, exporter.normalized(post)))
+            except UsageError:
+                write_pending()  # the rows before a malformed one are written (to the .partial file)
+                raise
+            if len(pending) == COMPLETE_BATCH:
+                write_pending()
+        write_pending()
         complete = True
     finally:
         writer.close(complete)
