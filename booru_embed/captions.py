@@ -122,6 +122,27 @@ def parse_order(value: str | None) -> list[str] | None:
     return names
 
 
+def _normalized_batches(exporter: CaptionExporter, posts: Iterator[dict[str, Any]], total: int
+                        ) -> Iterator[list[tuple[dict[str, Any], NormalizedTags]]]:
+    """(row, normalised tags) in lists of COMPLETE_BATCH, with a progress bar; a malformed row raises
+    UsageError after the rows before it were yielded, so they are still written."""
+    from tqdm.auto import tqdm
+
+    pending: list[tuple[dict[str, Any], NormalizedTags]] = []
+    for post in tqdm(posts, total=total, desc="export-captions", unit="post"):
+        try:
+            pending.append((post, exporter.normalized(post)))
+        except UsageError:
+            if pending:
+                yield pending
+            raise
+        if len(pending) == COMPLETE_BATCH:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
 def _posts(data: Any, splits: list[str], batch_size: int) -> Iterator[dict[str, Any]]:
     """Rows of the chosen splits as dicts, read in Arrow batches."""
     for name in splits:
@@ -188,8 +209,6 @@ class CaptionExporter:
 
 def export_captions(args: argparse.Namespace) -> dict[str, Any]:
     """Run the export described by ``args`` (the command's flags); return the info written to ``export_info.json``."""
-    from tqdm.auto import tqdm
-
     _check_arguments(args)
     embedder = None
     if args.complete is not None:  # load the model first: a missing folder fails before any work
@@ -215,28 +234,14 @@ def export_captions(args: argparse.Namespace) -> dict[str, Any]:
     complete = False
     total = sum(len(data[name]) for name in splits)
     try:
-        pending: list[tuple[dict[str, Any], NormalizedTags]] = []
-
-        def write_pending() -> None:
-            nonlocal posts_completed
-            for (post, _), (caption, result, added) in zip(pending, exporter.complete(pending)):
+        for rows in _normalized_batches(exporter, _posts(data, splits, BATCH_ROWS), total):
+            for (post, _), (caption, result, added) in zip(rows, exporter.complete(rows)):
                 writer.write(post["id"], caption, {"rating": result.rating, "score": post.get("score")})
                 if added:
                     added_handle.write(json.dumps({"id": post["id"], "added": [
                         {"tag": t, "probability": round(p, 6)} for t, p in added]}, ensure_ascii=False) + "\n")
                     model_added.update(tag for tag, _ in added)
                     posts_completed += 1
-            pending.clear()
-
-        for post in tqdm(_posts(data, splits, BATCH_ROWS), total=total, desc="export-captions", unit="post"):
-            try:
-                pending.append((post, exporter.normalized(post)))
-            except UsageError:
-                write_pending()  # the rows before a malformed one are written (to the .partial file)
-                raise
-            if len(pending) == COMPLETE_BATCH:
-                write_pending()
-        write_pending()
         complete = True
     finally:
         writer.close(complete)
