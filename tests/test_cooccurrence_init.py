@@ -8,7 +8,9 @@ import torch
 
 from booru_embed.modeling.configuration_booru_embed import BooruEmbedConfig
 from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
-from booru_embed.cooccurrence import cooccurrence_embeddings
+import scipy.sparse as sp
+
+from booru_embed.cooccurrence import cooccurrence_embeddings, top_eigenpairs
 from booru_embed.training.cooccurrence_init import initialise_from_cooccurrence
 
 VOCAB = 20
@@ -49,6 +51,19 @@ def test_a_repeated_token_counts_once_per_post_and_low_rank_keeps_the_strongest_
     assert unit[10] @ unit[12] < 0.9
     full, _ = cooccurrence_embeddings(*flat(POSTS), vocab_size=VOCAB, dim=8, seed=0)
     assert abs(full[15] @ full[15] - 1.0) < 1e-5  # cosine of 15 with itself: [15, 15] is one post, not two
+
+
+def test_the_gram_products_split_over_threads_give_the_one_thread_eigenpairs():
+    rng = np.random.default_rng(0)
+    matrix = sp.random(700, 40, density=0.1, format="csr", dtype=np.float32, random_state=rng)
+    gram = (matrix.T @ matrix).toarray()
+    exact = np.sort(np.linalg.eigvalsh(gram))[::-1]
+    # at full rank (40 columns) the range finder is exact; 700 rows in chunks of 64 are 11 chunks,
+    # split over 1, 3 and more threads than chunks (a lost or doubled chunk changes the Gram matrix)
+    for threads in (1, 3, 16):
+        values, vectors = top_eigenpairs(matrix, 40, seed=0, chunk_rows=64, threads=threads)
+        np.testing.assert_allclose(values, exact, rtol=1e-4)
+        np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, gram, atol=1e-4 * np.abs(gram).max())
 
 
 def test_posts_without_tags_leave_every_row_zero():
