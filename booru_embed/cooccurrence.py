@@ -26,7 +26,15 @@ import scipy.sparse as sp
 from .modeling.categories_booru_embed import CATEGORY_IDS
 
 COSINE_BLOCK_NONZEROS = 16_000_000  # bound on one block of the cosine matrix while it is built (~200 MB)
-MAX_GRAM_THREADS = 8  # threads of the range finder; each holds a (vocab x width) float32 partial sum
+MAX_THREADS = 8  # threads of the sparse products (the range finder's each hold a (vocab x width) partial sum)
+
+
+def sparse_threads(requested: int | None = None) -> int:
+    """Threads for scipy's sparse products, which release the GIL: ``requested``, else torch's intra-op
+    thread count (``OMP_NUM_THREADS`` or the cores), at most ``MAX_THREADS``."""
+    import torch
+
+    return max(1, min(requested or torch.get_num_threads(), MAX_THREADS))
 
 
 def incidence_matrix(ids: np.ndarray, lengths: np.ndarray, vocab_size: int, counted: np.ndarray | None = None) -> sp.csr_matrix:
@@ -60,9 +68,10 @@ def tag_counts(incidence: sp.csr_matrix) -> np.ndarray:
 def cosine_matrix(incidence: sp.csr_matrix, block_nonzeros: int = COSINE_BLOCK_NONZEROS) -> sp.csr_matrix:
     """(vocab, vocab) float32 CSR of ``n(a and b) / sqrt(n(a) n(b))``, zero on the diagonal.
 
-    Built in blocks of rows, ``X[:, block]^T X``, each scaled and stripped of its diagonal before the
-    next, so the peak is the result plus one block of at most about ``block_nonzeros`` entries (a row
-    can hold no more entries than the vocabulary, nor than the tokens of the posts that hold its tag).
+    Built in blocks of rows, ``X[:, block]^T X``, each scaled and stripped of its diagonal as soon as
+    it is made, so the peak is the result plus one block of at most about ``block_nonzeros`` entries per
+    thread (``sparse_threads``; a row can hold no more entries than the vocabulary, nor than the tokens of
+    the posts that hold its tag).
     The result still grows with the posts counted (common tags co-occur with most of the vocabulary).
     """
     counts = tag_counts(incidence)
@@ -72,19 +81,24 @@ def cosine_matrix(incidence: sp.csr_matrix, block_nonzeros: int = COSINE_BLOCK_N
     row_bound = np.minimum(by_tag @ post_lengths, vocab)  # most entries row t can have
     cuts = np.searchsorted(np.cumsum(row_bound), np.arange(block_nonzeros, row_bound.sum(), block_nonzeros), side="right")
     edges = np.unique(np.concatenate([[0], cuts, [vocab]]))
-    indptr_parts, index_parts, data_parts = [np.zeros(1, dtype=np.int64)], [], []
-    offset = 0
-    for start, end in zip(edges[:-1], edges[1:]):
+
+    def block_entries(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        start, end = bounds
         block = (by_tag[start:end] @ incidence).tocsr()  # (end - start, vocab) co-counts
         block.sort_indices()
         rows = np.repeat(np.arange(start, end), np.diff(block.indptr))
         values = block.data / np.maximum(np.sqrt(counts[rows] * counts[block.indices]), 1e-12)  # float32 throughout
         keep = (rows != block.indices) & (values != 0)
-        kept_per_row = np.bincount(rows[keep] - start, minlength=end - start)
-        index_parts.append(block.indices[keep])
-        data_parts.append(values[keep].astype(np.float32))
-        indptr_parts.append(offset + np.cumsum(kept_per_row))
-        offset += int(keep.sum())
+        return block.indices[keep], values[keep].astype(np.float32), np.bincount(rows[keep] - start, minlength=end - start)
+
+    indptr_parts, index_parts, data_parts = [np.zeros(1, dtype=np.int64)], [], []
+    offset = 0
+    with ThreadPoolExecutor(sparse_threads()) as pool:  # blocks in order; one block per thread at a time
+        for indices, data, kept_per_row in pool.map(block_entries, zip(edges[:-1], edges[1:])):
+            index_parts.append(indices)
+            data_parts.append(data)
+            indptr_parts.append(offset + np.cumsum(kept_per_row))
+            offset += len(indices)
     indices = np.concatenate(index_parts) if index_parts else np.zeros(0, dtype=np.int32)
     data = np.concatenate(data_parts) if data_parts else np.zeros(0, dtype=np.float32)
     return sp.csr_matrix((data, indices, np.concatenate(indptr_parts)), shape=(vocab, vocab))
@@ -132,9 +146,8 @@ def top_eigenpairs(
     matrix is applied as ``sum over row chunks of chunk.T @ (chunk @ Q)``, so the memory is
     (columns x rank) per thread plus one chunk, for any number of rows. Exact when ``rank + oversample``
     reaches the matrix's rank, close otherwise (the bench compares it with ARPACK), which is all an
-    initialisation needs. The chunks are split into ``threads`` contiguous runs (default: torch's
-    intra-op threads, at most ``MAX_GRAM_THREADS``), whose partial sums are added in order, so a given
-    thread count always gives the same result; scipy's sparse products release the GIL. The
+    initialisation needs. The chunks are split into ``sparse_threads(threads)`` contiguous runs, whose
+    partial sums are added in order, so a given thread count always gives the same result. The
     orthonormalisation is torch's QR (LAPACK through torch is about 3x numpy's here).
     """
     import torch
@@ -142,7 +155,7 @@ def top_eigenpairs(
     columns = matrix.shape[1]
     width = min(rank + oversample, columns)
     starts = list(range(0, matrix.shape[0], chunk_rows))
-    threads = min(threads or torch.get_num_threads(), MAX_GRAM_THREADS, max(len(starts), 1))
+    threads = min(sparse_threads(threads), max(len(starts), 1))
     runs = [run for run in np.array_split(np.array(starts, dtype=np.int64), threads) if len(run)]
 
     def gram_part(run: np.ndarray, block: np.ndarray) -> np.ndarray:

@@ -11,11 +11,12 @@ visible tags.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..cooccurrence import cosine_matrix, incidence_matrix, spectral_rows, tag_counts
+from ..cooccurrence import cosine_matrix, incidence_matrix, sparse_threads, spectral_rows, tag_counts
 
 
 class CooccurrenceBaseline:
@@ -69,8 +70,22 @@ class CooccurrenceBaseline:
         return sparse.csr_matrix((data, (rows, cols)), shape=(len(visible), self.vocab_size))
 
     def suggest_scores(self, visible: Sequence[np.ndarray]) -> np.ndarray:
-        """(cases, vocab) sum of cosines to the visible tags."""
-        return np.asarray((self._incidence(visible) @ self.cosine).todense(), dtype=np.float32)
+        """(cases, vocab) float32 sum of cosines to the visible tags.
+
+        Blocks of cases go to ``sparse_threads()`` threads (scipy's sparse products release the GIL),
+        each writing its rows of the one dense result.
+        """
+        scores = np.zeros((len(visible), self.vocab_size), dtype=np.float32)
+        edges = np.linspace(0, len(visible), sparse_threads() + 1).astype(int)
+
+        def fill(bounds: tuple[int, int]) -> None:
+            low, high = bounds
+            if high > low:
+                (self._incidence(visible[low:high]) @ self.cosine).toarray(out=scores[low:high])
+
+        with ThreadPoolExecutor(len(edges) - 1) as pool:
+            list(pool.map(fill, zip(edges[:-1], edges[1:])))
+        return scores
 
     def tfidf(self, visible: Sequence[np.ndarray]) -> Any:
         """(cases, vocab) TF-IDF vectors of the visible tags, a sparse CSR matrix."""
