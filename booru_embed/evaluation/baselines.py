@@ -36,6 +36,12 @@ class CooccurrenceBaseline:
         self.incidence = posts
         self.counts = tag_counts(self.incidence)
         self.cosine = cosine_matrix(self.incidence)
+        # rows at least half full (common tags co-occur with most of the vocabulary) also kept dense: no
+        # larger than their CSR, and their share of a related-tags score is a BLAS product
+        self.dense_rows = np.flatnonzero(np.diff(self.cosine.indptr) >= vocab_size / 2)
+        self.dense_cosine = self.cosine[self.dense_rows].toarray()
+        self.is_dense_row = np.zeros(vocab_size, dtype=bool)
+        self.is_dense_row[self.dense_rows] = True
         self.idf = np.log((1 + self.incidence.shape[0]) / (1 + self.counts)).astype(np.float32) + 1.0
         self.rating_log_prob = self._log_conditional(self.incidence, ratings, num_ratings)
         self.score_log_prob = self._log_conditional(self.incidence, scores, num_scores)
@@ -72,16 +78,26 @@ class CooccurrenceBaseline:
     def suggest_scores(self, visible: Sequence[np.ndarray]) -> np.ndarray:
         """(cases, vocab) float32 sum of cosines to the visible tags.
 
+        The visible tags with a dense row add theirs by a dense product, the others by a sparse one
+        (at 146k tags and 1M posts, 134 dense rows held 75% of the entries a case's sum touched).
         Blocks of cases go to ``sparse_threads()`` threads (scipy's sparse products release the GIL),
-        each writing its rows of the one dense result.
+        each writing its rows of the one result.
         """
         scores = np.zeros((len(visible), self.vocab_size), dtype=np.float32)
         edges = np.linspace(0, len(visible), sparse_threads() + 1).astype(int)
+        dense_column = np.cumsum(self.is_dense_row) - 1  # a dense row's position in dense_cosine
 
         def fill(bounds: tuple[int, int]) -> None:
             low, high = bounds
-            if high > low:
-                (self._incidence(visible[low:high]) @ self.cosine).toarray(out=scores[low:high])
+            if high == low:
+                return
+            chunk = visible[low:high]
+            common = np.zeros((high - low, len(self.dense_rows)), dtype=np.float32)
+            for row, tags in enumerate(chunk):
+                np.add.at(common[row], dense_column[tags[self.is_dense_row[tags]]], 1.0)
+            np.matmul(common, self.dense_cosine, out=scores[low:high])
+            rest = self._incidence([tags[~self.is_dense_row[tags]] for tags in chunk])
+            scores[low:high] += (rest @ self.cosine).toarray()
 
         with ThreadPoolExecutor(len(edges) - 1) as pool:
             list(pool.map(fill, zip(edges[:-1], edges[1:])))
