@@ -11,7 +11,6 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from booru_embed.training.objectives import (
-    ContrastiveMemory,
     classification_loss,
     info_nce,
     readback_loss,
@@ -109,55 +108,6 @@ def test_info_nce_with_subjects_pulls_posts_of_one_character_together():
     assert together < apart and plain_together > plain_apart  # the plain loss wants every post apart
     shared = shared_subjects(subjects, subjects)
     assert shared[0, 1] and shared[1, 0] and not shared[0, 2] and not shared[2, 2] and shared[3, 3]
-
-
-def test_info_nce_memory_rows_are_further_columns_of_both_directions():
-    torch.manual_seed(0)
-    a, b, remembered = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8), torch.randn(7, 8)
-    no_subjects = torch.full((7, 2), -1)
-    loss, _ = info_nce(a, b, 0.1, [4], memory=(remembered, no_subjects))
-    unit = lambda x: F.normalize(x[:, :4], dim=-1)  # noqa: E731
-    forward = torch.cat([unit(a) @ unit(b).T, unit(a) @ unit(remembered).T], dim=1) / 0.1
-    backward = torch.cat([unit(b) @ unit(a).T, unit(b) @ unit(remembered).T], dim=1) / 0.1
-    labels = torch.arange(5)
-    torch.testing.assert_close(loss, (F.cross_entropy(forward, labels) + F.cross_entropy(backward, labels)) / 2)
-    assert loss > info_nce(a, b, 0.1, [4])[0]  # more negatives, a larger loss
-    # an empty memory is no memory
-    torch.testing.assert_close(info_nce(a, b, 0.1, [4], memory=(remembered[:0], no_subjects[:0]))[0],
-                               info_nce(a, b, 0.1, [4])[0])
-
-
-def test_info_nce_memory_rows_sharing_a_subject_are_positives():
-    torch.manual_seed(0)
-    a = torch.randn(4, 8)
-    b = a + 0.01 * torch.randn(4, 8)
-    subjects = torch.tensor([[40, -1], [-1, -1], [9, -1], [-1, -1]])
-    memory_subjects = torch.tensor([[40, -1], [-1, -1], [-1, -1]])
-    near, far, others = a[0] + 0.05 * torch.randn(8), -a[0], torch.randn(2, 8)
-    # the remembered post of character 40: close to post 0 lowers its loss, far raises it
-    losses = [info_nce(a, b, 0.1, [8], subjects=subjects, memory=(torch.cat([x[None], others]), memory_subjects))[0]
-              for x in (near, far)]
-    assert losses[0] < losses[1]
-    # without subject positives the same row is a negative: close is worse than far
-    plain = [info_nce(a, b, 0.1, [8], memory=(torch.cat([x[None], others]), memory_subjects))[0] for x in (near, far)]
-    assert plain[0] > plain[1]
-
-
-def test_contrastive_memory_keeps_the_last_posts_and_round_trips_its_state():
-    memory = ContrastiveMemory(size=5, dim=2, subject_slots=2)
-    assert len(memory.contents()[0]) == 0
-    for start in (0, 3, 6):  # three batches of 3 posts: 9 posts into 5 rows
-        rows = torch.arange(start, start + 3, dtype=torch.float32)
-        memory.add(torch.stack([rows, -rows], dim=1).requires_grad_(True), torch.stack([rows.long(), rows.long()], 1))
-    embeddings, subjects = memory.contents()
-    assert sorted(embeddings[:, 0].tolist()) == [4.0, 5.0, 6.0, 7.0, 8.0] and not embeddings.requires_grad
-    assert torch.equal(subjects[:, 0], embeddings[:, 0].long())
-    copy = ContrastiveMemory(size=5, dim=2, subject_slots=2)
-    copy.load_state_dict(memory.state_dict())
-    for kept in (memory, copy):
-        kept.add(torch.tensor([[9.0, -9.0]]), torch.tensor([[9, 9]]))
-    torch.testing.assert_close(copy.contents()[0], memory.contents()[0])
-    assert sorted(copy.contents()[0][:, 0].tolist()) == [5.0, 6.0, 7.0, 8.0, 9.0]
 
 
 def _info_nce_on_rank(rank: int, world: int, init_file: str, views: torch.Tensor, results: dict) -> None:

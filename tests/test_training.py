@@ -97,12 +97,10 @@ def test_train_writes_a_loadable_model_folder(small_corpus, tmp_path):
     assert AutoModel.from_pretrained(out, trust_remote_code=True) is not None
 
 
-@pytest.mark.parametrize("memory", [0, 48], ids=["plain", "contrastive-memory"])
-def test_resume_reproduces_the_uninterrupted_run_exactly(small_corpus, tmp_path, memory):
+def test_resume_reproduces_the_uninterrupted_run_exactly(small_corpus, tmp_path):
     # 13 batches of 32 posts per epoch, 2 per step: 7 steps per epoch, so the run crosses an epoch
-    # boundary after the interruption, and the resumed half skips into the middle of an epoch. With a
-    # contrastive memory (48 rows: it wraps within a step), the checkpoint must carry its contents.
-    common = dict(max_steps=10, gradient_accumulation_steps=2, contrastive_memory=memory)
+    # boundary after the interruption, and the resumed half skips into the middle of an epoch.
+    common = dict(max_steps=10, gradient_accumulation_steps=2)
     straight = fit(config_for(small_corpus, tmp_path / "straight", **common))
     first = fit(config_for(small_corpus, tmp_path / "split", stop_after_steps=5, num_workers=1, **common))
     assert not first.finished and [p.name for p in checkpoints(tmp_path / "split")] == ["step_5"]

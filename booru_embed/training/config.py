@@ -98,9 +98,6 @@ class TrainingConfig:
     subject_pair_batches: bool = _opt(False, "half of every batch is partners: for each drawn post another post of "
                                               "its rarest character or artist (with --contrastive-subject-positives, "
                                               "rare subjects get positives too)")
-    contrastive_memory: int = _opt(0, "earlier batches' posts (their first view's embedding, no gradient) kept as "
-                                      "further contrastive columns: negatives, and positives where they share a "
-                                      "subject (with --contrastive-subject-positives); 0 keeps none")
     contrastive_across_processes: bool = _opt(True, "with several processes, the other processes' posts are "
                                                      "contrastive negatives too (gathered, no gradient to them)")
     mlm_weight: float = _opt(1.0, "weight of masked-tag (set) prediction")
@@ -150,7 +147,6 @@ class TrainingConfig:
             (0 <= self.view_drop_category_probability <= 1, "view_drop_category_probability must be in [0, 1]"),
             (0 <= self.view_metadata_probability <= 1, "view_metadata_probability must be in [0, 1]"),
             (self.temperature > 0, "temperature must be > 0"),
-            (self.contrastive_memory >= 0, "contrastive_memory must be >= 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.readback_negatives >= 0, "readback_negatives must be >= 0"),
             (self.masked_negatives >= 0, "masked_negatives must be >= 0"),

@@ -277,7 +277,6 @@ class Session:
     total_steps: int
     candidates: Any  # (group, vocab) bool: the tokens each masked-slot kind chooses among
     negative_proposal: Any  # (vocab,) distribution of the tag heads' sampled negatives, or None (both exact)
-    memory: Any  # objectives.ContrastiveMemory of earlier posts, or None (--contrastive-memory 0)
     dims: list[int]  # nested embedding sizes, then the full size
     state: TrainState
     sums: RunningSums
@@ -292,8 +291,6 @@ def setup(config: TrainingConfig) -> Session:
     from accelerate.utils import set_seed
 
     from ..sequences import TokenInfo
-    from .collator import SUBJECTS_PER_POST
-    from .objectives import ContrastiveMemory
 
     output = check_inputs(config)
     resuming = bool(config.resume and checkpoints(output))
@@ -318,10 +315,6 @@ def setup(config: TrainingConfig) -> Session:
         model = torch.compile(model)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model_config = accelerator.unwrap_model(model).config
-    memory = None
-    if config.contrastive_memory:
-        memory = ContrastiveMemory(config.contrastive_memory, model_config.embedding_dim, SUBJECTS_PER_POST, accelerator.device)
-        accelerator.register_for_checkpointing(memory)
 
     state = load_last_checkpoint(accelerator, output) if resuming else TrainState()
     loss_log = LossLog(output / "logs", accelerator.is_main_process)
@@ -343,7 +336,7 @@ def setup(config: TrainingConfig) -> Session:
     return Session(
         config, output, accelerator, tokenizer, model, optimizer, scheduler, loader, sampler, collator,
         total_steps, info.candidates_by_group().to(accelerator.device),
-        negative_proposal_for(config, tokenizer, accelerator.device), memory,
+        negative_proposal_for(config, tokenizer, accelerator.device),
         [*model_config.nested_dims, model_config.embedding_dim], state, RunningSums(accelerator), loss_log,
         evaluator, json.loads(Path(config.eval_truth).read_text()) if config.eval_truth else None,
     )
@@ -370,16 +363,13 @@ def negative_proposal_for(config: TrainingConfig, tokenizer: Any, device: Any) -
 
 
 def forward_and_losses(
-    model: Any, batch: dict[str, Any], config: TrainingConfig, candidates: Any, dims: list[int], proposal: Any,
-    memory: Any = None,
+    model: Any, batch: dict[str, Any], config: TrainingConfig, candidates: Any, dims: list[int], proposal: Any
 ) -> tuple[Any, dict[str, Any]]:
     """Forward one collated batch and return ``pretraining_losses``.
 
     With ``config.readback_negatives`` the read-back heads score only the batch's tags and that many
     sampled negatives; with ``config.masked_negatives`` the masked-tag head scores its targets, the
-    rating and score tokens and that many sampled tags (negatives drawn from ``proposal``). A
-    ``memory`` (``ContrastiveMemory``) gives the contrastive loss its earlier posts, then keeps this
-    batch's first views.
+    rating and score tokens and that many sampled tags (negatives drawn from ``proposal``).
     """
     import torch
 
@@ -397,20 +387,14 @@ def forward_and_losses(
         readback_columns=None if readback is None else readback.columns,
         masked_columns=None if masked is None else masked.columns,
     )
-    losses = pretraining_losses(outputs, batch, config, candidates, dims, readback_sample=readback,
-                                masked_sample=masked, memory=None if memory is None else memory.contents())
-    if memory is not None:
-        posts = int(batch["num_posts"])
-        memory.add(outputs.embeddings[posts: 2 * posts], batch["contrastive_subjects"])
-    return losses
+    return pretraining_losses(outputs, batch, config, candidates, dims, readback_sample=readback, masked_sample=masked)
 
 
 def train_micro_batch(run: Session, batch: dict[str, Any]) -> None:
     """Forward, losses and backward of one batch; on a step's last micro-batch also clip and step (``accumulate``)."""
     accelerator, config = run.accelerator, run.config
     with accelerator.accumulate(run.model):
-        loss, parts = forward_and_losses(run.model, batch, config, run.candidates, run.dims, run.negative_proposal,
-                                         run.memory)
+        loss, parts = forward_and_losses(run.model, batch, config, run.candidates, run.dims, run.negative_proposal)
         accelerator.backward(loss)
         if accelerator.sync_gradients and config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)

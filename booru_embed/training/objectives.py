@@ -10,7 +10,7 @@
   the candidates (logit -inf): repeating a tag already present is never rewarded.
 * ``info_nce``: two views of a post close, the other posts of the batch apart (of every process's
   batch when training on several), at every nested size; optionally posts sharing a character or
-  artist count as positives too, and a ``ContrastiveMemory`` of earlier batches' posts can add columns.
+  artist count as positives too.
 * ``readback_loss``: the post's tags from the pooled embedding alone, multi-label BCE at every nested
   size, summed over the vocabulary and divided by the number of positive (post, tag) pairs. The
   division alone does not make the scale vocabulary-free: with zero biases every logit starts near 0,
@@ -155,7 +155,7 @@ def gather_with_local_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def info_nce(
     view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, dims: Sequence[int], across_processes: bool = False,
-    subjects: torch.Tensor | None = None, memory: tuple[torch.Tensor, torch.Tensor] | None = None,
+    subjects: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE between row i of ``view_a`` and row i of ``view_b``, averaged over ``dims``.
 
@@ -164,8 +164,6 @@ def info_nce(
     With ``subjects`` (posts, k) tag ids, -1 padded, posts that share one are positives of each other
     as well (supervised-contrastive form: the loss of a row is the mean of -log softmax over its
     positives), so posts of one character or artist are pulled together, not only two views of a post.
-    ``memory`` (embeddings (m, dim), subjects (m, k)) adds m columns of earlier batches' posts (no
-    gradient; ``ContrastiveMemory``): negatives, and positives where they share a subject (with ``subjects``).
     Returns (loss, top-1 accuracy of finding the other view at the largest size).
     """
     all_a, offset = gather_with_local_grad(view_a) if across_processes else (view_a, 0)
@@ -177,9 +175,6 @@ def info_nce(
         all_subjects = gather_with_local_grad(subjects)[0] if across_processes else subjects
         positives = shared_subjects(subjects, all_subjects)
         positives[torch.arange(len(labels), device=labels.device), labels] = True
-    remembered = memory is not None and len(memory[0]) > 0
-    if remembered and positives is not None:
-        positives = torch.cat([positives, shared_subjects(subjects, memory[1])], dim=1)
     losses = []
     for d in dims:
         keys_a = F.normalize(all_a[:, :d].float(), dim=-1)
@@ -187,10 +182,6 @@ def info_nce(
         a, b = keys_a[local], keys_b[local]
         logits = a @ keys_b.T / temperature  # (posts here, posts everywhere)
         reverse = b @ keys_a.T / temperature
-        if remembered:  # the earlier posts are further columns of both directions
-            keys_memory = F.normalize(memory[0][:, :d].float(), dim=-1)
-            logits = torch.cat([logits, a @ keys_memory.T / temperature], dim=1)
-            reverse = torch.cat([reverse, b @ keys_memory.T / temperature], dim=1)
         if positives is None:
             losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(reverse, labels)) / 2)
         else:
@@ -198,48 +189,6 @@ def info_nce(
                            + multi_positive_cross_entropy(reverse, positives)) / 2)
     accuracy = (logits.argmax(dim=-1) == labels).float().mean()
     return torch.stack(losses).mean(), accuracy
-
-
-class ContrastiveMemory:
-    """The last ``size`` posts' embeddings (detached) and subject ids, as extra InfoNCE columns.
-
-    A cross-batch memory (Wang et al., "Cross-Batch Memory for Embedding Learning", 2020): a batch
-    of 128 posts offers 127 negatives, and a rare character's other posts are rarely in it; the memory
-    offers ``size`` more of both at the cost of a (batch x size) product. Its rows are a few steps old,
-    which the paper finds harmless once embeddings drift slowly. It is a ring buffer on the training
-    device; ``state_dict`` / ``load_state_dict`` let Accelerate checkpoint it (an exact resume needs it).
-    """
-
-    def __init__(self, size: int, dim: int, subject_slots: int, device: torch.device | str = "cpu") -> None:
-        self.embeddings = torch.zeros(size, dim, device=device)
-        self.subjects = torch.full((size, subject_slots), -1, dtype=torch.long, device=device)
-        self.filled = 0
-        self.next_row = 0
-
-    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embeddings (filled, dim), subjects (filled, slots)) held now, oldest rows not first once it wraps."""
-        return self.embeddings[: self.filled], self.subjects[: self.filled]
-
-    def add(self, embeddings: torch.Tensor, subjects: torch.Tensor) -> None:
-        """Keep these posts (detached), replacing the oldest rows when full."""
-        size = len(self.embeddings)
-        embeddings, subjects = embeddings.detach()[-size:], subjects[-size:]
-        rows = (self.next_row + torch.arange(len(embeddings), device=self.embeddings.device)) % size
-        self.embeddings[rows] = embeddings.float()
-        self.subjects[rows] = subjects.to(self.subjects.device)
-        self.next_row = int((self.next_row + len(embeddings)) % size)
-        self.filled = min(size, self.filled + len(embeddings))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The buffer and its position (for ``accelerator.register_for_checkpointing``)."""
-        return {"embeddings": self.embeddings, "subjects": self.subjects,
-                "filled": torch.tensor(self.filled), "next_row": torch.tensor(self.next_row)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what ``state_dict`` returned."""
-        self.embeddings.copy_(state["embeddings"])
-        self.subjects.copy_(state["subjects"])
-        self.filled, self.next_row = int(state["filled"]), int(state["next_row"])
 
 
 def shared_subjects(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -293,13 +242,12 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 def pretraining_losses(
     outputs: Any, batch: dict[str, Any], config: Any, candidates_by_kind: torch.Tensor, dims: Sequence[int],
     readback_sample: ColumnSample | None = None, masked_sample: ColumnSample | None = None,
-    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total and every objective on its own (detached) for one collated batch.
 
     ``outputs`` is a ``BooruEmbedForPreTrainingOutput``; ``dims`` the nested sizes plus the full size;
     ``readback_sample`` / ``masked_sample`` the columns the read-back / masked-tag logits cover when the
-    forward got them (else the vocabulary); ``memory`` the contents of a ``ContrastiveMemory``.
+    forward got them (else the vocabulary).
     """
     posts = int(batch["num_posts"])
     embeddings = outputs.embeddings
@@ -317,7 +265,7 @@ def pretraining_losses(
     contrastive, view_accuracy = info_nce(
         embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims,
         across_processes=config.contrastive_across_processes,
-        subjects=batch["contrastive_subjects"] if config.contrastive_subject_positives else None, memory=memory,
+        subjects=batch["contrastive_subjects"] if config.contrastive_subject_positives else None,
     )
     if readback_sample is None:
         readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
