@@ -63,6 +63,19 @@ def test_baseline_cosine_is_danbooru_related_tags():
     assert baseline.classify([np.array([5])], baseline.rating_log_prob)[0] == 1
 
 
+def test_related_scores_sum_the_cosine_rows_of_dense_and_sparse_rows_alike():
+    # tags 0-3 go with most tags (dense cosine rows), tags 4-599 with a few (sparse rows)
+    rng = np.random.default_rng(0)
+    posts = [np.unique(np.concatenate([rng.choice(4, 2, replace=False), rng.choice(np.arange(4, 600), 3)]))
+             for _ in range(400)]
+    baseline = CooccurrenceBaseline(posts, 600, np.full(400, -1), np.full(400, -1), 1, 1)
+    assert set(baseline.dense_rows.tolist()) == {0, 1, 2, 3}
+    cosine = baseline.cosine.toarray()
+    visible = [np.array([0, 5, 9]), np.array([7]), np.array([1, 2]), np.array([], dtype=np.int64), np.array([3, 3, 40])]
+    expected = np.stack([cosine[v].sum(axis=0) for v in visible])  # a repeated visible tag counts twice
+    np.testing.assert_allclose(baseline.suggest_scores(visible), expected, rtol=1e-6, atol=1e-7)
+
+
 CATEGORIES = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 3] + [3] * 10 + [6] * 4 + [4] * 4)
 INFO = TokenInfo(CATEGORIES, (3, 4, 5, 6), (7, 8), frozenset({9}))
 NAMES = {f"tag{i}": i for i in range(10, 28)}
