@@ -18,7 +18,9 @@ finder that only multiplies by ``Y`` in chunks of posts: it never forms the (voc
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,6 +28,7 @@ import scipy.sparse as sp
 from .modeling.categories_booru_embed import CATEGORY_IDS
 
 COSINE_BLOCK_NONZEROS = 16_000_000  # bound on one block of the cosine matrix while it is built (~200 MB)
+T = TypeVar("T")
 MAX_THREADS = 8  # threads of the sparse products (the range finder's each hold a (vocab x width) partial sum)
 
 
@@ -35,6 +38,14 @@ def sparse_threads(requested: int | None = None) -> int:
     import torch
 
     return max(1, min(requested or torch.get_num_threads(), MAX_THREADS))
+
+
+def in_row_blocks(function: Callable[[int, int], T], rows: int, threads: int | None = None) -> list[T]:
+    """``function(low, high)`` for ``sparse_threads(threads)`` contiguous blocks of ``range(rows)`` (some
+    may be empty), one thread each; the results in block order."""
+    edges = np.linspace(0, rows, sparse_threads(threads) + 1).astype(int)
+    with ThreadPoolExecutor(len(edges) - 1) as pool:
+        return list(pool.map(function, edges[:-1], edges[1:]))
 
 
 def incidence_matrix(ids: np.ndarray, lengths: np.ndarray, vocab_size: int, counted: np.ndarray | None = None) -> sp.csr_matrix:
@@ -146,7 +157,7 @@ def top_eigenpairs(
     matrix is applied as ``sum over row chunks of chunk.T @ (chunk @ Q)``, so the memory is
     (columns x rank) per thread plus one chunk, for any number of rows. Exact when ``rank + oversample``
     reaches the matrix's rank, close otherwise (the bench compares it with ARPACK), which is all an
-    initialisation needs. The chunks are split into ``sparse_threads(threads)`` contiguous runs, whose
+    initialisation needs. The chunks are split into contiguous runs (``in_row_blocks``), whose
     partial sums are added in order, so a given thread count always gives the same result. The
     orthonormalisation is torch's QR (LAPACK through torch is about 3x numpy's here).
     """
@@ -154,11 +165,9 @@ def top_eigenpairs(
 
     columns = matrix.shape[1]
     width = min(rank + oversample, columns)
-    starts = list(range(0, matrix.shape[0], chunk_rows))
-    threads = min(sparse_threads(threads), max(len(starts), 1))
-    runs = [run for run in np.array_split(np.array(starts, dtype=np.int64), threads) if len(run)]
+    starts = range(0, matrix.shape[0], chunk_rows)
 
-    def gram_part(run: np.ndarray, block: np.ndarray) -> np.ndarray:
+    def gram_part(run: range, block: np.ndarray) -> np.ndarray:
         out = np.zeros_like(block)
         for start in run:
             chunk = matrix[start: start + chunk_rows]
@@ -166,10 +175,7 @@ def top_eigenpairs(
         return out
 
     def gram_times(block: np.ndarray) -> np.ndarray:
-        if len(runs) <= 1:
-            return gram_part(runs[0] if runs else np.zeros(0, dtype=np.int64), block)
-        with ThreadPoolExecutor(len(runs)) as pool:
-            parts = list(pool.map(gram_part, runs, [block] * len(runs)))
+        parts = in_row_blocks(lambda low, high: gram_part(starts[low:high], block), len(starts), threads)
         return functools.reduce(np.add, parts)
 
     def orthonormal(block: np.ndarray) -> np.ndarray:

@@ -11,12 +11,11 @@ visible tags.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..cooccurrence import cosine_matrix, incidence_matrix, sparse_threads, spectral_rows, tag_counts
+from ..cooccurrence import cosine_matrix, in_row_blocks, incidence_matrix, spectral_rows, tag_counts
 
 
 class CooccurrenceBaseline:
@@ -40,8 +39,8 @@ class CooccurrenceBaseline:
         # larger than their CSR, and their share of a related-tags score is a BLAS product
         self.dense_rows = np.flatnonzero(np.diff(self.cosine.indptr) >= vocab_size / 2)
         self.dense_cosine = self.cosine[self.dense_rows].toarray()
-        self.is_dense_row = np.zeros(vocab_size, dtype=bool)
-        self.is_dense_row[self.dense_rows] = True
+        self.dense_position = np.full(vocab_size, -1, dtype=np.int64)  # a tag's row in dense_cosine, or -1
+        self.dense_position[self.dense_rows] = np.arange(len(self.dense_rows))
         self.idf = np.log((1 + self.incidence.shape[0]) / (1 + self.counts)).astype(np.float32) + 1.0
         self.rating_log_prob = self._log_conditional(self.incidence, ratings, num_ratings)
         self.score_log_prob = self._log_conditional(self.incidence, scores, num_scores)
@@ -80,27 +79,23 @@ class CooccurrenceBaseline:
 
         The visible tags with a dense row add theirs by a dense product, the others by a sparse one
         (at 146k tags and 1M posts, 134 dense rows held 75% of the entries a case's sum touched).
-        Blocks of cases go to ``sparse_threads()`` threads (scipy's sparse products release the GIL),
-        each writing its rows of the one result.
+        Blocks of cases go to threads (``in_row_blocks``; scipy's sparse products release the GIL), each
+        writing its rows of the one result.
         """
         scores = np.zeros((len(visible), self.vocab_size), dtype=np.float32)
-        edges = np.linspace(0, len(visible), sparse_threads() + 1).astype(int)
-        dense_column = np.cumsum(self.is_dense_row) - 1  # a dense row's position in dense_cosine
 
-        def fill(bounds: tuple[int, int]) -> None:
-            low, high = bounds
-            if high == low:
-                return
+        def fill(low: int, high: int) -> None:
             chunk = visible[low:high]
-            common = np.zeros((high - low, len(self.dense_rows)), dtype=np.float32)
-            for row, tags in enumerate(chunk):
-                np.add.at(common[row], dense_column[tags[self.is_dense_row[tags]]], 1.0)
+            tags = np.concatenate(chunk) if chunk else np.zeros(0, dtype=np.int64)
+            case = np.repeat(np.arange(len(chunk)), [len(t) for t in chunk])
+            position = self.dense_position[tags]
+            common = np.zeros((len(chunk), len(self.dense_rows)), dtype=np.float32)
+            np.add.at(common, (case[position >= 0], position[position >= 0]), 1.0)  # a repeated tag counts twice
             np.matmul(common, self.dense_cosine, out=scores[low:high])
-            rest = self._incidence([tags[~self.is_dense_row[tags]] for tags in chunk])
+            rest = self._incidence([t[self.dense_position[t] < 0] for t in chunk])
             scores[low:high] += (rest @ self.cosine).toarray()
 
-        with ThreadPoolExecutor(len(edges) - 1) as pool:
-            list(pool.map(fill, zip(edges[:-1], edges[1:])))
+        in_row_blocks(fill, len(visible))
         return scores
 
     def tfidf(self, visible: Sequence[np.ndarray]) -> Any:

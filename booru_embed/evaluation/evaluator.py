@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..cooccurrence import incidence_matrix, sparse_threads
+from ..cooccurrence import in_row_blocks, incidence_matrix
 from ..data.bulk_encoding import encode_dataset
 from ..modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 from ..ranking import distinctive_scores, masked_log_softmax
@@ -358,13 +357,10 @@ class Evaluator:
 
 
 def _masked_log_softmax_in_threads(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """``ranking.masked_log_softmax`` of blocks of rows on ``sparse_threads()`` threads (numpy's ufuncs
+    """``ranking.masked_log_softmax`` of blocks of rows on threads (``in_row_blocks``; numpy's ufuncs
     release the GIL): the same values, each row computed alone as before."""
-    edges = np.linspace(0, len(logits), sparse_threads() + 1).astype(int)
-    with ThreadPoolExecutor(len(edges) - 1) as pool:
-        blocks = list(pool.map(lambda low, high: masked_log_softmax(logits[low:high], allowed[low:high]),
-                               edges[:-1], edges[1:]))
-    return np.concatenate(blocks)
+    return np.concatenate(in_row_blocks(lambda low, high: masked_log_softmax(logits[low:high], allowed[low:high]),
+                                        len(logits)))
 
 
 def _arrow_table(encoded: Any) -> Any:
