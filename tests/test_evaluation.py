@@ -17,7 +17,7 @@ from booru_embed.evaluation import (
     retrieval_recall_at_k,
 )
 from booru_embed.data.bulk_encoding import encode_dataset
-from booru_embed.sequences import Post, TokenInfo
+from booru_embed.sequences import Post, TokenInfo, mark_masks, model_inputs, pack_sequences
 
 
 def test_f1_at_equal_precision_recall_by_hand():
@@ -177,9 +177,15 @@ def test_model_runner_head_path_matches_the_full_forward(tied: bool) -> None:
         sequences.append((ids, np.where(ids < 3, 0, 3)))
     runner = ModelRunner(model, info)
     heads_only = runner.run(sequences, "mlm", "embeddings")
-    full = runner.run(sequences, "mlm", "embeddings", "readback")  # the model's own forward
-    np.testing.assert_allclose(heads_only["mlm"], full["mlm"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(heads_only["embeddings"], full["embeddings"], rtol=1e-5, atol=1e-5)
+    batch = pack_sequences(sequences, packed=True, pad_token_id=info.pad_token_id)
+    batch["mlm_positions"] = mark_masks(batch, info.mask_token_id)
+    with torch.no_grad():
+        full = model.eval()(**model_inputs(batch))  # the model's own forward, every head
+    np.testing.assert_allclose(heads_only["mlm"], full.mlm_logits.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(heads_only["embeddings"], full.embeddings.numpy(), rtol=1e-5, atol=1e-5)
+    for size, width in enumerate(model.readback_dims):
+        np.testing.assert_allclose(runner.readback(heads_only["embeddings"][:, :width]),
+                                   full.readback_logits[size].numpy(), rtol=1e-5, atol=1e-5)
 
 
 def encoded_table(posts: list[Post]):

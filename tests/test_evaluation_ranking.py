@@ -66,3 +66,23 @@ def test_accumulator_groups_match_a_full_sort_of_each_group() -> None:
                              for s, _ in batches])
     np.testing.assert_array_equal(np.array(acc.ranked), ranked)
     assert 0 < acc.metrics("m")["m.micro_f1"] < 1
+
+
+def test_one_group_of_every_column_with_non_candidates_at_minus_inf_equals_the_candidate_group() -> None:
+    """The read-back's in-place form: no column copy, the same kept pairs and metrics as ranking the candidates."""
+    rng = np.random.default_rng(1)
+    vocab = 800
+    candidates = rng.random(vocab) < 0.8
+    by_group = RankingAccumulator({"all": candidates}, ks=(1,))
+    in_place = RankingAccumulator({"all": np.ones(vocab, dtype=bool)}, ks=(1,))
+    for _ in range(2):
+        scores = rng.normal(size=(30, vocab)).astype(np.float32)
+        answers = [set(rng.choice(np.flatnonzero(candidates), size=3, replace=False).tolist()) for _ in range(30)]
+        by_group.add(scores, answers)
+        masked = scores.copy()
+        masked[:, ~candidates] = -np.inf
+        in_place.add(masked, answers)
+    for got, expected in zip(in_place.pairs["all"], by_group.pairs["all"]):
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+    assert in_place.metrics("x") == by_group.metrics("x")

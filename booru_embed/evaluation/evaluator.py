@@ -226,13 +226,17 @@ class Evaluator:
         posts = [p for p in self.test if len(self._known(p))]
         outputs: dict[str, list[np.ndarray]] = {"rating": [], "score": []}
         if runner is not None:
-            accumulators = [RankingAccumulator({"all": self.candidates}, ks=(1,)) for _ in dims]
-            for start in range(0, len(posts), CASE_BATCH):  # (sizes, batch, vocab) read-back logits at a time
+            # every column in one group, the non-candidates at -inf: the ranking reads the logits in place
+            accumulators = [RankingAccumulator({"all": np.ones_like(self.candidates)}, ks=(1,)) for _ in dims]
+            ruled_out = np.flatnonzero(~self.candidates)
+            for start in range(0, len(posts), CASE_BATCH):  # (batch, vocab) read-back logits at a time
                 chunk = posts[start : start + CASE_BATCH]
-                batch = runner.run([self._sequence(p, p.tags, rating=False) for p in chunk], "readback", "rating", "score")
+                batch = runner.run([self._sequence(p, p.tags, rating=False) for p in chunk], "embeddings", "rating", "score")
                 answers = [set(self._known(p).tolist()) for p in chunk]
-                for size, acc in enumerate(accumulators):  # ranks the candidates' columns only
-                    acc.add(batch["readback"][size], answers)
+                for d, acc in zip(dims, accumulators):
+                    scores = runner.readback(batch["embeddings"][:, :d])
+                    scores[:, ruled_out] = -np.inf
+                    acc.add(scores, answers)
                 outputs["rating"].append(batch["rating"])
                 outputs["score"].append(batch["score"])
             for d, acc in zip(dims, accumulators):

@@ -156,7 +156,9 @@ class RankingAccumulator:
         answer_keys = np.unique(answer_rows * vocab + answer_ids)  # (case, tag) pairs as case * vocab + tag
         best = []
         for columns in self.atoms:
-            idx, vals = top_k(np.take(scores, columns, axis=1), TOP_K)  # C order: a[:, idx] is F order, slow to rank
+            # np.take gives C order (a[:, idx] is F order, slow to rank); an atom of every column needs no copy
+            atom_scores = scores if len(columns) == vocab else np.take(scores, columns, axis=1)
+            idx, vals = top_k(atom_scores, TOP_K)
             best.append((columns[idx], vals))
         for name, members in self.groups.items():
             parts = [best[a] for a in self.atoms_of[name]]

@@ -17,8 +17,7 @@ class ModelRunner:
     packed attention of sdpa/eager on CPU costs posts x longest^2 per batch, so similar lengths matter.
     """
 
-    OUTPUTS = {"mlm": "mlm_logits", "embeddings": "embeddings", "readback": "readback_logits",
-               "rating": "rating_logits", "score": "score_logits"}
+    OUTPUTS = {"mlm": "mlm_logits", "embeddings": "embeddings", "rating": "rating_logits", "score": "score_logits"}
 
     def __init__(self, model: Any, info: Any, batch_tokens: int = 4096) -> None:
         self.model = model
@@ -37,11 +36,11 @@ class ModelRunner:
             start = end
 
     def _forward(self, batch: dict[str, Any], want: Sequence[str]) -> dict[str, Any]:
-        """The wanted outputs; without ``readback``, only the heads asked for run (they cost vocab-sized work).
+        """The wanted outputs; only the heads asked for run (the masked-tag head costs vocab-sized work).
 
         Through the model's public methods; remote code saved before they existed runs its forward pass.
         """
-        if "readback" in want or not hasattr(self.model, "encode"):
+        if not hasattr(self.model, "encode"):
             out = self.model(**batch)
             return {name: getattr(out, self.OUTPUTS[name]) for name in want}
         positions = batch.pop("mlm_positions", None)
@@ -57,7 +56,7 @@ class ModelRunner:
 
     def run(self, sequences: Sequence[tuple[np.ndarray, np.ndarray]], *want: str) -> dict[str, np.ndarray]:
         """The outputs named in ``want`` over all sequences: ``mlm`` (logits at the single ``<mask>`` of
-        each), ``embeddings``, ``readback`` (sizes, n, vocab), ``rating``, ``score`` (logits)."""
+        each), ``embeddings``, ``rating``, ``score`` (logits)."""
         import torch
 
         lengths = np.array([len(ids) for ids, _ in sequences])
@@ -73,13 +72,17 @@ class ModelRunner:
                 batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in model_inputs(batch).items()}
                 for name, value in self._forward(batch, want).items():
                     value = value.float().cpu().numpy()
-                    if name == "readback":  # (sizes, posts, vocab)
-                        if name not in result:
-                            result[name] = np.empty((value.shape[0], len(sequences), *value.shape[2:]), dtype=np.float32)
-                        result[name][:, chunk] = value
-                    else:
-                        if name not in result:
-                            result[name] = np.empty((len(sequences), *value.shape[1:]), dtype=np.float32)
-                        result[name][chunk] = value
+                    if name not in result:
+                        result[name] = np.empty((len(sequences), *value.shape[1:]), dtype=np.float32)
+                    result[name][chunk] = value
         self.model.train(was_training)
         return result
+
+    def readback(self, embeddings: np.ndarray) -> np.ndarray:
+        """(posts, vocab) tag logits read back from ``embeddings`` (posts, width), width one of the model's
+        read-back sizes: one head on a whole batch of embeddings, no (sizes, posts, vocab) stack."""
+        import torch
+
+        with torch.no_grad():
+            logits = self.model.readback(torch.from_numpy(np.ascontiguousarray(embeddings)).to(self.device))
+        return logits.float().cpu().numpy()
