@@ -135,6 +135,40 @@ def test_packed_equals_padded(attn: str) -> None:
     assert a.last_hidden_state[~mask.bool()].abs().max() == 0
 
 
+def test_length_groups_cut_sorted_posts_and_round_trip_the_tokens() -> None:
+    lengths = [40, 3, 12, 1, 29, 11, 13, 2, 40, 9]
+    cu = F.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
+    layout = modeling.PostLayout.from_cu_seqlens(cu, None, sum(lengths))
+    groups = modeling.LengthGroups.from_layout(layout)
+    sorted_lengths = sorted(lengths, reverse=True)
+    first = 0
+    for (count, longest), mask in zip(groups.shapes, groups.masks):
+        members = sorted_lengths[first : first + count]
+        assert longest == members[0] and members[-1] >= modeling.GROUP_LENGTH_RATIO * longest
+        assert mask.shape == (count, 1, 1, longest) and mask.sum().item() == sum(members)
+        first += count
+    assert first == len(lengths) and len(groups.shapes) > 2
+    assert sum(c * n for c, n in groups.shapes) < len(lengths) * max(lengths)  # fewer slots than one batch of all
+    states = torch.randn(sum(lengths), 5)
+    batches = groups.regroup(states)
+    assert sum(batch[mask[:, 0, 0]].shape[0] for batch, mask in zip(batches, groups.masks)) == sum(lengths)
+    assert all((batch[~mask[:, 0, 0]] == 0).all() for batch, mask in zip(batches, groups.masks))
+    torch.testing.assert_close(groups.ungroup(batches), states, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_length_groups_give_the_gradients_of_the_padded_batch(attn: str) -> None:
+    posts = make_posts([30, 2, 14, 5, 21, 9])  # four length groups when packed
+    grads = []
+    for batch in (pad(posts), pack(posts)):
+        model = build(BooruEmbedModel, attn=attn)
+        model(**batch).pooler_output.square().sum().backward()
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "booru_varlen"])
 def test_attention_pooling_is_a_per_post_softmax_mean_in_every_layout(attn: str) -> None:
     model = build(BooruEmbedModel, attn=attn, pooling="attention")

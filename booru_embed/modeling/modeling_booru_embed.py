@@ -16,9 +16,10 @@ Every post starts with its `<cls>` token, whose final hidden state is projected 
 Packed posts attend only within themselves on every attention backend:
 - `flash_attention_2` (flash_attn installed and CUDA) and `booru_varlen` get `cu_seqlens` directly;
 - `flex_attention` gets a document `BlockMask`;
-- `eager`, `sdpa` and any other backend see each post regrouped into its own row of a (posts, max_seqlen)
-  batch with a key padding mask, for the attention product only. This is the block-diagonal mask without
-  materialising it: cost posts x max_seqlen^2 instead of total_tokens^2.
+- `eager`, `sdpa` and any other backend see each post regrouped into its own row of a (posts, length)
+  batch with a key padding mask, for the attention product only: the block-diagonal mask without
+  materialising it. Posts of similar length share a batch (`LengthGroups`), so the cost is about
+  sum(length^2) over the posts instead of total_tokens^2, or posts x max_seqlen^2 for one batch of all.
 `booru_varlen` is registered here: flash_attn's varlen kernel if installed, else PyTorch's
 `torch.nn.attention.varlen.varlen_attn` (CUDA, half precision), else the regrouped SDPA above. Asking for
 `flash_attention_2` where flash_attn or CUDA is missing loads the model with `booru_varlen` instead of failing.
@@ -58,6 +59,8 @@ _VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "flash_attention_4
 # Devices on which the varlen kernels run (both flash_attn and PyTorch's varlen_attn are CUDA kernels).
 _KERNEL_DEVICES = ("cuda",)
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+# Posts share a regrouped attention batch while the shortest is at least this share of the longest.
+GROUP_LENGTH_RATIO = 0.7
 
 
 # ----------------------------------------------------------------------------------------------------- outputs
@@ -189,6 +192,65 @@ class PostLayout:
         return create_block_mask(same_post, None, None, total_tokens, total_tokens, device=document.device)
 
 
+@dataclass
+class LengthGroups:
+    """The posts of a packed row regrouped into batches of similar length, for backends that take a key mask.
+
+    One (posts, max_seqlen) batch makes every post pay for the longest: with 5 to 150 tags a post, most of it
+    is padding (3.3 slots per token in `tiny`'s training batches), and the attention product grows with the
+    square of the row length. Posts sorted by length are cut into groups whose shortest post is at least
+    `GROUP_LENGTH_RATIO` of their longest, and each group is a (posts, its longest) batch of its own.
+
+    Attributes:
+        slots: (total_tokens,) index of each packed token in the groups' batches laid end to end.
+        shapes: (posts, length) of each group's batch, longest posts first.
+        masks: (posts, 1, 1, length) key masks of the groups: True where a key may be attended.
+    """
+
+    slots: torch.Tensor
+    shapes: list[tuple[int, int]]
+    masks: list[torch.Tensor]
+
+    @classmethod
+    def from_layout(cls, layout: PostLayout) -> LengthGroups:
+        """Group the posts of `layout` by length (one host read of the lengths)."""
+        lengths = layout.cu_seqlens.diff().long()
+        device = lengths.device
+        order = torch.argsort(lengths, descending=True, stable=True)
+        sorted_lengths = lengths[order].tolist()
+        shapes, start = [], 0
+        while start < len(sorted_lengths):
+            end, longest = start + 1, sorted_lengths[start]
+            while end < len(sorted_lengths) and sorted_lengths[end] >= GROUP_LENGTH_RATIO * longest:
+                end += 1
+            shapes.append((end - start, longest))
+            start = end
+        row_starts, base = [], 0
+        for count, length in shapes:
+            row_starts.extend(range(base, base + count * length, length))
+            base += count * length
+        row_start = torch.empty_like(lengths)
+        row_start[order] = torch.tensor(row_starts, dtype=torch.long, device=device)
+        post = torch.div(layout.slots, layout.max_seqlen, rounding_mode="floor")
+        slots = row_start[post] + layout.slots - post * layout.max_seqlen
+        masks, first = [], 0
+        for count, length in shapes:
+            rows = lengths[order[first : first + count]]
+            masks.append((torch.arange(length, device=device)[None, :] < rows[:, None])[:, None, None, :])
+            first += count
+        return cls(slots=slots, shapes=shapes, masks=masks)
+
+    def regroup(self, states: torch.Tensor) -> list[torch.Tensor]:
+        """(total_tokens, features) -> one (posts, length, features) batch per group, zeros in the empty slots."""
+        sizes = [count * length for count, length in self.shapes]
+        grid = states.new_zeros(sum(sizes), states.shape[-1]).index_copy(0, self.slots, states)
+        return [part.view(count, length, -1) for part, (count, length) in zip(grid.split(sizes), self.shapes)]
+
+    def ungroup(self, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The inverse of `regroup`: the groups' (posts, length, features) batches -> (total_tokens, features)."""
+        return torch.cat([batch.flatten(0, 1) for batch in batches]).index_select(0, self.slots)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -297,7 +359,8 @@ class AttentionPlan:
         attention: the attention function of the configured backend.
         kwargs: what it receives besides query/key/value: `attention_mask`, and cu_seqlens for varlen backends.
         layout: where the posts are when the blocks run on one packed row; None for padded rows.
-        regroup: regroup the packed row into (posts, max_seqlen) rows for the attention product only.
+        groups: the packed row regrouped into batches of similar-length posts, one row per post, for the
+            attention product only (backends that take a key mask); None when the backend takes the row.
         padding_mask: (posts, tokens), 1 for the real tokens of a padded input; None for packed input.
         unpad: (real tokens,) position of every real token of a padded input in its flattened batch, when the
             padded input runs packed; None otherwise.
@@ -306,7 +369,7 @@ class AttentionPlan:
     attention: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
     kwargs: dict[str, object]
     layout: PostLayout | None = None
-    regroup: bool = False
+    groups: LengthGroups | None = None
     padding_mask: torch.Tensor | None = None
     unpad: torch.Tensor | None = None
 
@@ -358,7 +421,7 @@ class AttentionPlan:
             return cls(attention, kwargs, layout=layout, padding_mask=real if unpad is not None else None, unpad=unpad)
         if implementation == "flex_attention":
             return cls(attention, {"attention_mask": layout.document_block_mask(layout.slots.numel())}, layout=layout)
-        return cls(attention, {"attention_mask": layout.key_mask()}, layout=layout, regroup=True)
+        return cls(attention, {}, layout=layout, groups=LengthGroups.from_layout(layout))
 
     def enter(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The embedded input as the blocks see it: a padded input that runs packed becomes one packed row."""
@@ -405,13 +468,6 @@ class AttentionPlan:
         weight = torch.softmax(score, dim=1)
         return (weight[..., None] * hidden_states.float()).sum(dim=1).to(hidden_states.dtype)
 
-    def group(self, states: torch.Tensor) -> torch.Tensor:
-        """(1, total_tokens, features) -> (posts, max_seqlen, features) when regrouping, else unchanged."""
-        return self.layout.regroup(states[0]) if self.regroup else states
-
-    def ungroup(self, states: torch.Tensor) -> torch.Tensor:
-        """The inverse of `group`: (posts, max_seqlen, features) -> (1, total_tokens, features)."""
-        return self.layout.ungroup(states)[None] if self.regroup else states
 
 
 class BooruEmbedAttention(nn.Module):
@@ -430,15 +486,28 @@ class BooruEmbedAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_plan: AttentionPlan) -> torch.Tensor:
         """(batch, tokens, hidden) -> (batch, tokens, hidden)."""
-        qkv = attention_plan.group(self.qkv_proj(hidden_states))  # (rows, length, 3 * hidden)
+        qkv = self.qkv_proj(hidden_states)  # (batch, tokens, 3 * hidden)
+        groups = attention_plan.groups
+        if groups is None:
+            output = self._attend(qkv, attention_plan.attention, attention_plan.kwargs)
+        else:  # one (posts, length) batch per group of similar-length posts
+            batches = groups.regroup(qkv[0])
+            output = groups.ungroup([
+                self._attend(batch, attention_plan.attention, {**attention_plan.kwargs, "attention_mask": mask})
+                for batch, mask in zip(batches, groups.masks)
+            ])[None]
+        return self.o_proj(output)
+
+    def _attend(self, qkv: torch.Tensor, attention: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+                kwargs: dict[str, object]) -> torch.Tensor:
+        """(rows, length, 3 * hidden) projections -> (rows, length, hidden) attention output of the backend."""
         rows, length = qkv.shape[:2]
         qkv = qkv.view(rows, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (rows, heads, length, head_dim)
-        output, _ = attention_plan.attention(
-            self, query, key, value, scaling=self.scaling, dropout=0.0, is_causal=False, **attention_plan.kwargs
+        output, _ = attention(
+            self, query, key, value, scaling=self.scaling, dropout=0.0, is_causal=False, **kwargs
         )  # (rows, length, heads, head_dim)
-        output = attention_plan.ungroup(output.reshape(rows, length, -1))  # (batch, tokens, hidden)
-        return self.o_proj(output)
+        return output.reshape(rows, length, -1)
 
 
 # --------------------------------------------------------------------------------------------------- MLP, block
