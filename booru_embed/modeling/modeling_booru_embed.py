@@ -132,13 +132,11 @@ class PostLayout:
         cu_seqlens: (posts + 1,) int32 offsets of the posts in the packed row.
         max_seqlen: length of the longest post.
         slots: (total_tokens,) index of each packed token in a (posts * max_seqlen) grid of rows.
-        valid: (posts, max_seqlen) True where a grid slot holds a token.
     """
 
     cu_seqlens: torch.Tensor
     max_seqlen: int
     slots: torch.Tensor
-    valid: torch.Tensor
 
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None, total_tokens: int) -> PostLayout:
@@ -151,8 +149,7 @@ class PostLayout:
         post = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths.long(),
                                        output_size=total_tokens)  # (total_tokens,) post of each token
         offset = torch.arange(total_tokens, device=device) - cu_seqlens[:-1].long()[post]
-        valid = torch.arange(max_seqlen, device=device)[None, :] < lengths[:, None]  # (posts, max_seqlen)
-        return cls(cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen), slots=post * max_seqlen + offset, valid=valid)
+        return cls(cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen), slots=post * max_seqlen + offset)
 
     @classmethod
     def from_position_ids(cls, position_ids: torch.Tensor) -> PostLayout:
@@ -161,23 +158,6 @@ class PostLayout:
         starts = torch.nonzero(flat == 0).reshape(-1)
         end = torch.tensor([flat.numel()], device=flat.device)
         return cls.from_cu_seqlens(torch.cat([starts, end]), None, flat.numel())
-
-    def regroup(self, states: torch.Tensor) -> torch.Tensor:
-        """(total_tokens, features) -> (posts, max_seqlen, features), zeros in the empty slots.
-
-        index_copy / index_select rather than boolean indexing: their backward passes are a plain gather and
-        scatter-add, where boolean indexing falls back to a slow accumulating index_put on CPU.
-        """
-        grid = states.new_zeros(self.valid.numel(), states.shape[-1]).index_copy(0, self.slots, states)
-        return grid.view(*self.valid.shape, -1)
-
-    def ungroup(self, states: torch.Tensor) -> torch.Tensor:
-        """(posts, max_seqlen, features) -> (total_tokens, features), dropping the empty slots."""
-        return states.reshape(self.valid.numel(), -1).index_select(0, self.slots)
-
-    def key_mask(self) -> torch.Tensor:
-        """(posts, 1, 1, max_seqlen) boolean mask: True where a key may be attended."""
-        return self.valid[:, None, None, :]
 
     def document_block_mask(self, total_tokens: int) -> object:
         """A flex-attention BlockMask letting each token attend only to tokens of its own post."""
@@ -241,7 +221,11 @@ class LengthGroups:
         return cls(slots=slots, shapes=shapes, masks=masks)
 
     def regroup(self, states: torch.Tensor) -> list[torch.Tensor]:
-        """(total_tokens, features) -> one (posts, length, features) batch per group, zeros in the empty slots."""
+        """(total_tokens, features) -> one (posts, length, features) batch per group, zeros in the empty slots.
+
+        index_copy / index_select rather than boolean indexing: their backward passes are a plain gather and
+        scatter-add, where boolean indexing falls back to a slow accumulating index_put on CPU.
+        """
         sizes = [count * length for count, length in self.shapes]
         grid = states.new_zeros(sum(sizes), states.shape[-1]).index_copy(0, self.slots, states)
         return [part.view(count, length, -1) for part, (count, length) in zip(grid.split(sizes), self.shapes)]
@@ -311,13 +295,14 @@ def varlen_attention_forward(
     dropout: float = 0.0,
     cu_seq_lens_q: torch.Tensor | None = None,
     max_length_q: int | None = None,
-    post_layout: PostLayout | None = None,
+    length_groups: LengthGroups | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """The `booru_varlen` backend: attention within each packed post given by `cu_seq_lens_q`.
 
     `query`/`key`/`value` are (1, heads, total_tokens, head_dim); returns (1, total_tokens, heads, head_dim).
-    Uses flash_attn's or PyTorch's varlen kernel where one runs, else SDPA on the posts regrouped into rows.
+    Uses flash_attn's or PyTorch's varlen kernel where one runs, else SDPA on the posts regrouped into rows
+    (`length_groups`, built here when not given).
     """
     kernel = _varlen_kernel(query)
     if kernel is not None:
@@ -327,19 +312,17 @@ def varlen_attention_forward(
             dropout_p=dropout, softmax_scale=scaling, causal=False,
         )
         return output.unsqueeze(0), None
-    if post_layout is None:
-        post_layout = PostLayout.from_cu_seqlens(cu_seq_lens_q, max_length_q, query.shape[2])
+    if length_groups is None:
+        length_groups = LengthGroups.from_layout(PostLayout.from_cu_seqlens(cu_seq_lens_q, max_length_q, query.shape[2]))
     heads, head_dim = query.shape[1], query.shape[3]
-    query, key, value = (
-        post_layout.regroup(states[0].transpose(0, 1).reshape(-1, heads * head_dim))
-        .unflatten(-1, (heads, head_dim))
-        .transpose(1, 2)  # (posts, heads, max_seqlen, head_dim)
-        for states in (query, key, value)
-    )
-    output = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=post_layout.key_mask(), dropout_p=dropout, scale=scaling
-    )  # (posts, heads, max_seqlen, head_dim)
-    output = post_layout.ungroup(output.transpose(1, 2).flatten(2))  # (total_tokens, heads * head_dim)
+    grouped = [length_groups.regroup(states[0].transpose(0, 1).reshape(-1, heads * head_dim))
+               for states in (query, key, value)]  # per projection, one (posts, length, hidden) batch per group
+    outputs = []
+    for q, k, v, mask in zip(*grouped, length_groups.masks):
+        q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))  # (posts, heads, length, dim)
+        output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        outputs.append(output.transpose(1, 2).flatten(2))  # (posts, length, heads * head_dim)
+    output = length_groups.ungroup(outputs)  # (total_tokens, heads * head_dim)
     return output.unflatten(-1, (heads, head_dim)).unsqueeze(0), None
 
 
@@ -417,7 +400,8 @@ class AttentionPlan:
                 "max_length_k": layout.max_seqlen,
             }
             if implementation == VARLEN_ATTENTION:
-                kwargs["post_layout"] = layout
+                if hidden_states.device.type not in _KERNEL_DEVICES:  # the SDPA fallback: group once per forward
+                    kwargs["length_groups"] = LengthGroups.from_layout(layout)
             return cls(attention, kwargs, layout=layout, padding_mask=real if unpad is not None else None, unpad=unpad)
         if implementation == "flex_attention":
             return cls(attention, {"attention_mask": layout.document_block_mask(layout.slots.numel())}, layout=layout)
