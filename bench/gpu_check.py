@@ -110,7 +110,24 @@ def environment(device: torch.device) -> dict[str, Any]:
         else platform.processor() or "cpu", "cpu_cores": os.cpu_count(),
         "flash_attn": importlib.util.find_spec("flash_attn") is not None,
         "torch_varlen_attn": modeling._torch_varlen_attn is not None,
+        "torch_varlen_backward": modeling._TORCH_VARLEN_HAS_BACKWARD,
     }
+
+
+def packed_row_guard(tokenizer: Any, device: torch.device) -> dict[str, Any]:
+    """A packed row whose cu_seqlens stop before its last tokens must be refused on this device, not pooled."""
+    from booru_embed.modeling.modeling_booru_embed import BooruEmbedModel
+
+    config = model_config("tiny", len(tokenizer.token_categories), tokenizer)
+    model = BooruEmbedModel(config).to(device).eval()
+    ids = torch.full((1, 12), tokenizer.cls_token_id, dtype=torch.long, device=device)
+    cu_seqlens = torch.tensor([0, 4, 9], dtype=torch.int32, device=device)  # 3 trailing padding tokens
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, category_ids=torch.zeros_like(ids), cu_seqlens=cu_seqlens)
+    except ValueError as error:
+        return {"padded_packed_row_refused": True, "message": str(error)}
+    return {"padded_packed_row_refused": False}
 
 
 def make_corpus(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
@@ -215,7 +232,9 @@ def attention_numerics(args: argparse.Namespace, tokenizer: Any, batch: dict[str
     batch = to_device(batch, device)
     runs = [("eager", torch.float32), ("sdpa", torch.float32)]
     if not args.dry_run:
-        runs = [("eager", torch.float32), *((b, torch.bfloat16) for b in ALL_BACKENDS), ("sdpa", torch.float32)]
+        # booru_varlen in float32: the regrouped SDPA fallback on CUDA (groups built once per forward)
+        runs = [("eager", torch.float32), *((b, torch.bfloat16) for b in ALL_BACKENDS), ("sdpa", torch.float32),
+                ("booru_varlen", torch.float32)]
     reference = None
     floor: dict[torch.dtype, dict[str, float]] = {}
     rows = []
@@ -469,8 +488,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# GPU check ({report['mode']}, {report.get('elapsed_s', 0):.0f} s)", "",
              f"{env['device']}; torch {env['torch']}, transformers {env['transformers']}, accelerate "
              f"{env['accelerate']}; flash_attn {'yes' if env['flash_attn'] else 'no'}, PyTorch varlen "
-             f"{'yes' if env['torch_varlen_attn'] else 'no'}. Corpus: {corpus.get('posts', 0):,} posts, "
+             f"{'yes' if env['torch_varlen_attn'] else 'no'} (backward: "
+             f"{'yes' if env.get('torch_varlen_backward') else 'no'}). Corpus: {corpus.get('posts', 0):,} posts, "
              f"setting {corpus.get('setting')}, vocabulary {corpus.get('vocab', 0):,}."]
+    guards = report.get("guards", {})
+    if "padded_packed_row_refused" in guards:
+        lines.append(f"A packed row with trailing padding: {'refused' if guards['padded_packed_row_refused'] else 'NOT refused'}.")
     for name, table in TABLES.items():
         if name in report:
             section = report[name]
@@ -509,6 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backends = ["sdpa"] if args.dry_run else ["booru_varlen", "sdpa"] + (
         ["flash_attention_2"] if report["environment"]["flash_attn"] else [])
     parts = {
+        "guards": lambda: packed_row_guard(tokenizer, device),
         "attention": lambda: attention_numerics(
             args, tokenizer, collated_batches(data, tokenizer, args.numerics_posts, 1)[0], device),
         "loader": lambda: loader_rates(args, data, tokenizer),

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .errors import UsageError, read_json_file
+from .modeling.versions_booru_embed import MIN_TRANSFORMERS
 from .resources import model_card_template
 from .st_compat import sentence_transformers_files
 
@@ -152,6 +153,7 @@ def render_model_card(model_dir: str | Path, repo_id: str, datasets: list[str] |
         "metadata": _metadata(list(datasets or DEFAULT_DATASETS)),
         "model_name": repo_id.split("/")[-1],
         "repo_id": repo_id,
+        "min_transformers": MIN_TRANSFORMERS,
         "embedding_dim": str(config.get("embedding_dim", "")),
         "nested_dims": "/".join(str(d) for d in config.get("nested_dims", [])),
         "model_table": _model_table(config),

@@ -39,6 +39,14 @@ def test_attention_numerics_compare_each_backend_with_eager(corpus):
     assert 0 <= sdpa["max_abs_diff_hidden"] < 1e-4 and sdpa["max_abs_diff_grads"] < 1e-4 < sdpa["max_abs_grad"]
 
 
+def test_a_packed_row_with_trailing_padding_is_refused_on_the_device(corpus):
+    import torch
+
+    _, _, tokenizer, _ = corpus
+    guard = gpu_check.packed_row_guard(tokenizer, torch.device("cpu"))
+    assert guard["padded_packed_row_refused"] and "cu_seqlens must run from 0" in guard["message"]
+
+
 def test_throughput_row_counts_the_flops_of_the_timed_batches(corpus):
     import torch
 
@@ -59,7 +67,7 @@ def test_dry_run_writes_the_report_with_an_exact_resume(tmp_path: Path):
     """Three `accelerate launch` runs (full, stopped at the checkpoint, resumed): about a minute on 2 idle cores."""
     report = gpu_check.main(["--dry-run", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert written["mode"] == "dry-run" and set(written) >= {"environment", "corpus", "attention", "throughput",
+    assert written["mode"] == "dry-run" and set(written) >= {"environment", "corpus", "guards", "attention", "throughput",
                                                                "training", "loader", "elapsed_s"}
     assert written["training"] == report["training"]
     training = written["training"]
@@ -72,4 +80,5 @@ def test_dry_run_writes_the_report_with_an_exact_resume(tmp_path: Path):
     assert all(r["posts_per_s"] > 0 for r in written["loader"])
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "failed" not in markdown and "| sdpa | float32 |" in markdown
+    assert "trailing padding: refused" in markdown
     assert "| tiny | sdpa | 4,096 |" in markdown and "| yes |" in markdown

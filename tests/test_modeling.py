@@ -290,7 +290,31 @@ def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     return torch.cat(outputs).to(q.dtype)
 
 
-@pytest.mark.parametrize("kernel", ["flash_attn", "torch_varlen"])
+def _torch_varlen_first_form(calls: list):
+    """A double with the signature of `varlen_attn`'s first public form (torch 2.10): no `scale`."""
+
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        calls.append((query.shape, cu_seq_q.clone(), max_q, is_causal))
+        return _reference_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, None)
+
+    return varlen_attn
+
+
+def _torch_varlen_2_13(calls: list):
+    """A double with the signature of torch 2.13's `varlen_attn`: keyword-only options, no `is_causal`."""
+
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+        calls.append((query.shape, cu_seq_q.clone(), max_q, False))
+        return _reference_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale)
+
+    return varlen_attn
+
+
+TORCH_VARLEN_FORMS = {"torch_varlen_2.10": _torch_varlen_first_form, "torch_varlen_2.13": _torch_varlen_2_13}
+
+
+@pytest.mark.parametrize("kernel", ["flash_attn", *TORCH_VARLEN_FORMS])
 def test_varlen_kernel_receives_cu_seqlens(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Exercise the fused-kernel branch on CPU with a test double in place of the CUDA kernel."""
     calls = []
@@ -300,13 +324,9 @@ def test_varlen_kernel_receives_cu_seqlens(kernel: str, monkeypatch: pytest.Monk
         calls.append((q.shape, cu_seqlens_q.clone(), max_seqlen_q, causal))
         return _reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
 
-    def fake_torch(q, k, v, cu_q, cu_k, max_q, max_k, scale=None):
-        calls.append((q.shape, cu_q.clone(), max_q, False))
-        return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
-
     monkeypatch.setattr(modeling, "_KERNEL_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(modeling, "_flash_attn_varlen_func", fake_flash if kernel == "flash_attn" else None)
-    monkeypatch.setattr(modeling, "_torch_varlen_attn", fake_torch)
+    monkeypatch.setattr(modeling, "_torch_varlen_attn", TORCH_VARLEN_FORMS.get(kernel, _torch_varlen_2_13)(calls))
     posts = make_posts(LENGTHS)
     packed, padded = pack(posts), pad(posts)
     model = build(BooruEmbedModel, attn="booru_varlen").to(torch.bfloat16)
@@ -323,6 +343,116 @@ def test_varlen_kernel_receives_cu_seqlens(kernel: str, monkeypatch: pytest.Monk
     with torch.no_grad():
         fallback = model(**packed).pooler_output
     torch.testing.assert_close(from_packed.float(), fallback.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("form", TORCH_VARLEN_FORMS)
+def test_torch_varlen_kernel_folds_a_non_default_scale_into_the_query(form: str, monkeypatch: pytest.MonkeyPatch
+                                                                       ) -> None:
+    monkeypatch.setattr(modeling, "_torch_varlen_attn", TORCH_VARLEN_FORMS[form]([]))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(10, 2, 8) for _ in range(3))  # (total_tokens, heads, head_dim)
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    for scale in (8**-0.5, 0.1):
+        expected = _reference_varlen(q, k, v, cu, cu, 6, 6, scale)
+        output = modeling._torch_varlen_kernel(q, k, v, cu, cu, 6, 6, softmax_scale=scale)
+        torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_varlen_without_a_backward_is_used_for_inference_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first `varlen_attn` releases had no backward: training then takes the regrouped SDPA."""
+    calls = []
+    monkeypatch.setattr(modeling, "_KERNEL_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(modeling, "_KERNEL_DTYPES", (torch.float32,))
+    monkeypatch.setattr(modeling, "_flash_attn_varlen_func", None)
+    monkeypatch.setattr(modeling, "_torch_varlen_attn", _torch_varlen_first_form(calls))
+    monkeypatch.setattr(modeling, "_TORCH_VARLEN_HAS_BACKWARD", False)
+    model = build(BooruEmbedModel, attn="booru_varlen")
+    packed = pack(make_posts(LENGTHS))
+    with torch.no_grad():
+        inference = model(**packed).pooler_output
+    assert len(calls) == model.config.num_hidden_layers
+    trained = model(**packed).pooler_output
+    trained.sum().backward()
+    assert len(calls) == model.config.num_hidden_layers  # no kernel call with gradients
+    torch.testing.assert_close(trained.detach(), inference, atol=1e-5, rtol=1e-4)
+    monkeypatch.setattr(modeling, "_TORCH_VARLEN_HAS_BACKWARD", True)
+    model(**packed)
+    assert len(calls) == 2 * model.config.num_hidden_layers
+
+
+def test_a_packed_row_with_trailing_padding_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's repeat_interleave does not check output_size: the layout must check cu_seqlens itself."""
+    real_repeat = torch.repeat_interleave
+
+    def unchecked_repeat(values, repeats, *args, output_size=None, **kwargs):  # as on CUDA: pads, never raises
+        out = real_repeat(values, repeats, *args, **kwargs)
+        return F.pad(out, (0, max(0, output_size - out.numel()))) if output_size is not None else out
+
+    monkeypatch.setattr(torch, "repeat_interleave", unchecked_repeat)
+    packed = pack(make_posts(LENGTHS))
+    ids = F.pad(packed["input_ids"], (0, 3))  # three padding tokens after the last post
+    categories = F.pad(packed["category_ids"], (0, 3))
+    model = build(BooruEmbedModel)
+    with pytest.raises(ValueError, match="cu_seqlens must run from 0 to the packed row's 40 tokens, got 0..37"):
+        model(input_ids=ids, category_ids=categories, cu_seqlens=packed["cu_seqlens"])
+    with pytest.raises(ValueError, match="36 tokens, got 1..37"):
+        model(input_ids=packed["input_ids"][:, 1:], category_ids=packed["category_ids"][:, 1:],
+              cu_seqlens=packed["cu_seqlens"] + torch.tensor([1] + [0] * len(LENGTHS), dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_varlen_fallback_groups_posts_once_per_forward_on_kernel_devices(dtype: torch.dtype,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """booru_varlen in float32 on CUDA (no kernel for that dtype) groups once per forward, not once per layer."""
+    monkeypatch.setattr(modeling, "_KERNEL_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(modeling, "_flash_attn_varlen_func", None)
+    monkeypatch.setattr(modeling, "_torch_varlen_attn", None)  # bf16 too: no kernel at all
+    built = []
+    from_layout = modeling.LengthGroups.from_layout.__func__
+    monkeypatch.setattr(modeling.LengthGroups, "from_layout",
+                        classmethod(lambda cls, layout: built.append(1) or from_layout(cls, layout)))
+    model = build(BooruEmbedModel, attn="booru_varlen", num_hidden_layers=3).to(dtype)
+    with torch.no_grad():
+        model(**pack(make_posts(LENGTHS)))
+    assert len(built) == 1
+
+
+def test_autocast_decides_whether_the_varlen_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16 autocast the attention runs in bf16, so the plan must not build groups the kernel won't use."""
+    calls, built = [], []
+    monkeypatch.setattr(modeling, "_KERNEL_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(modeling, "_flash_attn_varlen_func", None)
+    monkeypatch.setattr(modeling, "_torch_varlen_attn", _torch_varlen_2_13(calls))
+    from_layout = modeling.LengthGroups.from_layout.__func__
+    monkeypatch.setattr(modeling.LengthGroups, "from_layout",
+                        classmethod(lambda cls, layout: built.append(1) or from_layout(cls, layout)))
+    model = build(BooruEmbedModel, attn="booru_varlen")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**pack(make_posts(LENGTHS)))
+    assert len(calls) == model.config.num_hidden_layers and not built
+
+
+def test_flex_document_mask_is_built_once_per_forward_and_compiled_where_allowed(monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    import torch.nn.attention.flex_attention as flex
+
+    recorded = []
+    real = flex.create_block_mask
+
+    def recording(*args, **kwargs):
+        recorded.append(kwargs.get("_compile"))
+        return real(*args, **{**kwargs, "_compile": False})  # compiling on CPU is slow; the argument is the point
+
+    monkeypatch.setattr(flex, "create_block_mask", recording)
+    packed = pack(make_posts(LENGTHS))
+    config = tiny_config(num_hidden_layers=3)
+    config._attn_implementation = "flex_attention"
+    hidden = torch.zeros(1, sum(LENGTHS), config.hidden_size)
+    plan = modeling.AttentionPlan.build(config, hidden, None, packed["cu_seqlens"], packed["max_seqlen"], None)
+    assert recorded == [False] and type(plan.kwargs["attention_mask"]).__name__ == "BlockMask"
+    monkeypatch.setattr(modeling, "_MASK_COMPILE_DEVICES", ("cuda", "cpu"))
+    modeling.AttentionPlan.build(config, hidden, None, packed["cu_seqlens"], packed["max_seqlen"], None)
+    assert recorded == [False, True]
 
 
 # ---------------------------------------------------------------------------------------------- invariances

@@ -10,6 +10,7 @@ import pytest
 
 from booru_embed.cli import main
 from booru_embed.errors import UsageError
+from booru_embed.modeling.versions_booru_embed import MIN_TRANSFORMERS
 from booru_embed.publish import check_model_dir, headline_table, metrics_table, publish, render_model_card
 
 from fake_hub import FakeHub
@@ -113,6 +114,7 @@ def test_model_card_has_metadata_and_metrics(model_dir: Path) -> None:
     assert "license: apache-2.0" in header and '- "someone/danbooru-tags"' in header
     assert "| mlm_micro_f1 | 0.6123 | 0.4000 |" in card
     assert 'from_pretrained("someone/booru-embed-tiny", trust_remote_code=True)' in card
+    assert f"`transformers>={MIN_TRANSFORMERS}`" in card
     assert "| learning_rate | 0.001 |" in card and "| config | tiny.json |" in card
     assert "/home/me" not in card
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .versions_booru_embed import require_transformers
+
+require_transformers()  # first: on an older transformers, one line naming the release needed
+
 from transformers import PreTrainedConfig
 
 # Every class the folder can be loaded with; written into config.json so one folder serves all Auto classes.

@@ -20,15 +20,27 @@ Packed posts attend only within themselves on every attention backend:
   batch with a key padding mask, for the attention product only: the block-diagonal mask without
   materialising it. Posts of similar length share a batch (`LengthGroups`), so the cost is about
   sum(length^2) over the posts instead of total_tokens^2, or posts x max_seqlen^2 for one batch of all.
-`booru_varlen` is registered here: flash_attn's varlen kernel if installed, else PyTorch's
-`torch.nn.attention.varlen.varlen_attn` (CUDA, half precision), else the regrouped SDPA above. Asking for
-`flash_attention_2` where flash_attn or CUDA is missing loads the model with `booru_varlen` instead of failing.
+`booru_varlen` is flash_attn's varlen kernel if installed, else PyTorch's `torch.nn.attention.varlen.varlen_attn`
+(CUDA, half precision; torch >= 2.10, and for training a torch whose varlen_attn has a backward), else the
+regrouped SDPA above. Asking for `flash_attention_2` where flash_attn or CUDA is missing loads the model with
+`booru_varlen` instead of failing.
+
+What importing this file does besides defining classes (nothing else in the process is touched):
+- it checks the transformers release (`versions_booru_embed`) and raises one line if it is too old;
+- it registers one attention function, named `booru_varlen`, in transformers' process-wide
+  `AttentionInterface` registry, so `attn_implementation="booru_varlen"` and the flash fallback resolve to it
+  (this file's models call their own copy, whatever another copy registered later);
+- it tries to import flash_attn, and reads whether torch's varlen attention exists and has a backward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from .versions_booru_embed import require_transformers
+
+require_transformers()  # first: on an older transformers, one line naming the release needed
 
 import torch
 from torch import nn
@@ -49,9 +61,13 @@ except (ImportError, OSError):  # not installed, or built for another CUDA/torch
     _flash_attn_varlen_func = None
 
 try:
+    from torch.nn.attention import varlen as _torch_varlen_module
     from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
 except ImportError:  # torch < 2.10
-    _torch_varlen_attn = None
+    _torch_varlen_module = _torch_varlen_attn = None
+# The first releases of `varlen_attn` had a forward only; later ones register a backward on the custom op.
+# Read once: without a backward, training falls back to the regrouped SDPA instead of failing in backward.
+_TORCH_VARLEN_HAS_BACKWARD = getattr(getattr(_torch_varlen_module, "_varlen_attn", None), "_backward_fn", None) is not None
 
 VARLEN_ATTENTION = "booru_varlen"
 # Backends that take cu_seqlens instead of a mask; a padded batch is unpadded once before the first block.
@@ -59,6 +75,9 @@ _VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "flash_attention_4
 # Devices on which the varlen kernels run (both flash_attn and PyTorch's varlen_attn are CUDA kernels).
 _KERNEL_DEVICES = ("cuda",)
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+# Devices on which flex attention's document mask is built compiled: block by block, in memory that grows with
+# (total_tokens / 128)^2 instead of the ~10 bytes per token pair (total_tokens^2) of the uncompiled build.
+_MASK_COMPILE_DEVICES = ("cuda",)
 # Posts share a regrouped attention batch while the shortest is at least this share of the longest.
 GROUP_LENGTH_RATIO = 0.7
 
@@ -140,8 +159,19 @@ class PostLayout:
 
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None, total_tokens: int) -> PostLayout:
-        """Build the layout of `total_tokens` packed tokens split at `cu_seqlens`."""
+        """Build the layout of `total_tokens` packed tokens split at `cu_seqlens`.
+
+        Checks that `cu_seqlens` starts at 0 and ends at `total_tokens` (one host read): CUDA's
+        `repeat_interleave` does not check `output_size`, so a packed row with trailing padding would
+        otherwise give its tokens to the wrong posts in pooling.
+        """
         cu_seqlens = cu_seqlens.to(torch.int32)
+        first, last = cu_seqlens[[0, -1]].tolist()
+        if first != 0 or last != total_tokens:
+            raise ValueError(
+                f"cu_seqlens must run from 0 to the packed row's {total_tokens} tokens, got {first}..{last} "
+                "(a packed row holds no padding: drop the trailing tokens or add them to the last post)"
+            )
         lengths = cu_seqlens.diff()
         if max_seqlen is None:
             max_seqlen = int(lengths.max())
@@ -160,7 +190,12 @@ class PostLayout:
         return cls.from_cu_seqlens(torch.cat([starts, end]), None, flat.numel())
 
     def document_block_mask(self, total_tokens: int) -> object:
-        """A flex-attention BlockMask letting each token attend only to tokens of its own post."""
+        """A flex-attention BlockMask letting each token attend only to tokens of its own post.
+
+        Built once per forward. On `_MASK_COMPILE_DEVICES` the build is compiled and works block by block;
+        elsewhere it evaluates every token pair, ~10 bytes each (measured on CPU with torch 2.13): 80 GB
+        would hold a batch of ~89k tokens, ~2,400 posts of Danbooru's mean length.
+        """
         from torch.nn.attention.flex_attention import create_block_mask
 
         document = torch.div(self.slots, self.max_seqlen, rounding_mode="floor")  # (total_tokens,) post of each token
@@ -169,7 +204,8 @@ class PostLayout:
                       ) -> torch.Tensor:
             return document[q_idx] == document[kv_idx]
 
-        return create_block_mask(same_post, None, None, total_tokens, total_tokens, device=document.device)
+        return create_block_mask(same_post, None, None, total_tokens, total_tokens, device=document.device,
+                                 _compile=document.device.type in _MASK_COMPILE_DEVICES)
 
 
 @dataclass
@@ -258,15 +294,24 @@ def eager_attention_forward(
     return output, weights
 
 
-def _varlen_kernel(query: torch.Tensor) -> Callable[..., torch.Tensor] | None:
-    """The fused varlen kernel for this tensor, with flash_attn's calling convention, or None."""
-    if query.device.type not in _KERNEL_DEVICES or query.dtype not in _KERNEL_DTYPES:
+def _varlen_kernel(device_type: str, dtype: torch.dtype, needs_grad: bool) -> Callable[..., torch.Tensor] | None:
+    """The fused varlen kernel for attention in `dtype` on `device_type`, with flash_attn's calling convention,
+    or None where none runs (then `booru_varlen` regroups the posts for SDPA)."""
+    if device_type not in _KERNEL_DEVICES or dtype not in _KERNEL_DTYPES:
         return None
     if _flash_attn_varlen_func is not None:
         return _flash_attn_varlen_func
-    if _torch_varlen_attn is not None:
+    if _torch_varlen_attn is not None and (_TORCH_VARLEN_HAS_BACKWARD or not needs_grad):
         return _torch_varlen_kernel
     return None
+
+
+def _attention_dtype(hidden_states: torch.Tensor) -> torch.dtype:
+    """The dtype the attention product will run in: autocast's where it is on, else the states' own."""
+    device_type = hidden_states.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return hidden_states.dtype
 
 
 def _torch_varlen_kernel(
@@ -281,8 +326,17 @@ def _torch_varlen_kernel(
     softmax_scale: float | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    """PyTorch's varlen attention behind flash_attn's signature (no dropout, never causal here)."""
-    return _torch_varlen_attn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=softmax_scale)
+    """PyTorch's varlen attention behind flash_attn's signature (no dropout, never causal here).
+
+    `varlen_attn` gets only the seven positional arguments that every release takes: torch 2.10's first form
+    continued with `is_causal, return_aux`, later ones with keyword-only `scale`, `window_size`, ... A scale
+    other than its default 1/sqrt(head_dim) is folded into the query instead.
+    """
+    if softmax_scale is not None:
+        factor = softmax_scale * q.shape[-1] ** 0.5
+        if abs(factor - 1.0) > 1e-6:
+            q = q * factor
+    return _torch_varlen_attn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 def varlen_attention_forward(
@@ -304,7 +358,7 @@ def varlen_attention_forward(
     Uses flash_attn's or PyTorch's varlen kernel where one runs, else SDPA on the posts regrouped into rows
     (`length_groups`, built here when not given).
     """
-    kernel = _varlen_kernel(query)
+    kernel = _varlen_kernel(query.device.type, query.dtype, query.requires_grad)
     if kernel is not None:
         q, k, v = (states[0].transpose(0, 1) for states in (query, key, value))  # (total_tokens, heads, head_dim)
         output = kernel(
@@ -372,8 +426,10 @@ class AttentionPlan:
             # This file's own function: another copy of this remote code loaded in the same process (a Hub
             # snapshot, say) registers the same name in the global registry, possibly from another version.
             attention = varlen_attention_forward
-        else:
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        elif hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers reads this call in the source to
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)  # allow switching
+        else:  # releases before get_interface (5.3): the registry is a plain mapping, eager not in it
+            attention = ALL_ATTENTION_FUNCTIONS.get(implementation, eager_attention_forward)
         varlen = implementation in _VARLEN_BACKENDS
         unpad = None
         if cu_seqlens is not None:
@@ -388,7 +444,8 @@ class AttentionPlan:
             layout = PostLayout.from_cu_seqlens(cu, int(lengths.max()), int(cu[-1]))
             unpad = real.flatten().nonzero().squeeze(1)  # (total_tokens,) position of each real token in the batch
         else:
-            mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+            # positional: the embeddings' keyword was `input_embeds` in 5.0, `inputs_embeds` later
+            mask = create_bidirectional_mask(config, hidden_states, attention_mask)
             return cls(attention, {"attention_mask": mask}, padding_mask=attention_mask)
 
         if varlen:
@@ -399,9 +456,10 @@ class AttentionPlan:
                 "max_length_q": layout.max_seqlen,
                 "max_length_k": layout.max_seqlen,
             }
-            if implementation == VARLEN_ATTENTION:
-                if hidden_states.device.type not in _KERNEL_DEVICES:  # the SDPA fallback: group once per forward
-                    kwargs["length_groups"] = LengthGroups.from_layout(layout)
+            if implementation == VARLEN_ATTENTION and _varlen_kernel(
+                hidden_states.device.type, _attention_dtype(hidden_states), torch.is_grad_enabled()
+            ) is None:  # the SDPA fallback, wherever it runs: group once per forward, not in every layer
+                kwargs["length_groups"] = LengthGroups.from_layout(layout)
             return cls(attention, kwargs, layout=layout, padding_mask=real if unpad is not None else None, unpad=unpad)
         if implementation == "flex_attention":
             return cls(attention, {"attention_mask": layout.document_block_mask(layout.slots.numel())}, layout=layout)

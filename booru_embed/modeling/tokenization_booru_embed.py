@@ -16,6 +16,12 @@ Files of a tokenizer folder:
 ``tokenizer.normalize(tagset, implications="keep" | "minimal" | "complete")`` applies those tables to
 tag strings rather than ids (unknown tags kept by name); its rules are in ``normalization_booru_embed``.
 A whole ``datasets`` split is encoded by the package's bulk path (``booru_embed.data.bulk_encoding``).
+
+What importing this file does besides defining classes: it checks the transformers release
+(``versions_booru_embed``). It registers nothing. Its one ``import torch`` (for ``return_tensors="pt"``)
+sits under ``is_torch_available()`` inside ``__call__``: transformers' remote-code import check skips
+imports under such a test, so the tokenizer also loads where torch is not installed (ONNX Runtime
+serving); nothing is hidden beyond that optional import.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ import random
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+
+from .versions_booru_embed import require_transformers
+
+require_transformers()  # first: on an older transformers, one line naming the release needed
 
 import numpy as np
 from transformers import BatchEncoding, PreTrainedTokenizer
