@@ -4,10 +4,11 @@ README marks its runnable blocks with HTML comments: ``<!-- quickstart -->`` (fr
 published model), ``<!-- cli-usage -->`` (using the trained model from the command line) and
 ``<!-- python-usage -->`` (the same from Python). The fast tests parse every command line of the two
 shell blocks with the very argparse parsers the commands use (``booru-embed``'s per-command parser,
-``train_hf.py``'s), and check that every method the Python block calls exists. The slow test runs all
-three blocks, in order, in a temporary folder: the same commands, with flags appended (argparse keeps
-the last value) that shrink them to seconds: a 600-post generated corpus, 2 training steps on the CPU,
-20 test posts, and ``publish`` against the local fake Hub of ``tests/fake_hub.py``.
+``train_hf.py``'s), and check that every method the Python block calls exists. Then the quickstart
+runs, in a temporary folder: the same commands, with flags appended (argparse keeps the last value)
+that shrink them to seconds: a 600-post generated corpus, 2 training steps of ``small`` on the CPU,
+20 test posts, and ``publish`` against the local fake Hub of ``tests/fake_hub.py`` (about 30 s). The
+slow test runs the two usage blocks on the model it trained (another 35 s).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import re
 import shlex
 import sys
@@ -138,29 +140,43 @@ def run_readme_command(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None
     assert code == 0, f"README command failed: {shlex.join(argv)}"
 
 
-@pytest.mark.slow
-def test_readme_commands_run_on_a_small_generated_corpus(tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
+    """README's quickstart run once in a temporary folder: ``(folder, files published to the fake Hub)``."""
     import huggingface_hub.constants
     from fake_hub import FakeHub
 
-    monkeypatch.chdir(tmp_path)
-    with FakeHub() as hub:
+    folder = tmp_path_factory.mktemp("quickstart")
+    with pytest.MonkeyPatch.context() as monkeypatch, FakeHub() as hub:
+        monkeypatch.chdir(folder)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
         monkeypatch.setenv("HF_TOKEN", hub.token)
         for argv in shell_commands("quickstart"):
             run_readme_command(argv, monkeypatch)
-        published = hub.repos["OWNER/NAME"].files
-    assert {"model.safetensors", "config.json", "README.md"} <= set(published)
-    assert "masked" in (tmp_path / "runs/small/metrics.json").read_text()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        return folder, hub.repos["OWNER/NAME"].files
 
+
+def test_readme_quickstart_runs_on_a_small_generated_corpus(quickstart):
+    folder, published = quickstart
+    assert (folder / "runs/data/build_info.json").is_file() and (folder / "runs/tokenizer/vocab.json").is_file()
+    metrics = json.loads((folder / "runs/small/metrics.json").read_text())
+    assert metrics["model.masked.micro_f1"] >= 0 and metrics["baseline.masked.micro_f1"] >= 0
+    assert json.loads((folder / "runs/small/config.json").read_text())["hidden_size"] == 512   # `small`, as README says
+    assert {"model.safetensors", "config.json", "README.md", "modules.json"} <= set(published)
+    assert "{{" not in published["README.md"].decode()
+
+
+@pytest.mark.slow
+def test_readme_usage_runs_on_the_quickstart_model(quickstart, monkeypatch, capsys):
+    folder, _ = quickstart
+    monkeypatch.chdir(folder)
     has_faiss = importlib.util.find_spec("faiss") is not None
     for argv in shell_commands("cli-usage"):
         if split_command(argv)[0] in ("index", "search") and not has_faiss:
             continue
         run_readme_command(argv, monkeypatch)
-    assert (tmp_path / "runs/test.npy").is_file() and (tmp_path / "runs/audit/audit.jsonl").is_file()
+    assert (folder / "runs/test.npy").is_file() and (folder / "runs/audit/audit.jsonl").is_file()
     if not has_faiss:
         pytest.skip("faiss is not installed (the index extra): index, search and the Python block not run")
     capsys.readouterr()
