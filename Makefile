@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all docs bench clean
 
 $(BIN)/booru-embed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,index,onnx,app]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,index,onnx,app,docs]"
 	touch $(BIN)/booru-embed
 
 setup: $(BIN)/booru-embed
@@ -26,6 +26,10 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -n 2 -q -m "not gpu"
 
+# The documentation site (docs/, mkdocs.yml) into site/, offline; --strict: any warning fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: setup
 	$(BIN)/python bench/bench_build_dataset.py
 	$(BIN)/python bench/bench_tokenizer.py
@@ -36,4 +40,4 @@ bench: setup
 	$(BIN)/python bench/bench_index.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -7,7 +7,7 @@
 #   bash bench/gpu_check.sh --dry-run --out /tmp/gpu_check                             # on CPU, < 1 minute
 #
 # --wheels DIR: wheels to install first (datasets and what it needs beyond the machine's packages;
-# README "GPU check" says how to prepare DIR with `pip download` where there is internet). They go to
+# docs/training.md, "GPU check", says how to prepare DIR with `pip download` where there is internet). They go to
 # a private folder put first on PYTHONPATH; the repository itself is imported from its source tree.
 # Every other flag goes to bench/gpu_check.py (see `python bench/gpu_check.py --help`).
 set -euo pipefail
@@ -29,5 +29,5 @@ if [ -n "$WHEELS" ]; then
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 "$PYTHON" -c "import datasets" 2>/dev/null || {
-    echo "gpu_check.sh: the datasets package is missing: pass --wheels DIR (see README, GPU check)" >&2; exit 2; }
+    echo "gpu_check.sh: the datasets package is missing: pass --wheels DIR (see docs/training.md, GPU check)" >&2; exit 2; }
 exec "$PYTHON" "$REPO/bench/gpu_check.py" "${ARGS[@]}"

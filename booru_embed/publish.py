@@ -1,8 +1,8 @@
 """Push a MODEL_DIR to the Hugging Face Hub with a model card filled from its last evaluation.
 
 Publishing is its own small step (training never talks to the Hub): check the folder, render
-the model-card template (``hub_configs/model_card.md``) into the repository's ``README.md``, add the
-sentence-transformers files, and send everything in one commit. The local folder is only read, never changed, whatever happens.
+the model-card template (the repository's top-level ``model_card.md``) into the Hub repository's
+``README.md``, add the sentence-transformers files, and send everything in one commit. The local folder is only read, never changed, whatever happens.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def publish(model_dir: str | Path, repo_id: str, private: bool = False, token: s
     """Push ``model_dir`` to the Hub repository ``repo_id`` (created if needed); returns the commit URL.
 
     Sends the top-level files (weights, config with auto_map, remote code, tokenizer files, metrics,
-    training config), the ONNX export in ``onnx/`` if there is one, a ``README.md`` model card rendered from ``hub_configs/model_card.md``, and the
+    training config), the ONNX export in ``onnx/`` if there is one, a ``README.md`` model card rendered from ``model_card.md``, and the
     sentence-transformers files. ``checkpoints/`` and ``logs/`` stay local. ``token`` defaults to the
     logged-in token (``HF_TOKEN`` or ``hf auth login``), ``endpoint`` to ``HF_ENDPOINT``. Raises
     ``UsageError`` (one line) for a bad folder, repo id or token and for a failed push.

@@ -1,7 +1,9 @@
 """Where the shipped model configs and the model-card template are: the one place that knows.
 
-Both live in the repository's top-level ``hub_configs/`` folder (``tiny.json``, ``small.json``,
-``base.json``, ``model_card.md``). A wheel or an editable install ships that folder as the package
+The configs live in the repository's top-level ``hub_configs/`` folder (``tiny.json``, ``small.json``,
+``base.json``); the template is the top-level ``model_card.md``, where a reader of the repository looks
+for it, and ``hub_configs/model_card.md`` is a symbolic link to it (a wheel build copies the file it
+points to, so the wheel holds the text). A wheel or an editable install ships that folder as the package
 ``booru_embed.hub_configs`` (see ``[tool.setuptools.package-dir]`` in pyproject.toml), read here
 through ``importlib.resources``. A source checkout imported without installing (``PYTHONPATH``, or
 ``python train_hf.py`` from the repository root) has no such package; then the folder next to

@@ -1,4 +1,4 @@
-"""The package's layout rules: imports point one way (README, "Where the code lives")."""
+"""The package's layout rules: imports point one way (docs/development.md, "Where the code lives")."""
 
 from __future__ import annotations
 

@@ -45,6 +45,8 @@ def test_wheel_holds_every_package_and_the_hub_files(wheel):
     assert {"tiny.json", "small.json", "base.json", "model_card.md"} <= set(shipped)
     for name in shipped:
         assert zipfile.ZipFile(wheel).read(f"booru_embed/hub_configs/{name}") == (REPO / "hub_configs" / name).read_bytes()
+    # The template is the top-level model_card.md; the wheel holds its text, not a link.
+    assert zipfile.ZipFile(wheel).read("booru_embed/hub_configs/model_card.md") == (REPO / "model_card.md").read_bytes()
     assert not [name for name in names if not name.startswith(("booru_embed/", "booru_embed-"))]
 
 

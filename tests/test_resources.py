@@ -60,6 +60,6 @@ def test_train_commands_reject_a_wrong_name_in_one_line(tmp_path, capsys):
 
 def test_model_card_template_has_the_placeholders_publish_fills():
     text = model_card_template()
-    assert text == (REPO / "hub_configs" / "model_card.md").read_text(encoding="utf-8")
+    assert text == (REPO / "model_card.md").read_text(encoding="utf-8")  # the top-level file, through the link
     for key in ("metadata", "model_name", "repo_id", "metrics_table", "training_summary"):
         assert "{{" + key + "}}" in text

@@ -240,7 +240,7 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
     assert metrics["model.implications.recall@1"] > metrics["baseline.implications.recall@1"] + 0.2
     assert metrics["model.retrieval.character.recall@10"] > 5 * metrics["chance.retrieval.character.recall@10"]
     # traits of 300 characters among ~3000 general tags (chance ~0.002): 0.71-0.74 over four seeds vs the
-    # baseline's 0.63 (paired standard error of one run 0.015, seed spread about 0.015), README "what this shows"
+    # baseline's 0.63 (paired standard error of one run 0.015, seed spread about 0.015), docs/results.md, the previous recipe
     assert metrics["model.traits.r_precision"] > metrics["baseline.traits.r_precision"] + 0.05
     # same-character retrieval, ~1000 queries (standard error ~0.015): 0.353 vs 0.273 for the tag vectors
     # (seed 0); the first 64 dimensions keep what the full 128 find (0.354)
@@ -253,7 +253,7 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
 def test_tiny_recipe_on_the_sparse_traits_setting(tmp_path):
     """The same recipe on a second setting, ``sparse-traits`` (traits tagged half the time, weaker artist
     styles): the corpus of ``bench/bench_recipe.py --settings sparse-traits --seeds 0`` (made-up tag names);
-    README "The recipe over three seeds on every setting"."""
+    docs/results.md, "The recipe over three seeds on every setting"."""
     from booru_embed.data.ingest import build_dataset
     from booru_embed.data.synthetic import generate_corpus
     from booru_embed.data.synthetic_settings import setting
@@ -268,7 +268,7 @@ def test_tiny_recipe_on_the_sparse_traits_setting(tmp_path):
     config = TrainingConfig.from_sources("tiny", dataset=str(root / "data"), tokenizer=str(root / "tokenizer"),
                                          output=str(tmp_path / "tiny"), eval_posts=0, progress=False)
     metrics = evaluate(train(config), root / "data", tmp_path / "metrics.json", truth=truth)
-    # Seed 0 measured (README "The recipe over three seeds"): character retrieval 0.235 vs TF-IDF and tag
+    # Seed 0 measured (docs/results.md, "The recipe over three seeds"): character retrieval 0.235 vs TF-IDF and tag
     # vectors 0.174 (780 queries: a paired standard error of about 0.015), artist 0.190 vs 0.115 / 0.125
     # (980 queries, about 0.013); masked micro-F1 0.189 vs 0.128 (~7,800 hidden tags, about 0.005);
     # implication recall@5 0.626 vs 0.023 (514 cases, about 0.02). Each margin asserted is 2+ standard errors.

@@ -9,7 +9,7 @@ whole style or subject, so a few dozen posts already teach the model something a
 general tag needs more examples to be told apart from the many general tags it co-occurs with.
 Artists also have by far the longest tail: in Danbooru's own counts (``tags.csv``), scaled to a
 1M-post training sample, a minimum of 3 keeps 98.8% of artist occurrences while 10 keeps only 73%;
-for general tags 10 still keeps 99.8% (README, Tokenizer section, has the table).
+for general tags 10 still keeps 99.8% (docs/tokenizer.md has the table).
 ``--coverage F`` instead picks, per category, the highest minimum count that still keeps a fraction F
 of that category's tag occurrences (``booru_embed.data.analysis.recommend_min_counts``, the same rule
 ``booru-embed analyze`` reports); ``--min-count`` overrides either for the categories it names.
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from ..modeling.tokenization_booru_embed import BooruEmbedTokenizer
 
-# Minimum training posts per kept tag, per category (see the module docstring and README).
+# Minimum training posts per kept tag, per category (see the module docstring and docs/tokenizer.md).
 DEFAULT_MIN_COUNTS = {"general": 10, "artist": 3, "copyright": 5, "character": 5, "meta": 10}
 DEFAULT_SCORE_BUCKETS = 8
 BUILD_INFO_FILE = "vocab_build.json"

@@ -3,7 +3,7 @@
 ``booru-embed evaluate MODEL_DIR --dataset DATA_DIR --output METRICS_JSON [--implications FILE]
 [--truth FILE] [--max-posts N] [--baseline-posts N]``. Every metric is computed for the model (``model.*``) and, where a
 classical method exists, for the baseline (``baseline.*``) on exactly the same cases (same posts, same
-hidden tags, drawn with a fixed seed). The keys are documented in README.md (section training).
+hidden tags, drawn with a fixed seed). The keys are documented in docs/evaluation.md.
 
 One module per part: ``metrics`` (metrics on plain arrays), ``baselines`` (co-occurrence, TF-IDF,
 tag-vector and naive-Bayes baselines from the training split), ``runner`` (the model over lists of
