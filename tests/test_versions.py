@@ -10,7 +10,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import transformers
 
 from booru_embed.modeling import versions_booru_embed
 
@@ -27,7 +26,7 @@ def test_pyproject_states_the_floor_the_remote_code_checks() -> None:
 @pytest.mark.parametrize("version", ["5.2.0", "4.57.6", "5.2.0.dev0"])
 def test_an_older_transformers_gets_one_line_naming_the_release(version: str, monkeypatch: pytest.MonkeyPatch
                                                                 ) -> None:
-    monkeypatch.setattr(transformers, "__version__", version)
+    monkeypatch.setattr(versions_booru_embed.transformers, "__version__", version)  # the module it reads
     with pytest.raises(ImportError) as raised:
         versions_booru_embed.require_transformers()
     message = str(raised.value)
@@ -37,7 +36,7 @@ def test_an_older_transformers_gets_one_line_naming_the_release(version: str, mo
 
 @pytest.mark.parametrize("version", ["5.3.0", "5.25.0", "5.26.0.dev0", "6.0.0rc1"])
 def test_the_floor_and_newer_releases_pass(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transformers, "__version__", version)
+    monkeypatch.setattr(versions_booru_embed.transformers, "__version__", version)  # the module it reads
     versions_booru_embed.require_transformers()
 
 
