@@ -86,6 +86,8 @@ TABLE = [
     ("masterpiece, best quality, score_9, score_8_up", [("masterpiece", 1), ("best_quality", 1), ("score_9", 1),
                                                         ("score_8_up", 1)], []),
     ("1girl solo zzz, twintails", [("1girl_solo_zzz", 1), ("twintails", 1)], []),
+    ("1girl solo nanoha_(new_outfit), blue eyes long hair", [("1girl", 1), ("solo", 1), ("nanoha_(new_outfit)", 1),
+                                                           ("blue_eyes", 1), ("long_hair", 1)], []),
     # Danbooru tag strings: words, as always
     ("1girl solo :d ^_^ vertin_(reverse:1999) 7:08", [("1girl", 1), ("solo", 1), (":d", 1), ("^_^", 1),
                                                       ("vertin_(reverse:1999)", 1), ("7:08", 1)], []),

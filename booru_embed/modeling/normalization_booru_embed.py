@@ -9,8 +9,8 @@ Reading a text (``read_tag_text``; the tokenizer, the embedder, the CLI and the 
   ``\\)`` or a bracket at its start): a comma, a newline, ``BREAK`` or ``AND``, ``\\)``, or a word
   starting with ``(``, ``[`` or ``{``.
 - In a prompt, commas, newlines, ``BREAK`` and ``AND`` separate items; an item's words are one tag
-  (``long hair`` is ``long_hair``), unless that is no known tag but its words are known tags
-  (``1girl solo takamachi_nanoha``: the fewest known tags its words spell). ``\\(`` ``\\)`` ``\\[`` ``\\]``
+  (``long hair`` is ``long_hair``), unless that is no known tag but its words spell tags, each a known
+  tag or one word with underscores (``1girl solo takamachi_nanoha``: the fewest such tags). ``\\(`` ``\\)`` ``\\[`` ``\\]``
   ``\\{`` ``\\}`` ``\\\\`` are the characters themselves.
 - Emphasis, kept as a weight beside the tag, never in it: ``(x)`` x1.1, ``[x]`` /1.1 (a1111), ``{x}``
   x1.05 (NovelAI), ``(x:1.3)`` 1.3; nested groups multiply; a group may hold a comma list; a group
@@ -93,14 +93,15 @@ EMPHASIS = {"(": 1.1, "[": 1 / 1.1, "{": 1.05}
 _CLOSERS = {")": "(", "]": "[", "}": "{"}
 _CLOSER_OF = {opener: closer for closer, opener in _CLOSERS.items()}
 _ESCAPABLE = frozenset("()[]{}\\")  # what a backslash escapes in a1111's prompt syntax
+_ESCAPED = re.compile(r"\\([()\[\]{}\\])")
+_SPACE = re.compile(r"\s")
+_RUN = re.compile(r"[^,()\[\]{}\\\s]+|\s+")
 _STRUCTURE = frozenset("()[]{}\\:")  # characters a known tag may hold that the reader would otherwise act on
 WEIGHT_DIGITS = 4  # weights are kept rounded to this many decimals, so writing one back reads back the same
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
-# What a text holds only when it is a prompt, never a Danbooru tag string (no tag has a comma, upper
-# case, a newline or ``\)``: checked on every name of Danbooru's tag list), and a word starting with a
-# bracket, which no tag of that list does (a known one, such as a vocabulary's ``(9)``, stays a tag).
-_KEYWORD_WORD = re.compile(r"(?<!\S)(?:BREAK|AND)(?!\S)")
-_SEPARATORS = re.compile(r"(?<!\S)(?:BREAK|AND)(?!\S)|\n")  # a1111's chunk break and composition, newlines
+# a1111's chunk break and composition keywords: separators, like commas and newlines
+_KEYWORD = re.compile(r"(?<!\S)(?:BREAK|AND)(?!\S)")
+_SEPARATORS = re.compile(rf"{_KEYWORD.pattern}|\n")
 _IGNORED = (
     (re.compile(r"<\s*(?:lora|lyco|lycoris|locon|hypernet)\s*:[^<>]*>", re.IGNORECASE), "LoRA or network, not a tag"),
     (re.compile(rf"(?<![^\s,(\[{{])embedding:[^\s,:()\[\]{{}}<>]+(?::\s*{_NUMBER})?", re.IGNORECASE),
@@ -126,11 +127,16 @@ class TextReading:
 
 
 def is_prompt(text: str, known: Container[str] | None = None) -> bool:
-    """Whether ``text`` is read as a prompt (comma list, brackets, ``BREAK``) rather than a Danbooru tag string."""
+    """Whether ``text`` is read as a prompt (comma list, brackets, ``BREAK``) rather than a Danbooru tag string.
+
+    A prompt holds what no Danbooru tag string does: a comma, a newline, ``\\)``, ``BREAK`` or ``AND``
+    (no tag has a comma, a capital or ``\\)``: checked on every name of Danbooru's tag list), or a word
+    starting with a bracket, which no tag of that list does (a known one, a vocabulary's ``(9)``, stays a tag).
+    """
     text = text.strip()  # plain substring tests first: this runs on every tag string the tokenizer reads
     if "," in text or "\n" in text or "\\)" in text:
         return True
-    if ("BREAK" in text or "AND" in text) and _KEYWORD_WORD.search(text):
+    if ("BREAK" in text or "AND" in text) and _KEYWORD.search(text):
         return True
     if not (text[:1] in EMPHASIS or " (" in text or " [" in text or " {" in text or "\t" in text):
         return False
@@ -144,12 +150,12 @@ def read_tag_text(text: str, known: Container[str] | None = None) -> TextReading
     always wins over reading its brackets or colons as syntax, and a comma item of several words that
     is no known tag but whose words are known tags is read as those tags.
     """
-    ignored: list[tuple[str, str]] = []
     prompt = is_prompt(text, known)
-    for pattern, reason in _IGNORED if "<" in text or "mbedding:" in text or "MBEDDING:" in text else ():
-        if pattern.search(text):
-            ignored += [(found.group(0), reason) for found in pattern.finditer(text)]
-            text = pattern.sub("," if prompt else " ", text)
+    patterns = _IGNORED if "<" in text or "mbedding:" in text or "MBEDDING:" in text else ()
+    found = sorted((match.start(), match.group(0), reason) for pattern, reason in patterns for match in pattern.finditer(text))
+    ignored = [(piece, reason) for _, piece, reason in found]  # in input order
+    for pattern, _ in patterns:
+        text = pattern.sub("," if prompt else " ", text)
     if not prompt:
         words = text.split()
         return TextReading(words, [1.0] * len(words), ignored)
@@ -159,7 +165,11 @@ def read_tag_text(text: str, known: Container[str] | None = None) -> TextReading
 
 def unescape(text: str) -> str:
     r"""``text`` with a1111's escapes (``\(`` ``\)`` ``\[`` ``\]`` ``\{`` ``\}`` ``\\``) read as the characters."""
-    return re.sub(r"\\([()\[\]{}\\])", r"\1", text) if "\\" in text else text
+    return _ESCAPED.sub(_escaped_character, text) if "\\" in text else text
+
+
+def _escaped_character(match: re.Match) -> str:
+    return match.group(1)
 
 
 def _weight_text(weight: float) -> str:
@@ -198,43 +208,9 @@ class _PromptReader:
 
     def read(self) -> TextReading:
         """Read the whole text: tags, weights and what was ignored."""
-        text, position = self.text, 0
-        while position < len(text):
-            char = text[position]
-            at_word_start = not self.buffer or self.buffer[-1].isspace()
-            span = None
-            if at_word_start and self.known is not None and not char.isspace() and char != ",":
-                span = self._known_span(position)
-            if span is not None:
-                position, spelling = span
-                self.buffer += spelling
-                self.fixed = len(self.buffer)
-                continue
-            if not self.buffer and char != "," and char not in _STRUCTURE:  # an item without brackets,
-                end = text.find(",", position)  # escapes or colons is read whole
-                end = len(text) if end < 0 else end
-                if _STRUCTURE.isdisjoint(text[position:end]):
-                    self.buffer += text[position:end]
-                    position = end
-                    continue
-            if char == "\\" and text[position + 1: position + 2] in _ESCAPABLE:
-                self.buffer.append(text[position + 1])
-                self.fixed, position = len(self.buffer), position + 2
-                continue
-            if char == ",":
-                self._flush()
-            elif char in EMPHASIS:
-                if at_word_start:
-                    self._flush()
-                    self.groups.append((char, len(self.pieces)))
-                else:
-                    self.names[char] = self.names.get(char, 0) + 1
-                    self.buffer.append(char)
-            elif char in _CLOSERS:
-                self._close(char)
-            else:
-                self.buffer.append(char)
-            position += 1
+        position = 0
+        while position < len(self.text):
+            position = self._read_at(position)
         self._flush()
         for opener, first in self.groups:  # left open: weights the rest of the text, as a1111 does
             self._weigh(first, EMPHASIS[opener])
@@ -246,14 +222,53 @@ class _PromptReader:
                 weights.append(round(weight, WEIGHT_DIGITS))
         return TextReading(tags, weights, self.ignored)
 
+    def _read_at(self, position: int) -> int:
+        """Read what starts at ``position``; return the position after it."""
+        text, char = self.text, self.text[position]
+        if not self.buffer and char != "," and char not in _STRUCTURE:
+            end = text.find(",", position)
+            end = len(text) if end < 0 else end
+            if _STRUCTURE.isdisjoint(text[position:end]):  # an item without brackets, escapes or colons
+                self.buffer += text[position:end]
+                return end
+        at_word_start = not self.buffer or self.buffer[-1].isspace()
+        if at_word_start and self.known is not None and not char.isspace() and char != ",":
+            span = self._known_span(position)
+            if span is not None:
+                end, spelling = span
+                self.buffer += spelling
+                self.fixed = len(self.buffer)
+                return end
+        if char == "\\" and text[position + 1: position + 2] in _ESCAPABLE:
+            self.buffer.append(text[position + 1])
+            self.fixed = len(self.buffer)
+            return position + 2
+        if char == ",":
+            self._flush()
+        elif char in EMPHASIS and at_word_start:
+            self._flush()
+            self.groups.append((char, len(self.pieces)))
+        elif char in EMPHASIS:
+            self.names[char] = self.names.get(char, 0) + 1
+            self.buffer.append(char)
+        elif char in _CLOSERS:
+            self._close(char)
+        else:  # a run of plain characters, or of whitespace, at once
+            end = _RUN.match(text, position).end()
+            self.buffer += text[position:end]
+            return end
+        return position + 1
+
     def _known_span(self, start: int) -> tuple[int, str] | None:
         """End and spelling of a known tag written from ``start``: to the item's or the word's end, with
         closers and ``:weight`` peeled off its end one at a time (``(7:08)`` holds the tag ``7:08``)."""
         text = self.text
         item_end = text.find(",", start)
         item_end = len(text) if item_end < 0 else item_end
-        word_end = next((i for i in range(start, item_end) if text[i].isspace()), item_end)
-        for end in dict.fromkeys((item_end, word_end)):
+        if _STRUCTURE.isdisjoint(text[start:item_end]):
+            return None
+        space = _SPACE.search(text, start, item_end)
+        for end in (item_end,) if space is None else (item_end, space.start()):
             candidate = text[start:end].rstrip()
             while candidate and _STRUCTURE.intersection(candidate):
                 for spelling in dict.fromkeys((candidate, unescape(candidate))):
@@ -326,7 +341,10 @@ class _PromptReader:
     def _is_label(self, head: str) -> bool:
         """Whether ``(head:label)`` is a known tag with a weight that is not a number (not a tag with a colon)."""
         whole = normalize_tag("".join(self.buffer))
-        return whole not in self.known and _known_tags("".join(self.buffer[: self.fixed]) + head, self.known) is not None
+        if whole in self.known:
+            return False
+        tags = _item_tags("".join(self.buffer[: self.fixed]) + head, self.known)
+        return all(tag in self.known for tag in tags)
 
     def _weigh(self, first: int, factor: float) -> None:
         for piece in self.pieces[first:]:
@@ -342,30 +360,29 @@ class _PromptReader:
 
 
 def _item_tags(item: str, known: Container[str] | None) -> list[str]:
-    """The tags of one comma item: its known spelling, or the known tags its words spell, else its spelling (unknown)."""
+    """The tags of one comma item: its own spelling when that is known (or nothing is), else the fewest tags
+    its space-separated words spell, each known or written with underscores as one tag; else its spelling."""
     tag = normalize_tag(item)
-    if not tag:
-        return []
-    return _known_tags(item, known) or [tag]
+    if known is None or not tag or tag in known:
+        return [tag] if tag else []
+    return _word_tags(item, known) or [tag]
 
 
-def _known_tags(item: str, known: Container[str] | None) -> list[str] | None:
-    """``item`` as known tags: its own spelling, else the fewest known tags its words spell; None if neither."""
-    tag = normalize_tag(item)
-    if known is None or not tag:
-        return None
-    if tag in known:
-        return [tag]
+def _word_tags(item: str, known: Container[str]) -> list[str] | None:
+    """The fewest tags that ``item``'s words (two or more) spell, each a known tag, a metatag or one word written
+    with underscores (``1girl solo takamachi_nanoha``); None when the words spell none that way."""
     words = [normalize_tag(word) for word in item.split()]
-    best: list[list[str] | None] = [[]] + [None] * len(words)  # best[j]: fewest known tags spelling words[:j]
+    if len(words) < 2:
+        return None
+    best: list[list[str] | None] = [[]] + [None] * len(words)  # best[j]: fewest tags spelling words[:j]
     for end in range(1, len(words) + 1):
         for start in range(end):
             head = best[start]
             piece = "_".join(words[start:end])
-            if head is not None and (piece in known or piece.startswith(("rating:", "score:"))):
-                if best[end] is None or len(head) + 1 < len(best[end]):
-                    best[end] = [*head, piece]
-    return best[-1] if len(words) > 1 else None
+            is_tag = piece in known or piece.startswith(("rating:", "score:")) or (end - start == 1 and "_" in piece)
+            if head is not None and is_tag and (best[end] is None or len(head) + 1 < len(best[end])):
+                best[end] = [*head, piece]
+    return best[-1]
 
 
 def parse_rating(value: Any) -> str | None:
