@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import csv
 import random
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from bench_tokenizer import best_seconds  # this folder is first on sys.path when run as a script
 
 from booru_embed.data.synthetic import default_tag_data
 from booru_embed.modeling.normalization_booru_embed import emphasized, prompt_tag, read_tag_text
@@ -37,17 +37,6 @@ def tag_names() -> list[str]:
         return [row[0] for row in csv.reader(handle)]
 
 
-def best_microseconds(paths: dict[str, Callable[[], object]], repeats: int, count: int) -> dict[str, float]:
-    """Fastest round of each path (round-robin), in microseconds per post."""
-    best = dict.fromkeys(paths, float("inf"))
-    for _ in range(repeats):
-        for name, function in paths.items():
-            start = time.perf_counter()
-            function()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: seconds * 1e6 / count for name, seconds in best.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--posts", type=int, default=20_000)
@@ -59,12 +48,13 @@ def main() -> None:
     posts = [rng.sample(names[:20_000], 30) for _ in range(args.posts)]  # 30 tags, the common ones
     strings = [" ".join(post) for post in posts]
     prompts = [", ".join(emphasized(prompt_tag(t), 1.2 if i % 3 == 0 else 1.0) for i, t in enumerate(post)) for post in posts]
-    timings = best_microseconds({
+    seconds = best_seconds({
         "tag strings: plain split (baseline)": lambda: [plain_split(s) for s in strings],
         "tag strings: read_tag_text": lambda: [read_tag_text(s, known) for s in strings],
         "prompts: plain split": lambda: [plain_split(p) for p in prompts],
         "prompts: read_tag_text": lambda: [read_tag_text(p, known) for p in prompts],
-    }, args.repeats, len(posts))
+    }, args.repeats)
+    timings = {name: value * 1e6 / len(posts) for name, value in seconds.items()}
     print(f"{len(posts)} posts of 30 tags, vocabulary of {len(known)} names, best of {args.repeats}\n")
     print("| reading | us/post | vs plain split of the same texts |\n|---|---|---|")
     for name, value in timings.items():
