@@ -283,6 +283,7 @@ class _PromptReader:
         return None
 
     def _close(self, closer: str) -> None:
+        """A closing bracket: part of a name, the end of the last open group of its kind, or a stray one."""
         opener = _CLOSERS[closer]
         if self.names.get(opener):
             self.names[opener] -= 1
