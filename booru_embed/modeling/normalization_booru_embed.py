@@ -5,16 +5,16 @@ so it imports only the standard library and its sibling ``categories_booru_embed
 
 Reading a text (``read_tag_text``; the tokenizer, the embedder, the CLI and the app all read this way):
 - A Danbooru tag string is words, each a tag, exactly as Danbooru writes them. A text is read as a
-  prompt instead when it holds what no Danbooru tag string holds (no tag has a comma, a capital, a
-  ``\\)`` or a bracket at its start): a comma, a newline, ``BREAK`` or ``AND``, ``\\)``, or a word
-  starting with ``(``, ``[`` or ``{``.
+  prompt instead when it holds what no Danbooru tag string holds (``is_prompt``): a comma, a newline,
+  ``BREAK`` or ``AND``, an escaped bracket, or a word starting with ``(``, ``[`` or ``{``.
 - In a prompt, commas, newlines, ``BREAK`` and ``AND`` separate items; an item's words are one tag
   (``long hair`` is ``long_hair``), unless that is no known tag but its words spell tags, each a known
-  tag or one word with underscores (``1girl solo takamachi_nanoha``: the fewest such tags). ``\\(`` ``\\)`` ``\\[`` ``\\]``
-  ``\\{`` ``\\}`` ``\\\\`` are the characters themselves.
+  tag or one word with underscores (``1girl solo takamachi_nanoha``: the fewest such tags).
+  ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\{`` ``\\}`` are the brackets themselves; any other backslash is itself.
 - Emphasis, kept as a weight beside the tag, never in it: ``(x)`` x1.1, ``[x]`` /1.1 (a1111), ``{x}``
   x1.05 (NovelAI), ``(x:1.3)`` 1.3; nested groups multiply; a group may hold a comma list; a group
-  left open weights the rest of the text. a1111's prompt editing ``[from:to:0.5]`` holds both tags. A bracket opens a group only at the start of a word
+  left open weights the rest of the text. a1111's prompt editing ``[from:to:0.5]`` holds both tags.
+  A bracket opens a group only at the start of a word
   (``foo_(bar)`` is a name). A known tag always wins: where a known tag (or alias) is written, its
   brackets and colons are its own (``(9)``, ``>:)``, ``(:3)``, ``(7:08)`` hold the tags ``(9)``, ``>:)``,
   ``:3``, ``7:08``).
@@ -71,17 +71,19 @@ def resolve_alias(tag: str, aliases: Mapping[str, str]) -> str:
     return tag
 
 
+# what prompt_tag escapes: every bracket (a backslash before one, as in \(^o^)/, then reads as itself)
+_PROMPT_ESCAPE = re.compile(r"[()\[\]{}]")
+
+
 def prompt_tag(tag: str) -> str:
-    """A tag written prompt style: spaces for underscores, parentheses escaped (``\\(``).
+    """A tag written prompt style: spaces for underscores, brackets escaped (``\\(``, ``\\[``, ``\\{``).
 
     Underscores stay where spaces would change the tag when read back: in tags without a letter
-    (kaomoji such as ``^_^`` or ``>_<``) and at either end of a tag. A backslash that a prompt would
-    read as an escape is doubled (``\\(^o^)/`` stays itself).
+    (kaomoji such as ``^_^`` or ``>_<``) and at either end of a tag.
     """
     if any(c.isalpha() for c in tag) and tag.strip("_") == tag:
         tag = tag.replace("_", " ")
-    tag = re.sub(r"\\(?=[()\[\]{}\\]|$)", r"\\\\", tag)
-    return tag.replace("(", "\\(").replace(")", "\\)")
+    return _PROMPT_ESCAPE.sub(r"\\\g<0>", tag)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,10 +94,12 @@ def prompt_tag(tag: str) -> str:
 EMPHASIS = {"(": 1.1, "[": 1 / 1.1, "{": 1.05}
 _CLOSERS = {")": "(", "]": "[", "}": "{"}
 _CLOSER_OF = {opener: closer for closer, opener in _CLOSERS.items()}
-_ESCAPABLE = frozenset("()[]{}\\")  # what a backslash escapes in a1111's prompt syntax
-_ESCAPED = re.compile(r"\\([()\[\]{}\\])")
+_ESCAPABLE = frozenset("()[]{}")  # what a backslash escapes (a1111 also reads \\ as one: not here, see below)
+_ESCAPED = re.compile(r"\\([()\[\]{}])")
+# An escape only a prompt holds: no Danbooru tag has \) \[ \] \{ \}, and \( only at a word's start (\(^o^)/)
+_ESCAPE_MARK = re.compile(r"\\[)\[\]{}]|(?<=[^\s\\])\\\(")
 _SPACE = re.compile(r"\s")
-_RUN = re.compile(r"[^,()\[\]{}\\\s]+|\s+")
+_RUN = re.compile(r"[^,()\[\]{}\\\s]+|\s+|.", re.DOTALL)  # plain characters, whitespace, or one other
 _STRUCTURE = frozenset("()[]{}\\:")  # characters a known tag may hold that the reader would otherwise act on
 WEIGHT_DIGITS = 4  # weights are kept rounded to this many decimals, so writing one back reads back the same
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
@@ -129,12 +133,13 @@ class TextReading:
 def is_prompt(text: str, known: Container[str] | None = None) -> bool:
     """Whether ``text`` is read as a prompt (comma list, brackets, ``BREAK``) rather than a Danbooru tag string.
 
-    A prompt holds what no Danbooru tag string does: a comma, a newline, ``\\)``, ``BREAK`` or ``AND``
-    (no tag has a comma, a capital or ``\\)``: checked on every name of Danbooru's tag list), or a word
-    starting with a bracket, which no tag of that list does (a known one, a vocabulary's ``(9)``, stays a tag).
+    A prompt holds what no Danbooru tag string does: a comma, a newline, ``BREAK`` or ``AND``, an escaped
+    bracket (``\\(`` inside a word, ``\\)`` ``\\[`` ``\\]`` ``\\{`` ``\\}``; no tag has a comma, a capital or
+    those: checked on every name of Danbooru's tag list), or a word starting with a bracket, which no tag
+    of that list does (a known one, a vocabulary's ``(9)``, stays a tag).
     """
     text = text.strip()  # plain substring tests first: this runs on every tag string the tokenizer reads
-    if "," in text or "\n" in text or "\\)" in text:
+    if "," in text or "\n" in text or ("\\" in text and _ESCAPE_MARK.search(text)):
         return True
     if ("BREAK" in text or "AND" in text) and _KEYWORD.search(text):
         return True
@@ -164,7 +169,11 @@ def read_tag_text(text: str, known: Container[str] | None = None) -> TextReading
 
 
 def unescape(text: str) -> str:
-    r"""``text`` with a1111's escapes (``\(`` ``\)`` ``\[`` ``\]`` ``\{`` ``\}`` ``\\``) read as the characters."""
+    r"""``text`` with its escaped brackets (``\(`` ``\)`` ``\[`` ``\]`` ``\{`` ``\}``) read as the brackets.
+
+    a1111 also reads ``\\`` as one backslash; here a backslash before anything but a bracket is itself, so
+    tags such as ``\\//`` and ``\m/`` read the same in a prompt and in a tag string.
+    """
     return _ESCAPED.sub(_escaped_character, text) if "\\" in text else text
 
 
@@ -178,13 +187,16 @@ def _weight_text(weight: float) -> str:
 
 def emphasized(text: str, weight: float) -> str:
     """``text`` with ``weight`` written in a front end's syntax: ``(x)`` 1.1, ``((x))`` 1.21, ``[x]`` 1/1.1,
-    ``{x}`` 1.05, else ``(x:1.3)``; unchanged at 1. ``read_tag_text`` reads it back to the same weight."""
+    ``{x}`` 1.05, else (or when ``x`` ends in neither letter nor digit) ``(x:1.3)``; unchanged at 1.
+    ``read_tag_text`` reads it back to the same weight."""
     if weight == 1.0:
         return text
-    ends_like_weight = _TRAILING_WEIGHT.search(text) is not None  # "(7:08)" would read as weight 8
+    # Brackets alone only after a letter or digit: "(:)" would read as the tag ":)", "(7:08)" as weight 8
+    # and "[7:08]" as a prompt-editing step
+    plain_end = text[-1:].isalnum() and _TRAILING_WEIGHT.search(text) is None
     for opener, step in EMPHASIS.items():
         for depth in range(1, 4):
-            if round(step**depth, WEIGHT_DIGITS) == weight and not (opener == "(" and ends_like_weight):
+            if round(step**depth, WEIGHT_DIGITS) == weight and plain_end:
                 return f"{opener * depth}{text}{_CLOSER_OF[opener] * depth}"
     return f"({text}:{_weight_text(weight)})"
 
@@ -252,7 +264,7 @@ class _PromptReader:
             self.names[char] = self.names.get(char, 0) + 1
             self.buffer.append(char)
         elif char in _CLOSERS:
-            self._close(char)
+            self._close(char, text[position + 1: position + 2])
         else:  # a run of plain characters, or of whitespace, at once
             end = _RUN.match(text, position).end()
             self.buffer += text[position:end]
@@ -282,14 +294,18 @@ class _PromptReader:
                     break
         return None
 
-    def _close(self, closer: str) -> None:
-        """A closing bracket: part of a name, the end of the last open group of its kind, or a stray one."""
+    def _close(self, closer: str, after: str) -> None:
+        """A closing bracket (``after``: the character after it): part of a name, the end of the last open
+        group of its kind, or a stray one: inside a word a character (``\\(^o^)/``), at a word's end ignored."""
         opener = _CLOSERS[closer]
         if self.names.get(opener):
             self.names[opener] -= 1
             self.buffer.append(closer)
             return
         index = next((i for i in range(len(self.groups) - 1, -1, -1) if self.groups[i][0] == opener), None)
+        if index is None and after and not after.isspace() and after != "," and after not in _CLOSERS:
+            self.buffer.append(closer)
+            return
         if index is None:
             self._flush()
             self.ignored.append((closer, "closing bracket without an opening one"))
