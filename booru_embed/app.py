@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, TAG_CATEGORIES
-from .modeling.normalization_booru_embed import IMPLICATION_MODES, normalize_tag, prompt_tag, resolve_alias
+from .modeling.normalization_booru_embed import IMPLICATION_MODES, normalize_tag, prompt_tag, resolve_alias, unescape
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -105,13 +105,25 @@ class TagCompleter:
         return [[self.tags[t], self.categories[t], self.counts[t], typed[t]] for t in best]
 
 
-def current_word(text: str) -> str:
-    """The tag being typed: the text after the last comma (prompt style) or the last word; "" after a separator."""
+def _typed_tail(text: str) -> tuple[str, str, str]:
+    """``text`` cut as (head, emphasis openers typed, the tag being typed): after the last comma in a prompt,
+    else the last word (the tag is "" after a separator)."""
     if "," in text:
-        return text.rsplit(",", 1)[1].lstrip().replace("\\(", "(").replace("\\)", ")")
-    if not text or text[-1].isspace():
-        return ""
-    return text.split()[-1]
+        head, tail = text.rsplit(",", 1)
+        tail = tail.lstrip()
+    elif not text or text[-1].isspace():
+        return text, "", ""
+    else:
+        tail = text.split()[-1]
+        head = text[: len(text) - len(tail)]
+    tag = tail.lstrip("([{")
+    return head, tail[: len(tail) - len(tag)], tag
+
+
+def current_word(text: str) -> str:
+    """The tag being typed: the text after the last comma (prompt style) or the last word, after any emphasis
+    brackets; "" after a separator."""
+    return unescape(_typed_tail(text)[2])
 
 
 def complete_tags(completer: TagCompleter, text: str, limit: int = COMPLETION_LIMIT) -> Rows:
@@ -123,14 +135,13 @@ def accept_completion(text: str, tag: str) -> str:
     """``text`` with the tag being typed replaced by ``tag`` and a separator after it, in the text's style.
 
     A prompt-style text (it holds a comma) gets ``prompt_tag(tag)`` and ``", "``; a tag string gets
-    ``tag`` and a space.
+    ``tag`` and a space. Emphasis brackets typed before the tag stay.
     """
     text = text or ""
+    head, openers, _ = _typed_tail(text)
     if "," in text:
-        head = text.rsplit(",", 1)[0]
-        return f"{head}, {prompt_tag(tag)}, "
-    head = text if not text or text[-1].isspace() else text[: len(text) - len(text.split()[-1])]
-    return f"{head}{tag} "
+        return f"{head}, {openers}{prompt_tag(tag)}, "
+    return f"{head}{openers}{tag} "
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,9 +152,16 @@ def _is_empty(text: str | None) -> bool:
 
 
 def _unknown_note(embedder: BooruEmbedder, text: str, effect: str) -> str:
-    """A sentence naming the tags of ``text`` outside the vocabulary ("" when there are none)."""
+    """Sentences naming the tags of ``text`` outside the vocabulary and the pieces that are no tags, with why
+    ("" when there are none)."""
+    notes = []
     unknown = embedder.unknown_tags(text)
-    return f"Not in the vocabulary ({effect}): {', '.join(f'`{t}`' for t in unknown)}." if unknown else ""
+    if unknown:
+        notes.append(f"Not in the vocabulary ({effect}): {', '.join(f'`{t}`' for t in unknown)}.")
+    ignored = embedder.ignored_items(text)
+    if ignored:
+        notes.append(f"Ignored, not tags: {', '.join(f'`{t}` ({why})' for t, why in ignored)}.")
+    return " ".join(notes)
 
 
 def suggestion_rows(embedder: BooruEmbedder, text: str, top_k: int = DEFAULT_TOP_K,
@@ -200,7 +218,9 @@ def normalized_view(embedder: BooruEmbedder, text: str, implications: str = "kee
     changes = [("Aliases resolved", [f"`{a}` → `{c}`" for a, c in result.aliases.items()]),
                ("Not in the vocabulary (kept)", [f"`{t}`" for t in result.unknown]),
                ("Implied tags added", [f"`{t}`" for t in result.added]),
-               ("Implied tags removed", [f"`{t}`" for t in result.removed])]
+               ("Implied tags removed", [f"`{t}`" for t in result.removed]),
+               ("Ignored, not tags", [f"`{t}` ({why})" for t, why in result.ignored]),
+               ("Weights kept for the prompt", [f"`{t}` {w:g}" for t, w in result.weights.items()])]
     notes = [f"{label}: {', '.join(items)}." for label, items in changes if items]
     if result.duplicates:
         notes.append(f"Duplicates dropped: {result.duplicates}.")

@@ -30,7 +30,7 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
-from .modeling.normalization_booru_embed import parse_tagset
+from .modeling.normalization_booru_embed import ParsedTagSet, parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
 from .ranking import distinctive_scores, masked_log_softmax
 from .sequences import padded_inputs
@@ -212,10 +212,17 @@ class BooruEmbedder:
         """The tags of ``tagset`` that are not in the vocabulary (they are read as unknown-tag tokens).
 
         Parsed by the tokenizer's own rules (``normalization_booru_embed.parse_tagset``: every input form,
-        metatags set aside, spelling normalised) and looked up with ``tokenizer.tag_to_id``; input order, each once.
+        prompt syntax, metatags set aside, spelling normalised) and looked up with ``tokenizer.tag_to_id``;
+        input order, each once.
         """
-        tags = dict.fromkeys(tag for tag, _ in parse_tagset(tagset)[0])
-        return [tag for tag in tags if self.tokenizer.tag_to_id(tag) is None]
+        return [tag for tag in self._parse(tagset).tags if self.tokenizer.tag_to_id(tag) is None]
+
+    def ignored_items(self, tagset: TagSet) -> list[tuple[str, str]]:
+        """``(text, reason)`` of each piece of ``tagset`` read as no tag at all (LoRA, embeddings, a stray bracket)."""
+        return list(self._parse(tagset).ignored)
+
+    def _parse(self, tagset: TagSet) -> ParsedTagSet:
+        return parse_tagset(tagset, self.tokenizer.tag_lookup)
 
     def _batch(self, sequences: list[list[int]], extra: list[int] | None = None) -> dict[str, np.ndarray]:
         """Right-padded int64 model inputs for token-id lists (``extra`` ids appended to every one, category 0)."""

@@ -146,7 +146,8 @@ def add_normalization_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--implications", choices=IMPLICATION_MODES, default="keep",
                         help="keep implied tags, remove them (minimal) or add them (complete); default keep")
     parser.add_argument("--style", choices=STYLES, default="tags",
-                        help="tags: Danbooru spelling (default); prompt: spaces in tags, parentheses escaped \\( \\)")
+                        help="tags: Danbooru spelling (default); prompt: spaces in tags, parentheses escaped \\( \\), "
+                             "the input's weights written back as (tag:1.2)")
 
 
 def add_normalize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,7 +196,8 @@ def run_normalize(args: argparse.Namespace) -> int:
     print(text)
     notes = [("aliases resolved", [f"{a} -> {c}" for a, c in result.aliases.items()]),
              ("not in the vocabulary (kept)", result.unknown),
-             ("implied tags removed", result.removed), ("implied tags added", result.added)]
+             ("implied tags removed", result.removed), ("implied tags added", result.added),
+             ("ignored, not tags", [f"{piece} ({reason})" for piece, reason in result.ignored])]
     for label, items in notes:
         if items:
             print(f"note: {label}: {', '.join(items)}", file=sys.stderr)

@@ -50,7 +50,7 @@ def test_counts_are_exact(report):
     assert general["top"][0] == ["common", POSTS] and general["top"][1] == ["g0", 200]
     assert stats["categories"]["artist"]["distinct_tags"] == 4 and stats["categories"]["meta"]["occurrences"] == 500
     assert stats["categories"]["character"]["occurrences"] == 0
-    assert stats["ratings"] == {"g": 250, "s": 250, "q": 250, "e": 250}
+    assert stats["ratings"] == {"g": 250, "s": 250, "q": 250, "e": 250, "unknown": 0}
     rows = (folder / "tag_counts.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "category\ttag\tcount" and rows[1] == "general\tcommon\t1000"
     assert "general\trare\t10" in rows and len(rows) == 1 + 67 + 4 + 1

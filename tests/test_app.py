@@ -107,6 +107,9 @@ def test_completion_follows_the_last_tag_and_accepting_keeps_the_style(completer
     assert app.accept_completion("solo ", "smile") == "solo smile "
     assert app.accept_completion("solo, long ha", "long_hair") == "solo, long hair, "
     assert app.accept_completion("solo, x", "hatsune_miku_(append)") == "solo, hatsune miku \\(append\\), "
+    assert app.current_word("solo, ((long ha") == "long ha" and app.current_word("solo [kitty") == "kitty"
+    assert app.accept_completion("solo, ((long ha", "long_hair") == "solo, ((long hair, "
+    assert app.accept_completion("solo [kitty", "cat_ears") == "solo [cat_ears "
 
 
 def test_completion_of_a_real_sized_vocabulary(shared_tag_data) -> None:
@@ -170,6 +173,17 @@ def test_plausibility_is_score_tags_least_first(embedder) -> None:
     assert [row[0] for row in rows] == sorted((t for t, s in scores.items() if s is not None), key=scores.get)
     assert [row[2] for row in rows] == sorted(row[2] for row in rows)
     assert "`mystery_tag`" in message and "not scored" in message
+
+
+def test_ignored_pieces_and_weights_are_shown_beside_unknown_tags(embedder) -> None:
+    text = "(1girl:1.2), [solo], <lora:detail:0.8>, embedding:bad_hands, masterpiece"
+    tags, prompt, _, note = app.normalized_view(embedder, text)
+    assert tags.split() == embedder.normalize("1girl solo masterpiece").to_string().split()
+    assert "(1girl:1.2)" in prompt.split(", ") and "[solo]" in prompt.split(", ")
+    assert "Not in the vocabulary (kept): `masterpiece`" in note and "`1girl` 1.2" in note
+    assert "Ignored, not tags: `<lora:detail:0.8>` (LoRA or network, not a tag), `embedding:bad_hands`" in note
+    for _, message in (app.suggestion_rows(embedder, text), app.plausibility_rows(embedder, text)):
+        assert "`masterpiece`" in message and "Ignored, not tags: `<lora:detail:0.8>`" in message
 
 
 def test_similar_posts_are_the_index_hits(embedder, index) -> None:

@@ -104,7 +104,7 @@ def count_dataset(tables: Sequence[pa.Table]) -> dict:
                     partial[category] = [_merge_counts(partial[category])]
             counted = pc.value_counts(batch.column("rating")).flatten()
             ratings.append(pa.table({"tag": counted[0], "count": counted[1].cast(pa.int64())}))
-            scores.append(batch.column("score").to_numpy(zero_copy_only=False))
+            scores.append(pc.drop_null(batch.column("score")).to_numpy(zero_copy_only=False))  # null: no score
     bar.close()
     counts = {}
     for category in TAG_CATEGORIES:
@@ -116,7 +116,7 @@ def count_dataset(tables: Sequence[pa.Table]) -> dict:
     return {
         "counts": counts,
         "lengths": per_category,
-        "ratings": {r: int(rating_counts.get(r, 0)) for r in RATINGS},
+        "ratings": {**{r: int(rating_counts.get(r, 0)) for r in RATINGS}, "unknown": int(rating_counts.get(None, 0))},
         "scores": np.concatenate(scores) if scores else np.zeros(0, np.int32),
     }
 
@@ -161,7 +161,7 @@ def _stats(counted: dict, splits: dict[str, int], coverage: float, split: str) -
         "categories": categories,
         "tags_per_post": {"all": covering_quantiles(total), **{c: covering_quantiles(lengths[c]) for c in TAG_CATEGORIES}},
         "ratings": counted["ratings"],
-        "score": {**covering_quantiles(scores), "min": int(scores.min()) if scores.size else 0,
+        "score": {**covering_quantiles(scores), "posts_with_score": int(scores.size), "min": int(scores.min()) if scores.size else 0,
                   "p1": int(np.quantile(scores, 0.01, method="inverted_cdf")) if scores.size else 0},
         "recommendation": {
             "coverage": coverage,
@@ -227,11 +227,15 @@ def _plots(counted: dict, stats: dict, output: Path) -> list[str]:
     left.bar(list(stats["ratings"]), list(stats["ratings"].values()), color="tab:green")
     left.set(xlabel="rating", ylabel="posts", title="Ratings")
     scores = counted["scores"]
-    positive = np.unique(np.round(np.geomspace(1, max(2, scores.max() + 1), 40)))
-    negative = np.unique(np.round(np.geomspace(1, max(2, 1 - scores.min()), 20))) if scores.min() < 0 else np.zeros(0)
-    edges = np.concatenate([-negative[::-1], [0], positive]) - 0.5  # whole scores fall inside bins
-    right.hist(scores, bins=edges, color="tab:purple")
-    right.set(xscale="symlog", yscale="log", xlabel="score", ylabel="posts", title="Score (heavy tail)")
+    if scores.size:
+        positive = np.unique(np.round(np.geomspace(1, max(2, scores.max() + 1), 40)))
+        negative = np.unique(np.round(np.geomspace(1, max(2, 1 - scores.min()), 20))) if scores.min() < 0 else np.zeros(0)
+        edges = np.concatenate([-negative[::-1], [0], positive]) - 0.5  # whole scores fall inside bins
+        right.hist(scores, bins=edges, color="tab:purple")
+        right.set(xscale="symlog", yscale="log")
+    else:
+        right.text(0.5, 0.5, "no post has a score", ha="center", va="center", transform=right.transAxes)
+    right.set(xlabel="score", ylabel="posts", title="Score (heavy tail)")
     written.append(_save(fig, output / "ratings_scores.png"))
 
     fig, axes = plt.subplots(1, len(TAG_CATEGORIES), figsize=(20, 5))
@@ -289,8 +293,12 @@ def _report(stats: dict, plots: list[str]) -> str:
     lines += ["", "## Ratings and scores", "", "| rating | posts | share |", "|---|---|---|"]
     lines += [f"| {r} | {n} | {n / total:.3f} |" for r, n in stats["ratings"].items()]
     s = stats["score"]
-    lines += ["", f"Score: min {s['min']}, p1 {s['p1']}, p50 {s['p50']}, p90 {s['p90']}, p99 {s['p99']}, "
-              f"p99.9 {s['p99.9']}, max {s['max']}, mean {s['mean']}.", "", "## Plots", ""]
+    if s["posts_with_score"]:
+        lines += ["", f"Score ({s['posts_with_score']} posts have one): min {s['min']}, p1 {s['p1']}, p50 {s['p50']}, "
+                  f"p90 {s['p90']}, p99 {s['p99']}, p99.9 {s['p99.9']}, max {s['max']}, mean {s['mean']}."]
+    else:
+        lines += ["", "Score: no post has one (the source has no scores)."]
+    lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 

@@ -37,6 +37,9 @@ class Block:
     # where the rows come from when that is not the input file itself ({"file": ...} or {"table": ...});
     # a reject may carry its own as a fifth element
     source: dict[str, str] | None = None
+    # input columns the source does not have at all (booru-chars without rating or score): their nulls
+    # are an unknown rating / no score, not a missing field
+    absent: frozenset[str] = frozenset()
 
     @classmethod
     def only_rejects(cls, rejects: list[tuple]) -> Block:

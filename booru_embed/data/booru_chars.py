@@ -15,7 +15,9 @@ tag rows with a missing or non-integer fid (``bad_id``), an empty tag or one wit
 (``unknown_category``), no files row for their fid (``orphan_tag``), or another booru than the
 input's first files row (``other_booru``: post ids are per booru, so one DATA_DIR holds one booru).
 Files rows are checked like any export row (id, rating, score, tag count). A files row without tag
-rows is a post without tags and is kept, as an export row with empty tag strings is.
+rows is a post without tags and is kept, as an export row with empty tag strings is. booru-chars' own
+files table (``booru, fid, shard, file_name, torr_md5, ...``) has no rating and no score column: its
+posts get an unknown rating (null; ``build-dataset --default-rating`` sets one) and no score (null).
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ from ..modeling.categories_booru_embed import DANBOORU_CATEGORY_NAMES, RATING_AL
 from .blocks import INPUT_COLUMNS, RAW_CHARS, TAG_COLUMNS, Block, Job, printable, text_blocks
 
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
-# accepted column names (case-insensitive), first match wins; booru is optional
+# accepted column names (case-insensitive), first match wins
 TAG_FIELDS = {"fid": ("fid",), "tag": ("tag",), "tag_cat": ("tag_cat",), "booru": ("booru",)}
 FILE_FIELDS = {"fid": ("fid",), "rating": ("rating", "g_ratn", "ratn"), "score": ("score", "g_score", "scor"),
                "booru": ("booru",)}
+# fields a table may lack: booru-chars' own files tables (``booru, fid, shard, file_name, ...``) have no
+# rating and no score; their posts get an unknown rating and no score
+OPTIONAL_FIELDS = ("booru", "rating", "score")
 # booru-chars writes ratings as words (Safe / Questionable / Explicit / None). Safebooru's "safe"
 # (its only rating) is read as Danbooru's general; "none" (no rating known) is rejected as bad_rating.
 RATING_WORDS = {**RATING_ALIASES, "safe": "g"}
@@ -115,6 +120,11 @@ class _Table:
     columns: dict[str, str | None]  # field -> column name (None: absent, for the optional booru)
     source: dict[str, str]  # what rejects.jsonl says the rows come from: {"file": ...} or {"table": ...}
 
+    @property
+    def absent(self) -> frozenset[str]:
+        """The optional fields this table lacks."""
+        return frozenset(field for field, column in self.columns.items() if column is None)
+
     def select(self, fields: Sequence[str]) -> str:
         """SQL for ``rowid, key, fields...`` in post id order."""
         values = ", ".join(f'"{self.columns[f]}"' if self.columns[f] else "NULL" for f in fields)
@@ -127,7 +137,7 @@ def _find_columns(available: Sequence[str], fields: dict[str, tuple[str, ...]], 
     found: dict[str, str | None] = {}
     for field, names in fields.items():
         found[field] = next((lower[n] for n in names if n in lower), None)
-        if found[field] is None and field != "booru":
+        if found[field] is None and field not in OPTIONAL_FIELDS:
             raise UsageError(f"{where}: no {field} column (accepted: {', '.join(names)}; found: {', '.join(available)})")
     return found
 
@@ -277,9 +287,10 @@ def _tag_strings(tags: list[tuple], file_keys: np.ndarray) -> dict[str, pa.Array
 
 
 def _post_block(files: list[tuple], tags: list[tuple], booru: object, tags_source: dict[str, str],
-                files_source: dict[str, str]) -> Block:
+                files_source: dict[str, str], absent: frozenset[str] = frozenset()) -> Block:
     """Files rows and the good tag rows of the same post ids -> a block of posts; tag rows whose
-    fid has no files row and files rows of another booru are its rejects."""
+    fid has no files row and files rows of another booru are its rejects. ``absent``: the files
+    table's missing optional fields (its posts have no rating or no score)."""
     rejects = []
     posts = []
     for row in files:
@@ -305,7 +316,8 @@ def _post_block(files: list[tuple], tags: list[tuple], booru: object, tags_sourc
         **{f"tag_string_{name}": strings[name] for name in TAG_COLUMNS},
     }
     return Block({name: columns[name] for name in INPUT_COLUMNS}, np.array([row[0] for row in posts], dtype=np.int64),
-                  lambda i: _raw(_FILE_READ, posts[i]), rejects=rejects, source=files_source)
+                  lambda i: _raw(_FILE_READ, posts[i]), rejects=rejects, source=files_source,
+                  absent=absent & {"rating", "score"})
 
 
 class _Cursor:
@@ -350,7 +362,7 @@ def _posts(connection: sqlite3.Connection, files_table: _Table, tags_table: _Tab
         if cut_files or cut_tags:
             size = int(total_bytes * cut_files / max(1, file_count))
             yield functools.partial(_post_block, pending_files[:cut_files], pending_tags[:cut_tags], booru,
-                                    tags_table.source, files_table.source), size
+                                    tags_table.source, files_table.source, files_table.absent), size
             pending_files, pending_tags = pending_files[cut_files:], pending_tags[cut_tags:]
         if not limits:
             return
@@ -384,8 +396,8 @@ def booru_chars_jobs(path: Path, block_bytes: int) -> Iterator[tuple[Job, int]]:
         connection.execute("COMMIT")
         fields = [name for name in TAG_FIELDS]
         tags_table = _Table("tags", dict(zip(fields, fields)), {"file": str(tags_tsv)})
-        fields = [name for name in FILE_FIELDS]
-        files_table = _Table("files", dict(zip(fields, fields)), {"file": str(files_tsv)})
+        found = _find_columns(_tsv_header(files_tsv), FILE_FIELDS, str(files_tsv))
+        files_table = _Table("files", {name: name if found[name] else None for name in FILE_FIELDS}, {"file": str(files_tsv)})
         yield from _posts(connection, files_table, tags_table, files_tsv.stat().st_size)
     finally:
         connection.close()

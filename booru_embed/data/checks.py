@@ -1,6 +1,7 @@
 """The field checks of ``build-dataset``, vectorised over a whole block: every row gets its first
 reject reason (``missing_field``, ``nul_byte``, ``bad_id``, ``bad_score``, ``bad_rating``,
-``too_many_tags``) or passes; and the split of space-separated tag strings into tag lists.
+``too_many_tags``) or passes; and the split of space-separated tag strings into tag lists. A source
+without any rating or score (``Block.absent``) gives posts with a null rating and a null score.
 """
 
 from __future__ import annotations
@@ -100,13 +101,19 @@ class CheckedRows:
     good: np.ndarray  # bool: the row passes every check
     ids: np.ndarray  # int64 post id of every passing row (0 for the others)
     score: np.ndarray  # int64 score of every row (0 where the field is no number)
+    has_score: np.ndarray  # bool: the row has a score (False where its source has no score column)
     columns: dict[str, pa.Array]  # ``rating`` as Danbooru's letters, ``tag_string_*`` without nulls
     rejects: list[tuple[int, str, str, str]]  # (line, reason, detail, raw) of every rejected row
 
 
-def check_rows(block: Block, max_tags: int) -> CheckedRows:
+def check_rows(block: Block, max_tags: int, default_rating: str | None = None) -> CheckedRows:
     """Check every field of every row of ``block`` (its ``columns`` are updated in place); a row's
-    reject reason is the first check it fails, its detail the offending field where there is one."""
+    reject reason is the first check it fails, its detail the offending field where there is one.
+
+    Where the block's source has no rating or score at all (``block.absent``), a null rating is an
+    unknown rating (``default_rating`` when given, a letter) and a null score no score: neither is a
+    missing field.
+    """
     columns = block.columns
     rows = len(block.lines)
     reason = np.zeros(rows, dtype=np.int8)  # 0: passes, else 1 + index in codes
@@ -131,7 +138,8 @@ def check_rows(block: Block, max_tags: int) -> CheckedRows:
     missing = np.zeros(rows, dtype=bool)
     nul = np.zeros(rows, dtype=bool)
     for name in INPUT_COLUMNS:
-        if columns[name].null_count and name in ("id", "rating", "score"):  # a null tag string has no tags
+        if columns[name].null_count and name in ("id", "rating", "score") and name not in block.absent:
+            # a null tag string has no tags; a rating or score the source does not have is unknown
             missing |= as_numpy(columns[name].is_null())
         if block.may_have_nul:
             nul |= as_numpy(pc.fill_null(pc.match_substring(columns[name], "\x00"), False))
@@ -142,9 +150,17 @@ def check_rows(block: Block, max_tags: int) -> CheckedRows:
     score = np.zeros(rows, dtype=np.int64)
     score[score_ok] = as_numpy(pc.cast(columns["score"].filter(pa.array(score_ok)), pa.int64()))
     score_ok &= (score >= -(2**31)) & (score < 2**31)
+    has_score = score_ok.copy()
+    if "score" in block.absent:
+        score_ok |= as_numpy(columns["score"].is_null())
     flag(~score_ok, "bad_score", "score")
+    if "rating" in block.absent and default_rating is not None:
+        columns["rating"] = pc.fill_null(columns["rating"], default_rating)
     columns["rating"] = _rating_letters(columns["rating"])
-    flag(~as_numpy(pc.is_in(columns["rating"], pa.array(RATINGS))), "bad_rating", "rating")
+    rating_ok = as_numpy(pc.fill_null(pc.is_in(columns["rating"], pa.array(RATINGS)), False))
+    if "rating" in block.absent:
+        rating_ok |= as_numpy(columns["rating"].is_null())
+    flag(~rating_ok, "bad_rating", "rating")
     for name in TAG_COLUMNS:
         if columns[f"tag_string_{name}"].null_count:
             columns[f"tag_string_{name}"] = pc.fill_null(columns[f"tag_string_{name}"], "")
@@ -160,4 +176,4 @@ def check_rows(block: Block, max_tags: int) -> CheckedRows:
     for i in np.flatnonzero(~good).tolist():
         code = codes[reason[i] - 1]
         rejects.append((int(block.lines[i]), code, detail_of.get(i, code.replace("_", " ")), block.raw(i)))
-    return CheckedRows(good, ids, score, columns, rejects)
+    return CheckedRows(good, ids, score, has_score, columns, rejects)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import UsageError
+from ..modeling.normalization_booru_embed import parse_rating
 from .blocks import BLOCK_BYTES, SCHEMA, TAG_COLUMNS, Job
 from .booru_chars import one_per_pair
 from .checks import DEFAULT_MAX_TAGS, CheckedRows, check_rows, tag_lists
@@ -62,16 +63,17 @@ def _split_tables(checked: CheckedRows, test_fraction: float) -> dict[str, pa.Ta
         tables[split] = pa.table({
             "id": pa.array(checked.ids[rows_in_split]),
             "rating": checked.columns["rating"].filter(keep),
-            "score": pa.array(checked.score[rows_in_split].astype(np.int32)),
+            "score": pa.array(checked.score[rows_in_split].astype(np.int32), mask=~checked.has_score[rows_in_split]),
             **{name: tag_lists(checked.columns[f"tag_string_{name}"].filter(keep))[0] for name in TAG_COLUMNS},
         }, schema=SCHEMA)
     return tables
 
 
-def _run_job(job: Job, max_tags: int, test_fraction: float) -> tuple[int, dict[str, pa.Table], list[tuple[int, str, str, str]]]:
+def _run_job(job: Job, max_tags: int, test_fraction: float,
+             default_rating: str | None) -> tuple[int, dict[str, pa.Table], list[tuple[int, str, str, str]]]:
     """Parse and check one block: (rows read, passing rows by split, all rejects in line order)."""
     block = job()
-    checked = check_rows(block, max_tags)
+    checked = check_rows(block, max_tags, default_rating)
     tables, rejects = _split_tables(checked, test_fraction), checked.rejects
     if block.source:
         rejects = [reject + (block.source,) for reject in rejects]
@@ -79,7 +81,8 @@ def _run_job(job: Job, max_tags: int, test_fraction: float) -> tuple[int, dict[s
 
 
 def _stream_inputs(files: list[Path], folder: Path, writer: SplitWriter, max_tags: int, test_fraction: float,
-                   block_bytes: int, progress: bool | None, workers: int) -> tuple[int, Counter, dict]:
+                   block_bytes: int, progress: bool | None, workers: int,
+                   default_rating: str | None) -> tuple[int, Counter, dict]:
     """Parse, check and write every row of ``files``; return (rows read, rejects by reason, per file)."""
     from tqdm.auto import tqdm
 
@@ -106,7 +109,7 @@ def _stream_inputs(files: list[Path], folder: Path, writer: SplitWriter, max_tag
         # written in input order, so "last occurrence" and line numbers follow the input
         for path in files:
             for job, size in parse_jobs(path, block_bytes):
-                in_flight.append((path, pool.submit(_run_job, job, max_tags, test_fraction), size))
+                in_flight.append((path, pool.submit(_run_job, job, max_tags, test_fraction, default_rating), size))
                 while len(in_flight) > workers:
                     finish_oldest()
         while in_flight:
@@ -117,7 +120,7 @@ def _stream_inputs(files: list[Path], folder: Path, writer: SplitWriter, max_tag
 
 def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: float = 0.05,
                   max_tags: int = DEFAULT_MAX_TAGS, block_bytes: int = BLOCK_BYTES,
-                  progress: bool | None = None, workers: int | None = None) -> dict:
+                  progress: bool | None = None, workers: int | None = None, default_rating: str | None = None) -> dict:
     """Build DATA_DIR ``output`` from export files (paths or globs); return the build info.
 
     Writes the DatasetDict (``train``, ``test``), ``rejects.jsonl`` (one object per rejected row:
@@ -128,11 +131,20 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
     sibling folder that replaces ``output`` only when it is complete.
     ``progress``: show a progress bar (None: only on a terminal). ``workers``: threads that parse
     and check blocks (default: one per CPU, at most 4).
+
+    A source without ratings or scores (a booru-chars files table without those columns) gives posts
+    with a null rating (unknown) and a null score (none); ``default_rating`` (a letter or word) is the
+    rating of those posts instead. ``build_info.json`` counts them (``posts_without_rating``,
+    ``posts_without_score``).
     """
     if not 0.0 <= test_fraction < 1.0:
         raise UsageError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if max_tags < 1:
         raise UsageError(f"--max-tags must be positive, got {max_tags}")
+    try:
+        default_rating = parse_rating(default_rating)
+    except ValueError as error:
+        raise UsageError(f"--default-rating: {error}") from None
     files = one_per_pair(expand_inputs(inputs))
     for path in files:
         check_input(path)
@@ -150,7 +162,8 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
     try:
         writer = SplitWriter(scratch, SCHEMA)
         rows_read, reasons, per_file = _stream_inputs(files, staging, writer, max_tags, test_fraction, block_bytes,
-                                                      progress, workers or max(1, min(4, os.cpu_count() or 1)))
+                                                      progress, workers or max(1, min(4, os.cpu_count() or 1)),
+                                                      default_rating)
         datasets = datasets_module.result()
         features = datasets.Features.from_arrow_schema(SCHEMA)
         if rows_read == 0:
@@ -164,6 +177,7 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
         reloaded = datasets.load_from_disk(str(staging))  # the layout is datasets' own: check it reads back
         if {s: len(reloaded[s]) for s in SPLITS} != splits or reloaded["train"].features != features:
             raise RuntimeError(f"{staging} does not read back as written; datasets' folder layout may have changed")
+        unknown = {column: sum(reloaded[s].data.table[column].null_count for s in SPLITS) for column in ("rating", "score")}
         del reloaded
         rejected = sum(reasons.values())
         info = {
@@ -174,6 +188,9 @@ def build_dataset(inputs: Sequence[str | Path], output: Path, test_fraction: flo
             "rejected_by_reason": dict(sorted(reasons.items())),
             "duplicates": duplicates,
             "splits": splits,
+            "posts_without_rating": unknown["rating"],
+            "posts_without_score": unknown["score"],
+            "default_rating": default_rating,
             "test_fraction": test_fraction,
             "split_rule": "test if splitmix64(id) / 2**64 < test_fraction",
             "max_tags": max_tags,
@@ -201,14 +218,21 @@ def add_build_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.05, help="share of posts in the test split (default 0.05)")
     parser.add_argument("--max-tags", type=int, default=DEFAULT_MAX_TAGS,
                         help=f"reject posts with more tags than this (default {DEFAULT_MAX_TAGS})")
+    parser.add_argument("--default-rating", metavar="RATING",
+                        help="rating of the posts of a source without ratings (a booru-chars files table without a "
+                             "rating column), e.g. g for Safebooru; default: unknown (no rating token)")
 
 
 def run_build_dataset(args: argparse.Namespace) -> int:
     """Run ``booru-embed build-dataset`` and print the summary."""
-    info = build_dataset(args.inputs, args.output, test_fraction=args.test_fraction, max_tags=args.max_tags)
+    info = build_dataset(args.inputs, args.output, test_fraction=args.test_fraction, max_tags=args.max_tags,
+                         default_rating=args.default_rating)
     print(f"read {info['rows_read']} rows from {len(info['inputs'])} file(s) in {info['seconds']:.1f} s: "
           f"kept {info['kept']} (train {info['splits']['train']}, test {info['splits']['test']}), "
           f"duplicates {info['duplicates']}, rejected {info['rejected']}")
+    if info["posts_without_rating"] or info["posts_without_score"]:
+        print(f"  {info['posts_without_rating']} posts without a rating (unknown; --default-rating sets one), "
+              f"{info['posts_without_score']} without a score (the source has none)")
     for reason, count in info["rejected_by_reason"].items():
         print(f"  rejected {count} x {reason} (see {Path(args.output) / 'rejects.jsonl'})")
     print(f"wrote {args.output}")

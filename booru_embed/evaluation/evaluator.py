@@ -245,7 +245,8 @@ class Evaluator:
             ("rating", self.rating_class, self.baseline.rating_log_prob, lambda p: p.rating),
             ("score", self.score_class, self.baseline.score_log_prob, lambda p: p.score),
         ):
-            known = np.array([token(p) in classes for p in posts], dtype=bool)
+            known = np.array([token(p) in classes for p in posts], dtype=bool)  # posts without one are left out
+            out[f"count.{name}.posts"] = float(known.sum())
             if not known.any():
                 continue
             truth = np.array([classes[token(p)] for p, k in zip(posts, known) if k])

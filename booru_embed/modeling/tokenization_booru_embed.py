@@ -48,7 +48,7 @@ from .normalization_booru_embed import (
     TagNormalizer,
     normalize_tag,
     parse_rating,
-    split_tag_string,
+    read_tag_text,
 )
 from .vocabulary_booru_embed import (
     CLS_TOKEN,
@@ -64,8 +64,9 @@ from .vocabulary_booru_embed import (
 class BooruEmbedTokenizer(PreTrainedTokenizer):
     """Maps Danbooru tag sets to one token per tag, with the category of every token.
 
-    Input forms (one post): a Danbooru tag string (``"1girl solo rating:g"``), a prompt-style comma
-    list (``"1girl, long hair, hatsune miku \\(vocaloid\\)"``), a list of tags (pass
+    Input forms (one post): a Danbooru tag string (``"1girl solo rating:g"``), a front end's prompt
+    (``"1girl, (long hair:1.2), hatsune miku \\(vocaloid\\)"``: emphasis and weights read and left out
+    of the ids, LoRA and embeddings ignored; ``normalization_booru_embed.read_tag_text``), a list of tags (pass
     ``is_split_into_words=True`` for a single list; a list of lists is a batch), or a dict by category
     (``{"general": [...], "artist": [...], "rating": "g", "score": 12}``). A list of strings without
     ``is_split_into_words`` is a batch of tag strings, as in transformers.
@@ -309,7 +310,7 @@ class BooruEmbedTokenizer(PreTrainedTokenizer):
     def _post_ids(self, post: Any) -> list[int]:
         """Canonically ordered, duplicate-free ids of one post, starting with ``<cls>``."""
         if isinstance(post, str):
-            ids = self._tag_list_ids(split_tag_string(post))
+            ids = self._tag_list_ids(read_tag_text(post, self._lookup).tags)
         elif isinstance(post, Mapping):
             ids = self._dict_ids(post)
         elif isinstance(post, (list, tuple)):
