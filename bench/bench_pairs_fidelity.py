@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from booru_embed.data.pair_table import CATEGORY_NUMBERS, load_pair_table  # noqa: E402
-from booru_embed.data.synthetic import default_tag_data, generate_corpus  # noqa: E402
+from booru_embed.data.synthetic import default_tag_data, generate_corpus, implication_closures  # noqa: E402
 from booru_embed.data.synthetic_settings import setting  # noqa: E402
 
 FIELDS = ("meta", "general", "artist", "copyright", "character")
@@ -85,10 +85,17 @@ def main() -> None:
     posts = read_posts(corpus)
     rows, counts = pair_rates(posts, table, args.min_posts, args.top)
     expected, measured = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    names = table.names
+    implied = {(names[a], names[c]) for a, cs in implication_closures(table.implications.tolist()).items() for c in cs}
+    forced = np.array([(a, b) in implied for _, _, a, b in rows], dtype=bool)  # P(b|a) = 1 on every post
     print(f"corpus {corpus} ({len(posts)} posts, seed {args.seed}); table {table.source}")
     print(f"\npair rates P(b|a), {len(rows)} most common table pairs with a on >= {args.min_posts} posts:")
-    print(f"  Pearson r {np.corrcoef(expected, measured)[0, 1]:.3f}, mean abs error {np.abs(expected - measured).mean():.3f}, "
-          f"mean table rate {expected.mean():.3f}, mean corpus rate {measured.mean():.3f}")
+    for label, keep in (("all", np.ones(len(rows), dtype=bool)), ("without implications", ~forced),
+                        ("implications (a implies b)", forced)):
+        e, m = expected[keep], measured[keep]
+        r = f"{np.corrcoef(e, m)[0, 1]:.3f}" if e.std() > 0 and m.std() > 0 else "-"
+        print(f"  {label:<27} {keep.sum():>5} pairs: Pearson r {r}, mean abs error "
+              f"{np.abs(e - m).mean():.3f}, mean table rate {e.mean():.3f}, mean corpus rate {m.mean():.3f}")
     tag_sets = [set(t for f in FIELDS for t in p[f]) for p in posts]
     index = table.index()
     print("\nknown pairs: corpus rate (posts of a) vs table rate")
@@ -127,10 +134,13 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-        left.scatter(expected, measured, s=6, alpha=0.5)
+        left.scatter(expected[~forced], measured[~forced], s=6, alpha=0.5, label="pairs")
+        left.scatter(expected[forced], measured[forced], s=6, alpha=0.5, color="tab:red", label="a implies b")
+        left.legend(loc="lower right")
         left.plot([0, 1], [0, 1], color="grey", linewidth=1)
         left.set(xlabel="table: count / post_count(a)", ylabel="corpus: P(b | a)",
-                 title=f"{len(rows)} most common pairs, r = {np.corrcoef(expected, measured)[0, 1]:.3f}")
+                 title=f"{len(rows)} most common pairs; r = {np.corrcoef(expected[~forced], measured[~forced])[0, 1]:.3f} "
+                       "without implications")
         right.hist(lengths, bins=np.arange(0, lengths.max() + 5, 4))
         right.set(xlabel="tags a post", ylabel="posts", title=f"post length ({len(posts)} posts, mean {lengths.mean():.1f})")
         figure.tight_layout()
