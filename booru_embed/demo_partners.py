@@ -56,11 +56,13 @@ class RelatedTags:
 
 
 def character_cases(truth: dict, tokenizer: Any, related: RelatedTags) -> list[tuple[str, dict, list[int]]]:
-    """(character, visible tags by category, visible ids) of each character with partners and enough test posts."""
+    """(character, visible tags by category, visible ids) of each character with partners in the vocabulary
+    and either enough test posts or a place in ``FAMOUS``."""
     cases = []
     for name, entry in truth["characters"].items():
         char_id = tokenizer.tag_to_id(name)
-        if char_id is None or not entry.get("partners") or related.test_posts[char_id] < MIN_TEST_POSTS:
+        if char_id is None or not entry.get("partners") or (related.test_posts[char_id] < MIN_TEST_POSTS
+                                                             and name not in FAMOUS):
             continue
         copyright_id = tokenizer.tag_to_id(entry["copyright"]) if entry.get("copyright") else None
         tags = {"character": [name], **({"copyright": [entry["copyright"]]} if copyright_id is not None else {})}
@@ -79,8 +81,9 @@ def show_partners(embedder: Any, truth: dict, data_dir: str | Path) -> dict[str,
     for (name, tags, visible), suggested in zip(cases, model_top):
         partners = truth["characters"][name]["partners"]
         answers = {"model": [tag for tag, _ in suggested][:TOP_K], "related": related.suggest(visible)}
-        for side, top in answers.items():
-            hits[side].append(sum(tag in partners for tag in top) / TOP_K)
+        if related.test_posts[visible[0]] >= MIN_TEST_POSTS:
+            for side, top in answers.items():
+                hits[side].append(sum(tag in partners for tag in top) / TOP_K)
         if name in FAMOUS:
             print(f"\npost: {tags} ({int(related.test_posts[visible[0]])} test posts)")
             print(f"  real partners (pair table, share of its posts): "
@@ -89,6 +92,6 @@ def show_partners(embedder: Any, truth: dict, data_dir: str | Path) -> dict[str,
                 shown = ", ".join(f"{t}{'*' if t in partners else ''}" for t in top)
                 print(f"  {side + ':':<9}{shown}  ({sum(t in partners for t in top)}/{TOP_K} real)")
     result = {side: float(np.mean(values)) if values else 0.0 for side, values in hits.items()}
-    print(f"\nprecision@{TOP_K} against the real partners, {len(cases)} characters with >= {MIN_TEST_POSTS} test "
-          f"posts: model {result['model']:.3f}, related tags {result['related']:.3f}")
-    return {**result, "characters": float(len(cases))}
+    print(f"\nprecision@{TOP_K} against the real partners, {len(hits['model'])} characters with >= {MIN_TEST_POSTS} "
+          f"test posts: model {result['model']:.3f}, related tags {result['related']:.3f}")
+    return {**result, "characters": float(len(hits["model"]))}
