@@ -50,7 +50,9 @@ from .synthetic_settings import CorpusSpec
 
 TRAIT_RATE = 0.15  # a general partner on at least 15% of a character's posts is one of its traits
 COPYRIGHT_RATE = 0.3  # a copyright partner on at least 30% of a character's posts is its copyright
-CASCADE_MIN_RATE = 0.01  # general-general pairs rarer than 1% are left out of step 4 (they add 0.1 tags a post)
+# why: general-general pairs under 1% are left out of step 4: they are mostly a common tag's many weak
+# partners (`long_hair` has 6,330), whose share of posts the background rates already give
+CASCADE_MIN_RATE = 0.01
 # The rating follows the content: real tags that mark explicit and questionable posts, and the shares of
 # g, s, q, e for posts with an explicit tag, with a questionable one, and with neither.
 RATING_TAGS = {"e": ("pussy", "sex", "penis", "cum", "anus", "fellatio", "vaginal"),
