@@ -2,7 +2,10 @@
 
 generate corpus -> build dataset -> analyze -> build tokenizer -> train `tiny` -> evaluate (model vs
 baseline) -> reload the saved folder with AutoModel in a fresh process -> suggest tags for posts whose
-answers the generator knows (a character with its traits removed should get them back).
+answers are known. The corpus is `danbooru-pairs` (Danbooru's real associations, from the shared pair
+table or the copy shipped in the package), so the answers are real: a character's general partners
+on Danbooru, the model's suggestions beside the related-tags baseline's (``demo_partners.py``).
+``--setting small`` keeps the earlier made-up corpus (60 characters with invented traits).
 Every stage runs the same code as its `booru-embed` command.
 """
 
@@ -22,8 +25,10 @@ MARKER = "demo.json"
 STAGES = ("generate", "build", "analyze", "tokenizer", "train", "evaluate", "suggest")
 # Folders and files the demo writes inside its workdir (and may replace on a re-run).
 OUTPUTS = ("corpus", "data", "report", "tokenizer", "model", "metrics.json", MARKER)
-# The demo's corpus is smaller in variety than the generator's default (60 characters, 800 general
-# tags, ~10 general tags a post) so that `tiny` learns who wears what within minutes on 2 CPU cores.
+# The demo's corpus: "danbooru-pairs" (real associations) or "small", smaller in variety than the
+# generator's default (60 characters, 800 general tags, ~10 general tags a post) so that `tiny` learns
+# who wears what within minutes on 2 CPU cores.
+DEMO_SETTINGS = ("danbooru-pairs", "small")
 DEMO_SPEC = {"num_copyrights": 12, "num_characters": 60, "num_artists": 60, "num_general": 800, "general_median": 10.0}
 # The demo trains `tiny`'s recipe (the `training` block of hub_configs/tiny.json) cut to 300 steps, about
 # two epochs of 20000 posts; training skips its own final evaluation (the evaluate stage follows).
@@ -86,8 +91,10 @@ def known_answer_posts(truth: dict, count: int = 3, popularity: dict[str, int] |
     return cases
 
 
-def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int = 10) -> float:
-    """Load ``model_dir`` (AutoModel check, then BooruEmbedder), print suggestions; return the trait recall."""
+def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int = 10,
+                       data_dir: str | Path | None = None) -> float:
+    """Load ``model_dir`` (AutoModel check, then BooruEmbedder), print suggestions; return the trait recall,
+    or, for a ``danbooru-pairs`` truth with ``data_dir``, the model's precision@10 against the real partners."""
     from transformers import AutoModel
     from transformers.utils import logging
 
@@ -99,6 +106,10 @@ def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int
           f"{sum(p.numel() for p in model.parameters()):,} parameters")
     embedder = BooruEmbedder.from_pretrained(model_dir)
     truth = json.loads(Path(truth_json).read_text(encoding="utf-8"))
+    if data_dir is not None and truth.get("setting") == "danbooru-pairs":
+        from .demo_partners import show_partners
+
+        return show_partners(embedder, truth, data_dir)["model"]
     found = total = 0
     tokenizer = embedder.tokenizer
     popularity = {tokenizer.convert_ids_to_tokens(i): tokenizer.token_counts[i] for i in tokenizer.tag_token_ids}
@@ -116,14 +127,15 @@ def show_known_answers(model_dir: str | Path, truth_json: str | Path, top_k: int
     return recall
 
 
-def _generate(paths: dict[str, Path], posts: int, seed: int) -> None:
-    """Write the demo corpus, its ground truth and the implication TSV."""
+def _generate(paths: dict[str, Path], posts: int, seed: int, setting: str) -> None:
+    """Write the demo corpus of ``setting`` (``DEMO_SETTINGS``), its ground truth and the implication TSV."""
     from .data.synthetic import CorpusSpec, default_tag_data, generate_corpus
+    from .data.synthetic_settings import setting as named_setting
 
-    print(f"=== generate corpus: {posts} posts -> {paths['corpus_csv']}", flush=True)
+    print(f"=== generate corpus ({setting}): {posts} posts -> {paths['corpus_csv']}", flush=True)
     paths["corpus"].mkdir()
-    truth = generate_corpus(paths["corpus_csv"], posts, seed=seed, tag_data=default_tag_data(),
-                            spec=CorpusSpec(**DEMO_SPEC))
+    spec = CorpusSpec(**DEMO_SPEC) if setting == "small" else named_setting(setting)
+    truth = generate_corpus(paths["corpus_csv"], posts, seed=seed, tag_data=default_tag_data(), spec=spec)
     write_implications(Path(truth), paths["implications"])
 
 
@@ -133,12 +145,13 @@ def _reload_and_suggest(paths: dict[str, Path]) -> None:
 
     write_sentence_transformers_files(paths["model"])
     print("\n=== reload in a fresh process and suggest", flush=True)
-    script = "import sys; from booru_embed.demo import show_known_answers; show_known_answers(sys.argv[1], sys.argv[2])"
-    subprocess.run([sys.executable, "-c", script, str(paths["model"]), str(paths["truth"])], check=True)
+    script = ("import sys; from booru_embed.demo import show_known_answers; "
+              "show_known_answers(sys.argv[1], sys.argv[2], data_dir=sys.argv[3])")
+    subprocess.run([sys.executable, "-c", script, str(paths["model"]), str(paths["truth"]), str(paths["data"])], check=True)
 
 
 def run_demo_pipeline(workdir: Path, posts: int, max_steps: int = DEMO_MAX_STEPS, seed: int = 0,
-                      stop_after: str = "suggest") -> dict[str, str]:
+                      stop_after: str = "suggest", setting: str = DEMO_SETTINGS[0]) -> dict[str, str]:
     """Run the stages into ``workdir``, up to and including ``stop_after``; return the output paths by name."""
     if stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
@@ -146,10 +159,11 @@ def run_demo_pipeline(workdir: Path, posts: int, max_steps: int = DEMO_MAX_STEPS
     paths = {name: workdir / name for name in ("corpus", "data", "report", "tokenizer", "model")}
     paths.update(corpus_csv=workdir / "corpus" / "posts.csv", truth=workdir / "corpus" / "posts.truth.json",
                  implications=workdir / "corpus" / "implications.tsv", metrics=workdir / "metrics.json")
-    (workdir / MARKER).write_text(json.dumps({"posts": posts, "max_steps": max_steps, "seed": seed}) + "\n")
+    (workdir / MARKER).write_text(json.dumps({"posts": posts, "max_steps": max_steps, "seed": seed,
+                                              "setting": setting}) + "\n")
     data, tokenizer, model = str(paths["data"]), str(paths["tokenizer"]), str(paths["model"])
     stages = {
-        "generate": lambda: _generate(paths, posts, seed),
+        "generate": lambda: _generate(paths, posts, seed, setting),
         "build": lambda: _stage("build dataset", ["build-dataset", str(paths["corpus_csv"]), "--output", data]),
         "analyze": lambda: _stage("analyze", ["analyze", data, "--output", str(paths["report"])]),
         "tokenizer": lambda: _stage("build tokenizer", ["build-tokenizer", data, "--output", tokenizer,
@@ -183,6 +197,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and of training")
     parser.add_argument("--stop-after", choices=STAGES, default=STAGES[-1],
                         help="last stage to run (default: all of them)")
+    parser.add_argument("--setting", choices=DEMO_SETTINGS, default=DEMO_SETTINGS[0],
+                        help="corpus: danbooru-pairs (real associations, the default) or small (made-up traits)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -192,7 +208,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
     start = time.perf_counter()
-    paths = run_demo_pipeline(args.workdir, args.posts, args.max_steps, args.seed, args.stop_after)
+    paths = run_demo_pipeline(args.workdir, args.posts, args.max_steps, args.seed, args.stop_after, args.setting)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs:")
     for name, path in paths.items():
         print(f"  {name:<13} {path}")

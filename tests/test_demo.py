@@ -55,9 +55,17 @@ def test_demo_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture, a
     assert message in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
+def test_demo_draws_from_the_real_pairs_by_default(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--posts", "300", "--stop-after", "generate"]) == 0
+    truth = json.loads((workdir / "corpus" / "posts.truth.json").read_text())
+    assert truth["setting"] == "danbooru-pairs" and "rabbit_ears" in truth["characters"]["usada_pekora"]["traits"]
+    assert json.loads((workdir / MARKER).read_text())["setting"] == "danbooru-pairs"
+
+
 def test_demo_first_stages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     workdir = tmp_path / "demo"
-    assert main(["demo", "--workdir", str(workdir), "--posts", "300", "--stop-after", "tokenizer"]) == 0
+    assert main(["demo", "--workdir", str(workdir), "--posts", "300", "--stop-after", "tokenizer", "--setting", "small"]) == 0
     out = capsys.readouterr().out
     truth = json.loads((workdir / "corpus" / "posts.truth.json").read_text())
     assert len(truth["characters"]) == 60  # the demo's own corpus spec
@@ -80,7 +88,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capfd: pytest.CaptureFixture) -> N
     (workdir / "notes.txt").write_text("not the demo's")
     assert main(["demo", "--workdir", str(workdir), "--posts", "1500", "--max-steps", "20"]) == 0
     out = capfd.readouterr().out  # capfd: the reload stage prints from a subprocess
-    assert "baseline" in out and "traits recovered overall" in out
+    assert "baseline" in out and "precision@10 against the real partners" in out and "related tags" in out
     for name in ("corpus/posts.csv", "data/dataset_dict.json", "report", "tokenizer/vocab.json",
                  "model/model.safetensors", "model/modules.json", "metrics.json"):
         assert (workdir / name).exists(), name

@@ -50,17 +50,46 @@ def test_wheel_holds_every_package_and_the_hub_files(wheel):
     assert not [name for name in names if not name.startswith(("booru_embed/", "booru_embed-"))]
 
 
-def test_installed_copy_reads_its_own_configs_and_card(wheel, tmp_path):
-    site = tmp_path / "site"
+def run_installed(wheel: Path, script: str, cwd: Path) -> tuple[Path, list[str]]:
+    """Unpack ``wheel`` into ``cwd/site`` and run ``script`` in ``cwd`` with it as the only booru_embed,
+    offline; assert it succeeds. Returns the site folder and the printed lines."""
+    site = cwd / "site"
     zipfile.ZipFile(wheel).extractall(site)
+    result = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    return site, result.stdout.splitlines()
+
+
+def test_installed_copy_reads_its_own_configs_and_card(wheel, tmp_path):
     script = ("from booru_embed.resources import hub_configs, model_card_template, model_config_names, model_config_path;"
               "from booru_embed.training.config import read_model_config;"
               "print(hub_configs()); print(model_config_path('tiny')); print(' '.join(model_config_names()));"
               "print(read_model_config('small')[0]['hidden_size']); print(model_card_template().splitlines()[0])")
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr
-    folder, tiny, names, hidden, first_line = result.stdout.splitlines()
+    site, lines = run_installed(wheel, script, tmp_path)
+    folder, tiny, names, hidden, first_line = lines
     assert Path(folder) == site / "booru_embed" / "hub_configs"
     assert Path(tiny) == site / "booru_embed" / "hub_configs" / "tiny.json"
     assert names == "base small tiny" and hidden == "512" and first_line == "---"
+
+
+def test_wheel_ships_the_pair_table_derivative(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = REPO / "booru_embed" / "data" / "danbooru_pairs"
+    shipped = sorted(path.name for path in folder.iterdir())
+    assert {"README.md", "tags.parquet", "pairs.parquet", "implications.parquet"} <= set(shipped)
+    for name in shipped:
+        assert zipfile.ZipFile(wheel).read(f"booru_embed/data/danbooru_pairs/{name}") == (folder / name).read_bytes()
+    assert sum(zipfile.ZipFile(wheel).getinfo(f"booru_embed/data/danbooru_pairs/{n}").file_size for n in shipped) <= 3_000_000
+    assert "SuzumiyaAkizuki/DanbooruSearchOnline" in (folder / "README.md").read_text()
+
+
+def test_installed_demo_draws_from_the_shipped_pairs(wheel, tmp_path):
+    script = ("import json, sys; from booru_embed.cli import main;"
+              "code = main(['demo', '--workdir', 'demo', '--posts', '200', '--stop-after', 'generate']);"
+              "truth = json.load(open('demo/corpus/posts.truth.json'));"
+              "print(code, truth['setting'], truth['source'], truth['characters']['usada_pekora']['traits'][0])")
+    site, lines = run_installed(wheel, script, tmp_path)
+    code, setting, source, trait = lines[-1].split(" ")
+    assert (code, setting, trait) == ("0", "danbooru-pairs", "rabbit_ears")
+    assert Path(source) == site / "booru_embed" / "data" / "danbooru_pairs"

@@ -26,14 +26,18 @@ import argparse
 import csv
 import json
 from bisect import bisect_right
+from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ..errors import UsageError
 from ..modeling.categories_booru_embed import RATINGS
 from .synthetic_settings import SETTINGS, CorpusSpec, describe_settings, setting
+
+T = TypeVar("T", bound=Hashable)
 
 CSV_HEADER = (
     "id,rating,score,tag_string_meta,tag_string_general,tag_string_artist,"
@@ -209,20 +213,25 @@ class _Universe:
 
     def closures(self) -> dict[str, tuple[str, ...]]:
         """Every tag with implications -> all tags it implies, directly or through a chain."""
-        direct: dict[str, list[str]] = {}
-        for antecedent, consequent in self.implications:
-            direct.setdefault(antecedent, []).append(consequent)
-        closed: dict[str, tuple[str, ...]] = {}
-        for start in direct:
-            seen: list[str] = []
-            stack = list(direct[start])
-            while stack:
-                tag = stack.pop()
-                if tag != start and tag not in seen:
-                    seen.append(tag)
-                    stack.extend(direct.get(tag, ()))
-            closed[start] = tuple(seen)
-        return closed
+        return implication_closures(self.implications)
+
+
+def implication_closures(implications: Iterable[tuple[T, T]]) -> dict[T, tuple[T, ...]]:
+    """Every antecedent of the (antecedent, consequent) pairs -> all it implies, directly or through a chain."""
+    direct: dict[T, list[T]] = {}
+    for antecedent, consequent in implications:
+        direct.setdefault(antecedent, []).append(consequent)
+    closed: dict[T, tuple[T, ...]] = {}
+    for start in direct:
+        seen: list[T] = []
+        stack = list(direct[start])
+        while stack:
+            tag = stack.pop()
+            if tag != start and tag not in seen:
+                seen.append(tag)
+                stack.extend(direct.get(tag, ()))
+        closed[start] = tuple(seen)
+    return closed
 
 
 class _World:
@@ -533,7 +542,7 @@ def _write_posts(handle, spec: CorpusSpec, rng: np.random.Generator, world: _Wor
 
 
 def generate_corpus(output_csv: Path, num_posts: int, seed: int = 0, tag_data: Path | None = None,
-                    spec: CorpusSpec | None = None) -> Path:
+                    spec: CorpusSpec | None = None, pairs: Path | None = None) -> Path:
     """Write ``num_posts`` synthetic posts to ``output_csv`` (BigQuery CSV layout).
 
     Returns the path of the ground truth written beside it (``<stem>.truth.json``): seed, setting and
@@ -542,6 +551,9 @@ def generate_corpus(output_csv: Path, num_posts: int, seed: int = 0, tag_data: P
     the tag universe by category. ``tag_data`` is a folder with Danbooru's ``tags.csv`` and
     ``implications.tsv`` (real names) or None (made-up names); pass ``default_tag_data()`` to use the
     shared tables when present. ``spec`` defaults to the ``default`` setting (see ``SETTINGS``).
+    A ``universe="pairs"`` spec (``danbooru-pairs``) draws from the pair table of ``pairs`` (a folder
+    with ``cooccurrence.parquet``, read with ``tag_data``, or a derivative), by default the shared
+    table when both it and ``tag_data`` are there, else the copy shipped in the package.
     """
     if num_posts < 1:
         raise UsageError(f"--posts must be at least 1, got {num_posts}")
@@ -550,6 +562,12 @@ def generate_corpus(output_csv: Path, num_posts: int, seed: int = 0, tag_data: P
     spec = spec or CorpusSpec()
     output_csv = Path(output_csv)
     output_csv.parent.mkdir(parents=True, exist_ok=True)
+    if spec.universe == "pairs":
+        from .danbooru_pairs import generate_pairs_corpus
+        from .pair_table import load_pair_table
+
+        table = load_pair_table(pairs, None if tag_data is None else Path(tag_data))
+        return generate_pairs_corpus(output_csv, num_posts, seed, spec, table)
     rng = np.random.default_rng(seed)
     universe = _Universe(spec, rng, None if tag_data is None else Path(tag_data))
     world = _World(spec, rng, universe)
@@ -603,6 +621,8 @@ _KNOB_FLAGS = (
 )
 _SAMPLED_ONLY = ("num_characters", "num_copyrights", "num_artists", "num_general", "general_median",
                  "general_zipf", "subject_zipf")
+# the real associations fix the traits too: only the subjects' count and the made-up styles can change
+_NOT_PAIRS = _SAMPLED_ONLY + ("max_traits", "trait_probability", "noise_tags")
 
 
 def add_generate_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -617,6 +637,10 @@ def add_generate_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--tag-data", type=Path, default=None,
                         help="folder with Danbooru tags.csv and implications.tsv (default: ../shared/data/danbooru-2025-05 if present)")
     source.add_argument("--no-tag-data", action="store_true", help="use made-up tag names")
+    parser.add_argument("--pairs", type=Path, default=None,
+                        help="danbooru-pairs only: folder with cooccurrence.parquet (read with --tag-data) or a "
+                             "derivative of it (default: ../shared/data/danbooru-cooccurrence if present, else "
+                             "the copy shipped in the package)")
     knobs = parser.add_argument_group("knobs (override the setting)")
     for flag, field, kind, text in _KNOB_FLAGS:
         knobs.add_argument(flag, dest=field, type=kind, default=None, help=text)
@@ -630,13 +654,17 @@ def run_generate_corpus(args: argparse.Namespace) -> int:
     if args.output is None:
         raise UsageError("--output is required")
     overrides = {field: getattr(args, field) for _, field, _, _ in _KNOB_FLAGS}
-    if SETTINGS[args.setting].universe == "danbooru":
-        unused = [flag for flag, field, _, _ in _KNOB_FLAGS if field in _SAMPLED_ONLY and overrides[field] is not None]
+    universe = SETTINGS[args.setting].universe
+    if universe != "sample":
+        fixed = _SAMPLED_ONLY if universe == "danbooru" else _NOT_PAIRS
+        unused = [flag for flag, field, _, _ in _KNOB_FLAGS if field in fixed and overrides[field] is not None]
         if unused:
             raise UsageError(f"{', '.join(unused)} cannot change setting {args.setting!r}: its tags and popularity are the real ones")
+    if args.pairs is not None and universe != "pairs":
+        raise UsageError(f"--pairs is for the danbooru-pairs setting, not {args.setting!r}")
     spec = setting(args.setting, **overrides)
     tag_data = None if args.no_tag_data else (args.tag_data or default_tag_data())
-    truth = generate_corpus(args.output, args.posts, seed=args.seed, tag_data=tag_data, spec=spec)
+    truth = generate_corpus(args.output, args.posts, seed=args.seed, tag_data=tag_data, spec=spec, pairs=args.pairs)
     print(f"wrote {args.posts} posts to {args.output} (setting {spec.name}, tag names: {tag_data or 'made-up'}); "
           f"ground truth: {truth}")
     return 0

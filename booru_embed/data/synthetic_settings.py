@@ -12,6 +12,11 @@ real category and post count. A background tag is then present in a post with pr
 the lengths), so a tag's expected count in N posts is what it would be in N real posts, and the
 vocabulary grows with N as on Danbooru. Characters, artists and copyrights are drawn by their real post
 counts too, with the generator's structure (traits, styles, favourite copyrights, implications) on top.
+
+``universe="pairs"`` (the ``danbooru-pairs`` setting) draws posts from Danbooru's real pair counts
+(``data/danbooru_pairs.py``): the associations are the real ones, not the generator's; only the
+artists' styles are made up. ``characters_per_post`` is then the number of leading characters (the
+characters they really appear with come on top).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ class CorpusSpec:
 
     Attributes:
         name: the setting this spec came from (recorded in the truth file).
-        universe: ``"sample"`` (``num_*`` tags per category: real names drawn by post count, or made up)
-            or ``"danbooru"`` (every tag of ``tags.csv`` with its real post count; needs the tag tables).
+        universe: ``"sample"`` (``num_*`` tags per category: real names drawn by post count, or made up),
+            ``"danbooru"`` (every tag of ``tags.csv`` with its real post count; needs the tag tables) or
+            ``"pairs"`` (posts drawn from Danbooru's real pair counts; see ``data/danbooru_pairs.py``).
         num_copyrights / num_characters / num_artists / num_general / num_meta: distinct tags per
             category (``universe="sample"`` only).
         characters_per_post: probabilities of 0, 1, 2, ... characters in a post.
@@ -72,7 +78,8 @@ class CorpusSpec:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.universe in ("sample", "danbooru"), f"universe must be 'sample' or 'danbooru', got {self.universe!r}"),
+            (self.universe in ("sample", "danbooru", "pairs"),
+             f"universe must be 'sample', 'danbooru' or 'pairs', got {self.universe!r}"),
             (min(self.num_copyrights, self.num_artists, self.num_general, self.num_meta) >= 1,
              "every num_* must be at least 1"),
             (self.num_characters >= self.num_copyrights, "num_characters must be >= num_copyrights"),
@@ -112,6 +119,9 @@ SETTINGS: dict[str, CorpusSpec] = {
     # every real tag by its real post count: the vocabulary grows with the posts as on Danbooru
     "danbooru-scale": CorpusSpec(name="danbooru-scale", universe="danbooru",
                                  characters_per_post=(0.28, 0.45, 0.14, 0.06, 0.03, 0.02, 0.01, 0.01),
+                                 artists_per_post=(0.25, 0.73, 0.02), general_sigma=0.45, chunk_posts=20_000),
+    # Danbooru's real associations: subjects by real popularity bring their real partners at real rates
+    "danbooru-pairs": CorpusSpec(name="danbooru-pairs", universe="pairs", characters_per_post=(0.3, 0.7),
                                  artists_per_post=(0.25, 0.73, 0.02), general_sigma=0.45, chunk_posts=20_000),
 }
 
