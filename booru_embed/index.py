@@ -1,9 +1,14 @@
-"""A nearest-post search index: embed a DATA_DIR split with ``BooruEmbedder`` and search it with faiss.
+"""A nearest-post search index: embed a DATA_DIR split with ``BooruEmbedder`` and search it, dense, sparse or hybrid.
+
+Every post has two vectors from the model: the dense embedding (searched with faiss) and the sparse tag
+vector (``BooruEmbedder.embed_sparse``, searched exactly through an inverted index, ``sparse_index.py``).
+``search`` fuses them by default: ``(1 - a) cos_dense + a cos_sparse``, ``a`` chosen at build time on
+training posts and stored in ``index_info.json`` (``sparse_vectors.py`` says why this fusion).
 
 Building has two stages, both memory-bounded. First the split is read in slices of ``shard_size``
 posts (65,536 by default) and embedded; each slice is written to ``INDEX_DIR/shards`` as its vectors,
-its post ids and its tag strings (a one-column Arrow file), the vectors last and atomically, so a
-shard whose vectors file exists is complete and ``--resume`` skips it. Then the vectors are streamed
+its sparse vectors, its post ids and its tag strings (a one-column Arrow file), the vectors last and
+atomically, so a shard whose vectors and sparse files exist is complete and ``--resume`` skips it. Then the vectors are streamed
 from the memory-mapped shards into a faiss index of one of three kinds, all on inner product, which
 is the cosine for the unit rows ``embed`` returns:
 
@@ -15,8 +20,9 @@ is the cosine for the unit rows ``embed`` returns:
 - ``hnsw`` (``IndexHNSWFlat``): a proximity graph, no training. On the benchmark's generated 1M vectors it cost
   5.6 times IVF's build time and gave lower recall at equal latency, so it is only chosen by ``--kind``.
 
-``INDEX_DIR`` holds ``index.faiss``, ``ids.npy`` (post id of each row), ``index_info.json`` (model
-folder, dim, split, kind, parameters, count, build times) and ``shards/``, which search reads the hits'
+``INDEX_DIR`` holds ``index.faiss``, ``sparse.npz`` (the inverted index), ``ids.npy`` (post id of each
+row), ``index_info.json`` (model folder, dim, split, kind, parameters, count, build times, the sparse
+part's settings and the fusion weight) and ``shards/``, which search reads the hits'
 tags from and ``--resume`` rebuilds another ``--kind`` from without embedding again. The tags travel
 with the index (about as many bytes as the vectors), so search needs neither the DATA_DIR nor its
 exact version, only the model to embed the query.
@@ -493,21 +499,21 @@ class PostIndex:
         """The best ``top_k`` rows by fused score and their scores, for one dense query and its sparse cosines."""
         if self.kind == "exact":
             candidates = np.arange(len(self))
+            dense = np.concatenate([shard @ query for shard in self._shard_vectors()])  # every post's cosine
         else:
             _, found = self.index.search(query[None].astype(np.float32), min(HYBRID_CANDIDATES, len(self)))
             candidates = np.union1d(found[0][found[0] >= 0], _top_rows(lexical, HYBRID_CANDIDATES))
-        fused = fuse(self._dense_rows(candidates) @ query, lexical[candidates], self.fusion_weight)
+            dense = _gather(self._shard_vectors(), candidates) @ query
+        fused = fuse(dense, lexical[candidates], self.fusion_weight)
         best = _top_rows(fused, top_k)
         return candidates[best], fused[best]
 
-    def _dense_rows(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), dim) stored unit embeddings of index rows ``rows`` (ascending), from the memory-mapped shards."""
+    def _shard_vectors(self) -> list[np.ndarray]:
+        """The stored unit embeddings, one memory-mapped (rows, dim) array per shard."""
         if self._vectors is None:
             shards = math.ceil(len(self) / int(self.info["shard_size"]))
             self._vectors = [np.load(_shard_paths(self.folder, n)["vectors"], mmap_mode="r") for n in range(shards)]
-        if len(rows) == len(self):
-            return np.concatenate([np.asarray(v, dtype=np.float32) for v in self._vectors])
-        return _gather(self._vectors, rows)
+        return self._vectors
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         """Hits of index rows with their scores, in the given order."""

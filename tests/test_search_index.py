@@ -58,7 +58,7 @@ def test_each_mode_ranks_by_its_own_score(exact_dir: Path) -> None:
     dense = index.embedder.embed(queries)
     lexical = unit_rows(index.embedder.embed_sparse(queries, terms=index.info["sparse"]["terms"],
                                                     scale=index.info["sparse"]["scale"]))
-    vectors = index._dense_rows(np.arange(120))
+    vectors = np.concatenate(index._shard_vectors())
     stored = index.postings.matrix.tocsr()
     for mode in ("dense", "sparse", "hybrid"):
         results = index.search(queries, top_k=7, mode=mode)
