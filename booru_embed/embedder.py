@@ -34,7 +34,7 @@ from .modeling.normalization_booru_embed import parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
 from .ranking import distinctive_scores, masked_log_softmax
 from .sequences import padded_inputs
-from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, idf_weights, sparse_rows
+from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, sparse_rows
 
 if TYPE_CHECKING:
     import torch
@@ -284,11 +284,13 @@ class BooruEmbedder:
         return out
 
     def embed_sparse(self, tagsets: TagSet | Iterable[TagSet], terms: int = EXPANSION_TERMS,
-                     scale: float = EXPANSION_SCALE, batch_size: int = 256, progress: bool | None = None) -> Any:
+                     scale: float = EXPANSION_SCALE, power: float = IDF_POWER, batch_size: int = 256,
+                     progress: bool | None = None) -> Any:
         """Sparse tag vectors (n, vocab), a float32 ``scipy.sparse.csr_matrix`` with non-negative values.
 
-        Each row weighs the post's vocabulary tags by their training idf (the TF-IDF weight) and adds
-        the ``terms`` tags the masked-tag head expects most, at ``idf * min(1, scale * p(tag | tags))``,
+        Each row weighs the post's vocabulary tags by ``idf^power`` (their training idf; power 1 is the
+        TF-IDF weight, 0 the binary set) and adds the ``terms`` tags the masked-tag head expects most, at
+        ``idf^power * min(1, scale * p(tag | tags))``,
         never a present tag (``sparse_vectors`` derives the weights). One forward pass per tag set: its
         tags plus one ``<mask>``, the input of ``suggest``. Tags outside the vocabulary have no column
         (they still shape the expansion through their unknown-tag token); a tag set without a single
@@ -307,7 +309,7 @@ class BooruEmbedder:
                 batch = [sequences[i] for i in chunk]
                 logits = self._mask_logits_batch(batch) if terms else None
                 parts.append(sparse_rows([np.asarray(ids) for ids in batch], logits, self._is_tag,
-                                         self.idf, terms=terms, scale=scale))
+                                         self.idf, terms=terms, scale=scale, power=power))
                 rows.append(chunk)
                 bar.update(len(chunk))
         if not parts:

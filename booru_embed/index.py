@@ -45,7 +45,7 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
-from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_fusion_weight, save_postings, validation_posts
+from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_settings, save_postings, validation_posts
 from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, fuse, unit_rows
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ def _check_resume(output: Path, plan: dict[str, Any], resume: bool) -> None:
 
 
 def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, shard_size: int,
-                  batch_size: int) -> tuple[int, float]:
+                  batch_size: int, power: float) -> tuple[int, float]:
     """Embed every shard not yet on disk; return how many were embedded and the seconds it took."""
     from scipy import sparse
     from tqdm.auto import tqdm
@@ -291,7 +291,8 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
                 posts, chunk_ids = _posts(table, chunk, min(stop, chunk + EMBED_CHUNK))
                 try:
                     parts.append(embedder.embed(posts, dim=dim, batch_size=batch_size, progress=False))
-                    lexical.append(embedder.embed_sparse(posts, batch_size=batch_size, progress=False))
+                    lexical.append(embedder.embed_sparse(posts, terms=EXPANSION_TERMS, scale=EXPANSION_SCALE,
+                                                         power=power, batch_size=batch_size, progress=False))
                 except ValueError as error:
                     raise UsageError(f"rows {chunk}-{chunk + len(posts) - 1}: {error}") from None
                 ids.append(chunk_ids)
@@ -340,7 +341,14 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
             "dim": dim, "count": count, "shard_size": shard_size}
     _check_resume(output, plan, resume)
     (output / "index_info.json").unlink(missing_ok=True)  # a rebuild cut short must not look finished
-    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size)
+    training = table if split == "train" else _open_split(data_dir, "train")
+    started = time.perf_counter()
+    power, weight, means = choose_index_settings(embedder, validation_posts(training), dim, EXPANSION_TERMS,
+                                                 EXPANSION_SCALE)
+    settings = {"terms": EXPANSION_TERMS, "scale": EXPANSION_SCALE, "idf_power": power, "fusion_weight": weight,
+                "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
+                "validation_seconds": round(time.perf_counter() - started, 2)}
+    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power)
     ids = _load_shard_ids(output, count, shard_size)
     if not np.array_equal(ids, _split_ids(table)):
         raise UsageError(f"{output}: the shards' post ids differ from split {split!r} of {data_dir}: remove the folder")
@@ -349,7 +357,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     index = build_faiss_index(kind, shards, chosen, progress=True)
     _save_atomic(output / "index.faiss", lambda p: faiss.write_index(index, str(p)))
     _save_atomic(output / "ids.npy", lambda p: _write_npy(p, ids))
-    sparse_info = _build_sparse_part(embedder, data_dir, split, table, output, dim, count, shard_size)
+    sparse_info = {**settings, **_build_sparse_part(output, count, shard_size)}
     info = {**plan, "kind": kind, "parameters": chosen, "shards_embedded_this_run": embedded,
             "embed_seconds": round(embed_seconds, 2), "index_seconds": round(time.perf_counter() - started, 2),
             "sparse": sparse_info, "fusion_weight": sparse_info.pop("fusion_weight"),
@@ -359,20 +367,13 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     return info
 
 
-def _build_sparse_part(embedder: BooruEmbedder, data_dir: Path, split: str, table: Any, output: Path, dim: int,
-                       count: int, shard_size: int) -> dict[str, Any]:
-    """Write ``sparse.npz`` from the shards and choose the fusion weight on training posts (``sparse_index``)."""
+def _build_sparse_part(output: Path, count: int, shard_size: int) -> dict[str, Any]:
+    """Write ``sparse.npz``, the inverted index, from the shards' sparse vectors; return its figures."""
     from scipy import sparse
 
     started = time.perf_counter()
     shards = [sparse.load_npz(_shard_paths(output, n)["sparse"]) for n in range(math.ceil(count / shard_size))]
-    figures = save_postings(output / SPARSE_FILE, shards)
-    del shards
-    training = table if split == "train" else _open_split(data_dir, "train")
-    weight, means = choose_index_fusion_weight(embedder, validation_posts(training), dim, EXPANSION_TERMS,
-                                               EXPANSION_SCALE)
-    return {"file": SPARSE_FILE, "terms": EXPANSION_TERMS, "scale": EXPANSION_SCALE, **figures,
-            "fusion_weight": weight, "validation_recall@10": {f"{w:g}": round(m, 4) for w, m in means.items()},
+    return {"file": SPARSE_FILE, **save_postings(output / SPARSE_FILE, shards),
             "seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -481,7 +482,8 @@ class PostIndex:
         if mode == "dense":
             return self.search_embeddings(self.embedder.embed(tagsets, dim=self.dim), top_k)
         sparse_info = self.info["sparse"]
-        queries = unit_rows(self.embedder.embed_sparse(tagsets, terms=sparse_info["terms"], scale=sparse_info["scale"]))
+        queries = unit_rows(self.embedder.embed_sparse(tagsets, terms=sparse_info["terms"], scale=sparse_info["scale"],
+                                                       power=sparse_info["idf_power"]))
         dense = self.embedder.embed(tagsets, dim=self.dim) if mode == "hybrid" else None
         results = []
         for row in range(queries.shape[0]):

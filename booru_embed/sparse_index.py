@@ -5,11 +5,12 @@ every post as a scipy CSC matrix (posts x vocabulary): column ``t`` is tag ``t``
 posts holding or expected to hold it, with their weights), so a query's cosine to every post is the
 sum of its few columns scaled by its weights, exact, with scipy (``SparsePostings.scores``).
 
-The hybrid's weight ``a`` in ``(1 - a) cos_dense + a cos_sparse`` (``sparse_vectors``) is chosen when
-the index is built, on ``VALIDATION_POSTS`` seeded posts of the DATA_DIR's training split, never its
-test split (``choose_index_fusion_weight``): each post with a character (artist) tag and another tag
-is a query without its character (artist) tags, a hit a neighbour among the 10 nearest sharing one,
-and the weight with the best mean recall@10 over the two is stored in ``index_info.json``.
+The hybrid's weight ``a`` in ``(1 - a) cos_dense + a cos_sparse`` and the sparse vectors' idf power
+(``sparse_vectors``) are chosen when the index is built, before the posts are embedded, on
+``VALIDATION_POSTS`` seeded posts of the DATA_DIR's training split, never its test split
+(``choose_index_settings``): each post with a character (artist) tag and another tag is a query without
+its character (artist) tags, a hit a neighbour among the 10 nearest sharing one, and the pair with the
+best mean recall@10 over the two is stored in ``index_info.json``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .evaluation.hybrid_retrieval import VALIDATION_POSTS, choose_fusion_weight
+from .evaluation.hybrid_retrieval import VALIDATION_POSTS, choose_search_settings
 from .modeling.categories_booru_embed import TAG_CATEGORIES
-from .sparse_vectors import unit_rows
+from .sparse_vectors import IDF_POWERS, unit_rows
 
 if TYPE_CHECKING:
     from .embedder import BooruEmbedder
@@ -71,10 +72,11 @@ def validation_posts(table: Any, count: int = VALIDATION_POSTS, seed: int = VALI
     return table.select(rows).select_columns(columns).to_list()
 
 
-def choose_index_fusion_weight(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int,
-                               terms: int, scale: float) -> tuple[float, dict[float, float]]:
-    """The hybrid weight with the best mean recall@10 on the character and artist cases of ``posts`` (module docstring)."""
-    dense, lexical, labels = [], [], []
+def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int,
+                          terms: int, scale: float) -> tuple[float, float, dict[str, float]]:
+    """(idf power, hybrid weight) with the best mean recall@10 on the character and artist cases of ``posts``,
+    and every pair's mean (module docstring)."""
+    dense, lexical, labels = [], {power: [] for power in IDF_POWERS}, []
     for category in VALIDATION_CATEGORIES:
         cases = [({k: v for k, v in post.items() if k != category}, post[category]) for post in posts
                  if post.get(category) and any(post.get(c) for c in TAG_CATEGORIES if c != category)]
@@ -83,6 +85,7 @@ def choose_index_fusion_weight(embedder: BooruEmbedder, posts: Sequence[dict[str
         queries = [query for query, _ in cases]
         number: dict[str, int] = {}  # tag name -> label number
         dense.append(embedder.embed(queries, dim=dim, progress=False))
-        lexical.append(embedder.embed_sparse(queries, terms=terms, scale=scale, progress=False))
+        for power in IDF_POWERS:
+            lexical[power].append(embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False))
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
-    return choose_fusion_weight(dense, lexical, labels)
+    return choose_search_settings(dense, lexical, labels)

@@ -40,13 +40,14 @@ def exact_dir(model_dir: Path) -> Path:
 def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None:
     info = json.loads((exact_dir / "index_info.json").read_text())
     sparse_info = info["sparse"]
-    assert 0.0 <= info["fusion_weight"] <= 1.0 and set(sparse_info["validation_recall@10"]) >= {"0", "0.5", "1"}
+    assert 0.0 <= info["fusion_weight"] <= 1.0 and sparse_info["idf_power"] in (0.0, 0.5, 1.0)
+    assert set(sparse_info["validation_recall@10"]) >= {"p0.w0", "p0.5.w0.5", "p1.w1"}
     assert sparse_info["terms"] > 0 and sparse_info["nonzeros_per_post"] > 1
     index = PostIndex.load(exact_dir)
     assert index.default_mode == "hybrid" and index.fusion_weight == info["fusion_weight"]
     stored = index.postings.matrix.tocsr()
     expected = unit_rows(index.embedder.embed_sparse([post_tags(p) for p in tiny_posts()], terms=sparse_info["terms"],
-                                                     scale=sparse_info["scale"]))
+                                                     scale=sparse_info["scale"], power=sparse_info["idf_power"]))
     np.testing.assert_allclose(stored.toarray(), expected.toarray(), atol=1e-5)
     assert stored.shape[0] == 120 and np.allclose(np.sqrt(stored.multiply(stored).sum(axis=1)), 1.0, atol=1e-5)
 
@@ -57,7 +58,8 @@ def test_each_mode_ranks_by_its_own_score(exact_dir: Path) -> None:
     queries = [post_tags(posts[i]) for i in (3, 50, 118)]
     dense = index.embedder.embed(queries)
     lexical = unit_rows(index.embedder.embed_sparse(queries, terms=index.info["sparse"]["terms"],
-                                                    scale=index.info["sparse"]["scale"]))
+                                                    scale=index.info["sparse"]["scale"],
+                                                    power=index.info["sparse"]["idf_power"]))
     vectors = np.concatenate(index._shard_vectors())
     stored = index.postings.matrix.tocsr()
     for mode in ("dense", "sparse", "hybrid"):

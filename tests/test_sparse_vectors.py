@@ -38,7 +38,7 @@ def test_idf_matches_the_tfidf_baseline_formula() -> None:
 
 
 def test_present_tags_get_their_idf_and_rarer_tags_weigh_more(embedder: BooruEmbedder) -> None:
-    vectors = embedder.embed_sparse(POSTS, terms=0)
+    vectors = embedder.embed_sparse(POSTS, terms=0, power=1.0)
     assert sparse.isspmatrix_csr(vectors) and vectors.dtype == np.float32
     assert vectors.shape == (len(POSTS), len(embedder.tokenizer))
     for row, tagset in enumerate(POSTS):
@@ -48,11 +48,15 @@ def test_present_tags_get_their_idf_and_rarer_tags_weigh_more(embedder: BooruEmb
     counts = np.asarray(embedder.tokenizer.token_counts)
     one, solo = embedder.tokenizer.tag_to_id("1girl"), embedder.tokenizer.tag_to_id("artist_3")
     assert counts[one] > counts[solo] and embedder.idf[one] < embedder.idf[solo]
+    binary = embedder.embed_sparse(POSTS, terms=0, power=0.0)  # power 0: the plain tag set
+    assert binary.indices.tolist() == vectors.indices.tolist() and np.all(binary.data == 1.0)
+    root = embedder.embed_sparse(POSTS, terms=0)  # the default power 0.5
+    np.testing.assert_allclose(root.data, np.sqrt(vectors.data), rtol=1e-6)
 
 
 def test_expansion_adds_absent_tags_at_most_idf_and_never_a_present_one(embedder: BooruEmbedder) -> None:
-    vectors = embedder.embed_sparse(POSTS, terms=5, scale=4.0)
-    plain = embedder.embed_sparse(POSTS, terms=0)
+    vectors = embedder.embed_sparse(POSTS, terms=5, scale=4.0, power=1.0)
+    plain = embedder.embed_sparse(POSTS, terms=0, power=1.0)
     assert vectors.min() >= 0
     for row, tagset in enumerate(POSTS):
         ids = present_ids(embedder, tagset)
@@ -82,13 +86,14 @@ def test_empty_and_unknown_tag_sets(embedder: BooruEmbedder) -> None:
     vectors = embedder.embed_sparse(["no_such_tag another_unknown_tag", "no_such_tag smile"])
     assert vectors[0].nnz == 0  # nothing in the vocabulary: an all-zero row, only the dense vector finds it
     smile = embedder.tokenizer.tag_to_id("smile")
-    assert smile in vectors[1].indices and vectors[1, smile] == pytest.approx(embedder.idf[smile])
+    assert smile in vectors[1].indices and vectors[1, smile] == pytest.approx(np.sqrt(embedder.idf[smile]))
     assert embedder.embed_sparse([]).shape == (0, len(embedder.tokenizer))
 
 
 def test_sparse_rows_rejects_negative_settings() -> None:
-    with pytest.raises(ValueError, match="non-negative"):
-        sparse_rows([np.array([1])], None, np.ones(3, bool), np.ones(3, np.float32), terms=-1)
+    for setting in ({"terms": -1}, {"power": -0.5}):
+        with pytest.raises(ValueError, match="non-negative"):
+            sparse_rows([np.array([1])], None, np.ones(3, bool), np.ones(3, np.float32), **setting)
 
 
 def test_hybrid_rows_are_the_convex_combination_of_cosines() -> None:

@@ -5,8 +5,9 @@ character or artist tags removed; a hit is a neighbour among the 10 nearest shar
 
 - ``sparse.``: the model's sparse tag vectors (``sparse_vectors.sparse_rows``: idf of the present tags,
   the masked-tag head's expected tags), cosine;
-- ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``, with ``a`` (``hybrid.fusion_weight``) chosen on a
-  validation slice of TRAINING posts (``choose_fusion_weight``), never on the test split;
+- ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``, with ``a`` (``hybrid.fusion_weight``) and the sparse
+  vector's idf power (``hybrid.idf_power``, also used by ``sparse.``) chosen on a validation slice of
+  TRAINING posts (``choose_search_settings``), never on the test split;
 - ``bm25.``: BM25 over the visible tags, Lucene's variant as bm25s computes it, with a term frequency
   of 1: ``sum over shared tags of idf(t) / (1 + k1 (1 - b + b |d| / avgdl))``, ``idf = log(1 + (N - n +
   0.5) / (n + 0.5))``, N, n and avgdl from the baseline's training sample, for each ``b`` of ``BM25_B`` as ``.b{b}``, and the best of them unsuffixed (an optimistic
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..cooccurrence import top_eigenpairs
 from ..modeling.categories_booru_embed import CATEGORY_IDS
-from ..sparse_vectors import FUSION_WEIGHTS, hybrid_rows, sparse_rows, unit_rows
+from ..sparse_vectors import FUSION_WEIGHTS, IDF_POWERS, hybrid_rows, sparse_rows, unit_rows
 from .metrics import retrieval_recall_at_k
 from .runner import ModelRunner
 
@@ -57,18 +58,37 @@ def choose_fusion_weight(dense: Sequence[np.ndarray], lexical: Sequence[Any], la
     return best, means
 
 
-def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any, np.ndarray]]) -> tuple[np.ndarray, Any]:
-    """Dense embeddings and sparse vectors of (post or None, visible tags) pairs, as the evaluation sees them."""
+def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[float, Sequence[Any]],
+                           labels: Sequence[Sequence[set[int]]]) -> tuple[float, float, dict[str, float]]:
+    """(idf power, fusion weight) with the best mean recall@10 of the hybrid, and every pair's mean as ``p{p}.w{w}``.
+
+    ``lexical[power]`` holds the sparse vectors of each case set at that idf power; ties go to the
+    first power of the grid and the smaller weight.
+    """
+    best, means = None, {}
+    for power, vectors in lexical.items():
+        weight, by_weight = choose_fusion_weight(dense, vectors, labels)
+        means.update({f"p{power:g}.w{w:g}": m for w, m in by_weight.items()})
+        if best is None or by_weight[weight] > best[2]:
+            best = (power, weight, by_weight[weight])
+    return best[0], best[1], means
+
+
+def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any, np.ndarray]],
+                  powers: Sequence[float] = IDF_POWERS) -> tuple[np.ndarray, dict[float, Any]]:
+    """Dense embeddings, and sparse vectors at each idf power, of (post or None, visible tags) pairs."""
     from scipy import sparse
 
     dense = runner.run([evaluator._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
-    parts = []
+    parts: dict[float, list[Any]] = {power: [] for power in powers}
     for start in range(0, len(posts), CASE_BATCH):
         chunk = posts[start : start + CASE_BATCH]
         logits = runner.run([evaluator._sequence(p, tags, mask=True) for p, tags in chunk], "mlm")["mlm"]
-        parts.append(sparse_rows([tags for _, tags in chunk], logits, evaluator.candidates, evaluator.baseline.idf))
-    lexical = sparse.vstack(parts).tocsr() if parts else sparse.csr_matrix((0, evaluator.info.vocab_size))
-    return dense, lexical
+        for power in powers:
+            parts[power].append(sparse_rows([tags for _, tags in chunk], logits, evaluator.candidates,
+                                            evaluator.baseline.idf, power=power))
+    empty = sparse.csr_matrix((0, evaluator.info.vocab_size), dtype=np.float32)
+    return dense, {power: sparse.vstack(p).tocsr() if p else empty for power, p in parts.items()}
 
 
 def validation_cases(evaluator: Any, category: int, rows: np.ndarray) -> tuple[list[tuple[None, np.ndarray]], list[set[int]]]:
@@ -84,22 +104,25 @@ def validation_cases(evaluator: Any, category: int, rows: np.ndarray) -> tuple[l
     return posts, labels
 
 
-def fusion_weight_on_training(evaluator: Any, runner: ModelRunner, out: dict[str, float]) -> float:
-    """Choose the hybrid's sparse share on ``VALIDATION_POSTS`` seeded training posts; record it and its recalls."""
+def settings_on_training(evaluator: Any, runner: ModelRunner, out: dict[str, float]) -> tuple[float, float]:
+    """Choose the sparse vector's idf power and the hybrid's weight on ``VALIDATION_POSTS`` seeded training
+    posts; record both and every pair's validation recall."""
     total = evaluator.baseline.incidence.shape[0]
     rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
-    dense, lexical, labels = [], [], []
+    dense, lexical, labels = [], {power: [] for power in IDF_POWERS}, []
     for name in CATEGORIES:
         posts, ls = validation_cases(evaluator, CATEGORY_IDS[name], rows)
         if len(posts) >= 2:
-            d, s = model_vectors(evaluator, runner, posts)
-            dense.append(d), lexical.append(s), labels.append(ls)
-    weight, means = choose_fusion_weight(dense, lexical, labels)
-    out["hybrid.fusion_weight"] = weight
+            d, by_power = model_vectors(evaluator, runner, posts)
+            dense.append(d), labels.append(ls)
+            for power, vectors in by_power.items():
+                lexical[power].append(vectors)
+    power, weight, means = choose_search_settings(dense, lexical, labels)
+    out["hybrid.fusion_weight"], out["hybrid.idf_power"] = weight, power
     out["count.validation.posts"] = float(len(rows))
-    for w, mean in means.items():
-        out[f"validation.hybrid.w{w:g}.recall@10"] = mean
-    return weight
+    for name, mean in means.items():
+        out[f"validation.hybrid.{name}.recall@10"] = mean
+    return power, weight
 
 
 def bm25_sides(evaluator: Any, visible: Sequence[np.ndarray], b: float, k1: float = BM25_K1) -> tuple[Any, Any]:
@@ -138,7 +161,7 @@ def lexical_and_hybrid_retrieval(evaluator: Any, runner: ModelRunner | None, out
 
     ``width`` is the SVD's rank: the model's embedding size. Without a model only BM25 and the SVD are measured.
     """
-    weight = fusion_weight_on_training(evaluator, runner, out) if runner is not None else None
+    power, weight = settings_on_training(evaluator, runner, out) if runner is not None else (None, None)
     seen, projection = svd_projection(evaluator, width)
     out["svd.width"] = float(projection.shape[1])
     for name in CATEGORIES:
@@ -156,7 +179,8 @@ def lexical_and_hybrid_retrieval(evaluator: Any, runner: ModelRunner | None, out
         out[f"svd.retrieval.{name}.recall@10"] = retrieval_recall_at_k(np.asarray(tfidf[:, seen] @ projection), labels)[0]
         if runner is None:
             continue
-        dense, lexical = model_vectors(evaluator, runner, posts)
+        dense, by_power = model_vectors(evaluator, runner, posts, powers=(power,))
+        lexical = by_power[power]
         out[f"sparse.retrieval.{name}.recall@10"] = retrieval_recall_at_k(lexical, labels)[0]
         out[f"hybrid.retrieval.{name}.recall@10"] = retrieval_recall_at_k(hybrid_rows(dense, lexical, weight), labels)[0]
         out[f"sparse.retrieval.{name}.nonzeros_per_post"] = float(lexical.nnz / lexical.shape[0])
