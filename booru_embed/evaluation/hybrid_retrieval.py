@@ -29,7 +29,7 @@ import numpy as np
 
 from ..cooccurrence import top_eigenpairs
 from ..modeling.categories_booru_embed import CATEGORY_IDS
-from ..sparse_vectors import FUSION_WEIGHTS, IDF_POWERS, hybrid_rows, sparse_rows, unit_rows
+from ..sparse_vectors import FUSION_WEIGHTS, IDF_POWERS, fuse, hybrid_rows, sparse_rows, unit_rows
 from .metrics import retrieval_recall_at_k
 from .runner import ModelRunner
 
@@ -45,12 +45,19 @@ def choose_fusion_weight(dense: Sequence[np.ndarray], lexical: Sequence[Any], la
     """The sparse share ``a`` of the hybrid with the best mean recall@10 over the case sets, and every weight's mean.
 
     ``dense[i]``, ``lexical[i]`` and ``labels[i]`` are the dense vectors, sparse vectors and labels of
-    case set ``i`` (e.g. characters, then artists); ties go to the smaller weight.
+    case set ``i`` (e.g. characters, then artists); ties go to the smaller weight. Holds two (cases, cases)
+    float32 matrices per case set: meant for a validation slice of a few thousand posts.
     """
+    from scipy import sparse
+
+    # each case set's two cosine matrices once; a weight's fused matrix is scored as queries against the
+    # identity (``documents``), which ranks by the fused cosines themselves
+    sets = [(unit_rows(d) @ unit_rows(d).T, (unit_rows(s) @ unit_rows(s).T).toarray(), ls)
+            for d, s, ls in zip(dense, lexical, labels) if len(ls) >= 2]
     means = {}
     for weight in weights:
-        recalls = [retrieval_recall_at_k(hybrid_rows(d, s, weight), ls)[0]
-                   for d, s, ls in zip(dense, lexical, labels) if len(ls) >= 2]
+        recalls = [retrieval_recall_at_k(fuse(d, s, weight), ls, documents=sparse.identity(len(ls), format="csr"))[0]
+                   for d, s, ls in sets]
         recalls = [r for r in recalls if np.isfinite(r)]
         means[float(weight)] = float(np.mean(recalls)) if recalls else float("nan")
     finite = {w: m for w, m in means.items() if np.isfinite(m)}
