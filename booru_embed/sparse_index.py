@@ -1,16 +1,16 @@
-"""The sparse half of a search index: an inverted index of the posts' sparse tag vectors, and the fusion weight.
+"""The sparse half of a search index: an inverted index of the posts' sparse tag vectors, and their idf power.
 
 ``INDEX_DIR/sparse.npz`` holds the unit-normalised sparse vectors (``BooruEmbedder.embed_sparse``) of
 every post as a scipy CSC matrix (posts x vocabulary): column ``t`` is tag ``t``'s posting list (the
 posts holding or expected to hold it, with their weights), so a query's cosine to every post is the
 sum of its few columns scaled by its weights, exact, with scipy (``SparsePostings.scores``).
 
-The hybrid's weight ``a`` in ``(1 - a) cos_dense + a cos_sparse`` and the sparse vectors' idf power
-(``sparse_vectors``) are chosen when the index is built, before the posts are embedded, on
-``VALIDATION_POSTS`` seeded posts of the DATA_DIR's training split, never its test split
+The sparse vectors' idf power (``sparse_vectors``; the hybrid's weight ``a`` in
+``(1 - a) cos_dense + a cos_sparse`` is the fixed ``FUSION_WEIGHT``) is chosen when the index is built,
+before the posts are embedded, on ``VALIDATION_POSTS`` seeded posts of the DATA_DIR's training split, never its test split
 (``choose_index_settings``): each post with a character (artist) tag and another tag is a query without
-its character (artist) tags, a hit a neighbour among the 10 nearest sharing one, and the pair with the
-best mean recall@10 over the two is stored in ``index_info.json``.
+its character (artist) tags, a hit a neighbour among the 10 nearest sharing one, and the power whose
+hybrid has the best mean recall@10 over the two is stored in ``index_info.json``.
 """
 
 from __future__ import annotations

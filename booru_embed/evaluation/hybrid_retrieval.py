@@ -5,9 +5,10 @@ character or artist tags removed; a hit is a neighbour among the 10 nearest shar
 
 - ``sparse.``: the model's sparse tag vectors (``sparse_vectors.sparse_rows``: idf of the present tags,
   the masked-tag head's expected tags), cosine;
-- ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``, with ``a`` (``hybrid.fusion_weight``) and the sparse
-  vector's idf power (``hybrid.idf_power``, also used by ``sparse.``) chosen on a validation slice of
-  TRAINING posts (``choose_search_settings``), never on the test split;
+- ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``, ``a`` (``hybrid.fusion_weight``) the fixed
+  ``sparse_vectors.FUSION_WEIGHT``, and the sparse vector's idf power (``hybrid.idf_power``, also used by
+  ``sparse.``) chosen on a validation slice of TRAINING posts (``choose_search_settings``), never on the
+  test split;
 - ``bm25.``: BM25 over the visible tags, Lucene's variant as bm25s computes it, with a term frequency
   of 1: ``sum over shared tags of idf(t) / (1 + k1 (1 - b + b |d| / avgdl))``, ``idf = log(1 + (N - n +
   0.5) / (n + 0.5))``, N, n and avgdl from the baseline's training sample, for each ``b`` of ``BM25_B`` as ``.b{b}``, and the best of them unsuffixed (an optimistic
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..cooccurrence import top_eigenpairs
 from ..modeling.categories_booru_embed import CATEGORY_IDS
-from ..sparse_vectors import FUSION_WEIGHTS, IDF_POWERS, fuse, hybrid_rows, sparse_rows, unit_rows
+from ..sparse_vectors import FUSION_WEIGHT, FUSION_WEIGHTS, IDF_POWERS, fuse, hybrid_rows, sparse_rows, unit_rows
 from .metrics import retrieval_recall_at_k
 from .runner import ModelRunner
 
@@ -66,15 +67,18 @@ def choose_fusion_weight(dense: Sequence[np.ndarray], lexical: Sequence[Any], la
 
 
 def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[float, Sequence[Any]],
-                           labels: Sequence[Sequence[set[int]]]) -> tuple[float, float, dict[str, float]]:
-    """(idf power, fusion weight) with the best mean recall@10 of the hybrid, and every pair's mean as ``p{p}.w{w}``.
+                           labels: Sequence[Sequence[set[int]]], weights: Sequence[float] = (FUSION_WEIGHT,),
+                           ) -> tuple[float, float, dict[str, float]]:
+    """(idf power, fusion weight among ``weights``) with the best mean recall@10 of the hybrid, and every
+    pair's mean as ``p{p}.w{w}``.
 
     ``lexical[power]`` holds the sparse vectors of each case set at that idf power; ties go to the
-    first power of the grid and the smaller weight.
+    first power of the grid and the smaller weight. The weight defaults to the fixed ``FUSION_WEIGHT``
+    (``sparse_vectors`` says why it is not chosen on training posts).
     """
     best, means = None, {}
     for power, vectors in lexical.items():
-        weight, by_weight = choose_fusion_weight(dense, vectors, labels)
+        weight, by_weight = choose_fusion_weight(dense, vectors, labels, weights)
         means.update({f"p{power:g}.w{w:g}": m for w, m in by_weight.items()})
         if best is None or by_weight[weight] > best[2]:
             best = (power, weight, by_weight[weight])
