@@ -44,11 +44,7 @@ SWEEP_SCALES = (1.0, 4.0, 16.0, 64.0)
 
 
 def evaluated(corpus: Path, run: str, threads: int) -> dict[str, float]:
-    """evaluate's metrics of one cached run: bench_recipe's ``eval.json`` when it holds the search keys
-    (``hybrid.idf_power``), else computed once into ``search_eval.json``."""
-    recipe = corpus / run / "eval.json"
-    if recipe.is_file() and "hybrid.idf_power" in json.loads(recipe.read_text()):
-        return json.loads(recipe.read_text())
+    """evaluate's metrics of one cached run (computed once into ``search_eval.json``; delete it after a change)."""
     path = corpus / run / "search_eval.json"
     if not path.is_file():
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
