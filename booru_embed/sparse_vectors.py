@@ -47,7 +47,8 @@ FUSION_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # a grid for cho
 # The sparse share a of the hybrid, fixed: chosen on TRAINING posts it came out too low (0.7-0.8), because
 # the dense embedding was trained contrastively on exactly those posts with same-subject partners, so it
 # finds their characters 2.5 times as well as on unseen posts (many-characters seed 0: 0.29 vs 0.11).
-# 0.9 was read off the test splits of the choosing settings default and many-characters (seed 0).
+# 0.9 was read off the test splits of the choosing settings default and many-characters (seed 0); on
+# sparse-traits, where the dense side is the stronger one, 0.5 would have been best (docs/search.md).
 FUSION_WEIGHT = 0.9
 IDF_POWERS = (0.0, 0.5, 1.0)  # the grid the idf power is chosen on (module docstring)
 IDF_POWER = 0.5  # embed_sparse's default: between what characters (0) and artists (1) preferred
