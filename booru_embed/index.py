@@ -46,7 +46,7 @@ from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
 from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_settings, save_postings, validation_posts
-from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, fuse, unit_rows
+from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, FUSION_WEIGHT, check_weight, fuse, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -314,11 +314,13 @@ def _load_shard_ids(output: Path, count: int, shard_size: int) -> np.ndarray:
 
 def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path, dim: int | None = None,
                 split: str = "train", kind: str = "auto", batch_size: int = 256, resume: bool = False,
-                shard_size: int = SHARD_SIZE, device: str | None = None, **parameters: int | None) -> dict[str, Any]:
+                shard_size: int = SHARD_SIZE, device: str | None = None, fusion_weight: float = FUSION_WEIGHT,
+                **parameters: int | None) -> dict[str, Any]:
     """Embed ``split`` of DATA_DIR with MODEL_DIR into INDEX_DIR ``output`` and build its search index.
 
     ``dim`` truncates the embeddings (default: the model's full size); ``kind`` is auto, exact, hnsw
-    or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``). With ``resume``,
+    or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``); ``fusion_weight`` is the
+    sparse share of the hybrid score stored with the index (``sparse_vectors.FUSION_WEIGHT``). With ``resume``,
     shards already embedded are kept and the index is rebuilt from them. Returns ``index_info.json``'s content.
     """
     from .embedder import load_for_command
@@ -326,6 +328,10 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     output, data_dir = Path(output), Path(data_dir)
     if batch_size < 1 or shard_size < 1:
         raise UsageError(f"--batch-size and --shard-size must be at least 1, got {batch_size} and {shard_size}")
+    try:
+        check_weight(fusion_weight)
+    except ValueError as error:
+        raise UsageError(f"--fusion-weight: {error}") from None
     faiss = _faiss()
     table = _open_split(data_dir, split)
     count = table.num_rows
@@ -344,7 +350,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     training = table if split == "train" else _open_split(data_dir, "train")
     started = time.perf_counter()
     power, weight, means = choose_index_settings(embedder, validation_posts(training), dim, EXPANSION_TERMS,
-                                                 EXPANSION_SCALE)
+                                                 EXPANSION_SCALE, fusion_weight)
     settings = {"terms": EXPANSION_TERMS, "scale": EXPANSION_SCALE, "idf_power": power, "fusion_weight": weight,
                 "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
                 "validation_seconds": round(time.perf_counter() - started, 2)}
@@ -581,12 +587,15 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ef-search", type=int, help=f"hnsw: search beam (default: {HNSW_EF_SEARCH})")
     parser.add_argument("--nlist", type=int, help="ivf: number of cells (default: 4 * sqrt(posts))")
     parser.add_argument("--nprobe", type=int, help=f"ivf: cells scanned per query (default: {IVF_NPROBE})")
+    parser.add_argument("--fusion-weight", type=float, default=FUSION_WEIGHT,
+                        help=f"sparse share a of the hybrid score (1 - a) cos_dense + a cos_sparse (default: {FUSION_WEIGHT})")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
 def run_index(args: argparse.Namespace) -> int:
     """Run ``booru-embed index``."""
     info = build_index(args.model_dir, args.dataset, args.output, dim=args.dim, split=args.split, kind=args.kind,
+                       fusion_weight=args.fusion_weight,
                        batch_size=args.batch_size, resume=args.resume, shard_size=args.shard_size,
                        device=args.device, m=args.m, ef_construction=args.ef_construction,
                        ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe)
@@ -595,7 +604,8 @@ def run_index(args: argparse.Namespace) -> int:
           + (f" ({parameters})" if parameters else "")
           + f"; embedded {info['shards_embedded_this_run']} shard(s) in {info['embed_seconds']} s, "
           f"index built in {info['index_seconds']} s; sparse vectors: {info['sparse']['nonzeros_per_post']} "
-          f"non-zeros a post, hybrid weight {info['fusion_weight']:g} (chosen on training posts)")
+          f"non-zeros a post, idf power {info['sparse']['idf_power']:g} (chosen on training posts), "
+          f"hybrid weight {info['fusion_weight']:g}")
     return 0
 
 

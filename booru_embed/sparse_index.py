@@ -73,7 +73,7 @@ def validation_posts(table: Any, count: int = VALIDATION_POSTS, seed: int = VALI
 
 
 def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int,
-                          terms: int, scale: float) -> tuple[float, float, dict[str, float]]:
+                          terms: int, scale: float, weight: float) -> tuple[float, float, dict[str, float]]:
     """(idf power, hybrid weight) with the best mean recall@10 on the character and artist cases of ``posts``,
     and every pair's mean (module docstring)."""
     dense, lexical, labels = [], {power: [] for power in IDF_POWERS}, []
@@ -88,4 +88,4 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
         for power in IDF_POWERS:
             lexical[power].append(embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False))
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
-    return choose_search_settings(dense, lexical, labels)
+    return choose_search_settings(dense, lexical, labels, weights=(weight,))

@@ -86,6 +86,16 @@ def test_an_approximate_kind_fuses_the_same_hits_as_exact_on_a_small_index(model
         assert [h.id for h in got] == [h.id for h in want]  # 200 candidates a side cover all 120 posts
 
 
+def test_the_fusion_weight_is_a_flag_of_index(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = build(model_dir, "weighted", "--kind", "exact", "--fusion-weight", "0.5")
+    info = json.loads((folder / "index_info.json").read_text())
+    assert info["fusion_weight"] == 0.5 and set(info["sparse"]["validation_recall@10"]) == {"p0.w0.5", "p0.5.w0.5", "p1.w0.5"}
+    assert PostIndex.load(folder).fusion_weight == 0.5
+    assert main(["index", str(model_dir), "--dataset", str(model_dir.parent / "data"), "--output",
+                 str(model_dir.parent / "bad"), "--fusion-weight", "1.5"]) == 2
+    assert "--fusion-weight: the fusion weight must lie in [0, 1], got 1.5" in capsys.readouterr().err
+
+
 def test_search_mode_on_the_command_line(exact_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     query = post_tags(tiny_posts()[9])
     for mode in ("dense", "sparse", "hybrid"):
