@@ -11,8 +11,8 @@ Uses the corpora and trained runs cached by ``bench/bench_recipe.py`` (``WORKDIR
   dense embedding (and its 64-d prefix), the sparse vector and the hybrid, with the hybrid's margin over
   the best counting baseline, paired by seed.
 - ``--sweep``: how the expansion's ``terms`` and ``scale`` change sparse and hybrid recall on the
-  evaluation's validation slice of TRAINING posts (never the test split): the data the defaults
-  ``sparse_vectors.EXPANSION_TERMS`` / ``EXPANSION_SCALE`` were chosen on.
+  evaluation's validation slice of TRAINING posts (never the test split; the hybrid's weight is picked
+  on the same posts, which favours the dense side, see docs/search.md).
 """
 
 from __future__ import annotations
