@@ -230,14 +230,15 @@ def normalized_view(embedder: BooruEmbedder, text: str, implications: str = "kee
 def similar_rows(embedder: BooruEmbedder, index: Any, text: str, top_k: int = SIMILAR_TOP_K) -> tuple[Rows, str]:
     """The indexed posts nearest to ``text``: rows ``[post id, similarity, tags]`` and a message.
 
-    ``index`` is a ``booru_embed.index.PostIndex``; the query is embedded with ``embedder`` at the index's
-    size, so the page holds one model.
+    ``index`` is a ``booru_embed.index.PostIndex``, searched in its default mode (hybrid: dense + sparse
+    tag vectors; dense for an index built without sparse vectors); the query is embedded with
+    ``embedder``, so the page holds one model.
     """
     if _is_empty(text):
         return [], EMPTY_MESSAGE
     try:
-        vectors = embedder.embed(text, dim=index.dim)
-        hits = index.search_embeddings(vectors, top_k=int(top_k))[0]
+        index.embedder = embedder
+        hits = index.search(text, top_k=int(top_k))[0]
     except ValueError as error:
         return [], str(error)
     rows = [[hit.id, round(hit.score, 4), hit.tags] for hit in hits]

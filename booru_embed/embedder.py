@@ -34,6 +34,7 @@ from .modeling.normalization_booru_embed import ParsedTagSet, parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
 from .ranking import distinctive_scores, masked_log_softmax
 from .sequences import padded_inputs
+from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, sparse_rows
 
 if TYPE_CHECKING:
     import torch
@@ -138,6 +139,7 @@ class BooruEmbedder:
         self._is_tag = np.zeros(len(self._categories), dtype=bool)
         self._is_tag[tokenizer.tag_token_ids] = True
         self._prior: np.ndarray | None = None  # log p(tag | no tags), on first use
+        self._idf: np.ndarray | None = None  # the training split's idf of every token, on first use
 
     @classmethod
     def from_pretrained(cls, model_dir_or_repo_id: str | Path, device: str | None = None,
@@ -243,6 +245,16 @@ class BooruEmbedder:
         """(n, vocab) float32 masked-tag logits of token-id lists (``<cls>`` first), one ``<mask>`` appended to each."""
         return self._model.mask_logits(self._batch(sequences, extra=[self.tokenizer.mask_token_id]))
 
+    def _checked_ids(self, tagsets: TagSet | Iterable[TagSet], batch_size: int) -> list[list[int]]:
+        """Token ids of each tag set for ``embed`` / ``embed_sparse``; ValueError for an empty one or a bad batch size."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        sequences = self._ids(self._as_list(tagsets))
+        for index, ids in enumerate(sequences):
+            if len(ids) == 1:
+                raise ValueError(f"tag set {index} is empty")
+        return sequences
+
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:
             return self.embedding_dim
@@ -266,12 +278,7 @@ class BooruEmbedder:
         from tqdm.auto import tqdm
 
         width = self._check_dim(dim)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        sequences = self._ids(self._as_list(tagsets))
-        for index, ids in enumerate(sequences):
-            if len(ids) == 1:
-                raise ValueError(f"tag set {index} is empty")
+        sequences = self._checked_ids(tagsets, batch_size)
         out = np.zeros((len(sequences), width), dtype=np.float32)
         order = np.argsort([len(s) for s in sequences], kind="stable")
         show = len(sequences) >= PROGRESS_MIN_POSTS if progress is None else progress
@@ -282,6 +289,54 @@ class BooruEmbedder:
                 out[rows] = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
                 bar.update(len(rows))
         return out
+
+    def embed_sparse(self, tagsets: TagSet | Iterable[TagSet], terms: int = EXPANSION_TERMS,
+                     scale: float = EXPANSION_SCALE, power: float = IDF_POWER, batch_size: int = 256,
+                     progress: bool | None = None) -> Any:
+        """Sparse tag vectors (n, vocab), a float32 ``scipy.sparse.csr_matrix`` with non-negative values.
+
+        Each row weighs the post's vocabulary tags by ``idf^power`` (their training idf; power 1 is the
+        TF-IDF weight, 0 the binary set) and adds the ``terms`` tags the masked-tag head expects most, at
+        ``idf^power * min(1, scale * p(tag | tags))``,
+        never a present tag (``sparse_vectors`` derives the weights). One forward pass per tag set: its
+        tags plus one ``<mask>``, the input of ``suggest``. Tags outside the vocabulary have no column
+        (they still shape the expansion through their unknown-tag token); a tag set without a single
+        vocabulary tag gets an all-zero row. Raises ValueError for an empty tag set.
+        """
+        from scipy import sparse
+        from tqdm.auto import tqdm
+
+        sequences = self._checked_ids(tagsets, batch_size)
+        parts, rows = [], []
+        order = np.argsort([len(s) for s in sequences], kind="stable")
+        show = len(sequences) >= PROGRESS_MIN_POSTS if progress is None else progress
+        with tqdm(total=len(sequences), desc="embed sparse", unit="post", disable=not show) as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = [sequences[i] for i in chunk]
+                logits = self._mask_logits_batch(batch) if terms else None
+                parts.append(sparse_rows([np.asarray(ids) for ids in batch], logits, self._is_tag,
+                                         self.idf, terms=terms, scale=scale, power=power))
+                rows.append(chunk)
+                bar.update(len(chunk))
+        if not parts:
+            return sparse.csr_matrix((0, len(self._is_tag)), dtype=np.float32)
+        inverse = np.argsort(np.concatenate(rows), kind="stable")
+        return sparse.vstack(parts).tocsr()[inverse]
+
+    @property
+    def idf(self) -> np.ndarray:
+        """(vocab,) float32 idf of every token from the tokenizer's training counts (``sparse_vectors.idf_weights``).
+
+        The number of training posts is not stored with the tokenizer: it is taken as the larger of
+        the rating and score-bucket token counts (every post has one of each), at least the largest count.
+        """
+        if self._idf is None:
+            counts = np.asarray(self.tokenizer.token_counts, dtype=np.int64)
+            posts = max(int(counts[list(self.tokenizer.rating_token_ids.values())].sum()),
+                        int(counts[list(self.tokenizer.score_token_ids)].sum()), int(counts.max(initial=0)), 1)
+            self._idf = idf_weights(counts, posts)
+        return self._idf
 
     def suggest(self, tagset: TagSet, top_k: int = 10, categories: Iterable[str] | None = None,
                 expand_implications: bool = True, distinctive: bool = False) -> list[tuple[str, float]]:

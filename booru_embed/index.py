@@ -1,9 +1,14 @@
-"""A nearest-post search index: embed a DATA_DIR split with ``BooruEmbedder`` and search it with faiss.
+"""A nearest-post search index: embed a DATA_DIR split with ``BooruEmbedder`` and search it, dense, sparse or hybrid.
+
+Every post has two vectors from the model: the dense embedding (searched with faiss) and the sparse tag
+vector (``BooruEmbedder.embed_sparse``, searched exactly through an inverted index, ``sparse_index.py``).
+``search`` fuses them by default: ``(1 - a) cos_dense + a cos_sparse``, ``a`` chosen at build time on
+training posts and stored in ``index_info.json`` (``sparse_vectors.py`` says why this fusion).
 
 Building has two stages, both memory-bounded. First the split is read in slices of ``shard_size``
 posts (65,536 by default) and embedded; each slice is written to ``INDEX_DIR/shards`` as its vectors,
-its post ids and its tag strings (a one-column Arrow file), the vectors last and atomically, so a
-shard whose vectors file exists is complete and ``--resume`` skips it. Then the vectors are streamed
+its sparse vectors, its post ids and its tag strings (a one-column Arrow file), the vectors last and
+atomically, so a shard whose vectors and sparse files exist is complete and ``--resume`` skips it. Then the vectors are streamed
 from the memory-mapped shards into a faiss index of one of three kinds, all on inner product, which
 is the cosine for the unit rows ``embed`` returns:
 
@@ -15,8 +20,9 @@ is the cosine for the unit rows ``embed`` returns:
 - ``hnsw`` (``IndexHNSWFlat``): a proximity graph, no training. On the benchmark's generated 1M vectors it cost
   5.6 times IVF's build time and gave lower recall at equal latency, so it is only chosen by ``--kind``.
 
-``INDEX_DIR`` holds ``index.faiss``, ``ids.npy`` (post id of each row), ``index_info.json`` (model
-folder, dim, split, kind, parameters, count, build times) and ``shards/``, which search reads the hits'
+``INDEX_DIR`` holds ``index.faiss``, ``sparse.npz`` (the inverted index), ``ids.npy`` (post id of each
+row), ``index_info.json`` (model folder, dim, split, kind, parameters, count, build times, the sparse
+part's settings and the fusion weight) and ``shards/``, which search reads the hits'
 tags from and ``--resume`` rebuilds another ``--kind`` from without embedding again. The tags travel
 with the index (about as many bytes as the vectors), so search needs neither the DATA_DIR nor its
 exact version, only the model to embed the query.
@@ -39,6 +45,8 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
+from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_settings, save_postings, validation_posts
+from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, FUSION_WEIGHT, check_weight, fuse, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,6 +58,8 @@ SHARD_SIZE = 65_536  # posts per shard: about 16 MB of 64-dim vectors, a minute 
 EMBED_CHUNK = 4_096  # posts per embed() call inside a shard: the progress bar moves at least this often
 EXACT_MAX_POSTS = 200_000  # auto kind: brute force up to here (about 4 ms a query at 64 dims), IVF above
 KINDS = ("auto", "exact", "hnsw", "ivf")
+MODES = ("hybrid", "dense", "sparse")
+HYBRID_CANDIDATES = 200  # approximate kinds: posts taken from each side's top list and scored exactly by both
 # HNSW: faiss' small graph settings; at 1M posts they already cost 155 s of one core to build
 # and reach less recall than IVF at equal latency on the benchmark's vectors; raise them for more recall.
 HNSW_M = 16
@@ -174,10 +184,16 @@ def build_faiss_index(kind: str, chunks: Sequence[np.ndarray], parameters: dict[
 # Building from a DATA_DIR
 # ----------------------------------------------------------------------------------------------
 def _shard_paths(folder: Path, number: int) -> dict[str, Path]:
-    """The three files of shard ``number``: vectors, post ids, tag strings."""
+    """The four files of shard ``number``: vectors, sparse vectors, post ids, tag strings."""
     stem = folder / "shards" / f"{number:05d}"
-    return {"vectors": stem.with_suffix(".npy"), "ids": stem.with_suffix(".ids.npy"),
-            "tags": stem.with_suffix(".tags.arrow")}
+    return {"vectors": stem.with_suffix(".npy"), "sparse": stem.with_suffix(".sparse.npz"),
+            "ids": stem.with_suffix(".ids.npy"), "tags": stem.with_suffix(".tags.arrow")}
+
+
+def _shard_done(folder: Path, number: int) -> bool:
+    """Whether shard ``number`` is complete: its vectors (written last) and its sparse vectors exist."""
+    paths = _shard_paths(folder, number)
+    return paths["vectors"].is_file() and paths["sparse"].is_file()
 
 
 def _save_atomic(path: Path, write: Any) -> None:
@@ -191,6 +207,14 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` to exactly ``path`` (np.save would add ``.npy`` to a temporary name)."""
     with open(path, "wb") as handle:
         np.save(handle, array)
+
+
+def _write_npz(path: Path, matrix: Any) -> None:
+    """``scipy.sparse.save_npz`` to exactly ``path`` (it would add ``.npz`` to a temporary name)."""
+    from scipy import sparse
+
+    with open(path, "wb") as handle:
+        sparse.save_npz(handle, matrix, compressed=False)
 
 
 def _write_tags(path: Path, tags: list[str]) -> None:
@@ -249,23 +273,26 @@ def _check_resume(output: Path, plan: dict[str, Any], resume: bool) -> None:
 
 
 def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, shard_size: int,
-                  batch_size: int) -> tuple[int, float]:
+                  batch_size: int, power: float) -> tuple[int, float]:
     """Embed every shard not yet on disk; return how many were embedded and the seconds it took."""
+    from scipy import sparse
     from tqdm.auto import tqdm
 
     count = table.num_rows
     shards = range(math.ceil(count / shard_size))
-    todo = [n for n in shards if not _shard_paths(output, n)["vectors"].is_file()]
+    todo = [n for n in shards if not _shard_done(output, n)]
     done_posts = count - sum(min(shard_size, count - n * shard_size) for n in todo)
     started = time.perf_counter()
     with tqdm(total=count, initial=done_posts, desc="embed", unit="post", disable=None) as bar:
         for number in todo:
             start, stop = number * shard_size, min(count, (number + 1) * shard_size)
-            parts, ids, tags = [], [], []
+            parts, lexical, ids, tags = [], [], [], []
             for chunk in range(start, stop, EMBED_CHUNK):
                 posts, chunk_ids = _posts(table, chunk, min(stop, chunk + EMBED_CHUNK))
                 try:
                     parts.append(embedder.embed(posts, dim=dim, batch_size=batch_size, progress=False))
+                    lexical.append(embedder.embed_sparse(posts, terms=EXPANSION_TERMS, scale=EXPANSION_SCALE,
+                                                         power=power, batch_size=batch_size, progress=False))
                 except ValueError as error:
                     raise UsageError(f"rows {chunk}-{chunk + len(posts) - 1}: {error}") from None
                 ids.append(chunk_ids)
@@ -274,6 +301,7 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
             paths = _shard_paths(output, number)
             _save_atomic(paths["ids"], lambda p: _write_npy(p, np.concatenate(ids)))
             _save_atomic(paths["tags"], lambda p: _write_tags(p, tags))
+            _save_atomic(paths["sparse"], lambda p: _write_npz(p, sparse.vstack(lexical).tocsr()))
             _save_atomic(paths["vectors"], lambda p: _write_npy(p, np.concatenate(parts)))
     return len(todo), time.perf_counter() - started
 
@@ -286,11 +314,13 @@ def _load_shard_ids(output: Path, count: int, shard_size: int) -> np.ndarray:
 
 def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path, dim: int | None = None,
                 split: str = "train", kind: str = "auto", batch_size: int = 256, resume: bool = False,
-                shard_size: int = SHARD_SIZE, device: str | None = None, **parameters: int | None) -> dict[str, Any]:
+                shard_size: int = SHARD_SIZE, device: str | None = None, fusion_weight: float = FUSION_WEIGHT,
+                **parameters: int | None) -> dict[str, Any]:
     """Embed ``split`` of DATA_DIR with MODEL_DIR into INDEX_DIR ``output`` and build its search index.
 
     ``dim`` truncates the embeddings (default: the model's full size); ``kind`` is auto, exact, hnsw
-    or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``). With ``resume``,
+    or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``); ``fusion_weight`` is the
+    sparse share of the hybrid score stored with the index (``sparse_vectors.FUSION_WEIGHT``). With ``resume``,
     shards already embedded are kept and the index is rebuilt from them. Returns ``index_info.json``'s content.
     """
     from .embedder import load_for_command
@@ -298,6 +328,10 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     output, data_dir = Path(output), Path(data_dir)
     if batch_size < 1 or shard_size < 1:
         raise UsageError(f"--batch-size and --shard-size must be at least 1, got {batch_size} and {shard_size}")
+    try:
+        check_weight(fusion_weight)
+    except ValueError as error:
+        raise UsageError(f"--fusion-weight: {error}") from None
     faiss = _faiss()
     table = _open_split(data_dir, split)
     count = table.num_rows
@@ -313,7 +347,14 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
             "dim": dim, "count": count, "shard_size": shard_size}
     _check_resume(output, plan, resume)
     (output / "index_info.json").unlink(missing_ok=True)  # a rebuild cut short must not look finished
-    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size)
+    training = table if split == "train" else _open_split(data_dir, "train")
+    started = time.perf_counter()
+    power, weight, means = choose_index_settings(embedder, validation_posts(training), dim, EXPANSION_TERMS,
+                                                 EXPANSION_SCALE, fusion_weight)
+    settings = {"terms": EXPANSION_TERMS, "scale": EXPANSION_SCALE, "idf_power": power, "fusion_weight": weight,
+                "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
+                "validation_seconds": round(time.perf_counter() - started, 2)}
+    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power)
     ids = _load_shard_ids(output, count, shard_size)
     if not np.array_equal(ids, _split_ids(table)):
         raise UsageError(f"{output}: the shards' post ids differ from split {split!r} of {data_dir}: remove the folder")
@@ -322,12 +363,24 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     index = build_faiss_index(kind, shards, chosen, progress=True)
     _save_atomic(output / "index.faiss", lambda p: faiss.write_index(index, str(p)))
     _save_atomic(output / "ids.npy", lambda p: _write_npy(p, ids))
+    sparse_info = {**settings, **_build_sparse_part(output, count, shard_size)}
     info = {**plan, "kind": kind, "parameters": chosen, "shards_embedded_this_run": embedded,
             "embed_seconds": round(embed_seconds, 2), "index_seconds": round(time.perf_counter() - started, 2),
+            "sparse": sparse_info, "fusion_weight": sparse_info.pop("fusion_weight"),
             "faiss_version": faiss.__version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _save_atomic(output / "index_info.json",
                  lambda p: p.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
     return info
+
+
+def _build_sparse_part(output: Path, count: int, shard_size: int) -> dict[str, Any]:
+    """Write ``sparse.npz``, the inverted index, from the shards' sparse vectors; return its figures."""
+    from scipy import sparse
+
+    started = time.perf_counter()
+    shards = [sparse.load_npz(_shard_paths(output, n)["sparse"]) for n in range(math.ceil(count / shard_size))]
+    return {"file": SPARSE_FILE, **save_postings(output / SPARSE_FILE, shards),
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +388,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the post id, the cosine similarity to the query, and the post's tag string."""
+    """One search result: the post id, its score (the dense or sparse cosine, or the hybrid's fused score), its tags."""
 
     id: int
     score: float
@@ -346,13 +399,19 @@ class PostIndex:
     """An INDEX_DIR loaded for search: ``PostIndex.load(INDEX_DIR).search(tagsets, top_k)``."""
 
     def __init__(self, folder: Path, info: dict[str, Any], index: Any, ids: np.ndarray,
-                 model_dir: str, device: str | None) -> None:
-        """Wrap loaded parts (use ``load``); the model is loaded on the first ``search``."""
+                 model_dir: str, device: str | None, postings: SparsePostings | None = None) -> None:
+        """Wrap loaded parts (use ``load``); the model is loaded on the first ``search``.
+
+        ``postings`` is the sparse half (None for an index built before it existed: dense search only).
+        """
         self.folder, self.info, self.index, self.ids = folder, info, index, ids
         self.dim, self.kind = int(info["dim"]), str(info["kind"])
         self.model_dir, self.device = model_dir, device
+        self.postings = postings
+        self.fusion_weight = float(info.get("fusion_weight", 0.0))
         self._embedder: BooruEmbedder | None = None
         self._tags: dict[int, pa.Table] = {}
+        self._vectors: list[np.ndarray] | None = None
 
     @classmethod
     def load(cls, folder: str | Path, model_dir: str | Path | None = None, device: str | None = None) -> PostIndex:
@@ -376,7 +435,14 @@ class PostIndex:
             index.hnsw.efSearch = info["parameters"]["ef_search"]
         elif info["kind"] == "ivf":
             index.nprobe = info["parameters"]["nprobe"]
-        return cls(folder, info, index, ids, str(model_dir or info["model_dir"]), device)
+        postings = None
+        if "sparse" in info:
+            if not (folder / SPARSE_FILE).is_file():
+                raise UsageError(f"{folder} is an unfinished index ({SPARSE_FILE} is missing): run booru-embed index --resume")
+            postings = SparsePostings.load(folder / SPARSE_FILE)
+            if postings.matrix.shape[0] != len(ids):
+                raise UsageError(f"{folder}: {SPARSE_FILE} and ids.npy disagree: rebuild the index")
+        return cls(folder, info, index, ids, str(model_dir or info["model_dir"]), device, postings)
 
     def __len__(self) -> int:
         """Number of posts in the index."""
@@ -388,22 +454,82 @@ class PostIndex:
         if self._embedder is None:
             from .embedder import load_for_command
 
-            embedder = load_for_command(self.model_dir, self.device)
-            if embedder.embedding_dim < self.dim:
-                raise UsageError(f"model {self.model_dir} embeds {embedder.embedding_dim} dims, "
-                                 f"the index holds {self.dim}")
-            self._embedder = embedder
+            self.embedder = load_for_command(self.model_dir, self.device)
         return self._embedder
 
-    def search(self, tagsets: TagSet | Iterable[TagSet], top_k: int = 10) -> list[list[Hit]]:
-        """The ``top_k`` posts nearest to each tag set, best first (one list per tag set)."""
-        vectors = self.embedder.embed(tagsets, dim=self.dim)
-        return self.search_embeddings(vectors, top_k)
+    @embedder.setter
+    def embedder(self, embedder: BooruEmbedder) -> None:
+        """Embed queries with an already loaded model (its size must cover the index's dim)."""
+        if embedder.embedding_dim < self.dim:
+            raise UsageError(f"the model embeds {embedder.embedding_dim} dims, the index {self.folder} holds {self.dim}")
+        self._embedder = embedder
+
+    @property
+    def default_mode(self) -> str:
+        """``hybrid``, or ``dense`` for an index built without sparse vectors."""
+        return "dense" if self.postings is None else "hybrid"
+
+    def search(self, tagsets: TagSet | Iterable[TagSet], top_k: int = 10, mode: str | None = None) -> list[list[Hit]]:
+        """The ``top_k`` posts nearest to each tag set, best first (one list per tag set).
+
+        ``mode`` (default ``default_mode``): ``dense`` ranks by the embedding's cosine (faiss), ``sparse``
+        by the sparse tag vectors' cosine (exact, over the inverted index; only posts sharing a weighted
+        tag are returned), ``hybrid`` by ``(1 - a) cos_dense + a cos_sparse`` with the index's
+        ``fusion_weight`` ``a``. An exact index fuses the scores of every post; the approximate kinds
+        fuse those of the ``HYBRID_CANDIDATES`` best posts of each side, both scores computed exactly.
+        """
+        mode = self.default_mode if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "dense" and self.postings is None:
+            raise UsageError(f"{self.folder} was built without sparse vectors, so only --mode dense works: "
+                             "rebuild it with booru-embed index to search in hybrid or sparse mode")
+        _check_top_k(top_k)
+        if mode == "dense":
+            return self.search_embeddings(self.embedder.embed(tagsets, dim=self.dim), top_k)
+        sparse_info = self.info["sparse"]
+        queries = unit_rows(self.embedder.embed_sparse(tagsets, terms=sparse_info["terms"], scale=sparse_info["scale"],
+                                                       power=sparse_info["idf_power"]))
+        dense = self.embedder.embed(tagsets, dim=self.dim) if mode == "hybrid" else None
+        results = []
+        for row in range(queries.shape[0]):
+            lexical = self.postings.scores(queries[row])
+            if dense is None:
+                rows = _top_rows(lexical, top_k)
+                rows = rows[lexical[rows] > 0]
+                results.append(self._hits(rows, lexical[rows]))
+            else:
+                rows, scores = self._hybrid(dense[row], lexical, top_k)
+                results.append(self._hits(rows, scores))
+        return results
+
+    def _hybrid(self, query: np.ndarray, lexical: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``top_k`` rows by fused score and their scores, for one dense query and its sparse cosines."""
+        if self.kind == "exact":
+            candidates = np.arange(len(self))
+            dense = np.concatenate([shard @ query for shard in self._shard_vectors()])  # every post's cosine
+        else:
+            _, found = self.index.search(query[None].astype(np.float32), min(HYBRID_CANDIDATES, len(self)))
+            candidates = np.union1d(found[0][found[0] >= 0], _top_rows(lexical, HYBRID_CANDIDATES))
+            dense = _gather(self._shard_vectors(), candidates) @ query
+        fused = fuse(dense, lexical[candidates], self.fusion_weight)
+        best = _top_rows(fused, top_k)
+        return candidates[best], fused[best]
+
+    def _shard_vectors(self) -> list[np.ndarray]:
+        """The stored unit embeddings, one memory-mapped (rows, dim) array per shard."""
+        if self._vectors is None:
+            shards = math.ceil(len(self) / int(self.info["shard_size"]))
+            self._vectors = [np.load(_shard_paths(self.folder, n)["vectors"], mmap_mode="r") for n in range(shards)]
+        return self._vectors
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        """Hits of index rows with their scores, in the given order."""
+        return [Hit(int(self.ids[row]), float(score), self._tag_string(int(row))) for row, score in zip(rows, scores)]
 
     def search_embeddings(self, vectors: np.ndarray, top_k: int = 10) -> list[list[Hit]]:
         """The ``top_k`` posts nearest to each row of ``vectors`` (n, dim), best first; rows are L2-normalised first."""
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise ValueError(f"top_k must be an integer of at least 1, got {top_k!r}")
+        _check_top_k(top_k)
         array = np.array(vectors, dtype=np.float32, ndmin=2)
         if array.ndim != 2 or array.shape[1] != self.dim:
             raise ValueError(f"vectors must have shape (n, {self.dim}), got {np.shape(vectors)}")
@@ -424,6 +550,19 @@ class PostIndex:
                 raise UsageError(f"{self.folder}: {path.name} is missing from shards/ (the hits' tags live there)")
             self._tags[number] = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         return self._tags[number]["tags"][offset].as_py()
+
+
+def _check_top_k(top_k: int) -> None:
+    """ValueError unless ``top_k`` is an integer of at least 1."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be an integer of at least 1, got {top_k!r}")
+
+
+def _top_rows(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest scores, largest first (ties in index order)."""
+    count = min(count, len(scores))
+    chosen = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
+    return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,12 +587,15 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ef-search", type=int, help=f"hnsw: search beam (default: {HNSW_EF_SEARCH})")
     parser.add_argument("--nlist", type=int, help="ivf: number of cells (default: 4 * sqrt(posts))")
     parser.add_argument("--nprobe", type=int, help=f"ivf: cells scanned per query (default: {IVF_NPROBE})")
+    parser.add_argument("--fusion-weight", type=float, default=FUSION_WEIGHT,
+                        help=f"sparse share a of the hybrid score (1 - a) cos_dense + a cos_sparse (default: {FUSION_WEIGHT})")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
 def run_index(args: argparse.Namespace) -> int:
     """Run ``booru-embed index``."""
     info = build_index(args.model_dir, args.dataset, args.output, dim=args.dim, split=args.split, kind=args.kind,
+                       fusion_weight=args.fusion_weight,
                        batch_size=args.batch_size, resume=args.resume, shard_size=args.shard_size,
                        device=args.device, m=args.m, ef_construction=args.ef_construction,
                        ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe)
@@ -461,7 +603,9 @@ def run_index(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {info['count']} posts, {info['dim']} dims, {info['kind']} index"
           + (f" ({parameters})" if parameters else "")
           + f"; embedded {info['shards_embedded_this_run']} shard(s) in {info['embed_seconds']} s, "
-          f"index built in {info['index_seconds']} s")
+          f"index built in {info['index_seconds']} s; sparse vectors: {info['sparse']['nonzeros_per_post']} "
+          f"non-zeros a post, idf power {info['sparse']['idf_power']:g} (chosen on training posts), "
+          f"hybrid weight {info['fusion_weight']:g}")
     return 0
 
 
@@ -470,6 +614,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index_dir", metavar="INDEX_DIR", help="folder written by booru-embed index")
     parser.add_argument("tags", metavar="TAGS", help='query tag set: "1girl solo long_hair" or "1girl, long hair"')
     parser.add_argument("--top-k", type=int, default=10, help="number of posts (default: 10)")
+    parser.add_argument("--mode", choices=MODES,
+                        help="hybrid (dense + sparse, the default), dense (embedding) or sparse (tag vectors); "
+                             "an index built without sparse vectors searches dense")
     parser.add_argument("--json", action="store_true", help='print [{"id", "score", "tags"}, ...]')
     parser.add_argument("--model", help="model folder for the query (default: the one the index was built with)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -486,7 +633,7 @@ def run_search(args: argparse.Namespace) -> int:
     index = PostIndex.load(args.index_dir, model_dir=args.model, device=args.device)
     unknown = index.embedder.unknown_tags(args.tags)
     try:
-        hits = index.search([args.tags], top_k=args.top_k)[0]
+        hits = index.search([args.tags], top_k=args.top_k, mode=args.mode)[0]
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.json:

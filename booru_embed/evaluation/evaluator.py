@@ -22,6 +22,7 @@ from ..modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 from ..ranking import distinctive_scores, masked_log_softmax
 from ..sequences import Post, build_sequence, flat_posts
 from .baselines import CooccurrenceBaseline
+from .hybrid_retrieval import lexical_and_hybrid_retrieval
 from .metrics import TOP_K, RankingAccumulator, peak_memory_mb, recall_at_k, retrieval_recall_at_k, top_k
 from .runner import ModelRunner
 
@@ -169,14 +170,8 @@ class Evaluator:
             cases.append((post, visible, set(known[hidden].tolist())))
         return cases
 
-    def retrieval(self, runner: ModelRunner | None, out: dict[str, float], category: int, name: str,
-                  tagvec_dims: Sequence[int] = TAGVEC_DIMS) -> None:
-        """recall@10 of finding posts sharing the removed character (artist) tags among neighbours.
-
-        Three sides: the model's embeddings, TF-IDF (``baseline.``), and the idf-weighted mean of the
-        visible tags' co-occurrence SVD rows (``tagvec.``, the rows the co-occurrence initialisation
-        starts the embeddings from): at the largest of ``tagvec_dims``, and at each as ``.dim{d}``.
-        """
+    def retrieval_cases(self, category: int) -> tuple[list[tuple[Any, np.ndarray]], list[set[int]]]:
+        """The retrieval cases of ``category``: (test post, its tags without that category's) and the removed tags."""
         cats = self.info.token_categories
         posts, labels = [], []
         for post in self.test:
@@ -185,6 +180,17 @@ class Evaluator:
             if len(removed):
                 posts.append((post, post.tags[~np.isin(post.tags, removed)]))
                 labels.append(set(removed.tolist()))
+        return posts, labels
+
+    def retrieval(self, runner: ModelRunner | None, out: dict[str, float], category: int, name: str,
+                  tagvec_dims: Sequence[int] = TAGVEC_DIMS) -> None:
+        """recall@10 of finding posts sharing the removed character (artist) tags among neighbours.
+
+        Three sides: the model's embeddings, TF-IDF (``baseline.``), and the idf-weighted mean of the
+        visible tags' co-occurrence SVD rows (``tagvec.``, the rows the co-occurrence initialisation
+        starts the embeddings from): at the largest of ``tagvec_dims``, and at each as ``.dim{d}``.
+        """
+        posts, labels = self.retrieval_cases(category)
         if len(posts) < 2:
             return
         if runner is not None:
@@ -345,6 +351,8 @@ class Evaluator:
         self.retrieval(runner, out, CATEGORY_IDS["character"], "character", tagvec_dims)
         self.retrieval(runner, out, CATEGORY_IDS["artist"], "artist", tagvec_dims)
         stage_done("retrieval")
+        lexical_and_hybrid_retrieval(self, runner, out, model.config.embedding_dim if model is not None else max(TAGVEC_DIMS))
+        stage_done("search_retrieval")
         if implications:
             imp_cases = self.implication_cases(implications)
             out["count.implications.cases"] = float(len(imp_cases))

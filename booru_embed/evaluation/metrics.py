@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def recall_at_k(ranked: np.ndarray, positives: Sequence[set[int]], k: int) -> fl
 
 
 def retrieval_recall_at_k(
-    vectors: np.ndarray, labels: Sequence[set[int]], k: int = 10, chunk: int = 1024
+    vectors: np.ndarray, labels: Sequence[set[int]], k: int = 10, chunk: int = 1024, documents: Any = None,
 ) -> tuple[float, float]:
     """(recall@k, chance) of finding posts that share a label among the k nearest by cosine.
 
@@ -59,11 +60,15 @@ def retrieval_recall_at_k(
     itself excluded, that share a label) / min(k, posts sharing a label). Chance is the same
     quantity expected from k random neighbours. ``vectors`` is a dense array or a scipy sparse
     matrix (TF-IDF rows: a sparse product is far cheaper than a dense one over the vocabulary).
+    With ``documents`` (the same posts as other rows, e.g. BM25's document side) the score is the raw
+    inner product ``vectors @ documents.T``, nothing normalised: an asymmetric scorer.
     """
     n = len(labels)
     if n < 2:
         return float("nan"), float("nan")
-    if hasattr(vectors, "tocsr"):
+    if documents is not None:
+        unit, others = vectors, documents
+    elif hasattr(vectors, "tocsr"):
         from scipy import sparse
 
         vectors = vectors.tocsr().astype(np.float32)
@@ -72,6 +77,8 @@ def retrieval_recall_at_k(
     else:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         unit = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    if documents is None:
+        others = unit
     label_to_posts: dict[int, set[int]] = {}
     for i, ls in enumerate(labels):
         for label in ls:
@@ -88,7 +95,7 @@ def retrieval_recall_at_k(
     found = np.zeros(n, dtype=np.int64)
     for start in range(0, n, chunk):
         rows = np.arange(start, min(n, start + chunk))
-        sims = unit[rows] @ unit.T  # (chunk, n)
+        sims = unit[rows] @ others.T  # (chunk, n)
         sims = sims.toarray() if hasattr(sims, "toarray") else sims
         sims[np.arange(len(rows)), rows] = -np.inf
         top = np.argpartition(-sims, k_eff - 1, axis=1)[:, :k_eff]  # (chunk, k)

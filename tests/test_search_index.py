@@ -1,0 +1,125 @@
+"""The index's sparse half and hybrid search: round trip, --mode on the command line, old folders without it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from booru_embed.cli import main
+from booru_embed.errors import UsageError
+from booru_embed.index import PostIndex, post_tags
+from booru_embed.sparse_vectors import fuse, unit_rows
+from tiny_model import build_tiny_model, tiny_posts
+
+pytest.importorskip("faiss", reason="faiss-cpu (the index extra) is not installed")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def build(model_dir: Path, name: str, *flags: str) -> Path:
+    output = model_dir.parent / name
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["index", str(model_dir), "--dataset", str(model_dir.parent / "data"), "--output", str(output),
+                     "--shard-size", "50", *flags]) == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def exact_dir(model_dir: Path) -> Path:
+    return build(model_dir, "exact", "--kind", "exact")
+
+
+def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None:
+    info = json.loads((exact_dir / "index_info.json").read_text())
+    sparse_info = info["sparse"]
+    assert 0.0 <= info["fusion_weight"] <= 1.0 and sparse_info["idf_power"] in (0.0, 0.5, 1.0)
+    assert set(sparse_info["validation_recall@10"]) == {"p0.w0.9", "p0.5.w0.9", "p1.w0.9"} and info["fusion_weight"] == 0.9
+    assert sparse_info["terms"] > 0 and sparse_info["nonzeros_per_post"] > 1
+    index = PostIndex.load(exact_dir)
+    assert index.default_mode == "hybrid" and index.fusion_weight == info["fusion_weight"]
+    stored = index.postings.matrix.tocsr()
+    expected = unit_rows(index.embedder.embed_sparse([post_tags(p) for p in tiny_posts()], terms=sparse_info["terms"],
+                                                     scale=sparse_info["scale"], power=sparse_info["idf_power"]))
+    np.testing.assert_allclose(stored.toarray(), expected.toarray(), atol=1e-5)
+    assert stored.shape[0] == 120 and np.allclose(np.sqrt(stored.multiply(stored).sum(axis=1)), 1.0, atol=1e-5)
+
+
+def test_each_mode_ranks_by_its_own_score(exact_dir: Path) -> None:
+    index = PostIndex.load(exact_dir)
+    posts = tiny_posts()
+    queries = [post_tags(posts[i]) for i in (3, 50, 118)]
+    dense = index.embedder.embed(queries)
+    lexical = unit_rows(index.embedder.embed_sparse(queries, terms=index.info["sparse"]["terms"],
+                                                    scale=index.info["sparse"]["scale"],
+                                                    power=index.info["sparse"]["idf_power"]))
+    vectors = np.concatenate(index._shard_vectors())
+    stored = index.postings.matrix.tocsr()
+    for mode in ("dense", "sparse", "hybrid"):
+        results = index.search(queries, top_k=7, mode=mode)
+        for row, hits in enumerate(results):
+            dense_scores = vectors @ dense[row]
+            sparse_scores = (stored @ lexical[row].T).toarray().ravel()
+            expected = {"dense": dense_scores, "sparse": sparse_scores,
+                        "hybrid": fuse(dense_scores, sparse_scores, index.fusion_weight)}[mode]
+            np.testing.assert_allclose([h.score for h in hits], np.sort(expected)[::-1][:7], atol=1e-5)
+            assert hits[0].score == pytest.approx(1.0, abs=1e-5)  # the post itself, whatever the mode
+    assert [h.id for h in index.search(queries[0], top_k=7)[0]] == [h.id for h in index.search(queries[0], 7, "hybrid")[0]]
+    assert index.search("no_such_tag", top_k=5, mode="sparse") == [[]]  # no vocabulary tag: nothing shares a tag
+    assert len(index.search("no_such_tag", top_k=5, mode="hybrid")[0]) == 5  # the dense side still answers
+    with pytest.raises(ValueError, match="mode must be one of"):
+        index.search(queries, mode="lexical")
+
+
+def test_an_approximate_kind_fuses_the_same_hits_as_exact_on_a_small_index(model_dir: Path, exact_dir: Path) -> None:
+    ivf = PostIndex.load(build(model_dir, "ivf", "--kind", "ivf", "--nlist", "4", "--nprobe", "4"))
+    exact = PostIndex.load(exact_dir)
+    queries = [post_tags(p) for p in tiny_posts()[:6]]
+    for got, want in zip(ivf.search(queries, top_k=10), exact.search(queries, top_k=10)):
+        assert [h.id for h in got] == [h.id for h in want]  # 200 candidates a side cover all 120 posts
+
+
+def test_the_fusion_weight_is_a_flag_of_index(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = build(model_dir, "weighted", "--kind", "exact", "--fusion-weight", "0.5")
+    info = json.loads((folder / "index_info.json").read_text())
+    assert info["fusion_weight"] == 0.5 and set(info["sparse"]["validation_recall@10"]) == {"p0.w0.5", "p0.5.w0.5", "p1.w0.5"}
+    assert PostIndex.load(folder).fusion_weight == 0.5
+    assert main(["index", str(model_dir), "--dataset", str(model_dir.parent / "data"), "--output",
+                 str(model_dir.parent / "bad"), "--fusion-weight", "1.5"]) == 2
+    assert "--fusion-weight: the fusion weight must lie in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_search_mode_on_the_command_line(exact_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    query = post_tags(tiny_posts()[9])
+    for mode in ("dense", "sparse", "hybrid"):
+        assert main(["search", str(exact_dir), query, "--mode", mode, "--top-k", "3", "--json"]) == 0
+        hits = json.loads(capsys.readouterr().out)
+        assert hits[0]["id"] == 9 and len(hits) == 3
+    with pytest.raises(SystemExit) as error:
+        main(["search", str(exact_dir), query, "--mode", "lexical"])
+    assert error.value.code == 2
+
+
+def test_an_index_without_sparse_vectors_searches_dense_and_says_so(model_dir: Path, exact_dir: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    old = build(model_dir, "old", "--kind", "exact")
+    info = json.loads((old / "index_info.json").read_text())
+    for key in ("sparse", "fusion_weight"):
+        info.pop(key)
+    (old / "index_info.json").write_text(json.dumps(info))
+    (old / "sparse.npz").unlink()
+    index = PostIndex.load(old)
+    query = post_tags(tiny_posts()[4])
+    assert index.default_mode == "dense"
+    assert [h.id for h in index.search(query, top_k=5)[0]] == [h.id for h in PostIndex.load(exact_dir).search(query, 5, "dense")[0]]
+    with pytest.raises(UsageError, match="built without sparse vectors"):
+        index.search(query, mode="hybrid")
+    assert main(["search", str(old), query, "--mode", "sparse"]) == 2
+    assert "only --mode dense works" in capsys.readouterr().err

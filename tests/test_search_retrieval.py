@@ -1,0 +1,101 @@
+"""The search representations in evaluate: BM25 (against bm25s), the SVD of TF-IDF, and a hybrid that must beat both parts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from booru_embed.evaluation import Evaluator, retrieval_recall_at_k
+from booru_embed.evaluation.hybrid_retrieval import bm25_sides, choose_fusion_weight, lexical_and_hybrid_retrieval
+from booru_embed.sequences import Post, TokenInfo
+from booru_embed.sparse_vectors import EXPANSION_TERMS, hybrid_rows
+
+CATEGORIES = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 3] + [3] * 10 + [6] * 8 + [4] * 8 + [3] * 4)  # 20..27 characters, 28..35 artists
+INFO = TokenInfo(CATEGORIES, (3, 4, 5, 6), (7, 8), frozenset({9}))
+
+
+def pair_and_parity_corpus(n: int, seed: int) -> tuple[np.ndarray, sparse.csr_matrix, list[set[int]]]:
+    """8 characters: the sparse side sees which PAIR a post's character is in, the dense side its PARITY.
+
+    Each side alone confuses a character with others (1 of 2, or 1 of 4); only together do they name it.
+    """
+    rng = np.random.default_rng(seed)
+    characters = rng.integers(8, size=n)
+    dense = np.stack([np.cos(np.pi * (characters % 2)), np.sin(np.pi * (characters % 2))], axis=1)
+    dense = np.hstack([dense, 0.3 * rng.standard_normal((n, 6))])
+    lexical = np.zeros((n, 40), dtype=np.float32)
+    lexical[np.arange(n), characters // 2] = 3.0  # the pair's tag
+    for row in range(n):
+        lexical[row, 4 + rng.choice(36, size=4, replace=False)] = 1.0  # unrelated tags
+    return dense, sparse.csr_matrix(lexical), [{int(c)} for c in characters]
+
+
+def test_the_hybrid_beats_each_part_alone_at_the_weight_chosen_on_other_posts() -> None:
+    dense, lexical, labels = pair_and_parity_corpus(400, seed=0)
+    weight, means = choose_fusion_weight([dense], [lexical], [labels])  # the "training" slice
+    assert 0.0 < weight < 1.0 and means[weight] == max(means.values())
+    dense, lexical, labels = pair_and_parity_corpus(400, seed=1)  # the "test" posts
+    alone = max(retrieval_recall_at_k(dense, labels)[0], retrieval_recall_at_k(lexical, labels)[0])
+    hybrid = retrieval_recall_at_k(hybrid_rows(dense, lexical, weight), labels)[0]
+    assert alone < 0.6 and hybrid > alone + 0.3
+
+
+def test_bm25_with_term_frequency_one_scores_as_bm25s() -> None:
+    bm25s = pytest.importorskip("bm25s")
+    rng = np.random.default_rng(0)
+    posts = [np.sort(rng.choice(np.arange(10, 40), size=int(rng.integers(2, 9)), replace=False)) for _ in range(60)]
+    incidence = sparse.csr_matrix((np.ones(sum(map(len, posts)), np.float32),
+                                   (np.repeat(np.arange(60), [len(p) for p in posts]), np.concatenate(posts))),
+                                  shape=(60, 40))
+    evaluator = SimpleNamespace(baseline=SimpleNamespace(incidence=incidence, counts=np.asarray(incidence.sum(0)).ravel()),
+                                info=INFO)
+    for b in (0.0, 0.75):
+        queries, documents = bm25_sides(evaluator, posts, b)
+        ours = (queries @ documents.T).toarray()
+        reference = bm25s.BM25(k1=1.5, b=b, method="lucene")
+        reference.index([[str(t) for t in p] for p in posts], show_progress=False)
+        for row in (0, 7, 33):
+            theirs = reference.get_scores([str(t) for t in posts[row]])
+            np.testing.assert_allclose(ours[row], theirs, rtol=1e-4, atol=1e-5)
+
+
+def clustered(n: int, seed: int) -> list[Post]:
+    """Character 20 + c with general tags 10 + 2c, 11 + 2c and an artist 28 + c % 4."""
+    rng = np.random.default_rng(seed)
+    posts = []
+    for _ in range(n):
+        c = int(rng.integers(4))
+        tags = np.array([20 + c, 10 + 2 * c, 11 + 2 * c, int(rng.integers(18, 20)), 28 + int(rng.integers(4))])
+        posts.append(Post(rating=3, score=7, tags=tags, tag_categories=CATEGORIES[tags]))
+    return posts
+
+
+class UniformRunner:
+    """A stand-in model: embeddings that know nothing, masked-tag logits that prefer nothing."""
+
+    model = SimpleNamespace(config=SimpleNamespace(nested_dims=[2], embedding_dim=4))
+
+    def run(self, sequences, *want):
+        rng = np.random.default_rng(len(sequences))
+        out = {"embeddings": rng.standard_normal((len(sequences), 4)).astype(np.float32)}
+        if "mlm" in want:
+            out["mlm"] = np.zeros((len(sequences), len(CATEGORIES)), dtype=np.float32)
+        return out
+
+
+def test_evaluate_reports_every_search_side_and_the_counting_baselines_agree() -> None:
+    evaluator = Evaluator(INFO, clustered(400, 0), clustered(120, 1), {}.get, max_posts=100)
+    out: dict[str, float] = {}
+    lexical_and_hybrid_retrieval(evaluator, UniformRunner(), out, width=4)
+    tfidf: dict[str, float] = {}
+    evaluator.retrieval(None, tfidf, 6, "character")
+    for side in ("bm25", "svd", "sparse", "hybrid"):
+        assert 0.0 <= out[f"{side}.retrieval.character.recall@10"] <= 1.0
+    # the general tags name the character: every counting side finds it, so must the sparse vector
+    assert tfidf["baseline.retrieval.character.recall@10"] == 1.0 == out["bm25.retrieval.character.recall@10"]
+    assert out["sparse.retrieval.character.recall@10"] == 1.0
+    assert 0.0 < out["hybrid.fusion_weight"] <= 1.0  # random embeddings: the sparse side must carry the weight
+    assert out["sparse.retrieval.character.nonzeros_per_post"] == 4 + EXPANSION_TERMS  # 4 visible tags + expansion

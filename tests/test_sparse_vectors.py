@@ -1,0 +1,123 @@
+"""BooruEmbedder.embed_sparse and the sparse-vector maths: present tags at their idf, expansion, edge cases, ONNX parity."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from booru_embed.embedder import BooruEmbedder
+from booru_embed.sparse_vectors import fuse, hybrid_rows, idf_weights, sparse_rows, unit_rows
+from tiny_model import build_tiny_model
+
+POSTS = ["1girl solo smile", "skirt", "1girl long_hair blue_hair cat_ears usada_pekora hololive rating:g",
+         "hatsune_miku vocaloid 1girl open_mouth :d ^_^ null highres score:12", "artist_3 skirt"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def embedder(model_dir: Path) -> BooruEmbedder:
+    return BooruEmbedder.from_pretrained(model_dir, device="cpu")
+
+
+def present_ids(embedder: BooruEmbedder, tagset: str) -> set[int]:
+    return {embedder.tokenizer.tag_to_id(tag) for tag in tagset.split() if embedder.tokenizer.tag_to_id(tag) is not None}
+
+
+def test_idf_matches_the_tfidf_baseline_formula() -> None:
+    idf = idf_weights([0, 9, 99], 99)
+    np.testing.assert_allclose(idf, np.log(100 / np.array([1, 10, 100])) + 1, rtol=1e-6)
+
+
+def test_present_tags_get_their_idf_and_rarer_tags_weigh_more(embedder: BooruEmbedder) -> None:
+    vectors = embedder.embed_sparse(POSTS, terms=0, power=1.0)
+    assert sparse.isspmatrix_csr(vectors) and vectors.dtype == np.float32
+    assert vectors.shape == (len(POSTS), len(embedder.tokenizer))
+    for row, tagset in enumerate(POSTS):
+        ids = sorted(present_ids(embedder, tagset))
+        assert vectors[row].indices.tolist() == ids  # terms=0: the TF-IDF vector, rating and score left out
+        np.testing.assert_allclose(vectors[row].data, embedder.idf[ids])
+    counts = np.asarray(embedder.tokenizer.token_counts)
+    one, solo = embedder.tokenizer.tag_to_id("1girl"), embedder.tokenizer.tag_to_id("artist_3")
+    assert counts[one] > counts[solo] and embedder.idf[one] < embedder.idf[solo]
+    binary = embedder.embed_sparse(POSTS, terms=0, power=0.0)  # power 0: the plain tag set
+    assert binary.indices.tolist() == vectors.indices.tolist() and np.all(binary.data == 1.0)
+    root = embedder.embed_sparse(POSTS, terms=0)  # the default power 0.5
+    np.testing.assert_allclose(root.data, np.sqrt(vectors.data), rtol=1e-6)
+
+
+def test_expansion_adds_absent_tags_at_most_idf_and_never_a_present_one(embedder: BooruEmbedder) -> None:
+    vectors = embedder.embed_sparse(POSTS, terms=5, scale=4.0, power=1.0)
+    plain = embedder.embed_sparse(POSTS, terms=0, power=1.0)
+    assert vectors.min() >= 0
+    for row, tagset in enumerate(POSTS):
+        ids = present_ids(embedder, tagset)
+        columns = vectors[row].indices.tolist()
+        assert len(columns) == len(set(columns))  # a tag is never repeated
+        added = set(columns) - ids
+        assert 0 < len(added) <= 5 and ids <= set(columns)
+        assert all(embedder.tokenizer.tag_to_id(embedder.tokenizer.convert_ids_to_tokens(i)) == i for i in added)
+        dense = vectors[row].toarray()[0]
+        np.testing.assert_allclose(dense[sorted(ids)], plain[row].toarray()[0][sorted(ids)])  # present: idf
+        assert np.all(dense[sorted(added)] <= embedder.idf[sorted(added)] + 1e-6)  # expansion: at most idf
+
+
+def test_expansion_follows_the_masked_head_and_batches_agree(embedder: BooruEmbedder) -> None:
+    tagset = POSTS[2]
+    row = embedder.embed_sparse(tagset, terms=3, scale=1e6)  # every probable tag saturates at its idf ...
+    suggested = {tag for tag, _ in embedder.suggest(tagset, top_k=50, expand_implications=False)}
+    added = set(embedder.tokenizer.convert_ids_to_tokens(row.indices.tolist())) - set(tagset.split())
+    assert added <= suggested  # ... so the expansion is the heaviest-idf tags among the head's guesses
+    alone = sparse.vstack([embedder.embed_sparse(p, terms=4) for p in POSTS]).toarray()
+    np.testing.assert_allclose(embedder.embed_sparse(POSTS, terms=4, batch_size=2).toarray(), alone, atol=1e-6)
+
+
+def test_empty_and_unknown_tag_sets(embedder: BooruEmbedder) -> None:
+    with pytest.raises(ValueError, match="tag set 1 is empty"):
+        embedder.embed_sparse(["1girl", ""])
+    vectors = embedder.embed_sparse(["no_such_tag another_unknown_tag", "no_such_tag smile"])
+    assert vectors[0].nnz == 0  # nothing in the vocabulary: an all-zero row, only the dense vector finds it
+    smile = embedder.tokenizer.tag_to_id("smile")
+    assert smile in vectors[1].indices and vectors[1, smile] == pytest.approx(np.sqrt(embedder.idf[smile]))
+    assert embedder.embed_sparse([]).shape == (0, len(embedder.tokenizer))
+
+
+def test_sparse_rows_rejects_negative_settings() -> None:
+    for setting in ({"terms": -1}, {"power": -0.5}):
+        with pytest.raises(ValueError, match="non-negative"):
+            sparse_rows([np.array([1])], None, np.ones(3, bool), np.ones(3, np.float32), **setting)
+
+
+def test_hybrid_rows_are_the_convex_combination_of_cosines() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((6, 4)).astype(np.float32)
+    lexical = sparse.random(6, 9, density=0.4, random_state=1, dtype=np.float32)
+    lexical = sparse.csr_matrix(lexical + sparse.eye(6, 9, dtype=np.float32))  # no empty row
+    for weight in (0.0, 0.3, 1.0):
+        rows = hybrid_rows(dense, lexical, weight)
+        expected = fuse(unit_rows(dense) @ unit_rows(dense).T, (unit_rows(lexical) @ unit_rows(lexical).T).toarray(),
+                        weight)
+        np.testing.assert_allclose((rows @ rows.T).toarray(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fuse(np.zeros(1), np.zeros(1), 1.5)
+
+
+def test_onnx_backend_gives_the_same_sparse_vectors(model_dir: Path, embedder: BooruEmbedder) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime (the onnx extra) is not installed")
+    pytest.importorskip("onnxscript", reason="onnxscript (the onnx extra) is not installed")
+    from booru_embed.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["export-onnx", str(model_dir)]) == 0
+    onnx_side = BooruEmbedder.from_pretrained(model_dir, backend="onnx").embed_sparse(POSTS, terms=6)
+    torch_side = embedder.embed_sparse(POSTS, terms=6)
+    assert (onnx_side != 0).toarray().tolist() == (torch_side != 0).toarray().tolist()  # the same expansion tags
+    np.testing.assert_allclose(onnx_side.toarray(), torch_side.toarray(), atol=1e-4)
