@@ -24,6 +24,7 @@ EMBEDDING_INITS = ("random", "cooccurrence")
 TAG_BIAS_INITS = ("prior", "zero")
 READBACK_TARGETS = ("post", "own")
 READBACK_SIZE_WEIGHTS = ("uniform", "width")
+CONTRASTIVE_SIZES = ("all", "nested")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -118,6 +119,10 @@ class TrainingConfig:
                                                  "the same) or width (proportional to the size, so the full width "
                                                  "weighs more than all prefixes together)",
                                       choices=READBACK_SIZE_WEIGHTS)
+    contrastive_sizes: str = _opt("all", "embedding sizes the contrastive objective pulls views together at: all "
+                                         "(every nested size and the full width) or nested (the nested sizes only: "
+                                         "the dims past the largest nested size are left to read-back, which "
+                                         "wants what tells a post from its views)", choices=CONTRASTIVE_SIZES)
     decorrelation_weight: float = _opt(0.0, "weight of a penalty on the correlations between embedding dimensions "
                                             "over the batch (mean squared off-diagonal correlation), against a "
                                             "collapse of the embedding into a few directions; 0 turns it off")
@@ -151,6 +156,8 @@ class TrainingConfig:
             (self.readback_target in READBACK_TARGETS, f"readback_target must be one of {', '.join(READBACK_TARGETS)}"),
             (self.readback_size_weights in READBACK_SIZE_WEIGHTS,
              f"readback_size_weights must be one of {', '.join(READBACK_SIZE_WEIGHTS)}"),
+            (self.contrastive_sizes in CONTRASTIVE_SIZES,
+             f"contrastive_sizes must be one of {', '.join(CONTRASTIVE_SIZES)}"),
             (self.decorrelation_weight >= 0, "decorrelation_weight must be >= 0"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),

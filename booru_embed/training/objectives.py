@@ -299,8 +299,10 @@ def pretraining_losses(
         candidates_by_kind,
         masked_sample,
     )
+    nested_only = getattr(config, "contrastive_sizes", "all") == "nested" and len(dims) > 1
     contrastive, view_accuracy = info_nce(
-        embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims,
+        embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature,
+        dims[:-1] if nested_only else dims,
         across_processes=config.contrastive_across_processes,
         subjects=batch["contrastive_subjects"] if config.contrastive_subject_positives else None,
     )
