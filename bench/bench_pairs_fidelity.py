@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from booru_embed.data.pair_table import CATEGORY_NUMBERS, load_pair_table  # noqa: E402
-from booru_embed.data.synthetic import default_tag_data, generate_corpus, implication_closures  # noqa: E402
+from booru_embed.data.corpus_rows import implication_closures  # noqa: E402
+from booru_embed.data.synthetic import default_tag_data, generate_corpus  # noqa: E402
 from booru_embed.data.synthetic_settings import setting  # noqa: E402
 
 FIELDS = ("meta", "general", "artist", "copyright", "character")

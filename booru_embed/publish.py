@@ -96,6 +96,25 @@ def headline_table(metrics: dict) -> str:
     return "\n".join(lines) if len(lines) > 2 else "No headline measure was recorded for this model."
 
 
+def readback_table(metrics: dict) -> str:
+    """Read-back F1 (P = R) per embedding width, the model beside the linear code of the same width
+    (``evaluation/readback.py``): all tags, tags outside the 2,000 most common, the share of posts whose
+    character is read back, and what the width adds over the one below."""
+    widths = sorted({int(key.split(".")[2][3:]) for key in metrics
+                     if key.startswith("model.readback.dim") and key.endswith(".micro_f1")})
+    if not widths:
+        return "No read-back was recorded for this model."
+    lines = ["| width | all tags: model | linear code | rare tags: model | linear code | character read back: model "
+             "| linear code | added by the width: model | linear code |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for width in widths:
+        cells = [_format_number(metrics[f"{side}.readback.dim{width}.{key}"])
+                 if f"{side}.readback.dim{width}.{key}" in metrics else "–"
+                 for key in ("micro_f1", "rest.micro_f1", "character_share", "added_micro_f1")
+                 for side in ("model", "linear")]
+        lines.append(f"| {width} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def metrics_table(metrics: dict) -> str:
     """A markdown table of flat ``model.*``/``baseline.*`` metrics, one row per measure."""
     rows: dict[str, dict[str, object]] = {}
@@ -158,6 +177,7 @@ def render_model_card(model_dir: str | Path, repo_id: str, datasets: list[str] |
         "nested_dims": "/".join(str(d) for d in config.get("nested_dims", [])),
         "model_table": _model_table(config),
         "headline_table": headline_table(metrics),
+        "readback_table": readback_table(metrics),
         "metrics_table": metrics_table(metrics),
         "training_summary": _training_summary(folder),
     }

@@ -46,6 +46,18 @@ def posts() -> list[dict]:
     return [make_post(i, rng, rating=None if i == 5 else 4, score=None if i == 6 else 8) for i in range(16)]
 
 
+def test_readback_target_own_reads_back_the_tags_each_sequence_shows(posts):
+    whole = PretrainingCollator(INFO, TrainingConfig(seed=2))(posts)
+    own = PretrainingCollator(INFO, TrainingConfig(seed=2, readback_target="own"))(posts)
+    assert torch.equal(whole["input_ids"], own["input_ids"])  # the same draws, only the targets differ
+    known = ~np.isin(np.arange(len(CATEGORIES)), [*range(11)])  # tags, not special / rating / score / unknown
+    for index, sequence in enumerate(sequences_of(own)):
+        shown = sorted(int(t) for t in sequence if known[t])
+        targets = sorted(own["readback_ids"][own["readback_sequence"] == index].tolist())
+        assert targets == shown
+    assert len(whole["readback_ids"]) > len(own["readback_ids"])  # the post's tags: hidden and dropped ones too
+
+
 def test_batch_layout_and_mask_targets(posts):
     config = TrainingConfig(metadata_mask_probability=0.5, metadata_drop_probability=0.0)
     batch = PretrainingCollator(INFO, config)(posts)

@@ -189,6 +189,26 @@ def test_attention_pooling_is_a_per_post_softmax_mean_in_every_layout(attn: str)
     assert not torch.allclose(a.pooler_output, start.pooler_output, atol=1e-3)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "booru_varlen"])
+def test_pooler_input_skip_adds_the_projected_mean_of_the_input_embeddings(attn: str) -> None:
+    plain = build(BooruEmbedModel, attn=attn, pooling="attention")
+    model = build(BooruEmbedModel, attn=attn, pooling="attention", pooler_input_skip=True)
+    model.load_state_dict(plain.state_dict(), strict=False)  # the same weights, plus the skip's projection
+    posts = make_posts(LENGTHS)
+    padded, packed = pad(posts), pack(posts)
+    mask = padded["attention_mask"].bool()
+    with torch.no_grad():
+        inputs = model.embeddings(padded["input_ids"], padded["category_ids"])
+        mean = (inputs * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        expected = plain(**padded).pooler_output + model.input_pooler(mean)
+        a, b = model(**padded), model(**packed)
+    torch.testing.assert_close(a.pooler_output, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=1e-4)
+    assert build(BooruEmbedModel).input_pooler is None  # off by default: older checkpoints load unchanged
+    with pytest.raises(ValueError, match="pooler_input_skip must be true or false"):
+        tiny_config(pooler_input_skip="yes")
+
+
 def test_unknown_pooling_is_a_one_line_error() -> None:
     with pytest.raises(ValueError, match="pooling must be one of cls, attention"):
         tiny_config(pooling="max")

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 
 from booru_embed.training.objectives import (
     classification_loss,
+    decorrelation_loss,
     info_nce,
     readback_loss,
+    readback_size_weights,
     negative_proposal,
     sample_columns,
     set_prediction_loss,
@@ -158,6 +160,29 @@ def test_readback_loss_equals_dense_binary_cross_entropy_with_its_gradient():
     ours = readback_loss(logits, seq, ids)
     torch.testing.assert_close(ours, dense)
     torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(dense, logits)[0])
+
+
+def test_readback_size_weights_weigh_each_nested_size_as_asked():
+    torch.manual_seed(1)
+    logits = 3 * torch.randn(3, 4, VOCAB)
+    seq, ids = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
+    per_size = torch.stack([readback_loss(logits[i : i + 1], seq, ids) for i in range(3)])
+    uniform = readback_size_weights([8, 16, 32], "uniform")
+    width = readback_size_weights([8, 16, 32], "width")
+    torch.testing.assert_close(readback_loss(logits, seq, ids), per_size.mean())
+    torch.testing.assert_close(readback_loss(logits, seq, ids, size_weights=uniform), per_size.mean())
+    torch.testing.assert_close(width, torch.tensor([1 / 7, 2 / 7, 4 / 7]))
+    assert width[-1] >= width[:-1].sum()  # the full width weighs at least as much as the prefixes together
+    torch.testing.assert_close(readback_loss(logits, seq, ids, size_weights=width), per_size @ width)
+
+
+def test_decorrelation_loss_is_zero_for_uncorrelated_and_one_for_collapsed_dims():
+    torch.manual_seed(2)
+    centred = torch.randn(64, 8)
+    independent = torch.linalg.qr(centred - centred.mean(0))[0]  # centred, orthogonal columns: uncorrelated
+    assert float(decorrelation_loss(independent)) < 1e-6
+    collapsed = torch.randn(64, 1) * torch.tensor([1.0, -2.0, 3.0, 0.5])  # every dim one direction
+    torch.testing.assert_close(decorrelation_loss(collapsed), torch.tensor(1.0), atol=1e-4, rtol=0)
 
 
 def test_classification_loss_ignores_unlabelled_rows():

@@ -11,7 +11,9 @@ import pytest
 from booru_embed.cli import main
 from booru_embed.errors import UsageError
 from booru_embed.modeling.versions_booru_embed import MIN_TRANSFORMERS
-from booru_embed.publish import check_model_dir, headline_table, metrics_table, publish, render_model_card
+from booru_embed.publish import (
+    check_model_dir, headline_table, metrics_table, publish, readback_table, render_model_card,
+)
 
 from fake_hub import FakeHub
 
@@ -96,6 +98,17 @@ def test_headline_table_puts_retrieval_beside_completion() -> None:
     assert rows == ["| completion | masked tags, micro-F1 | 0.3000 | 0.2000 | – |",
                     "| retrieval | same character, recall@10 | 0.6000 | 0.5000 | 0.5500 |"]
     assert "No headline measure" in headline_table({"baseline.masked.micro_f1": 0.2})
+
+
+def test_readback_table_puts_the_linear_code_beside_the_model_per_width() -> None:
+    metrics = {"model.readback.dim32.micro_f1": 0.4, "linear.readback.dim32.micro_f1": 0.45,
+               "model.readback.dim128.micro_f1": 0.6, "linear.readback.dim128.micro_f1": 0.55,
+               "model.readback.dim128.rest.micro_f1": 0.3, "model.readback.dim128.character_share": 0.9,
+               "model.readback.dim128.added_micro_f1": 0.2}
+    rows = readback_table(metrics).splitlines()[2:]
+    assert rows == ["| 32 | 0.4000 | 0.4500 | – | – | – | – | – | – |",
+                    "| 128 | 0.6000 | 0.5500 | 0.3000 | – | 0.9000 | – | 0.2000 | – |"]
+    assert "No read-back" in readback_table({"linear.readback.dim32.micro_f1": 0.45})
 
 
 def test_metrics_table_pairs_model_and_baseline() -> None:

@@ -391,3 +391,41 @@ def test_sampled_tag_heads_with_room_for_every_tag_give_the_exact_losses(small_c
     assert few["readback"] != full["readback"] and math.isfinite(float(loss.detach()))
     loss.backward()
     assert model.readback_heads[0].bias.grad.abs().sum() > 0 and model.mlm_head.bias.grad.abs().sum() > 0
+
+
+def test_contrastive_sizes_and_decorrelation_enter_the_losses_as_configured(small_corpus, tmp_path):
+    import datasets
+
+    from booru_embed.data.bulk_encoding import encode_dataset
+    from booru_embed.sequences import TokenInfo
+    from booru_embed.training.collator import PretrainingCollator
+    from booru_embed.training.loop import build_model, forward_and_losses, load_tokenizer
+    from booru_embed.sequences import model_inputs
+    from booru_embed.training.objectives import decorrelation_loss, info_nce
+
+    tokenizer = load_tokenizer(small_corpus[1])
+    info = TokenInfo.from_tokenizer(tokenizer)
+    base = config_for(small_corpus, tmp_path, readback_negatives=0, masked_negatives=0)
+    model = build_model(base, tokenizer).eval()
+    rows = encode_dataset(tokenizer, datasets.load_from_disk(str(small_corpus[0]))["train"])[:24]
+    batch = PretrainingCollator(info, base)([dict(zip(rows, values)) for values in zip(*rows.values())])
+    candidates, dims = info.candidates_by_group(), [*model.config.nested_dims, model.config.embedding_dim]
+
+    def losses(**overrides: object) -> tuple[torch.Tensor, dict]:
+        config = config_for(small_corpus, tmp_path, readback_negatives=0, masked_negatives=0, **overrides)
+        with torch.no_grad():
+            return forward_and_losses(model, batch, config, candidates, dims, None)
+
+    _, every = losses()
+    _, nested = losses(contrastive_sizes="nested")
+    with torch.no_grad():
+        embeddings = model(**model_inputs(batch)).embeddings
+    posts = int(batch["num_posts"])
+    expected, _ = info_nce(embeddings[posts : 2 * posts], embeddings[2 * posts :], base.temperature, dims[:-1],
+                           subjects=batch["contrastive_subjects"] if base.contrastive_subject_positives else None)
+    torch.testing.assert_close(nested["contrastive"], expected)
+    assert nested["contrastive"] != every["contrastive"]
+    total, parts = losses(decorrelation_weight=2.0)
+    plain, _ = losses()
+    torch.testing.assert_close(parts["decorrelation"], decorrelation_loss(embeddings))
+    torch.testing.assert_close(total, plain + 2.0 * parts["decorrelation"])

@@ -45,7 +45,7 @@ import scipy.sparse as sp
 
 from ..modeling.categories_booru_embed import RATINGS
 from .pair_table import CATEGORY_NUMBERS, PairTable
-from .synthetic import CSV_HEADER, _independent_tags, _quote, _runs, implication_closures
+from .corpus_rows import CSV_HEADER, implication_closures, independent_tags, post_runs, quote_field
 from .synthetic_settings import CorpusSpec
 
 TRAIT_RATE = 0.15  # a general partner on at least 15% of a character's posts is one of its traits
@@ -259,19 +259,19 @@ class PairsWorld:
         keep = ~(derived & np.isin(keys, self.subject_keys, assume_unique=False))
         partner_posts, partners = partner_posts[keep], partners[keep]
         richness = rng.lognormal(-spec.general_sigma ** 2 / 2, spec.general_sigma, n)  # mean 1
-        starts, columns = _independent_tags(rng, self.background, richness)
+        starts, columns = independent_tags(rng, self.background, richness)
         own_posts = np.repeat(post_index, np.diff(starts))
         own = self.general[columns]
         pair_posts, pair_tags = _bring(rng, own_posts, own, self.general_rates)
         general_posts, general_tags = np.concatenate([own_posts, partner_posts]), np.concatenate([own, partners])
         num_artists = rng.choice(len(spec.artists_per_post), size=n, p=spec.artists_per_post)
         artist_rows = rng.choice(len(self.artists), size=(n, max(1, len(spec.artists_per_post) - 1)), p=self.artist_p)
-        meta_starts, meta_columns = _independent_tags(rng, self.meta_probability, np.ones(n))
+        meta_starts, meta_columns = independent_tags(rng, self.meta_probability, np.ones(n))
         # per post: the rating draw, the score draw, then each artist slot's style coin flips
         noise, coins = rng.normal(0.0, 1.1, size=n), rng.random((n, 8 + artist_rows.shape[1] * spec.style_tags[1]))
         posts = np.concatenate([subject_posts, general_posts, pair_posts, np.repeat(post_index, np.diff(meta_starts))])
         tags = np.concatenate([subjects, general_tags, pair_tags, self.meta[meta_columns]])
-        order_starts, grouped = _runs(posts, tags, n)
+        order_starts, grouped = post_runs(posts, tags, n)
         return self._lines(ids, grouped, order_starts, num_artists, artist_rows, noise, coins)
 
     def _lines(self, ids: np.ndarray, grouped: np.ndarray, starts: np.ndarray, num_artists: np.ndarray,
@@ -298,7 +298,7 @@ class PairsWorld:
                 fields[field_of[categories[tag]]].append(names[tag])
             level = self.artist_score[artist_rows[i, 0]] if num_artists[i] else 1.5
             score = int(np.expm1(min(level + noise[i], 12.0))) if row_coins[6] > 0.02 else -int(row_coins[6] * 250)
-            lines.append(f"{post_id},{rating},{score}," + ",".join(_quote(" ".join(sorted(f))) for f in fields) + "\n")
+            lines.append(f"{post_id},{rating},{score}," + ",".join(quote_field(" ".join(sorted(f))) for f in fields) + "\n")
         return lines
 
     def truth(self, seed: int, num_posts: int) -> dict:

@@ -70,6 +70,12 @@ class PairTable:
         return {name: i for i, name in enumerate(self.names)}
 
 
+def default_tag_data() -> Path | None:
+    """The real tag tables in ``../shared/data/danbooru-2025-05`` next to the repository, or None."""
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "danbooru-2025-05"
+    return path if (path / "tags.csv").is_file() else None
+
+
 def default_pairs_dir() -> Path | None:
     """``../shared/data/danbooru-cooccurrence`` next to the repository when it holds the table, else None."""
     path = Path(__file__).resolve().parents[3] / "shared" / "data" / "danbooru-cooccurrence"
@@ -224,13 +230,11 @@ def read_derivative(folder: Path) -> PairTable:
                      source=str(folder))
 
 
-__all__ = ["PairTable", "default_pairs_dir", "load_pair_table", "packaged_dir", "read_derivative", "read_sources",
+__all__ = ["PairTable", "default_pairs_dir", "default_tag_data", "load_pair_table", "packaged_dir", "read_derivative", "read_sources",
            "write_derivative"]
 
 
 if __name__ == "__main__":  # rebuild the shipped copy: python -m booru_embed.data.pair_table
-    from .synthetic import default_tag_data
-
     if default_pairs_dir() is None or default_tag_data() is None:
         raise SystemExit("needs ../shared/data/danbooru-cooccurrence and ../shared/data/danbooru-2025-05")
     for written in write_derivative(read_sources(default_pairs_dir() / PAIRS_FILE, default_tag_data()), packaged_dir()):

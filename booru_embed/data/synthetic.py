@@ -26,23 +26,16 @@ import argparse
 import csv
 import json
 from bisect import bisect_right
-from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from ..errors import UsageError
 from ..modeling.categories_booru_embed import RATINGS
+from .corpus_rows import CSV_HEADER, independent_tags, implication_closures, post_runs, quote_field
+from .pair_table import default_tag_data
 from .synthetic_settings import SETTINGS, CorpusSpec, describe_settings, setting
-
-T = TypeVar("T", bound=Hashable)
-
-CSV_HEADER = (
-    "id,rating,score,tag_string_meta,tag_string_general,tag_string_artist,"
-    "tag_string_copyright,tag_string_character"
-)
 
 # Appearance traits: real Danbooru general tags, so the same names work with and without tag tables.
 _COLOURS = ("black", "brown", "blonde", "red", "blue", "pink", "purple", "white", "grey", "green", "orange", "aqua")
@@ -62,12 +55,6 @@ MADE_UP_META = ("highres", "absurdres", "commentary_request", "translated", "off
                 "check_translation", "variant_set", "game_cg")
 MADE_UP_IMPLICATIONS = (("cat_ears", "animal_ears"), ("fox_ears", "animal_ears"), ("rabbit_ears", "animal_ears"),
                         ("wolf_ears", "animal_ears"), ("dog_ears", "animal_ears"), ("very_long_hair", "long_hair"))
-
-
-def default_tag_data() -> Path | None:
-    """The real tag tables in ``../shared/data/danbooru-2025-05`` next to the repository, or None."""
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "danbooru-2025-05"
-    return path if (path / "tags.csv").is_file() else None
 
 
 def _zipf_weights(n: int, exponent: float) -> np.ndarray:
@@ -216,24 +203,6 @@ class _Universe:
         return implication_closures(self.implications)
 
 
-def implication_closures(implications: Iterable[tuple[T, T]]) -> dict[T, tuple[T, ...]]:
-    """Every antecedent of the (antecedent, consequent) pairs -> all it implies, directly or through a chain."""
-    direct: dict[T, list[T]] = {}
-    for antecedent, consequent in implications:
-        direct.setdefault(antecedent, []).append(consequent)
-    closed: dict[T, tuple[T, ...]] = {}
-    for start in direct:
-        seen: list[T] = []
-        stack = list(direct[start])
-        while stack:
-            tag = stack.pop()
-            if tag != start and tag not in seen:
-                seen.append(tag)
-                stack.extend(direct.get(tag, ()))
-        closed[start] = tuple(seen)
-    return closed
-
-
 class _World:
     """The hidden structure: who has which traits, styles and preferences, and how popular everything is."""
 
@@ -347,44 +316,12 @@ def _bulk_traits(rng: np.random.Generator, n: int, max_traits: int) -> list[list
     return lists
 
 
-def _quote(field: str) -> str:
-    """A CSV field as BigQuery writes it: empty as ``""``, quoted when it has a quote or comma."""
-    if not field:
-        return '""'
-    if '"' in field or "," in field or "\n" in field:
-        return '"' + field.replace('"', '""') + '"'
-    return field
-
-
-def _runs(posts: np.ndarray, ids: np.ndarray, num_posts: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ids grouped by post): post i's ids are ``ids[starts[i]:starts[i + 1]]``."""
-    order = np.argsort(posts, kind="stable")
-    return np.concatenate([[0], np.cumsum(np.bincount(posts, minlength=num_posts))]), ids[order]
-
-
-def _independent_tags(rng: np.random.Generator, probability: np.ndarray, richness: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Tags each in a post independently, with probability min(1, p_tag * richness_post), as ``_runs``.
-
-    Common tags (p >= 0.02) get a coin per post; each rarer tag gets its number of posts from a binomial
-    and lands on posts drawn by richness (its rare duplicates within a post collapse later).
-    """
-    n = len(richness)
-    head = np.flatnonzero(probability >= 0.02)
-    tail = np.flatnonzero(probability < 0.02)
-    hit = rng.random((n, len(head))) < np.minimum(1.0, probability[head][None, :] * richness[:, None])  # (posts, head)
-    head_posts, head_columns = np.nonzero(hit)
-    tail_ids = np.repeat(tail, rng.binomial(n, probability[tail]))
-    tail_posts = rng.choice(n, size=len(tail_ids), p=richness / richness.sum())
-    return _runs(np.concatenate([head_posts, tail_posts]), np.concatenate([head[head_columns], tail_ids]), n)
-
-
 @dataclass
 class _Draws:
     """The random draws of a run of posts (one chunk), in the order they are drawn."""
 
     ids: np.ndarray
-    general: tuple[np.ndarray, np.ndarray]  # background general tags, as ``_runs``
+    general: tuple[np.ndarray, np.ndarray]  # background general tags, as ``post_runs``
     num_chars: np.ndarray
     num_artists: np.ndarray
     first_chars: np.ndarray
@@ -408,7 +345,7 @@ def _draw(spec: CorpusSpec, rng: np.random.Generator, world: _World, n: int, fir
         general = (np.concatenate([[0], np.cumsum(lengths)]), background)
     else:
         richness = rng.lognormal(-spec.general_sigma ** 2 / 2, spec.general_sigma, n)  # mean 1
-        general = _independent_tags(rng, world.general_probability, richness)
+        general = independent_tags(rng, world.general_probability, richness)
     slots = len(spec.characters_per_post)
     num_chars = rng.choice(slots, size=n, p=spec.characters_per_post)
     num_artists = rng.choice(len(spec.artists_per_post), size=n, p=spec.artists_per_post)
@@ -417,9 +354,9 @@ def _draw(spec: CorpusSpec, rng: np.random.Generator, world: _World, n: int, fir
     ratings = rng.choice(4, size=n, p=[0.42, 0.33, 0.12, 0.13])
     if universe.counts is None:
         meta_posts, meta_ids = np.nonzero(rng.random((n, len(universe.meta))) < world.meta_probability)
-        meta = _runs(meta_posts, meta_ids, n)
+        meta = post_runs(meta_posts, meta_ids, n)
     else:
-        meta = _independent_tags(rng, world.meta_probability, np.ones(n))
+        meta = independent_tags(rng, world.meta_probability, np.ones(n))
     noise = rng.normal(0.0, 1.1, size=n)
     uniform = rng.random((n, 8 + 2 * max(0, slots - 6)))  # two more draws a character slot past the sixth
     # one pool of uniform draws for the per-tag coin flips (traits, styles), consumed in order
@@ -523,7 +460,7 @@ class _PostWriter:
                         for implied in closures.get(tag, ()):
                             tags[category_of[implied]].append(implied)
                 fields = [" ".join(sorted(set(tags[c]))) for c in ("meta", "general", "artist", "copyright", "character")]
-                lines.append(f"{post_id},{rating},{score}," + ",".join(_quote(f) for f in fields) + "\n")
+                lines.append(f"{post_id},{rating},{score}," + ",".join(quote_field(f) for f in fields) + "\n")
         return lines
 
 

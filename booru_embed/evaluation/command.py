@@ -103,10 +103,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """A model | baseline | tagvec table of the metrics (a side without the metric shows ``-``)."""
-    sides = ("model", "baseline", "tagvec")
+    """A model | baseline | tagvec | linear table of the metrics (a side without the metric shows ``-``)."""
+    sides = ("model", "baseline", "tagvec", "linear")
     names = sorted({k.split(".", 1)[1] for k in metrics if k.startswith(tuple(f"{who}." for who in sides))})
-    rows = [f"{'metric':<40} {'model':>8} {'baseline':>8} {'tagvec':>8}"]
+    rows = [f"{'metric':<40} {'model':>8} {'baseline':>8} {'tagvec':>8} {'linear':>8}"]
     for name in names:
         cells = [metrics.get(f"{who}.{name}") for who in sides]
         rows.append(f"{name:<40} " + " ".join(f"{c:>8.4f}" if c is not None else f"{'-':>8}" for c in cells))

@@ -24,6 +24,7 @@ from ..sequences import Post, build_sequence, flat_posts
 from .baselines import CooccurrenceBaseline
 from .hybrid_retrieval import lexical_and_hybrid_retrieval
 from .metrics import TOP_K, RankingAccumulator, peak_memory_mb, recall_at_k, retrieval_recall_at_k, top_k
+from .readback import READBACK_WIDTHS, LinearCode, ReadbackReport
 from .runner import ModelRunner
 
 CASE_BATCH = 256  # cases scored at once: (cases, vocab) float32 score arrays stay near 150 MB at 150k tags
@@ -121,6 +122,7 @@ class Evaluator:
         self.groups.update({name: self.candidates & (cats == c) for name, c in ((n, CATEGORY_IDS[n]) for n in TAG_CATEGORIES)})
         self.groups["top2000"] = self.candidates & popular
         self.groups["rest"] = self.candidates & ~popular
+        self._linear_code: LinearCode | None = None
 
     def _known(self, post: Any) -> np.ndarray:
         return np.unique(post.tags[self.candidates[post.tags]])
@@ -154,6 +156,12 @@ class Evaluator:
                     scores = np.where(allowed, self.baseline.suggest_scores(visible), -np.inf)
                 acc.add(scores, [c[2] for c in chunk])
             out.update(acc.metrics(f"{who}.{prefix}"))
+
+    def linear_code(self, width: int) -> LinearCode:
+        """The linear code of the baseline's training posts up to ``width`` (``readback.LinearCode``), computed once."""
+        if self._linear_code is None or self._linear_code.basis.shape[1] < width:
+            self._linear_code = LinearCode(self.baseline.incidence, width, self.seed)
+        return self._linear_code
 
     def masked_cases(self) -> list[tuple[Any, np.ndarray, set[int]]]:
         """Each test post with >= 2 known tags hides a seeded random 25% of them (at least one)."""
@@ -228,25 +236,25 @@ class Evaluator:
     def readback_and_classification(self, runner: ModelRunner | None, out: dict[str, float],
                                     dims: Sequence[int]) -> None:
         """From each test post without its rating and score tokens (one forward pass): its tags read back
-        from the embedding, F1 (P=R) per nested size; rating and score-bucket accuracy."""
+        from the embedding per nested size, beside the linear code of each size (``readback.ReadbackReport``);
+        rating and score-bucket accuracy."""
         posts = [p for p in self.test if len(self._known(p))]
         outputs: dict[str, list[np.ndarray]] = {"rating": [], "score": []}
-        if runner is not None:
-            # every column in one group, the non-candidates at -inf: the ranking reads the logits in place
-            accumulators = [RankingAccumulator({"all": np.ones_like(self.candidates)}, ks=(1,)) for _ in dims]
-            ruled_out = np.flatnonzero(~self.candidates)
-            for start in range(0, len(posts), CASE_BATCH):  # (batch, vocab) read-back logits at a time
-                chunk = posts[start : start + CASE_BATCH]
+        widths = list(dims) or list(READBACK_WIDTHS)
+        report = ReadbackReport(self.groups, self.info.token_categories == CATEGORY_IDS["character"], widths,
+                                self.linear_code(max(widths)), with_model=runner is not None)
+        for start in range(0, len(posts), CASE_BATCH):  # (batch, vocab) read-back scores at a time
+            chunk = posts[start : start + CASE_BATCH]
+            known = [self._known(p) for p in chunk]
+            answers = [set(k.tolist()) for k in known]
+            if runner is not None:
                 batch = runner.run([self._sequence(p, p.tags, rating=False) for p in chunk], "embeddings", "rating", "score")
-                answers = [set(self._known(p).tolist()) for p in chunk]
-                for d, acc in zip(dims, accumulators):
-                    scores = runner.readback(batch["embeddings"][:, :d])
-                    scores[:, ruled_out] = -np.inf
-                    acc.add(scores, answers)
+                for d in dims:
+                    report.add_model(d, runner.readback(batch["embeddings"][:, :d]), answers)
                 outputs["rating"].append(batch["rating"])
                 outputs["score"].append(batch["score"])
-            for d, acc in zip(dims, accumulators):
-                out[f"model.readback.dim{d}.micro_f1"] = acc.metrics("x")["x.micro_f1"]
+            report.add_linear(known, answers)
+        out.update(report.metrics())
         for name, classes, log_prob, token in (
             ("rating", self.rating_class, self.baseline.rating_log_prob, lambda p: p.rating),
             ("score", self.score_class, self.baseline.score_log_prob, lambda p: p.score),

@@ -65,6 +65,11 @@ class BooruEmbedConfig(PreTrainedConfig):
             How a post's final hidden states become its embedding before the projection: `"cls"` (the `<cls>`
             token's state) or `"attention"` (a mean of all its tokens' states, weighted by a softmax over a
             learned score per token, which starts at 0: a plain mean).
+        pooler_input_skip (`bool`, defaults to `False`):
+            Whether the embedding also gets a linear projection of the plain mean of the post's input embeddings
+            (token + category, before any block): a bag-of-tags path around the encoder, added to the projected
+            pooled states. It keeps what the tags themselves say (the read-back of a post) even where the blocks
+            smooth the token states toward what the other objectives need.
         num_ratings (`int`, defaults to 4):
             Classes of the rating head (g, s, q, e).
         num_score_buckets (`int`, defaults to 5):
@@ -109,6 +114,7 @@ class BooruEmbedConfig(PreTrainedConfig):
         num_score_buckets: int = 5,
         tie_output_embeddings: bool = True,
         pooling: str = "cls",
+        pooler_input_skip: bool = False,
         **kwargs: Any,
     ) -> None:
         self.vocab_size = vocab_size
@@ -127,6 +133,7 @@ class BooruEmbedConfig(PreTrainedConfig):
         self.num_score_buckets = num_score_buckets
         self.tie_output_embeddings = tie_output_embeddings
         self.pooling = pooling
+        self.pooler_input_skip = pooler_input_skip
         self._check_values(pad_token_id)
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         # The tag-predicting heads use the token embedding matrix directly (or their own output matrix,
@@ -174,6 +181,8 @@ class BooruEmbedConfig(PreTrainedConfig):
                 )
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"BooruEmbedConfig: pooling must be one of {', '.join(POOLING_MODES)}, got {self.pooling!r}")
+        if not isinstance(self.pooler_input_skip, bool):
+            raise ValueError(f"BooruEmbedConfig: pooler_input_skip must be true or false, got {self.pooler_input_skip!r}")
         if len(set(ids.values())) != len(ids):
             raise ValueError(f"BooruEmbedConfig: special token ids must differ, got {ids}")
 

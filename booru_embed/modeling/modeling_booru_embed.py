@@ -12,7 +12,8 @@ Inputs come in one of two layouts:
 
 Every post starts with its `<cls>` token, whose final hidden state is projected to the pooled embedding
 (`pooling="cls"`), or all its tokens' states are averaged with learned softmax weights first
-(`pooling="attention"`).
+(`pooling="attention"`). With `pooler_input_skip`, the plain mean of the post's input embeddings, projected
+by a second matrix, is added to it: a bag-of-tags path around the blocks.
 Packed posts attend only within themselves on every attention backend:
 - `flash_attention_2` (flash_attn installed and CUDA) and `booru_varlen` get `cu_seqlens` directly;
 - `flex_attention` gets a document `BlockMask`;
@@ -657,6 +658,10 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
         # config.pooling "attention": one learned score per token, softmax-weighted mean of the post's states
         self.pooling_score = BooruEmbedPoolingScore(config.hidden_size, 1) if config.pooling == "attention" else None
         self.pooler = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
+        # config.pooler_input_skip: the mean of the input embeddings, projected and added (a bag-of-tags path)
+        self.input_pooler = (
+            nn.Linear(config.hidden_size, config.embedding_dim, bias=False) if config.pooler_input_skip else None
+        )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -703,6 +708,7 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
         hidden_states = self.embeddings(input_ids, category_ids)
         plan = AttentionPlan.build(self.config, hidden_states, attention_mask, cu_seqlens, max_seqlen, position_ids)
         hidden_states = plan.enter(hidden_states)
+        inputs = hidden_states
         all_states = [] if output_hidden_states else None
         for layer in self.layers:
             if all_states is not None:
@@ -713,6 +719,8 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
             pooled = self.pooler(plan.first_tokens(hidden_states))
         else:
             pooled = self.pooler(plan.weighted_mean(hidden_states, self.pooling_score(hidden_states).squeeze(-1)))
+        if self.input_pooler is not None:
+            pooled = pooled + self.input_pooler(plan.weighted_mean(inputs, inputs.new_zeros(inputs.shape[:-1])))
         if normalize_embeddings:
             pooled = F.normalize(pooled, dim=-1)
         hidden_states = plan.leave(hidden_states)

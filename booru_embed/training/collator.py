@@ -80,7 +80,8 @@ class PretrainingCollator:
     ``mlm_target_weights`` (targets, weights summing to 1 per group), ``mlm_exclude_group``/
     ``mlm_exclude_ids`` (visible tags, never valid answers); ``contrastive_subjects`` (B, 8) the post's
     character and artist ids, -1 padded (see ``objectives.info_nce``); ``readback_sequence``/``readback_ids``
-    (the post's tags, for each of its 3 sequences); ``rating_labels``/``score_labels`` (3B,) class
+    (the post's known tags, for each of its 3 sequences; with ``readback_target="own"`` the known tags each
+    sequence shows); ``rating_labels``/``score_labels`` (3B,) class
     index, -100 where the token is visible or unknown; ``num_posts``; ``num_tokens``.
 
     The work is numpy over the batch's tokens laid flat; only the random draws run post by post
@@ -205,7 +206,13 @@ class PretrainingCollator:
         batch = pack_flat(out_ids, out_cats, seq_lengths, packed=self.packed, pad_token_id=info.pad_token_id)
         batch["mlm_positions"] = mark_masks(batch, info.mask_token_id)
         batch.update(_mask_targets(masked_slot[:num_posts], k, rating, score, tags, hidden, visible, kept_post))
-        readback_sequence, readback_ids = _readback(kept_post[known], tags[known], num_posts, info.vocab_size)
+        if getattr(self.config, "readback_target", "post") == "own":  # each sequence's own known tags
+            sources = np.concatenate([visible, *views])
+            sequence = np.repeat(np.arange(3 * num_posts), tag_counts)
+            shown = known[sources]
+            readback_sequence, readback_ids = sequence[shown], tags[sources][shown]
+        else:
+            readback_sequence, readback_ids = _readback(kept_post[known], tags[known], num_posts, info.vocab_size)
         subject = known & np.isin(tag_categories, self._subject_categories)
         batch.update(
             contrastive_subjects=torch.from_numpy(

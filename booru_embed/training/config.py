@@ -22,6 +22,9 @@ from ..resources import model_config_names, model_config_path
 LR_SCHEDULES = ("cosine", "wsd", "constant")
 EMBEDDING_INITS = ("random", "cooccurrence")
 TAG_BIAS_INITS = ("prior", "zero")
+READBACK_TARGETS = ("post", "own")
+READBACK_SIZE_WEIGHTS = ("uniform", "width")
+CONTRASTIVE_SIZES = ("all", "nested")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -109,6 +112,20 @@ class TrainingConfig:
                                          "loss); 0 scores the whole vocabulary for every sequence")
     masked_negatives: int = _opt(0, "masked-tag softmax over the batch's hidden tags plus this many sampled tags "
                                      "(logQ-corrected estimate of its normaliser); 0 takes every candidate")
+    readback_target: str = _opt("post", "what each sequence's embedding is read back to: post (all the post's tags, "
+                                        "also from the masked post and the partial views: completion) or own (the "
+                                        "tags the sequence shows: a code of its input)", choices=READBACK_TARGETS)
+    readback_size_weights: str = _opt("uniform", "weights of the nested sizes' read-back losses: uniform (each size "
+                                                 "the same) or width (proportional to the size, so the full width "
+                                                 "weighs more than all prefixes together)",
+                                      choices=READBACK_SIZE_WEIGHTS)
+    contrastive_sizes: str = _opt("all", "embedding sizes the contrastive objective pulls views together at: all "
+                                         "(every nested size and the full width) or nested (the nested sizes only: "
+                                         "the dims past the largest nested size are left to read-back, which "
+                                         "wants what tells a post from its views)", choices=CONTRASTIVE_SIZES)
+    decorrelation_weight: float = _opt(0.0, "weight of a penalty on the correlations between embedding dimensions "
+                                            "over the batch (mean squared off-diagonal correlation), against a "
+                                            "collapse of the embedding into a few directions; 0 turns it off")
     rating_weight: float = _opt(0.1, "weight of the rating head")
     score_weight: float = _opt(0.1, "weight of the score-bucket head")
     # logging, checkpoints, evaluation
@@ -136,6 +153,12 @@ class TrainingConfig:
             (self.rare_subject_oversampling >= 0, "rare_subject_oversampling must be >= 0"),
             (self.embedding_init in EMBEDDING_INITS, f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}"),
             (self.tag_bias_init in TAG_BIAS_INITS, f"tag_bias_init must be one of {', '.join(TAG_BIAS_INITS)}"),
+            (self.readback_target in READBACK_TARGETS, f"readback_target must be one of {', '.join(READBACK_TARGETS)}"),
+            (self.readback_size_weights in READBACK_SIZE_WEIGHTS,
+             f"readback_size_weights must be one of {', '.join(READBACK_SIZE_WEIGHTS)}"),
+            (self.contrastive_sizes in CONTRASTIVE_SIZES,
+             f"contrastive_sizes must be one of {', '.join(CONTRASTIVE_SIZES)}"),
+            (self.decorrelation_weight >= 0, "decorrelation_weight must be >= 0"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (0 <= self.decay_fraction <= 1, "decay_fraction must be in [0, 1]"),

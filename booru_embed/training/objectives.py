@@ -28,6 +28,8 @@
   The proposal (``negative_proposal``) mixes the tags' frequencies with a uniform share, so no weight
   exceeds 2 x vocab / K.
 * ``classification_loss``: rating and score-bucket heads (cross-entropy, -100 ignored).
+* ``decorrelation_loss`` (``--decorrelation-weight``): the mean squared correlation between embedding
+  dimensions over the batch, against an embedding that spends its width on a few directions.
 """
 
 from __future__ import annotations
@@ -211,9 +213,13 @@ def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) 
 
 
 def readback_loss(
-    logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor, column_weights: torch.Tensor | None = None
+    logits: torch.Tensor, sequence_index: torch.Tensor, tag_ids: torch.Tensor, column_weights: torch.Tensor | None = None,
+    size_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Multi-label BCE of ``logits`` (sizes, sequences, vocab) against the (sequence, tag) positives.
+
+    The nested sizes' losses are averaged, or weighted by ``size_weights`` (sizes,), summing to 1
+    (``readback_size_weights``).
 
     The (sequence, tag) pairs must be distinct. The BCE of logit x is softplus(x) - y x, so the sum over
     the whole grid is the softplus of every logit minus the positives' logits: no dense target grid.
@@ -228,9 +234,40 @@ def readback_loss(
     added tags are rare, so they carry little weight). Zero logits would give log 2 * vocab / L instead.
     """
     logits = logits.float()
-    softplus = F.softplus(logits).sum() if column_weights is None else F.softplus(logits).sum((0, 1)) @ column_weights
-    total = softplus - logits[:, sequence_index, tag_ids].sum()
-    return total / max(1, logits.shape[0] * len(tag_ids))
+    softplus = F.softplus(logits).sum((1, 2)) if column_weights is None else F.softplus(logits).sum(1) @ column_weights
+    per_size = softplus - logits[:, sequence_index, tag_ids].sum(1)  # (sizes,)
+    if size_weights is None:
+        size_weights = per_size.new_full((logits.shape[0],), 1 / logits.shape[0])
+    return per_size @ size_weights.to(per_size) / max(1, len(tag_ids))
+
+
+def readback_size_weights(dims: Sequence[int], mode: str) -> torch.Tensor:
+    """(len(dims),) weights of the nested sizes' read-back losses, summing to 1.
+
+    ``uniform``: each size the same. ``width``: proportional to the size (32, 64, 128 -> 1/7, 2/7, 4/7), so
+    the full width weighs at least as much as all prefixes together: with equal weights the first dims
+    get a gradient from every head and the last ones from one, and the full width learns little beyond
+    the first prefix.
+    """
+    if mode == "uniform":
+        return torch.full((len(dims),), 1 / len(dims))
+    if mode == "width":
+        widths = torch.tensor([float(d) for d in dims])
+        return widths / widths.sum()
+    raise ValueError(f"unknown read-back size weighting {mode!r}")
+
+
+def decorrelation_loss(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean squared off-diagonal correlation between the dimensions of ``embeddings`` (rows, dim) over the rows.
+
+    0 when the dimensions are uncorrelated over the batch; near 1 when the embedding lies on one direction.
+    """
+    x = embeddings.float()
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    correlation = x.T @ x / max(1, x.shape[0] - 1)
+    dim = correlation.shape[0]
+    off_diagonal = correlation - torch.diag(torch.diagonal(correlation))
+    return off_diagonal.pow(2).sum() / max(1, dim * (dim - 1))
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -262,16 +299,22 @@ def pretraining_losses(
         candidates_by_kind,
         masked_sample,
     )
+    nested_only = getattr(config, "contrastive_sizes", "all") == "nested" and len(dims) > 1
     contrastive, view_accuracy = info_nce(
-        embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature, dims,
+        embeddings[posts : 2 * posts], embeddings[2 * posts : 3 * posts], config.temperature,
+        dims[:-1] if nested_only else dims,
         across_processes=config.contrastive_across_processes,
         subjects=batch["contrastive_subjects"] if config.contrastive_subject_positives else None,
     )
+    size_weights = readback_size_weights(dims, getattr(config, "readback_size_weights", "uniform"))
     if readback_sample is None:
-        readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"])
+        readback = readback_loss(outputs.readback_logits, batch["readback_sequence"], batch["readback_ids"],
+                                 size_weights=size_weights)
     else:
         readback = readback_loss(outputs.readback_logits, batch["readback_sequence"],
-                                 readback_sample.positive_columns, readback_sample.weights)
+                                 readback_sample.positive_columns, readback_sample.weights, size_weights)
+    decorrelation_weight = getattr(config, "decorrelation_weight", 0.0)
+    decorrelation = decorrelation_loss(embeddings) if decorrelation_weight else embeddings.new_zeros(())
     rating = classification_loss(outputs.rating_logits, batch["rating_labels"])
     score = classification_loss(outputs.score_logits, batch["score_labels"])
     total = (
@@ -280,6 +323,7 @@ def pretraining_losses(
         + config.readback_weight * readback
         + config.rating_weight * rating
         + config.score_weight * score
+        + decorrelation_weight * decorrelation
     )
     parts = {
         "loss": total,
@@ -288,6 +332,7 @@ def pretraining_losses(
         "readback": readback,
         "rating": rating,
         "score": score,
+        "decorrelation": decorrelation,
         "view_accuracy": view_accuracy,
     }
     return total, {k: v.detach() for k, v in parts.items()}
