@@ -81,56 +81,24 @@ def _split_holdout(count: int, share: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(order[held:]), np.sort(order[:held])
 
 
-def _moments(external: np.ndarray, rows: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation of ``external[rows]``, accumulated in float64 chunks."""
-    total = np.zeros(external.shape[1])
-    squares = np.zeros(external.shape[1])
-    for start in range(0, len(rows), chunk):
-        part = external[rows[start : start + chunk]].astype(np.float64)
-        total += part.sum(axis=0)
-        squares += (part**2).sum(axis=0)
-    mean = total / len(rows)
-    return mean, np.sqrt(np.maximum(squares / len(rows) - mean**2, 0.0))
-
-
 def _train(embedder: Any, external: np.ndarray, targets: Any, settings: Any, folder: Path) -> dict[str, Any]:
     """Train the aligner and (with ``settings.probe``) the probe; return the modules and their run states."""
-    import torch
     from tqdm.auto import tqdm
 
-    from .fit import Phase, Probe, ReadbackBCE, TrainingData, aligner_loss, probe_loss
-    from .model import Aligner
+    from .fit import make_phases
 
-    model = embedder.model.requires_grad_(False)
-    device = next(model.parameters()).device
     train_rows, holdout_rows = _split_holdout(len(external), settings.holdout, settings.seed)
-    data = TrainingData(external, targets, train_rows, holdout_rows)
-    mean, std = _moments(external, train_rows)
-    vocab = int(model.config.vocab_size)
-    in_train = np.zeros(len(external), dtype=bool)
-    in_train[train_rows] = True
-    post_of = np.repeat(np.arange(len(external)), np.diff(targets.offsets))
-    counts = np.bincount(targets.tag_ids[in_train[post_of]], minlength=vocab)
-    bce = ReadbackBCE(model, counts, embedder._is_tag, settings.negatives)
-    torch.manual_seed(settings.seed)
-    aligner = Aligner(settings.arch, external.shape[1], embedder.embedding_dim, settings.hidden_dim)
-    aligner.set_standardisation(mean, std)
-    aligner.to(device)
-    phases = [Phase("aligner", aligner, aligner_loss(aligner, bce, settings), data, settings, folder, device)]
-    probe = None
-    if settings.probe:
-        share = np.clip((counts + 0.5) / (len(train_rows) + 1), 1e-7, 1 - 1e-7)
-        probe = Probe(external.shape[1], vocab, aligner.input_mean.cpu(), aligner.input_scale.cpu(),
-                      torch.as_tensor(np.log(share) - np.log1p(-share), dtype=torch.float32)).to(device)
-        phases.append(Phase("probe", probe, probe_loss(probe, bce), data, settings, folder, device))
+    phases, counts = make_phases(embedder.model.requires_grad_(False), embedder._is_tag, external, targets,
+                         train_rows, holdout_rows, settings, folder)
     for phase in phases:
         phase.restore()
     total = sum(settings.epochs * phase.steps_per_epoch for phase in phases)
     done = sum(phase.state["epoch"] * phase.steps_per_epoch + phase.state["step_in_epoch"] for phase in phases)
     with tqdm(total=total, initial=done, desc="align", unit="step", disable=None) as bar:
         states = {phase.name: phase.run(bar) for phase in phases}
-    return {"aligner": aligner, "probe": probe, "states": states, "counts": counts,
-            "split": (len(train_rows), len(holdout_rows))}
+    modules = {phase.name: phase.module for phase in phases}
+    return {"aligner": modules["aligner"], "probe": modules.get("probe"), "states": states,
+            "counts": counts, "split": (len(train_rows), len(holdout_rows))}
 
 
 def _report(embedder: Any, trained: dict[str, Any], external: np.ndarray, targets: Any, train_targets: Any,

@@ -58,7 +58,12 @@ class FitSettings:
 
 
 class Probe(nn.Module):
-    """Standardised external vector -> logits over the vocabulary (one linear layer)."""
+    """Standardised external vector -> logits over the vocabulary (one linear layer).
+
+    The weight rows and biases are sparse-gradient embeddings trained with ``SparseAdam``: a step costs
+    the batch's sampled columns, not the vocabulary (a dense AdamW step over 32,000 x 1024 weights cost
+    4.7 times the aligner's step in ``bench/bench_align.py``).
+    """
 
     def __init__(self, input_dim: int, vocab_size: int, mean: torch.Tensor, scale: torch.Tensor,
                  bias: torch.Tensor) -> None:
@@ -66,15 +71,22 @@ class Probe(nn.Module):
         super().__init__()
         self.register_buffer("input_mean", mean.clone())
         self.register_buffer("input_scale", scale.clone())
-        self.weight = nn.Parameter(torch.zeros(vocab_size, input_dim))
-        self.bias = nn.Parameter(bias.clone())
+        self.weight = nn.Embedding(vocab_size, input_dim, sparse=True)
+        self.bias = nn.Embedding(vocab_size, 1, sparse=True)
+        with torch.no_grad():
+            self.weight.weight.zero_()
+            self.bias.weight.copy_(bias[:, None])
 
     def forward(self, external: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """(n, input_dim) -> (n, vocab) logits, or (n, len(columns)) for the given token ids."""
         x = (external - self.input_mean) * self.input_scale
         if columns is None:
-            return F.linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight.index_select(0, columns), self.bias.index_select(0, columns))
+            return F.linear(x, self.weight.weight, self.bias.weight[:, 0])
+        return F.linear(x, self.weight(columns), self.bias(columns)[:, 0])
+
+    def make_optimizer(self, settings: FitSettings) -> torch.optim.Optimizer:
+        """``SparseAdam`` at the run's learning rate (no weight decay: it would touch every row)."""
+        return torch.optim.SparseAdam(list(self.parameters()), lr=settings.learning_rate)
 
 
 @dataclass
@@ -155,8 +167,10 @@ class Phase:
         """Set up the optimiser; ``folder`` is the aligner's ``checkpoints/``."""
         self.name, self.module, self.loss, self.data, self.settings = name, module, loss, data, settings
         self.folder, self.device = folder, device
-        self.optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad],
-                                           lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        make_optimizer = getattr(module, "make_optimizer", None)
+        self.optimizer = make_optimizer(settings) if make_optimizer else torch.optim.AdamW(
+            [p for p in module.parameters() if p.requires_grad], lr=settings.learning_rate,
+            weight_decay=settings.weight_decay)
         self.steps_per_epoch = max(1, math.ceil(len(data.train_rows) / settings.batch_size))
         self.state = {"phase": name, "epoch": 0, "step_in_epoch": 0, "step": 0, "best_loss": math.inf,
                       "best_epoch": -1, "stale_epochs": 0, "history": [], "done": False}
@@ -199,6 +213,19 @@ class Phase:
         self.module.train()
         return total / max(1, len(rows))
 
+    def train_step(self, rows: np.ndarray, total_steps: int) -> float:
+        """One optimiser step on the pairs ``rows`` (schedule over ``total_steps``); returns the loss."""
+        settings, step = self.settings, self.state["step"]
+        generator = torch.Generator(device=self.device).manual_seed(settings.seed * 1_000_003 + step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.learning_rate * _lr_factor(step, total_steps, settings.warmup_steps)
+        loss = self.loss(*self._tensors(rows), self.data.targets, rows, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.state["step"] = step + 1
+        return float(loss.detach())
+
     def run(self, bar: Any = None) -> dict[str, Any]:
         """Train to the end (or early stop) from the current state; load the best weights; return the state."""
         settings, state = self.settings, self.state
@@ -207,19 +234,11 @@ class Phase:
         while not state["done"] and state["epoch"] < settings.epochs:
             order = np.random.default_rng([settings.seed, len(self.name), state["epoch"]]).permutation(self.data.train_rows)
             for index in range(state["step_in_epoch"], self.steps_per_epoch):
-                rows = order[index * settings.batch_size : (index + 1) * settings.batch_size]
-                generator = torch.Generator(device=self.device).manual_seed(settings.seed * 1_000_003 + state["step"])
-                for group in self.optimizer.param_groups:
-                    group["lr"] = settings.learning_rate * _lr_factor(state["step"], total, settings.warmup_steps)
-                loss = self.loss(*self._tensors(rows), self.data.targets, rows, generator)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                state["step"] += 1
+                loss = self.train_step(order[index * settings.batch_size : (index + 1) * settings.batch_size], total)
                 state["step_in_epoch"] = index + 1
                 if bar is not None:
                     bar.update()
-                    bar.set_postfix({"phase": self.name, "loss": f"{float(loss.detach()):.4f}"}, refresh=False)
+                    bar.set_postfix({"phase": self.name, "loss": f"{loss:.4f}"}, refresh=False)
                 if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0:
                     self.checkpoint()
             self._end_epoch(bar)
@@ -241,3 +260,48 @@ class Phase:
         if state["stale_epochs"] >= self.settings.patience:
             state["done"] = True
         self.checkpoint()
+
+
+def _moments(external: np.ndarray, rows: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation of ``external[rows]``, accumulated in float64 chunks."""
+    total = np.zeros(external.shape[1])
+    squares = np.zeros(external.shape[1])
+    for start in range(0, len(rows), chunk):
+        part = external[rows[start : start + chunk]].astype(np.float64)
+        total += part.sum(axis=0)
+        squares += (part**2).sum(axis=0)
+    mean = total / len(rows)
+    return mean, np.sqrt(np.maximum(squares / len(rows) - mean**2, 0.0))
+
+
+def make_phases(model: Any, is_tag: np.ndarray, external: np.ndarray, targets: PostTargets, train_rows: np.ndarray,
+                holdout_rows: np.ndarray, settings: FitSettings, folder: Path) -> tuple[list[Phase], np.ndarray]:
+    """The aligner's phase and (with ``settings.probe``) the probe's, ready to ``restore`` and ``run``, and the
+    (vocab,) count of posts per tag in ``train_rows``.
+
+    ``model`` is the frozen ``BooruEmbedForPreTraining`` whose read-back head scores the tags; the input
+    standardisation and the tag counts (of the negatives' proposal and the probe's starting biases) come
+    from ``train_rows``.
+    """
+    from .model import Aligner
+
+    device = next(model.parameters()).device
+    data = TrainingData(external, targets, train_rows, holdout_rows)
+    mean, std = _moments(external, train_rows)
+    vocab = int(model.config.vocab_size)
+    in_train = np.zeros(len(external), dtype=bool)
+    in_train[train_rows] = True
+    post_of = np.repeat(np.arange(len(external)), np.diff(targets.offsets))
+    counts = np.bincount(targets.tag_ids[in_train[post_of]], minlength=vocab)
+    bce = ReadbackBCE(model, counts, is_tag, settings.negatives)
+    torch.manual_seed(settings.seed)
+    aligner = Aligner(settings.arch, external.shape[1], int(model.config.embedding_dim), settings.hidden_dim)
+    aligner.set_standardisation(mean, std)
+    aligner.to(device)
+    phases = [Phase("aligner", aligner, aligner_loss(aligner, bce, settings), data, settings, folder, device)]
+    if settings.probe:
+        share = np.clip((counts + 0.5) / (len(train_rows) + 1), 1e-7, 1 - 1e-7)
+        probe = Probe(external.shape[1], vocab, aligner.input_mean.cpu(), aligner.input_scale.cpu(),
+                      torch.as_tensor(np.log(share) - np.log1p(-share), dtype=torch.float32)).to(device)
+        phases.append(Phase("probe", probe, probe_loss(probe, bce), data, settings, folder, device))
+    return phases, counts
