@@ -249,3 +249,16 @@ def test_missing_aligner_and_bad_vectors(tiny: dict[str, Path], tmp_path: Path) 
     np.save(tmp_path / "bad.npy", np.zeros((2, 5), np.float32))
     code, _, err = run_cli(["decode", str(tiny["model"]), "--embedding", str(tmp_path / "bad.npy"), "--aligner", "img"])
     assert code == 2 and "width 24" in err
+
+
+def test_nearest_hits_count_the_own_post_or_a_shared_character() -> None:
+    from booru_embed.alignment.metrics import nearest_hits
+
+    index = np.eye(4, dtype=np.float32)
+    characters = [frozenset({"a"}), frozenset({"a"}), frozenset({"b"}), frozenset()]
+    # query 0 lands on post 1 (same character), query 2 on post 3 (no shared character), query 3 on itself
+    queries = index[[1, 3, 3]]
+    hit, character_hit = nearest_hits(queries, np.asarray([0, 2, 3]), index, characters, k=1)
+    assert hit == pytest.approx(2 / 3)
+    # own post left out: query 0 still finds post 1; query 2 (character b) finds nothing with b
+    assert character_hit == pytest.approx(1 / 2)

@@ -9,7 +9,8 @@ when the vocabulary is smaller), so its cost does not grow with the vocabulary.
 The probe is one linear layer from the standardised external vector to every tag, trained with the same
 BCE; it is what a tagger head does, the reference for tagging.
 
-Both train for up to ``epochs`` passes over the training pairs with AdamW and a cosine schedule; after
+Both train for up to ``epochs`` passes over the training pairs (the aligner with AdamW, the probe with
+SparseAdam) and a cosine schedule; after
 each epoch the loss on the held-out slice (fixed sampled columns, so epochs compare) picks the best
 weights, and ``patience`` epochs without improvement stop early. The whole state (weights, optimiser,
 best weights, position) goes to ``checkpoints/<phase>.pt`` every ``checkpoint_every`` steps and at each
@@ -61,8 +62,8 @@ class Probe(nn.Module):
     """Standardised external vector -> logits over the vocabulary (one linear layer).
 
     The weight rows and biases are sparse-gradient embeddings trained with ``SparseAdam``: a step costs
-    the batch's sampled columns, not the vocabulary (a dense AdamW step over 32,000 x 1024 weights cost
-    4.7 times the aligner's step in ``bench/bench_align.py``).
+    the batch's sampled columns, not the vocabulary (``bench/bench_align.py``, 20,000 pairs of 1024-d vectors,
+    vocabulary 32,000, one shared core: 1.9 s a step with a dense weight and AdamW, 0.83 s this way).
     """
 
     def __init__(self, input_dim: int, vocab_size: int, mean: torch.Tensor, scale: torch.Tensor,
