@@ -251,10 +251,11 @@ def run_align(args: argparse.Namespace) -> int:
     from .fit import FitSettings
 
     settings = FitSettings(**{f.name: getattr(args, f.name) for f in fields(FitSettings)})
-    for key in ("epochs", "batch_size", "hidden_dim", "eval_posts"):
-        value = getattr(settings, key, None) if key != "eval_posts" else args.eval_posts
+    counts = {"epochs": settings.epochs, "batch-size": settings.batch_size, "hidden-dim": settings.hidden_dim,
+              "negatives": settings.negatives, "patience": settings.patience, "eval-posts": args.eval_posts}
+    for flag, value in counts.items():
         if value < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+            raise UsageError(f"--{flag} must be at least 1, got {value}")
     if not 0 < settings.holdout < 1:
         raise UsageError(f"--holdout must be between 0 and 1, got {settings.holdout}")
     metrics = align(args.model_dir, args.pairs, args.dataset, args.name, settings, resume=args.resume,

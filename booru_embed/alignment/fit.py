@@ -197,7 +197,7 @@ class Phase:
         """Continue from this phase's checkpoint when there is one."""
         if not self.path.is_file():
             return
-        saved = torch.load(self.path, map_location=self.device, weights_only=False)
+        saved = torch.load(self.path, map_location=self.device, weights_only=True)
         self.module.load_state_dict(saved["module"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.best, self.state = saved["best"], saved["state"]
