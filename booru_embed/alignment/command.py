@@ -26,6 +26,17 @@ PLAN_FILE = "plan.json"
 ABSENT_FILE = "absent_ids.txt"
 EVAL_POSTS = 2000  # test posts measured (F1 keeps the top 100 tags of each; hits scan every joined post)
 EVAL_BATCH = 256
+SETTING_HELP = {
+    "hidden_dim": "width of the MLP's hidden layer", "epochs": "most passes over the training pairs",
+    "batch_size": "pairs per step", "learning_rate": "peak AdamW learning rate", "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear warm-up steps before the cosine decay",
+    "negatives": "sampled tags scored beside the batch's own in the read-back BCE",
+    "bce_weight": "weight of the read-back BCE (the cosine term weighs 1)",
+    "norm_weight": "weight of the squared relative norm difference",
+    "patience": "epochs without a better held-out loss before stopping",
+    "holdout": "share of the train split's pairs that chooses the epoch",
+    "checkpoint_every": "steps between checkpoints (also at every epoch's end)", "seed": "seed of every draw",
+}
 
 
 def _existing_input_dim(folder: Path) -> int | None:
@@ -240,10 +251,9 @@ def add_align_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-posts", type=int, default=EVAL_POSTS, help=f"test posts measured (default: {EVAL_POSTS})")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     for field in fields(FitSettings):
-        if field.name in ("arch", "probe"):
-            continue
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
-                            help=f"(default: {field.default})")
+        if field.name in SETTING_HELP:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
+                                help=f"{SETTING_HELP[field.name]} (default: {field.default})")
 
 
 def run_align(args: argparse.Namespace) -> int:
