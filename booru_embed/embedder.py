@@ -169,7 +169,8 @@ class BooruEmbedder:
                 raise UsageError("device and dtype are for backend='torch'; the ONNX file fixes the precision "
                                  "(onnx_file='model_quantized.onnx' for int8)")
             tokenizer = cls._load_tokenizer(name, **kwargs)
-            return cls(OnnxModel.from_pretrained(name, local, onnx_file, **kwargs), tokenizer)._with_source(name, local, kwargs)
+            onnx_model = OnnxModel.from_pretrained(name, local, onnx_file, **kwargs)
+            return cls(onnx_model, tokenizer)._with_source(name, local, kwargs)
         import torch
         from transformers import AutoModelForPreTraining
 
