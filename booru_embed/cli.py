@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "normalize": ("booru_embed.tags", "normalise tag sets: aliases, duplicates, implications, canonical order"),
     "export-captions": ("booru_embed.captions", "write a DATA_DIR's tags as captions for image-model trainers"),
     "app": ("booru_embed.app", "serve a local page: completion, suggestions, normal forms, similar posts"),
+    "align": ("booru_embed.alignment.command", "learn a map from external (image) embeddings into the model's space"),
+    "decode": ("booru_embed.decode", "read tags back from embeddings in a .npy file (--aligner for image embeddings)"),
 }
 
 

@@ -140,6 +140,8 @@ class BooruEmbedder:
         self._is_tag[tokenizer.tag_token_ids] = True
         self._prior: np.ndarray | None = None  # log p(tag | no tags), on first use
         self._idf: np.ndarray | None = None  # the training split's idf of every token, on first use
+        self._source: tuple[str, bool, dict[str, Any]] | None = None  # set by from_pretrained
+        self._aligners: dict[str, Any] = {}  # name -> alignment.runtime.LoadedAligner, on first use
 
     @classmethod
     def from_pretrained(cls, model_dir_or_repo_id: str | Path, device: str | None = None,
@@ -169,7 +171,8 @@ class BooruEmbedder:
                 raise UsageError("device and dtype are for backend='torch'; the ONNX file fixes the precision "
                                  "(onnx_file='model_quantized.onnx' for int8)")
             tokenizer = cls._load_tokenizer(name, **kwargs)
-            return cls(OnnxModel.from_pretrained(name, local, onnx_file, **kwargs), tokenizer)
+            onnx_model = OnnxModel.from_pretrained(name, local, onnx_file, **kwargs)
+            return cls(onnx_model, tokenizer)._with_source(name, local, kwargs)
         import torch
         from transformers import AutoModelForPreTraining
 
@@ -184,7 +187,12 @@ class BooruEmbedder:
                                                             dtype=dtype or torch.float32, **kwargs)
         except OSError as error:
             raise UsageError(f"cannot load model {name}: {_first_line(error)}") from None
-        return cls(model.to(device), tokenizer)
+        return cls(model.to(device), tokenizer)._with_source(name, local, kwargs)
+
+    def _with_source(self, name: str, local: bool, kwargs: dict[str, Any]) -> BooruEmbedder:
+        """Remember where the model came from (aligners are read from the same folder or repository)."""
+        self._source = (name, local, kwargs)
+        return self
 
     @staticmethod
     def _load_tokenizer(name: str, **kwargs: Any) -> Any:
@@ -502,6 +510,22 @@ class BooruEmbedder:
                 chosen = chosen[_top(row[chosen], len(chosen))]
             rows.append(self.tokenizer.convert_ids_to_tokens([int(i) for i in chosen]))
         return rows
+
+    def embed_external(self, vectors: np.ndarray, aligner: str, dim: int | None = None) -> np.ndarray:
+        """External (image) embeddings (n, input_dim) mapped into this model's space: (n, dim) float32, rows
+        L2-normalised like ``embed``, ready for ``decode`` and ``PostIndex.search_embeddings``.
+
+        ``aligner`` names a folder of ``MODEL_DIR/aligners/`` (``booru-embed align``); the ONNX backend runs
+        ``onnx/aligners/NAME.onnx``. A missing aligner is a ``UsageError``; a wrong width or NaN/inf rows a ValueError.
+        """
+        from .alignment.runtime import LoadedAligner
+        from .alignment.store import check_name, unit_rows
+
+        width = self._check_dim(dim)
+        if check_name(aligner) not in self._aligners:
+            name, local, kwargs = self._source or (str(getattr(self.model.config, "_name_or_path", "")), True, {})
+            self._aligners[aligner] = LoadedAligner.load(name, local, aligner, self.backend, self.device, **kwargs)
+        return unit_rows(self._aligners[aligner](vectors), width)
 
     def category_of(self, tag: str) -> str | None:
         """Category name of a vocabulary tag, None when the tag is unknown."""

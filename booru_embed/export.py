@@ -9,6 +9,8 @@ The graphs go to ``MODEL_DIR/onnx/``, the folder sentence-transformers and optim
   the masked-tag head at the LAST real token of every row: where ``suggest`` puts its ``<mask>``.
 - ``readback.onnx``: the read-back heads of ``decode``, one input ``embeddings_D`` (rows, D) and one output
   ``readback_logits_D`` (rows, vocab) per trained size D; rows may be 0 for the sizes not asked for.
+- ``aligners/NAME.onnx``: each aligner of ``MODEL_DIR/aligners/`` (``booru-embed align``), external vectors in,
+  raw embeddings out (``alignment/export.py``).
 - ``model_quantized.onnx`` (``--quantize int8``): ``model.onnx`` with dynamic int8 weights (ONNX Runtime's
   ``quantize_dynamic``); activations stay float, scales are computed per batch.
 
@@ -145,6 +147,15 @@ def compare(model: Any, example: dict[str, np.ndarray], path: Path) -> dict[str,
             "min_cosine": float(cosine.min())}
 
 
+def _export_aligners(folder: Path, target: Path, opset: int, report: dict[str, Any]) -> None:
+    """Add ``aligners/NAME.onnx`` for every aligner of MODEL_DIR (``booru-embed align``) to ``target`` and ``report``."""
+    from .alignment.export import export_aligners
+
+    for name, check in export_aligners(folder, target, opset).items():
+        report["files"].append(name)
+        report["checks"][name] = check
+
+
 def export_onnx(model_dir: str | Path, output: str | Path | None = None, opset: int = DEFAULT_OPSET,
                 quantize: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Export MODEL_DIR's encoder, masked-tag head and read-back heads to ONNX; returns what was written.
@@ -197,6 +208,8 @@ def export_onnx(model_dir: str | Path, output: str | Path | None = None, opset: 
         report["checks"][ONNX_FILE] = compare(model, example, target / ONNX_FILE)
         report["files"] += [ONNX_FILE, READBACK_FILE]
         bar.update()
+        with _quiet():
+            _export_aligners(folder, target, opset, report)
         if quantize:
             with _quiet():
                 quantize_int8(target / ONNX_FILE, target / QUANTIZED_FILE)

@@ -612,7 +612,8 @@ def run_index(args: argparse.Namespace) -> int:
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``booru-embed search``."""
     parser.add_argument("index_dir", metavar="INDEX_DIR", help="folder written by booru-embed index")
-    parser.add_argument("tags", metavar="TAGS", help='query tag set: "1girl solo long_hair" or "1girl, long hair"')
+    parser.add_argument("tags", metavar="TAGS", nargs="?",
+                        help='query tag set: "1girl solo long_hair" or "1girl, long hair" (or --embedding)')
     parser.add_argument("--top-k", type=int, default=10, help="number of posts (default: 10)")
     parser.add_argument("--mode", choices=MODES,
                         help="hybrid (dense + sparse, the default), dense (embedding) or sparse (tag vectors); "
@@ -620,6 +621,35 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help='print [{"id", "score", "tags"}, ...]')
     parser.add_argument("--model", help="model folder for the query (default: the one the index was built with)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    add_embedding_query_arguments(parser)
+
+
+def add_embedding_query_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--embedding FILE.npy`` and ``--aligner NAME`` of ``booru-embed search``: query with vectors, not tags."""
+    parser.add_argument("--embedding", type=Path, metavar="FILE.npy",
+                        help="query with the rows of this .npy file instead of TAGS (one result list per row)")
+    parser.add_argument("--aligner", metavar="NAME",
+                        help="the --embedding rows are external (image) embeddings: map them with this aligner")
+
+
+def search_embedding_file(args: argparse.Namespace) -> list[list[Hit]]:
+    """The hits of each row of ``--embedding`` (mapped by ``--aligner`` when given)."""
+    from .decode import load_embedding_file
+
+    if args.embedding is None:
+        raise UsageError("--aligner needs --embedding FILE.npy (the external vectors to map)")
+    if args.tags is not None:
+        raise UsageError("give TAGS or --embedding, not both")
+    vectors = load_embedding_file(args.embedding)
+    index = PostIndex.load(args.index_dir, model_dir=args.model, device=args.device)
+    try:
+        if args.aligner is not None:
+            vectors = index.embedder.embed_external(vectors, aligner=args.aligner, dim=index.dim)
+        elif vectors.shape[1] > index.dim:  # a full-size booru-embed embedding: its nested prefix
+            vectors = vectors[:, : index.dim]
+        return index.search_embeddings(vectors, top_k=args.top_k)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -628,6 +658,10 @@ def run_search(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.embedding is not None or args.aligner is not None:
+        return _print_hit_lists(search_embedding_file(args), args)
+    if args.tags is None:
+        raise UsageError("give a query: TAGS, or --embedding FILE.npy")
     if not args.tags.replace(",", " ").split():
         raise UsageError("the tag set is empty: give at least one tag")
     index = PostIndex.load(args.index_dir, model_dir=args.model, device=args.device)
@@ -643,4 +677,17 @@ def run_search(args: argparse.Namespace) -> int:
     print_unknown_note(unknown)
     for hit in hits:
         print(f"{hit.score:.4f}  {hit.id}  {hit.tags}")
+    return 0
+
+
+def _print_hit_lists(hit_lists: list[list[Hit]], args: argparse.Namespace) -> int:
+    """Print the hits of several queries: a JSON list of lists, or blocks separated by a ``# row N`` line."""
+    if args.json:
+        print(json.dumps([[{"id": h.id, "score": round(h.score, 6), "tags": h.tags} for h in hits] for hits in hit_lists],
+                         ensure_ascii=False))
+        return 0
+    for number, hits in enumerate(hit_lists):
+        print(f"# row {number}")
+        for hit in hits:
+            print(f"{hit.score:.4f}  {hit.id}  {hit.tags}")
     return 0

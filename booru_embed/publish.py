@@ -21,9 +21,11 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 DEFAULT_DATASETS = ("danbooru",)
 LICENSE = "apache-2.0"
 TAGS = ("booru-embed", "danbooru", "tag-embedding", "feature-extraction", "sentence-transformers", "custom_code")
-# Subfolders sent along with the top-level files: the ONNX export (``booru-embed export-onnx``), which
-# BooruEmbedder.from_pretrained(repo_id, backend="onnx") reads from the repository's onnx/.
-PUBLISHED_SUBFOLDERS = ("onnx",)
+# Subfolders sent along with the top-level files, with their own subfolders: the ONNX export
+# (``booru-embed export-onnx``), which BooruEmbedder.from_pretrained(repo_id, backend="onnx") reads from the
+# repository's onnx/, and the aligners (``booru-embed align``). Folders named in LOCAL_SUBFOLDERS stay local.
+PUBLISHED_SUBFOLDERS = ("onnx", "aligners")
+LOCAL_SUBFOLDERS = ("checkpoints", "logs")
 # training_config.json keys that hold local paths or run state, left out of the card's table.
 LOCAL_TRAINING_KEYS = ("dataset", "tokenizer", "output", "config", "resume")
 
@@ -31,7 +33,8 @@ LOCAL_TRAINING_KEYS = ("dataset", "tokenizer", "output", "config", "resume")
 def check_model_dir(model_dir: str | Path) -> list[Path]:
     """Check that ``model_dir`` holds a complete model; return the files to publish, sorted.
 
-    Those are the top-level files and the files of ``PUBLISHED_SUBFOLDERS`` (``onnx/``) when present.
+    Those are the top-level files and the files of ``PUBLISHED_SUBFOLDERS`` (``onnx/``, ``aligners/``) when
+    present, with their subfolders except ``checkpoints/`` and ``logs/``.
 
     Needs ``config.json`` with an ``auto_map``, ``tokenizer_config.json``, the remote-code files both
     name, and safetensors weights. Raises ``UsageError`` naming what is missing.
@@ -60,8 +63,8 @@ def check_model_dir(model_dir: str | Path) -> list[Path]:
     if missing:
         raise UsageError(f"{folder} is incomplete, missing: {', '.join(missing)}")
     files = [path for path in folder.iterdir() if path.is_file()]
-    files += [path for name in PUBLISHED_SUBFOLDERS if (folder / name).is_dir() for path in (folder / name).iterdir()
-              if path.is_file()]
+    files += [path for name in PUBLISHED_SUBFOLDERS if (folder / name).is_dir() for path in (folder / name).rglob("*")
+              if path.is_file() and not set(LOCAL_SUBFOLDERS) & set(path.relative_to(folder).parts[:-1])]
     return sorted(path for path in files if not path.name.startswith("."))
 
 
