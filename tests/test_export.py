@@ -49,15 +49,17 @@ def onnx_embedder(model_dir: Path) -> BooruEmbedder:
     return BooruEmbedder.from_pretrained(model_dir, backend="onnx")
 
 
-def test_attention_pooling_exports_with_the_same_embeddings(tmp_path: Path) -> None:
+def test_the_shipped_pooling_exports_with_the_same_embeddings(tmp_path: Path) -> None:
+    """Attention pooling and the normalised bag-of-tags path (`pooler_input_skip`), as the shipped configs have."""
     import torch
 
     from booru_embed.modeling.modeling_booru_embed import BooruEmbedForPreTraining
 
-    folder = build_tiny_model(tmp_path / "tiny", pooling="attention")
+    folder = build_tiny_model(tmp_path / "tiny", pooling="attention", pooler_input_skip=True)
     model = BooruEmbedForPreTraining.from_pretrained(folder)
     torch.manual_seed(1)
     torch.nn.init.normal_(model.model.pooling_score.weight, std=1.0)  # a learned, non-uniform weighting
+    torch.nn.init.uniform_(model.model.input_norm.weight, 0.5, 1.5)  # and a learned norm of the bag
     model.save_pretrained(folder)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["export-onnx", str(folder)]) == 0

@@ -190,7 +190,7 @@ def test_attention_pooling_is_a_per_post_softmax_mean_in_every_layout(attn: str)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "booru_varlen"])
-def test_pooler_input_skip_adds_the_projected_mean_of_the_input_embeddings(attn: str) -> None:
+def test_pooler_input_skip_adds_the_projected_normalised_mean_of_the_input_embeddings(attn: str) -> None:
     plain = build(BooruEmbedModel, attn=attn, pooling="attention")
     model = build(BooruEmbedModel, attn=attn, pooling="attention", pooler_input_skip=True)
     model.load_state_dict(plain.state_dict(), strict=False)  # the same weights, plus the skip's projection
@@ -200,8 +200,17 @@ def test_pooler_input_skip_adds_the_projected_mean_of_the_input_embeddings(attn:
     with torch.no_grad():
         inputs = model.embeddings(padded["input_ids"], padded["category_ids"])
         mean = (inputs * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        expected = plain(**padded).pooler_output + model.input_pooler(mean)
+        expected = plain(**padded).pooler_output + model.input_pooler(model.input_norm(mean))
         a, b = model(**padded), model(**packed)
+        # the bag is RMS-normalised: its path does not grow with the input embeddings' scale (once well above eps)
+        skips = [a.pooler_output - plain(**padded).pooler_output]
+        for _ in range(2):
+            model.embeddings.token_embeddings.weight.mul_(20.0)
+            model.embeddings.category_embeddings.weight.mul_(20.0)
+            plain.load_state_dict(model.state_dict(), strict=False)
+            skips.append(model(**padded).pooler_output - plain(**padded).pooler_output)
+    torch.testing.assert_close(skips[2], skips[1], atol=1e-4, rtol=1e-3)
+    assert 0.8 < float(skips[1].norm() / skips[0].norm()) < 1.25  # unnormalised, it would be 20x
     torch.testing.assert_close(a.pooler_output, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=1e-4)
     assert build(BooruEmbedModel).input_pooler is None  # off by default: older checkpoints load unchanged

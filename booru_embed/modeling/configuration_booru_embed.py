@@ -67,9 +67,10 @@ class BooruEmbedConfig(PreTrainedConfig):
             learned score per token, which starts at 0: a plain mean).
         pooler_input_skip (`bool`, defaults to `False`):
             Whether the embedding also gets a linear projection of the plain mean of the post's input embeddings
-            (token + category, before any block): a bag-of-tags path around the encoder, added to the projected
-            pooled states. It keeps what the tags themselves say (the read-back of a post) even where the blocks
-            smooth the token states toward what the other objectives need.
+            (token + category, before any block), RMS-normalised like the final states: a bag-of-tags path around
+            the encoder, added to the projected pooled states. It keeps what the tags themselves say (the
+            read-back of a post) where the blocks smooth the token states into fewer directions than the
+            embedding has (the shipped configs turn it on; see docs/readback.md).
         num_ratings (`int`, defaults to 4):
             Classes of the rating head (g, s, q, e).
         num_score_buckets (`int`, defaults to 5):

@@ -658,7 +658,9 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
         # config.pooling "attention": one learned score per token, softmax-weighted mean of the post's states
         self.pooling_score = BooruEmbedPoolingScore(config.hidden_size, 1) if config.pooling == "attention" else None
         self.pooler = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
-        # config.pooler_input_skip: the mean of the input embeddings, projected and added (a bag-of-tags path)
+        # config.pooler_input_skip: the mean of the input embeddings, RMS-normalised like the final states (else it
+        # is ~20x smaller than they are and the read-back ignores it), projected and added: a bag-of-tags path
+        self.input_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if config.pooler_input_skip else None
         self.input_pooler = (
             nn.Linear(config.hidden_size, config.embedding_dim, bias=False) if config.pooler_input_skip else None
         )
@@ -720,7 +722,8 @@ class BooruEmbedModel(BooruEmbedPreTrainedModel):
         else:
             pooled = self.pooler(plan.weighted_mean(hidden_states, self.pooling_score(hidden_states).squeeze(-1)))
         if self.input_pooler is not None:
-            pooled = pooled + self.input_pooler(plan.weighted_mean(inputs, inputs.new_zeros(inputs.shape[:-1])))
+            bag = plan.weighted_mean(inputs, inputs.new_zeros(inputs.shape[:-1]))  # the plain mean
+            pooled = pooled + self.input_pooler(self.input_norm(bag))
         if normalize_embeddings:
             pooled = F.normalize(pooled, dim=-1)
         hidden_states = plan.leave(hidden_states)
