@@ -37,22 +37,26 @@ class ReferenceCollator(PretrainingCollator):
         order = order[np.argsort(post.tag_categories[order], kind="stable")]
         return Post(post.rating, post.score, post.tags[order], post.tag_categories[order])
 
-    def _view(self, post: Post, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    def _view(self, post: Post, rng: np.random.Generator, whole: bool = False) -> tuple[np.ndarray, np.ndarray, bool, bool]:
         """One contrastive view: whole categories dropped, then a random share of the remaining tags kept.
 
         Each of character, artist, copyright and meta is left out entirely with probability
         ``view_drop_category_probability`` (a post keeps at least one tag): a search query or a
         conditioning prompt often lacks a whole category, and the embedding should stay put.
+        A ``whole`` view (``full_post_view``, the first view) keeps every tag and draws only its metadata.
         """
         cfg = self.config
         pool = np.arange(len(post.tags))
-        if cfg.view_drop_category_probability > 0 and len(pool):
+        if whole:
+            kept = pool
+        elif cfg.view_drop_category_probability > 0 and len(pool):
             dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
             remaining = pool[~np.isin(post.tag_categories, dropped)]
             pool = remaining if len(remaining) else pool
-        n = len(pool)
-        keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * n)) if n else 0
-        kept = np.sort(rng.choice(pool, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
+        if not whole:
+            n = len(pool)
+            keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * n)) if n else 0
+            kept = np.sort(rng.choice(pool, size=keep_count, replace=False)) if n else np.zeros(0, dtype=np.int64)
         keep_rating = post.rating is not None and rng.random() < cfg.view_metadata_probability
         keep_score = post.score is not None and rng.random() < cfg.view_metadata_probability
         ids, cats = build_sequence(
@@ -118,7 +122,7 @@ class ReferenceCollator(PretrainingCollator):
                 exclude_ids.extend(visible.tolist())
             labels_visible = []
             for v, views in enumerate((view_a, view_b)):
-                ids, cats, kept_rating, kept_score = self._view(post, rng)
+                ids, cats, kept_rating, kept_score = self._view(post, rng, whole=v == 0 and cfg.full_post_view)
                 views.append((ids, cats))
                 labels_visible.append((1 + v, kept_rating, kept_score))
             labels_visible.append((0, rating is not None and not mask_rating, score is not None and not mask_score))

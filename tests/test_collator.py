@@ -47,7 +47,7 @@ def posts() -> list[dict]:
 
 
 def test_readback_target_own_reads_back_the_tags_each_sequence_shows(posts):
-    whole = PretrainingCollator(INFO, TrainingConfig(seed=2))(posts)
+    whole = PretrainingCollator(INFO, TrainingConfig(seed=2, readback_target="post"))(posts)
     own = PretrainingCollator(INFO, TrainingConfig(seed=2, readback_target="own"))(posts)
     assert torch.equal(whole["input_ids"], own["input_ids"])  # the same draws, only the targets differ
     known = ~np.isin(np.arange(len(CATEGORIES)), [*range(11)])  # tags, not special / rating / score / unknown
@@ -58,8 +58,21 @@ def test_readback_target_own_reads_back_the_tags_each_sequence_shows(posts):
     assert len(whole["readback_ids"]) > len(own["readback_ids"])  # the post's tags: hidden and dropped ones too
 
 
+def test_full_post_view_shows_every_tag_and_the_second_view_a_part(posts):
+    config = TrainingConfig(seed=4, view_keep_min=0.3, view_keep_max=0.5, view_drop_category_probability=1.0)
+    assert config.full_post_view  # the default
+    seqs = sequences_of(PretrainingCollator(INFO, config)(posts))
+    b = len(posts)
+    tags = lambda sequence: sorted(int(t) for t in sequence if CATEGORIES[t] >= 3)  # tags, unknown ones included
+    for p, post in enumerate(posts):
+        assert tags(seqs[b + p]) == tags(post["input_ids"])  # view a: the whole post
+        assert len(tags(seqs[2 * b + p])) < len(tags(post["input_ids"]))  # view b: a part, its character dropped
+    off = sequences_of(PretrainingCollator(INFO, TrainingConfig(seed=4, full_post_view=False))(posts))
+    assert any(len(tags(off[b + p])) < len(tags(post["input_ids"])) for p, post in enumerate(posts))
+
+
 def test_batch_layout_and_mask_targets(posts):
-    config = TrainingConfig(metadata_mask_probability=0.5, metadata_drop_probability=0.0)
+    config = TrainingConfig(metadata_mask_probability=0.5, metadata_drop_probability=0.0, readback_target="post")
     batch = PretrainingCollator(INFO, config)(posts)
     b = len(posts)
     seqs = sequences_of(batch)
@@ -228,8 +241,8 @@ def test_collator_works_with_namespace_config(posts):
 
 
 def test_views_can_drop_whole_categories_and_batches_carry_each_posts_subjects(posts):
-    never = PretrainingCollator(INFO, TrainingConfig())(posts)
-    always = PretrainingCollator(INFO, TrainingConfig(view_drop_category_probability=1.0))(posts)
+    never = PretrainingCollator(INFO, TrainingConfig(full_post_view=False))(posts)
+    always = PretrainingCollator(INFO, TrainingConfig(view_drop_category_probability=1.0, full_post_view=False))(posts)
     b = len(posts)
     characters = set(range(41, 46))
     for batch, dropped in ((never, False), (always, True)):
@@ -241,7 +254,8 @@ def test_views_can_drop_whole_categories_and_batches_carry_each_posts_subjects(p
             assert batch["contrastive_subjects"][p].tolist() == own + [-1] * (8 - len(own))
     # with a character-only post, a view keeps that post's tags rather than coming out empty
     lone = {"id": 99, "input_ids": [1, 42], "category_ids": CATEGORIES[[1, 42]].tolist()}
-    seqs = sequences_of(PretrainingCollator(INFO, TrainingConfig(view_drop_category_probability=1.0))([lone, *posts]))
+    config = TrainingConfig(view_drop_category_probability=1.0, full_post_view=False)
+    seqs = sequences_of(PretrainingCollator(INFO, config)([lone, *posts]))
     assert 42 in seqs[len(posts) + 1].tolist()
 
 
@@ -280,12 +294,13 @@ def messy_post(post_id: int, rng: np.random.Generator) -> dict:
     {"metadata_drop_probability": 1.0, "view_metadata_probability": 1.0, "packed": False},
     {"mask_fraction_min": 1.0, "mask_fraction_max": 1.0, "view_keep_min": 1.0, "view_keep_max": 1.0},
     {"view_drop_category_probability": 0.5}, {"view_drop_category_probability": 1.0, "max_tags": 5},
+    {"full_post_view": False}, {"full_post_view": False, "view_drop_category_probability": 0.5},
 ])
 def test_batch_wide_collator_gives_the_batches_of_the_per_post_one(options):
     from collator_reference import ReferenceCollator
 
     rng = np.random.default_rng(7)
-    config = TrainingConfig(seed=11, **options)
+    config = TrainingConfig(seed=11, readback_target="post", **options)  # the oracle reads back to the post
     for epoch in range(3):
         examples = [messy_post(int(i), rng) for i in rng.choice(10_000, size=int(rng.integers(1, 40)), replace=False)]
         fast, reference = PretrainingCollator(INFO, config), ReferenceCollator(INFO, config)

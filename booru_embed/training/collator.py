@@ -123,6 +123,7 @@ class PretrainingCollator:
         cfg = self.config
         draws = _Draws()
         drop = cfg.view_drop_category_probability > 0
+        full_view = getattr(cfg, "full_post_view", False)
         offsets = np.cumsum(candidates) - candidates
         unknown = np.bincount(np.repeat(np.arange(len(candidates)), candidates), weights=candidate_unknown,
                               minlength=len(candidates)).astype(np.int64)
@@ -143,6 +144,11 @@ class PretrainingCollator:
             # the categories of the post's tags in the order they take (category order, see __call__)
             tag_categories = np.sort(candidate_categories[offsets[p] + selected]) if drop and n else None
             for kept in (draws.view_a, draws.view_b):
+                if full_view and kept is draws.view_a:  # the whole post (no category dropped)
+                    kept.append(np.arange(n))
+                    flags.append(has_rating and rng.random() < cfg.view_metadata_probability)
+                    flags.append(has_score and rng.random() < cfg.view_metadata_probability)
+                    continue
                 pool = np.arange(n)
                 if tag_categories is not None:
                     dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]

@@ -94,6 +94,8 @@ class TrainingConfig:
     view_keep_max: float = _opt(0.8, "largest share of tags kept in a contrastive view")
     view_drop_category_probability: float = _opt(0.0, "chance that a contrastive view leaves out all its character "
                                                       "(artist, copyright, meta) tags, drawn per category")
+    full_post_view: bool = _opt(True, "the first view of every post keeps all its tags (the second is drawn as "
+                                       "above): read-back sees whole posts, as it is used, not only parts")
     view_metadata_probability: float = _opt(0.5, "chance that a view keeps the rating / score token")
     temperature: float = _opt(0.05, "InfoNCE temperature of the contrastive objective")
     contrastive_subject_positives: bool = _opt(False, "posts of a batch that share a character or artist are "
@@ -105,17 +107,17 @@ class TrainingConfig:
                                                      "contrastive negatives too (gathered, no gradient to them)")
     mlm_weight: float = _opt(1.0, "weight of masked-tag (set) prediction")
     contrastive_weight: float = _opt(1.0, "weight of the contrastive (two views) objective")
-    readback_weight: float = _opt(0.3, "weight of reading the tags back from the pooled embedding (its early "
-                                       "loss is ~20x the others; under global clipping it would crowd them out)")
+    readback_weight: float = _opt(3.0, "weight of reading the tags back from the pooled embedding (0.3 -> 1 -> 3 "
+                                       "raised the read-back F1 at every width; see docs/readback.md)")
     readback_negatives: int = _opt(2048, "read-back loss over the batch's tags plus this many sampled negative tags "
                                          "(importance-weighted, an unbiased estimate of the whole-vocabulary "
                                          "loss); 0 scores the whole vocabulary for every sequence")
     masked_negatives: int = _opt(0, "masked-tag softmax over the batch's hidden tags plus this many sampled tags "
                                      "(logQ-corrected estimate of its normaliser); 0 takes every candidate")
-    readback_target: str = _opt("post", "what each sequence's embedding is read back to: post (all the post's tags, "
+    readback_target: str = _opt("own", "what each sequence's embedding is read back to: post (all the post's tags, "
                                         "also from the masked post and the partial views: completion) or own (the "
                                         "tags the sequence shows: a code of its input)", choices=READBACK_TARGETS)
-    readback_size_weights: str = _opt("uniform", "weights of the nested sizes' read-back losses: uniform (each size "
+    readback_size_weights: str = _opt("width", "weights of the nested sizes' read-back losses: uniform (each size "
                                                  "the same) or width (proportional to the size, so the full width "
                                                  "weighs more than all prefixes together)",
                                       choices=READBACK_SIZE_WEIGHTS)
