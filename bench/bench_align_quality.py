@@ -20,7 +20,7 @@ from tempfile import TemporaryDirectory
 import numpy as np
 
 MICRO_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-               "embedding_dim": 32, "nested_dims": [8, 16]}
+               "embedding_dim": 32, "nested_dims": [8, 16], "pooling": "attention", "pooler_input_skip": True}
 COLUMNS = ("ceiling.f1", "aligned.f1", "probe.f1", "aligned.f1.character", "aligned.f1.artist", "aligned.cosine",
            "tagset.hit@10", "aligned.hit@10", "tagset.character_hit@10", "aligned.character_hit@10")
 
