@@ -146,21 +146,25 @@ class PretrainingCollator:
             for kept in (draws.view_a, draws.view_b):
                 if full_view and kept is draws.view_a:  # the whole post (no category dropped)
                     kept.append(np.arange(n))
-                    flags.append(has_rating and rng.random() < cfg.view_metadata_probability)
-                    flags.append(has_score and rng.random() < cfg.view_metadata_probability)
-                    continue
-                pool = np.arange(n)
-                if tag_categories is not None:
-                    dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
-                    remaining = np.flatnonzero(~np.isin(tag_categories, dropped))
-                    pool = remaining if len(remaining) else pool  # a view never comes out empty
-                size = len(pool)
-                keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * size)) if size else 0
-                kept.append(pool[rng.choice(size, size=keep_count, replace=False)] if size else pool)
+                else:
+                    kept.append(self._partial_view(rng, n, tag_categories))
                 flags.append(has_rating and rng.random() < cfg.view_metadata_probability)
                 flags.append(has_score and rng.random() < cfg.view_metadata_probability)
             draws.flags.append(flags)
         return draws
+
+    def _partial_view(self, rng: np.random.Generator, n: int, tag_categories: np.ndarray | None) -> np.ndarray:
+        """Positions of the ``n`` tags a partial view keeps: whole categories dropped (when ``tag_categories``
+        is given), then a random share of the rest; never empty when the post has a tag."""
+        cfg = self.config
+        pool = np.arange(n)
+        if tag_categories is not None:
+            dropped = self._droppable[rng.random(len(self._droppable)) < cfg.view_drop_category_probability]
+            remaining = np.flatnonzero(~np.isin(tag_categories, dropped))
+            pool = remaining if len(remaining) else pool  # a view never comes out empty
+        size = len(pool)
+        keep_count = max(1, round(rng.uniform(cfg.view_keep_min, cfg.view_keep_max) * size)) if size else 0
+        return pool[rng.choice(size, size=keep_count, replace=False)] if size else pool
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Build the batch of ``examples`` (dicts with ``id``, ``input_ids``, ``category_ids``)."""
