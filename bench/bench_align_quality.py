@@ -3,10 +3,10 @@
 For each corpus setting and seed: generate a corpus (made-up tag names), train a small model briefly
 (hidden 64, 2 layers, 32-d embedding; ``--model-steps`` steps of 64 posts), write synthetic image
 embeddings (``alignment/synthetic.py``, ``--dim``) for every post, and run ``booru-embed align``'s
-function on them. Prints one row per run and the mean and spread per setting; the ratios are the
+function on them for each ``--arch``. Prints one row per run and the mean and spread per setting; the ratios are the
 issue's targets: aligned F1 / ceiling F1 (>= 0.9) and aligned hit@10 / tag-set hit@10 (>= 0.8).
 
-    python bench/bench_align_quality.py [--settings default sparse-traits] [--seeds 0 1] [--posts 8000]
+    python bench/bench_align_quality.py [--settings default sparse-traits] [--seeds 0 1] [--posts 8000] [--arch tags mlp]
 """
 
 from __future__ import annotations
@@ -46,16 +46,17 @@ def trained_corpus(root: Path, setting_name: str, seed: int, posts: int, steps: 
     return train(config), root / "data"
 
 
-def run(root: Path, setting_name: str, seed: int, posts: int, steps: int, dim: int, arch: str,
-        epochs: int) -> dict[str, float]:
-    """One corpus, model, pair file and aligner; returns the aligner's metrics."""
+def run(root: Path, setting_name: str, seed: int, posts: int, steps: int, dim: int, archs: tuple[str, ...],
+        epochs: int) -> dict[str, dict[str, float]]:
+    """One corpus, model and pair file, and an aligner of each of ``archs`` on them; returns each one's metrics."""
     from booru_embed.alignment.command import align
     from booru_embed.alignment.fit import FitSettings
     from booru_embed.alignment.synthetic import write_synthetic_pairs
 
     model_dir, data_dir = trained_corpus(root, setting_name, seed, posts, steps)
     pairs = write_synthetic_pairs(data_dir, root / "pairs.npz", dim=dim, seed=seed)
-    return align(model_dir, pairs, data_dir, f"img-{arch}", FitSettings(arch=arch, epochs=epochs, seed=seed))
+    return {arch: align(model_dir, pairs, data_dir, f"img-{arch}", FitSettings(arch=arch, epochs=epochs, seed=seed))
+            for arch in archs}
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=8000)
     parser.add_argument("--model-steps", type=int, default=300)
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--arch", nargs="+", default=["mlp"])
+    parser.add_argument("--arch", nargs="+", default=["tags", "mlp"])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--output", type=Path, help="also write every run's metrics to this JSON file")
     args = parser.parse_args()
@@ -76,10 +77,10 @@ def main() -> None:
     with TemporaryDirectory() as folder:
         for name in args.settings:
             for seed in args.seeds:
-                for arch in args.arch:
-                    started = time.perf_counter()
-                    metrics = run(Path(folder) / f"{name}-{seed}-{arch}", name, seed, args.posts, args.model_steps,
-                                  args.dim, arch, args.epochs)
+                started = time.perf_counter()
+                by_arch = run(Path(folder) / f"{name}-{seed}", name, seed, args.posts, args.model_steps, args.dim,
+                              tuple(args.arch), args.epochs)
+                for arch, metrics in by_arch.items():
                     results.append({"setting": name, "seed": seed, "arch": arch, **metrics})
                     print(f"{name:14} {seed:>4} {arch:6} " + " ".join(f"{metrics[c]:24.3f}" for c in COLUMNS)
                           + f" {time.perf_counter() - started:5.0f}", flush=True)

@@ -249,6 +249,19 @@ class BooruEmbedder:
         """(n, embedding_dim) float32 pooled embeddings of a ``_batch``, not normalised (either backend)."""
         return self._model.pooled(batch)
 
+    def _raw_pooled(self, sequences: list[list[int]], batch_size: int = 256) -> np.ndarray:
+        """(n, embedding_dim) float32 raw pooled embeddings of token-id lists (``<cls>`` first), batched by length."""
+        out = np.zeros((len(sequences), self.embedding_dim), dtype=np.float32)
+        order = np.argsort([len(s) for s in sequences], kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._pooled(self._batch([sequences[i] for i in rows]))
+        return out
+
+    def _encode_tag_ids(self, tag_ids: list[list[int]]) -> np.ndarray:
+        """Raw pooled embeddings of tag token-id lists read as tag-only posts (what a ``tags`` aligner predicts)."""
+        return self._raw_pooled([[self.tokenizer.cls_token_id, *ids] for ids in tag_ids])
+
     def _mask_logits_batch(self, sequences: list[list[int]]) -> np.ndarray:
         """(n, vocab) float32 masked-tag logits of token-id lists (``<cls>`` first), one ``<mask>`` appended to each."""
         return self._model.mask_logits(self._batch(sequences, extra=[self.tokenizer.mask_token_id]))
@@ -516,7 +529,9 @@ class BooruEmbedder:
         L2-normalised like ``embed``, ready for ``decode`` and ``PostIndex.search_embeddings``.
 
         ``aligner`` names a folder of ``MODEL_DIR/aligners/`` (``booru-embed align``); the ONNX backend runs
-        ``onnx/aligners/NAME.onnx``. A missing aligner is a ``UsageError``; a wrong width or NaN/inf rows a ValueError.
+        ``onnx/aligners/NAME.onnx``. A ``tags`` aligner (the default kind) reads each row's tags and this
+        model embeds them as a tag-only post; a ``mlp`` or ``linear`` one maps the row to the embedding.
+        A missing aligner is a ``UsageError``; a wrong width or NaN/inf rows a ValueError.
         """
         from .alignment.runtime import LoadedAligner
         from .alignment.store import check_name, unit_rows
@@ -524,7 +539,8 @@ class BooruEmbedder:
         width = self._check_dim(dim)
         if check_name(aligner) not in self._aligners:
             name, local, kwargs = self._source or (str(getattr(self.model.config, "_name_or_path", "")), True, {})
-            self._aligners[aligner] = LoadedAligner.load(name, local, aligner, self.backend, self.device, **kwargs)
+            self._aligners[aligner] = LoadedAligner.load(name, local, aligner, self.backend, self._encode_tag_ids,
+                                                         self.device, **kwargs)
         return unit_rows(self._aligners[aligner](vectors), width)
 
     def category_of(self, tag: str) -> str | None:

@@ -19,6 +19,7 @@ from booru_embed.alignment.command import align
 from booru_embed.alignment.fit import FitSettings, Phase
 from booru_embed.alignment.pairs import read_pairs
 from booru_embed.alignment.synthetic import write_synthetic_pairs
+from booru_embed.alignment.tag_path import THRESHOLDS, choose_threshold, predicted_tags
 from booru_embed.cli import main
 from booru_embed.embedder import BooruEmbedder
 from booru_embed.errors import UsageError
@@ -47,14 +48,22 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert code == 0, err
     assert "2 of 122 post ids are in no split" in err and str(ABSENT[0]) in err
     assert "tag F1 at P=R on the test split: ceiling" in out
+    code, _, err = run_cli(["align", str(model_dir), "--pairs", str(pairs), "--dataset", str(root / "data"),
+                            "--name", "img-mlp", "--arch", "mlp", *FAST])
+    assert code == 0, err
     return {"root": root, "model": model_dir, "data": root / "data", "pairs": pairs}
+
+
+ALIGNERS = ("img", "img-mlp")  # the default tags aligner and a map
 
 
 def test_aligner_folder_holds_weights_config_metrics_and_absent_ids(tiny: dict[str, Path]) -> None:
     folder = tiny["model"] / "aligners" / "img"
     assert {"config.json", "model.safetensors", "metrics.json", "absent_ids.txt"} <= {p.name for p in folder.iterdir()}
     config = json.loads((folder / "config.json").read_text())
-    assert (config["input_dim"], config["output_dim"], config["arch"]) == (24, 48, "mlp")
+    assert (config["input_dim"], config["output_dim"], config["arch"]) == (24, 48, "tags")
+    mlp_config = json.loads((tiny["model"] / "aligners" / "img-mlp" / "config.json").read_text())
+    assert (mlp_config["arch"], mlp_config["hidden_dim"]) == ("mlp", 32) and "token_ids" not in mlp_config
     assert [int(line) for line in (folder / "absent_ids.txt").read_text().split()] == list(ABSENT)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["count.absent"] == 2 and metrics["count.train"] == 120 and metrics["count.test"] == 24
@@ -65,6 +74,9 @@ def test_aligner_folder_holds_weights_config_metrics_and_absent_ids(tiny: dict[s
     for key in ("cosine", "norm_diff", "bce_tags", "bce_readback", "mse_readback", "hit@10"):
         assert np.isfinite(metrics[f"aligned.{key}"]), key
     assert metrics["tagset.hit@10"] == 1.0  # the own tag set always finds its own post
+    assert config["threshold"] == metrics["training.threshold"] in THRESHOLDS
+    assert metrics[f"training.threshold_cosine.{config['threshold']}"] == max(
+        value for key, value in metrics.items() if key.startswith("training.threshold_cosine."))
     assert metrics["seconds.train"] > 0 and metrics["peak_memory_mb"] > 0
 
 
@@ -82,13 +94,45 @@ def test_pair_file_layouts_read_alike(tiny: dict[str, Path], tmp_path: Path) -> 
         np.testing.assert_array_equal(got_embs, embs)
 
 
-def test_embed_external_gives_unit_rows_that_decode_and_truncate(tiny: dict[str, Path]) -> None:
+def test_tags_aligner_rows_are_the_tags_of_enough_training_pairs(tiny: dict[str, Path]) -> None:
+    from datasets import load_from_disk
+
+    config = json.loads((tiny["model"] / "aligners" / "img" / "config.json").read_text())
+    embedder = BooruEmbedder.from_pretrained(tiny["model"], device="cpu")
+    train = load_from_disk(str(tiny["data"]))["train"]
+    counts: dict[int, int] = {}
+    for ids in embedder._ids([{c: row[c] for c in ("general", "character", "copyright", "artist", "meta")}
+                              for row in train]):
+        for token in set(ids):
+            counts[token] = counts.get(token, 0) + 1
+    held_out = json.loads((tiny["model"] / "aligners" / "img" / "metrics.json").read_text())["count.holdout"]
+    kept = set(config["token_ids"])
+    assert kept and kept <= set(embedder.tokenizer.tag_token_ids)
+    assert len(kept) == len(config["token_ids"])  # each tag once
+    # the held-out pairs do not count, so a kept tag has at least min_tag_pairs among all training pairs
+    assert all(counts[t] >= config["settings"]["min_tag_pairs"] for t in kept)
+    certain = {t for t, n in counts.items() if n >= config["settings"]["min_tag_pairs"] + held_out and embedder._is_tag[t]}
+    assert certain and certain <= kept  # enough pairs even if every held-out pair had the tag
+
+
+def test_tags_aligner_embeds_the_tag_set_it_reads(tiny: dict[str, Path]) -> None:
+    embedder = BooruEmbedder.from_pretrained(tiny["model"], device="cpu")
+    _, embs = read_pairs(tiny["pairs"])
+    vectors = embedder.embed_external(embs[:6], aligner="img")
+    read = embedder._aligners["img"].tags(embs[:6])
+    assert all(1 <= len(tags) == len(set(tags)) for tags in read)
+    names = [embedder.tokenizer.convert_ids_to_tokens(tags) for tags in read]
+    np.testing.assert_allclose(vectors, embedder.embed(names), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALIGNERS)
+def test_embed_external_gives_unit_rows_that_decode_and_truncate(tiny: dict[str, Path], name: str) -> None:
     embedder = BooruEmbedder.from_pretrained(tiny["model"], device="cpu")
     ids, embs = read_pairs(tiny["pairs"])
-    vectors = embedder.embed_external(embs[:5], aligner="img")
+    vectors = embedder.embed_external(embs[:5], aligner=name)
     assert vectors.shape == (5, 48) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    short = embedder.embed_external(embs[:5], aligner="img", dim=16)
+    short = embedder.embed_external(embs[:5], aligner=name, dim=16)
     np.testing.assert_allclose(short, vectors[:, :16] / np.linalg.norm(vectors[:, :16], axis=1, keepdims=True), atol=1e-6)
     assert len(embedder.decode(vectors, top_k=3)) == 5 and len(embedder.decode(short, top_k=3)[0]) == 3
 
@@ -155,11 +199,15 @@ def test_onnx_backend_matches_torch(tiny: dict[str, Path]) -> None:
     pytest.importorskip("onnxscript")
     code, out, err = run_cli(["export-onnx", str(tiny["model"])])
     assert code == 0, err
-    assert "aligners/img.onnx" in out and (tiny["model"] / "onnx" / "aligners" / "img.onnx").is_file()
     _, embs = read_pairs(tiny["pairs"])
-    torch_vectors = BooruEmbedder.from_pretrained(tiny["model"], device="cpu").embed_external(embs[:40], aligner="img")
-    onnx_vectors = BooruEmbedder.from_pretrained(tiny["model"], backend="onnx").embed_external(embs[:40], aligner="img")
-    np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
+    torch_embedder = BooruEmbedder.from_pretrained(tiny["model"], device="cpu")
+    onnx_embedder = BooruEmbedder.from_pretrained(tiny["model"], backend="onnx")
+    for name in ALIGNERS:
+        assert f"aligners/{name}.onnx" in out and (tiny["model"] / "onnx" / "aligners" / f"{name}.onnx").is_file()
+        torch_vectors = torch_embedder.embed_external(embs[:40], aligner=name)
+        onnx_vectors = onnx_embedder.embed_external(embs[:40], aligner=name)
+        np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
+    assert onnx_embedder._aligners["img"].tags(embs[:40]) == torch_embedder._aligners["img"].tags(embs[:40])
 
 
 LOAD_FROM_HUB = """
@@ -262,3 +310,34 @@ def test_nearest_hits_count_the_own_post_or_a_shared_character() -> None:
     assert hit == pytest.approx(2 / 3)
     # own post left out: query 0 still finds post 1; query 2 (character b) finds nothing with b
     assert character_hit == pytest.approx(1 / 2)
+
+
+def test_predicted_tags_keep_the_likely_ones_each_once_and_never_none() -> None:
+    token_ids = np.asarray([40, 41, 42, 43])
+    logits = np.log(np.asarray([[0.9, 0.1, 0.6, 0.4],     # two above 0.5, most likely first
+                                [0.1, 0.2, 0.3, 0.05],    # none above: the most likely alone
+                                [0.8, 0.9, 0.7, 0.95]]))  # all above, capped at 2
+    logits = logits - np.log1p(-np.exp(logits))
+    assert predicted_tags(logits, token_ids, 0.5, max_tags=2) == [[40, 42], [42], [43, 41]]
+    assert predicted_tags(logits, token_ids, 0.35)[0] == [40, 42, 43]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        predicted_tags(logits, token_ids, 1.0)
+
+
+def test_choose_threshold_picks_the_sets_that_embed_nearest_to_their_posts() -> None:
+    token_ids = np.arange(3)
+    probabilities = np.asarray([[0.9, 0.45, 0.1], [0.1, 0.45, 0.9]])
+    logits = np.log(probabilities) - np.log1p(-probabilities)
+
+    def encode(rows: list[list[int]]) -> np.ndarray:  # a tag set embeds as its multi-hot vector
+        out = np.zeros((len(rows), 3))
+        for i, tags in enumerate(rows):
+            out[i, tags] = 1.0
+        return out
+
+    # each post's own embedding is its likely tag plus the middling tag 1: only a threshold below 0.45 finds both
+    targets = np.asarray([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    threshold, cosines = choose_threshold(logits, token_ids, targets, encode, thresholds=(0.3, 0.4, 0.5))
+    assert threshold == 0.3 and cosines[0.3] == pytest.approx(1.0) and cosines[0.5] < 0.8
+    targets = np.asarray([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # now the likely tag alone: 0.5 wins
+    assert choose_threshold(logits, token_ids, targets, encode, thresholds=(0.3, 0.4, 0.5))[0] == 0.5

@@ -2,8 +2,9 @@
 
 Steps: read and check the pairs, join them to the DATA_DIR by post id (absent ids counted, listed in
 ``absent_ids.txt``), embed the joined posts with the model (cached in ``checkpoints/``), train the
-aligner and the linear probe on the train split's pairs (the held-out slice chooses their epoch), save
-``config.json`` + ``model.safetensors``, and write ``metrics.json`` measured on the test split's pairs.
+aligner and the linear probe on the train split's pairs (the held-out slice chooses their epoch and, for
+a ``tags`` aligner, its threshold), save ``config.json`` + ``model.safetensors``, and write
+``metrics.json`` measured on the test split's pairs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .pairs import absent_note, join_pairs, read_pairs
-from .store import CHECKPOINT_FOLDER, CONFIG_FILE, METRICS_FILE, aligner_folder, check_name
+from .store import CHECKPOINT_FOLDER, CONFIG_FILE, METRICS_FILE, TAG_ARCH, aligner_folder, check_name
 
 PLAN_FILE = "plan.json"
 ABSENT_FILE = "absent_ids.txt"
@@ -36,6 +37,7 @@ SETTING_HELP = {
     "patience": "epochs without a better held-out loss before stopping",
     "holdout": "share of the train split's pairs that chooses the epoch",
     "checkpoint_every": "steps between checkpoints (also at every epoch's end)", "seed": "seed of every draw",
+    "min_tag_pairs": "a tags aligner predicts the tags seen in at least this many training pairs",
 }
 
 
@@ -93,7 +95,8 @@ def _split_holdout(count: int, share: float, seed: int) -> tuple[np.ndarray, np.
 
 
 def _train(embedder: Any, external: np.ndarray, targets: Any, settings: Any, folder: Path) -> dict[str, Any]:
-    """Train the aligner and (with ``settings.probe``) the probe; return the modules and their run states."""
+    """Train the aligner and (with ``settings.probe``) the probe; return the modules, their run states and,
+    for a ``tags`` aligner, its kept rows (``token_ids``) and chosen ``threshold``."""
     from tqdm.auto import tqdm
 
     from .fit import make_phases
@@ -108,13 +111,56 @@ def _train(embedder: Any, external: np.ndarray, targets: Any, settings: Any, fol
     with tqdm(total=total, initial=done, desc="align", unit="step", disable=None) as bar:
         states = {phase.name: phase.run(bar) for phase in phases}
     modules = {phase.name: phase.module for phase in phases}
-    return {"aligner": modules["aligner"], "probe": modules.get("probe"), "states": states,
-            "counts": counts, "split": (len(train_rows), len(holdout_rows))}
+    trained = {"aligner": modules["aligner"], "probe": modules.get("probe"), "states": states,
+               "counts": counts, "split": (len(train_rows), len(holdout_rows))}
+    if settings.arch == TAG_ARCH:
+        trained.update(_tag_rows_and_threshold(embedder, modules["aligner"], external, targets, holdout_rows,
+                                               counts, settings))
+    return trained
 
 
-def _report(embedder: Any, trained: dict[str, Any], external: np.ndarray, targets: Any, train_targets: Any,
-            eval_posts: int, seed: int) -> dict[str, float]:
-    """The test-split measures of the ceiling, the aligned vectors and the probe (``metrics`` module)."""
+def _tag_rows_and_threshold(embedder: Any, head: Any, external: np.ndarray, targets: Any, holdout_rows: np.ndarray,
+                            counts: np.ndarray, settings: Any) -> dict[str, Any]:
+    """A trained ``tags`` aligner cut to the tags seen in ``min_tag_pairs`` training pairs, and its threshold
+    chosen on (up to ``THRESHOLD_POSTS`` of) the held-out pairs."""
+    import torch
+
+    from .tag_path import THRESHOLD_POSTS, choose_threshold
+
+    token_ids = np.flatnonzero(embedder._is_tag & (counts >= settings.min_tag_pairs))
+    if len(token_ids) == 0:
+        raise UsageError(f"no tag is in {settings.min_tag_pairs} training pairs: lower --min-tag-pairs")
+    compact = head.rows(token_ids)
+    rows = holdout_rows
+    if len(rows) > THRESHOLD_POSTS:
+        rows = np.sort(np.random.default_rng(settings.seed).choice(rows, THRESHOLD_POSTS, replace=False))
+    device = next(compact.parameters()).device
+    with torch.inference_mode():
+        logits = compact(torch.from_numpy(external[rows]).to(device)).float().cpu().numpy()
+    threshold, cosines = choose_threshold(logits, token_ids, targets.embeddings[rows], embedder._encode_tag_ids)
+    return {"aligner": compact, "token_ids": token_ids, "threshold": threshold, "threshold_cosines": cosines}
+
+
+def _aligner_config(name: str, embedder: Any, external_dim: int, pairs: Path, settings: Any,
+                    trained: dict[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` of a trained aligner (a ``tags`` aligner adds its rows and threshold)."""
+    from .tag_path import MAX_TAGS
+
+    config = {"name": name, "arch": settings.arch, "input_dim": external_dim,
+              "output_dim": int(embedder.embedding_dim), "hidden_dim": int(settings.hidden_dim),
+              "model_embedding_dim": int(embedder.embedding_dim), "pairs_file": pairs.name,
+              "settings": asdict(settings), "best_epoch": trained["states"]["aligner"]["best_epoch"],
+              "epochs_run": trained["states"]["aligner"]["epoch"]}
+    if settings.arch == TAG_ARCH:
+        config.update({"threshold": trained["threshold"], "max_tags": MAX_TAGS,
+                       "token_ids": [int(t) for t in trained["token_ids"]]})
+    return config
+
+
+def _report(embedder: Any, aligner: Any, trained: dict[str, Any], external: np.ndarray, targets: Any,
+            train_targets: Any, eval_posts: int, seed: int) -> dict[str, float]:
+    """The test-split measures of the ceiling, the aligned vectors (``aligner``, a ``runtime.LoadedAligner``)
+    and the probe (``metrics`` module); a ``tags`` aligner's own tag head is its probe."""
     import torch
 
     from .metrics import PairMeasures, TagF1, nearest_hits, tag_groups
@@ -125,30 +171,36 @@ def _report(embedder: Any, trained: dict[str, Any], external: np.ndarray, target
     rows = np.arange(len(external))
     if len(rows) > eval_posts:
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), eval_posts, replace=False))
+    vocab = len(embedder._is_tag)
+    probe, probe_columns = trained["probe"], None
+    if aligner.reads_tags:
+        probe, probe_columns = trained["aligner"], trained["token_ids"]
     groups = tag_groups(embedder._categories, embedder._is_tag, trained["counts"])
-    sources = {name: TagF1(groups) for name in ("ceiling", "aligned", "probe") if name != "probe" or trained["probe"]}
+    sources = {name: TagF1(groups) for name in ("ceiling", "aligned", "probe") if name != "probe" or probe is not None}
     measures = PairMeasures()
     aligned_all = np.zeros((len(rows), embedder.embedding_dim), dtype=np.float32)
-    vocab = len(embedder._is_tag)
     with torch.inference_mode():
         for start in range(0, len(rows), EVAL_BATCH):
             chunk = rows[start : start + EVAL_BATCH]
-            x = torch.from_numpy(external[chunk]).to(device)
             target = targets.embeddings[chunk]
-            aligned = trained["aligner"](x)
-            aligned_all[start : start + len(chunk)] = aligned.cpu().numpy()
+            aligned = aligner(external[chunk])
+            aligned_all[start : start + len(chunk)] = aligned
             logits = {"ceiling": model.readback(torch.from_numpy(target).to(device)).float().cpu().numpy(),
-                      "aligned": model.readback(aligned).float().cpu().numpy()}
-            if trained["probe"] is not None:
-                logits["probe"] = trained["probe"](x).float().cpu().numpy()
+                      "aligned": model.readback(torch.from_numpy(aligned).to(device)).float().cpu().numpy()}
+            if probe is not None:
+                scores = probe(torch.from_numpy(external[chunk]).to(device)).float().cpu().numpy()
+                if probe_columns is not None:  # a tags aligner scores its own rows only
+                    logits["probe"] = np.full((len(chunk), vocab), -1e4, dtype=np.float32)
+                    logits["probe"][:, probe_columns] = scores
+                else:
+                    logits["probe"] = scores
             answers = [set(targets.tags_of(int(r)).tolist()) for r in chunk]
             truth = np.zeros((len(chunk), vocab))
             for i, tags in enumerate(answers):
                 truth[i, list(tags)] = 1.0
             for name, accumulator in sources.items():
                 accumulator.add(logits[name], answers)
-            measures.add(aligned_all[start : start + len(chunk)], target, logits["aligned"], logits["ceiling"],
-                         truth, embedder._is_tag)
+            measures.add(aligned, target, logits["aligned"], logits["ceiling"], truth, embedder._is_tag)
     out: dict[str, float] = {"count.test_posts_measured": float(len(rows))}
     for name, accumulator in sources.items():
         out.update(accumulator.metrics(name))
@@ -174,7 +226,8 @@ def align(model_dir: str | Path, pairs: str | Path, data_dir: str | Path, name: 
     from ..embedder import load_for_command
     from ..evaluation.metrics import peak_memory_mb
     from .fit import FitSettings
-    from .model import save_aligner
+    from .model import save_aligner, torch_runner
+    from .runtime import LoadedAligner
 
     settings = settings or FitSettings()
     check_name(name)
@@ -207,13 +260,10 @@ def align(model_dir: str | Path, pairs: str | Path, data_dir: str | Path, name: 
     clock = time.perf_counter()
     trained = _train(embedder, external[join.pair_rows["train"]], train_targets, settings, cache)
     seconds["train"] = time.perf_counter() - clock
-    config = {"name": name, "arch": settings.arch, "input_dim": int(external.shape[1]),
-              "output_dim": int(embedder.embedding_dim), "hidden_dim": int(settings.hidden_dim),
-              "model_embedding_dim": int(embedder.embedding_dim), "pairs_file": pairs.name,
-              "settings": asdict(settings), "best_epoch": trained["states"]["aligner"]["best_epoch"],
-              "epochs_run": trained["states"]["aligner"]["epoch"]}
+    config = _aligner_config(name, embedder, int(external.shape[1]), pairs, settings, trained)
     save_aligner(folder, trained["aligner"].cpu(), config)
     trained["aligner"].to(next(embedder.model.parameters()).device)
+    aligner = LoadedAligner(name, config, torch_runner(trained["aligner"], name), embedder._encode_tag_ids)
     metrics: dict[str, Any] = {
         "count.pairs": len(ids), "count.absent": len(join.absent),
         **{f"count.{split}": join.count(split) for split in join.pair_rows},
@@ -221,11 +271,14 @@ def align(model_dir: str | Path, pairs: str | Path, data_dir: str | Path, name: 
         **{f"training.{phase}.best_epoch": state["best_epoch"] for phase, state in trained["states"].items()},
         **{f"training.{phase}.epochs": state["epoch"] for phase, state in trained["states"].items()},
         **{f"training.{phase}.best_holdout_loss": state["best_loss"] for phase, state in trained["states"].items()},
+        **({"training.threshold": trained["threshold"], "count.aligner_tags": len(trained["token_ids"]),
+            **{f"training.threshold_cosine.{t}": c for t, c in trained["threshold_cosines"].items()}}
+           if settings.arch == TAG_ARCH else {}),
     }
     if has_test:
         clock = time.perf_counter()
-        metrics.update(_report(embedder, trained, external[join.pair_rows["test"]], test_targets, train_targets,
-                               eval_posts, settings.seed))
+        metrics.update(_report(embedder, aligner, trained, external[join.pair_rows["test"]], test_targets,
+                               train_targets, eval_posts, settings.seed))
         seconds["report"] = time.perf_counter() - clock
     else:
         print(f"note: no pair is in the test split of {data_dir}: metrics.json holds no test measures", file=sys.stderr)
@@ -245,9 +298,11 @@ def add_align_arguments(parser: argparse.ArgumentParser) -> None:
                         help=".npz (ids, embs), .safetensors (ids, embs) or .parquet (id, embedding list column)")
     parser.add_argument("--dataset", required=True, type=Path, metavar="DATA_DIR", help="DATA_DIR the ids are joined to")
     parser.add_argument("--name", required=True, help="aligner name (its folder under MODEL_DIR/aligners)")
-    parser.add_argument("--arch", choices=("linear", "mlp"), default=defaults.arch, help=f"map (default: {defaults.arch})")
+    parser.add_argument("--arch", choices=("tags", "mlp", "linear"), default=defaults.arch,
+                        help="tags: read the image's tags and embed them with the model; mlp / linear: map the vector "
+                             f"straight to the embedding (default: {defaults.arch})")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
-    parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear probe (reference F1)")
+    parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear probe (reference F1) of a mlp or linear aligner (a tags aligner is its own probe)")
     parser.add_argument("--eval-posts", type=int, default=EVAL_POSTS, help=f"test posts measured (default: {EVAL_POSTS})")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     for field in fields(FitSettings):
@@ -262,6 +317,7 @@ def run_align(args: argparse.Namespace) -> int:
 
     settings = FitSettings(**{f.name: getattr(args, f.name) for f in fields(FitSettings)})
     counts = {"epochs": settings.epochs, "batch-size": settings.batch_size, "hidden-dim": settings.hidden_dim,
+              "min-tag-pairs": settings.min_tag_pairs,
               "negatives": settings.negatives, "patience": settings.patience, "eval-posts": args.eval_posts}
     for flag, value in counts.items():
         if value < 1:

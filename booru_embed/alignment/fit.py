@@ -1,13 +1,17 @@
 """Training an aligner (and the linear probe beside it): losses, epochs, checkpoint choice, resume.
 
-Aligner loss per batch: (1 - cosine to the post's own embedding) + ``bce_weight`` x the BCE of the tags
+The ``tags`` aligner (the default) is a ``model.TagHead`` trained with the tag BCE below; it is its own
+probe. After training, ``tag_path.choose_threshold`` picks the probability threshold of its tag sets on
+the held-out pairs (in ``command``).
+
+The ``linear`` and ``mlp`` aligners' loss per batch: (1 - cosine to the post's own embedding) + ``bce_weight`` x the BCE of the tags
 read back from the aligned vector by the model's frozen full-size read-back head, against the post's
 tags + ``norm_weight`` x the squared relative difference of the norms. The BCE is the training
 objective's ``readback_loss`` on the batch's tags plus ``negatives`` sampled columns (the exact loss
 when the vocabulary is smaller), so its cost does not grow with the vocabulary.
 
-The probe is one linear layer from the standardised external vector to every tag, trained with the same
-BCE; it is what a tagger head does, the reference for tagging.
+The probe beside them is a ``TagHead`` over every vocabulary token, trained with the same BCE; it is what
+a tagger head does, the reference for tagging.
 
 Both train for up to ``epochs`` passes over the training pairs (the aligner with AdamW, the probe with
 SparseAdam) and a cosine schedule; after
@@ -41,7 +45,7 @@ VALIDATION_SEED = 12345  # the held-out loss uses the same sampled columns every
 class FitSettings:
     """Hyper-parameters of ``booru-embed align`` (the defaults are the recommendation)."""
 
-    arch: str = "mlp"
+    arch: str = "tags"
     hidden_dim: int = 1024
     epochs: int = 30
     batch_size: int = 256
@@ -56,38 +60,7 @@ class FitSettings:
     checkpoint_every: int = 1000
     seed: int = 0
     probe: bool = True
-
-
-class Probe(nn.Module):
-    """Standardised external vector -> logits over the vocabulary (one linear layer).
-
-    The weight rows and biases are sparse-gradient embeddings trained with ``SparseAdam``: a step costs
-    the batch's sampled columns, not the vocabulary (``bench/bench_align.py``, 20,000 pairs of 1024-d vectors,
-    vocabulary 32,000, one shared core: 1.9 s a step with a dense weight and AdamW, 0.83 s this way).
-    """
-
-    def __init__(self, input_dim: int, vocab_size: int, mean: torch.Tensor, scale: torch.Tensor,
-                 bias: torch.Tensor) -> None:
-        """``mean``/``scale`` standardise the input; ``bias`` starts the logits at the tags' base rates."""
-        super().__init__()
-        self.register_buffer("input_mean", mean.clone())
-        self.register_buffer("input_scale", scale.clone())
-        self.weight = nn.Embedding(vocab_size, input_dim, sparse=True)
-        self.bias = nn.Embedding(vocab_size, 1, sparse=True)
-        with torch.no_grad():
-            self.weight.weight.zero_()
-            self.bias.weight.copy_(bias[:, None])
-
-    def forward(self, external: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, input_dim) -> (n, vocab) logits, or (n, len(columns)) for the given token ids."""
-        x = (external - self.input_mean) * self.input_scale
-        if columns is None:
-            return F.linear(x, self.weight.weight, self.bias.weight[:, 0])
-        return F.linear(x, self.weight(columns), self.bias(columns)[:, 0])
-
-    def make_optimizer(self, settings: FitSettings) -> torch.optim.Optimizer:
-        """``SparseAdam`` at the run's learning rate (no weight decay: it would touch every row)."""
-        return torch.optim.SparseAdam(list(self.parameters()), lr=settings.learning_rate)
+    min_tag_pairs: int = 5
 
 
 @dataclass
@@ -139,7 +112,7 @@ def aligner_loss(aligner: nn.Module, bce: ReadbackBCE, settings: FitSettings) ->
     return loss
 
 
-def probe_loss(probe: Probe, bce: ReadbackBCE) -> Callable[..., torch.Tensor]:
+def probe_loss(probe: nn.Module, bce: ReadbackBCE) -> Callable[..., torch.Tensor]:
     """The probe's loss on a batch: the tag BCE of its logits."""
     def loss(external: torch.Tensor, target: torch.Tensor, targets: PostTargets, rows: np.ndarray,
              generator: torch.Generator) -> torch.Tensor:
@@ -169,7 +142,7 @@ class Phase:
         self.name, self.module, self.loss, self.data, self.settings = name, module, loss, data, settings
         self.folder, self.device = folder, device
         make_optimizer = getattr(module, "make_optimizer", None)
-        self.optimizer = make_optimizer(settings) if make_optimizer else torch.optim.AdamW(
+        self.optimizer = make_optimizer(settings.learning_rate) if make_optimizer else torch.optim.AdamW(
             [p for p in module.parameters() if p.requires_grad], lr=settings.learning_rate,
             weight_decay=settings.weight_decay)
         self.steps_per_epoch = max(1, math.ceil(len(data.train_rows) / settings.batch_size))
@@ -277,14 +250,15 @@ def _moments(external: np.ndarray, rows: np.ndarray, chunk: int = 65_536) -> tup
 
 def make_phases(model: Any, is_tag: np.ndarray, external: np.ndarray, targets: PostTargets, train_rows: np.ndarray,
                 holdout_rows: np.ndarray, settings: FitSettings, folder: Path) -> tuple[list[Phase], np.ndarray]:
-    """The aligner's phase and (with ``settings.probe``) the probe's, ready to ``restore`` and ``run``, and the
-    (vocab,) count of posts per tag in ``train_rows``.
+    """The aligner's phase and (a ``linear`` or ``mlp`` aligner with ``settings.probe``) the probe's, ready
+    to ``restore`` and ``run``, and the (vocab,) count of posts per tag in ``train_rows``.
 
     ``model`` is the frozen ``BooruEmbedForPreTraining`` whose read-back head scores the tags; the input
-    standardisation and the tag counts (of the negatives' proposal and the probe's starting biases) come
-    from ``train_rows``.
+    standardisation and the tag counts (of the negatives' proposal and the tag heads' starting biases)
+    come from ``train_rows``. A ``tags`` aligner is a tag head over the whole vocabulary here; ``command``
+    keeps its rows of tags seen in at least ``min_tag_pairs`` training pairs.
     """
-    from .model import Aligner
+    from .model import TAG_ARCH, Aligner, TagHead
 
     device = next(model.parameters()).device
     data = TrainingData(external, targets, train_rows, holdout_rows)
@@ -296,13 +270,23 @@ def make_phases(model: Any, is_tag: np.ndarray, external: np.ndarray, targets: P
     counts = np.bincount(targets.tag_ids[in_train[post_of]], minlength=vocab)
     bce = ReadbackBCE(model, counts, is_tag, settings.negatives)
     torch.manual_seed(settings.seed)
+    share = np.clip((counts + 0.5) / (len(train_rows) + 1), 1e-7, 1 - 1e-7)
+    base_rates = torch.as_tensor(np.log(share) - np.log1p(-share), dtype=torch.float32)
+
+    def tag_head() -> TagHead:
+        head = TagHead(external.shape[1], vocab, base_rates)
+        head.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        head.input_scale.copy_(1.0 / torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+        return head.to(device)
+
+    if settings.arch == TAG_ARCH:
+        head = tag_head()
+        return [Phase("aligner", head, probe_loss(head, bce), data, settings, folder, device)], counts
     aligner = Aligner(settings.arch, external.shape[1], int(model.config.embedding_dim), settings.hidden_dim)
     aligner.set_standardisation(mean, std)
     aligner.to(device)
     phases = [Phase("aligner", aligner, aligner_loss(aligner, bce, settings), data, settings, folder, device)]
     if settings.probe:
-        share = np.clip((counts + 0.5) / (len(train_rows) + 1), 1e-7, 1 - 1e-7)
-        probe = Probe(external.shape[1], vocab, aligner.input_mean.cpu(), aligner.input_scale.cpu(),
-                      torch.as_tensor(np.log(share) - np.log1p(-share), dtype=torch.float32)).to(device)
+        probe = tag_head()
         phases.append(Phase("probe", probe, probe_loss(probe, bce), data, settings, folder, device))
     return phases, counts

@@ -4,7 +4,8 @@
 settings), ``model.safetensors`` (the weights, with the input standardisation as two tensors) and
 ``metrics.json`` (the test-split report of ``booru-embed align``); ``checkpoints/`` there is the
 resumable training state and stays local. ``booru-embed export-onnx`` adds ``onnx/aligners/NAME.onnx``:
-input ``external`` (rows, input_dim) float32, output ``embedding`` (rows, embedding_dim), not normalised.
+input ``external`` (rows, input_dim) float32; output ``logits`` (rows, tags) for a ``tags`` aligner,
+else ``embedding`` (rows, embedding_dim), not normalised.
 
 Nothing here imports torch: the ONNX backend of the embedder runs aligners through this module alone.
 """
@@ -27,7 +28,8 @@ WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FOLDER = "checkpoints"
 ONNX_SUBFOLDER = "onnx/aligners"
-ONNX_INPUT, ONNX_OUTPUT = "external", "embedding"
+TAG_ARCH = "tags"
+ONNX_INPUT = "external"
 FORMAT = "booru-embed-aligner"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -97,8 +99,13 @@ def check_vectors(vectors: Any, input_dim: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def onnx_runner(source: str, local: bool, name: str, **kwargs: Any) -> Runner:
-    """A function (n, input_dim) -> (n, embedding_dim) running ``onnx/aligners/NAME.onnx`` on ONNX Runtime."""
+def onnx_output(arch: str) -> str:
+    """The name of an aligner graph's output: ``logits`` of a ``tags`` aligner, else ``embedding``."""
+    return "logits" if arch == TAG_ARCH else "embedding"
+
+
+def onnx_runner(source: str, local: bool, name: str, arch: str, **kwargs: Any) -> Runner:
+    """A function (n, input_dim) -> (n, outputs) running ``onnx/aligners/NAME.onnx`` on ONNX Runtime."""
     import onnxruntime
 
     relative = f"{ONNX_SUBFOLDER}/{check_name(name)}.onnx"
@@ -107,7 +114,8 @@ def onnx_runner(source: str, local: bool, name: str, **kwargs: Any) -> Runner:
         raise UsageError(f"no ONNX aligner {relative} in {source}: run `booru-embed export-onnx MODEL_DIR` "
                          "after `booru-embed align`")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda array: session.run([ONNX_OUTPUT], {ONNX_INPUT: array})[0]
+    output = onnx_output(arch)
+    return lambda array: session.run([output], {ONNX_INPUT: array})[0]
 
 
 def unit_rows(vectors: np.ndarray, width: int) -> np.ndarray:

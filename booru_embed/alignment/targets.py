@@ -57,16 +57,6 @@ class PostTargets:
             return cls(**{key: data[key] for key in data.files})
 
 
-def _raw_embeddings(embedder: Any, sequences: list[list[int]], batch_size: int) -> np.ndarray:
-    """(n, embedding_dim) raw pooled embeddings of token-id lists, batched by length."""
-    out = np.zeros((len(sequences), embedder.embedding_dim), dtype=np.float32)
-    order = np.argsort([len(s) for s in sequences], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        out[rows] = embedder._pooled(embedder._batch([sequences[i] for i in rows]))
-    return out
-
-
 def compute_targets(embedder: Any, table: Any, split_rows: np.ndarray, batch_size: int = 256,
                     bar: Any = None) -> PostTargets:
     """The targets of rows ``split_rows`` of a DATA_DIR split (a ``datasets.Dataset``), in that order."""
@@ -82,7 +72,7 @@ def compute_targets(embedder: Any, table: Any, split_rows: np.ndarray, batch_siz
         empty = [i for i, ids in enumerate(sequences) if len(ids) == 1]
         if empty:
             raise UsageError(f"post id {batch['id'][empty[0]]} has no tags, rating or score ({len(empty)} such post(s))")
-        parts["embeddings"].append(_raw_embeddings(embedder, sequences, batch_size))
+        parts["embeddings"].append(embedder._raw_pooled(sequences, batch_size))
         tags = [np.asarray([t for t in ids if is_tag[t]], dtype=np.int32) for ids in sequences]
         parts["tag_ids"].append(np.concatenate(tags) if tags else np.zeros(0, np.int32))
         parts["lengths"].append(np.asarray([len(t) for t in tags], dtype=np.int64))
