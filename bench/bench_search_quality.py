@@ -106,7 +106,7 @@ def sweep(corpus: Path, run: str) -> dict[tuple[int, float], dict[str, float]]:
     rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
     cases = {}
     for name in ("character", "artist"):
-        posts, labels = validation_cases(evaluator, CATEGORY_IDS[name], rows)
+        posts, labels = validation_cases(evaluator, evaluator.baseline.incidence, CATEGORY_IDS[name], rows)
         dense = runner.run([evaluator._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
         logits = np.concatenate([runner.run([evaluator._sequence(p, tags, mask=True) for p, tags in posts[s : s + CASE_BATCH]],
                                             "mlm")["mlm"] for s in range(0, len(posts), CASE_BATCH)])

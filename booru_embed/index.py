@@ -45,8 +45,8 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
-from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_settings, save_postings, validation_posts
-from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, FUSION_WEIGHT, check_weight, fuse, unit_rows
+from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_settings, save_postings, validation_slice
+from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -314,13 +314,15 @@ def _load_shard_ids(output: Path, count: int, shard_size: int) -> np.ndarray:
 
 def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path, dim: int | None = None,
                 split: str = "train", kind: str = "auto", batch_size: int = 256, resume: bool = False,
-                shard_size: int = SHARD_SIZE, device: str | None = None, fusion_weight: float = FUSION_WEIGHT,
+                shard_size: int = SHARD_SIZE, device: str | None = None, fusion_weight: float | None = None,
                 **parameters: int | None) -> dict[str, Any]:
     """Embed ``split`` of DATA_DIR with MODEL_DIR into INDEX_DIR ``output`` and build its search index.
 
     ``dim`` truncates the embeddings (default: the model's full size); ``kind`` is auto, exact, hnsw
-    or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``); ``fusion_weight`` is the
-    sparse share of the hybrid score stored with the index (``sparse_vectors.FUSION_WEIGHT``). With ``resume``,
+    or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``); ``fusion_weight`` fixes the
+    sparse share of the hybrid score stored with the index; None (the default) chooses it on the model's
+    validation slice (``sparse_index.validation_slice``), or takes ``sparse_vectors.FUSION_WEIGHT`` for a
+    model that has none. With ``resume``,
     shards already embedded are kept and the index is rebuilt from them. Returns ``index_info.json``'s content.
     """
     from .embedder import load_for_command
@@ -329,7 +331,8 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     if batch_size < 1 or shard_size < 1:
         raise UsageError(f"--batch-size and --shard-size must be at least 1, got {batch_size} and {shard_size}")
     try:
-        check_weight(fusion_weight)
+        if fusion_weight is not None:
+            check_weight(fusion_weight)
     except ValueError as error:
         raise UsageError(f"--fusion-weight: {error}") from None
     faiss = _faiss()
@@ -349,9 +352,11 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     (output / "index_info.json").unlink(missing_ok=True)  # a rebuild cut short must not look finished
     training = table if split == "train" else _open_split(data_dir, "train")
     started = time.perf_counter()
-    power, weight, means = choose_index_settings(embedder, validation_posts(training), dim, EXPANSION_TERMS,
-                                                 EXPANSION_SCALE, fusion_weight)
+    posts, source = validation_slice(model_dir, training)
+    weights = (fusion_weight,) if fusion_weight is not None else FUSION_WEIGHTS if source == "held-out" else (FUSION_WEIGHT,)
+    power, weight, means = choose_index_settings(embedder, posts, dim, EXPANSION_TERMS, EXPANSION_SCALE, weights)
     settings = {"terms": EXPANSION_TERMS, "scale": EXPANSION_SCALE, "idf_power": power, "fusion_weight": weight,
+                "validation": source, "validation_posts": len(posts),
                 "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
                 "validation_seconds": round(time.perf_counter() - started, 2)}
     embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power)
@@ -587,8 +592,9 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ef-search", type=int, help=f"hnsw: search beam (default: {HNSW_EF_SEARCH})")
     parser.add_argument("--nlist", type=int, help="ivf: number of cells (default: 4 * sqrt(posts))")
     parser.add_argument("--nprobe", type=int, help=f"ivf: cells scanned per query (default: {IVF_NPROBE})")
-    parser.add_argument("--fusion-weight", type=float, default=FUSION_WEIGHT,
-                        help=f"sparse share a of the hybrid score (1 - a) cos_dense + a cos_sparse (default: {FUSION_WEIGHT})")
+    parser.add_argument("--fusion-weight", type=float,
+                        help="sparse share a of the hybrid score (1 - a) cos_dense + a cos_sparse (default: chosen on "
+                             f"the model's held-out validation posts; {FUSION_WEIGHT} for a model without them)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 

@@ -5,12 +5,16 @@ every post as a scipy CSC matrix (posts x vocabulary): column ``t`` is tag ``t``
 posts holding or expected to hold it, with their weights), so a query's cosine to every post is the
 sum of its few columns scaled by its weights, exact, with scipy (``SparsePostings.scores``).
 
-The sparse vectors' idf power (``sparse_vectors``; the hybrid's weight ``a`` in
-``(1 - a) cos_dense + a cos_sparse`` is the fixed ``FUSION_WEIGHT``) is chosen when the index is built,
-before the posts are embedded, on ``VALIDATION_POSTS`` seeded posts of the DATA_DIR's training split, never its test split
-(``choose_index_settings``): each post with a character (artist) tag and another tag is a query without
-its character (artist) tags, a hit a neighbour among the 10 nearest sharing one, and the power whose
-hybrid has the best mean recall@10 over the two is stored in ``index_info.json``.
+The sparse vectors' idf power (``sparse_vectors``) and the hybrid's weight ``a`` in
+``(1 - a) cos_dense + a cos_sparse`` are chosen when the index is built, before the posts are embedded,
+never on the test split (``choose_index_settings``): each validation post with a character (artist) tag
+and another tag is a query without its character (artist) tags, a hit a neighbour among the 10 nearest
+sharing one, and the pair whose hybrid has the best mean recall@10 over the two is stored in
+``index_info.json``. The validation posts (``validation_slice``) are the model's held-out slice of the
+training split (``data.validation_slice``), posts it never trained on; a model without one (trained
+with ``--validation-posts 0``, or not a local folder) falls back to ``VALIDATION_POSTS`` seeded training
+posts and the fixed ``FUSION_WEIGHT``, since on posts the model trained on the dense side looks stronger
+than it is.
 """
 
 from __future__ import annotations
@@ -65,17 +69,29 @@ class SparsePostings:
         return np.asarray(columns @ row.data.astype(np.float32)).ravel()
 
 
-def validation_posts(table: Any, count: int = VALIDATION_POSTS, seed: int = VALIDATION_SEED) -> list[dict[str, Any]]:
-    """``count`` seeded posts of a split (a ``datasets.Dataset``) as tag-set dicts by category."""
-    rows = np.sort(np.random.default_rng(seed).permutation(len(table))[:count])
+def posts_at(table: Any, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Rows ``rows`` of a split (a ``datasets.Dataset``) as tag-set dicts by category."""
     columns = [c for c in (*TAG_CATEGORIES, "rating", "score") if c in table.column_names]
     return table.select(rows).select_columns(columns).to_list()
 
 
+def validation_slice(model_dir: str | Path, training: Any) -> tuple[list[dict[str, Any]], str]:
+    """(posts, source) the search settings are chosen on: the model's held-out posts found in ``training``
+    (source ``held-out``), else ``VALIDATION_POSTS`` seeded posts of ``training`` (source ``training``)."""
+    from .data.validation_slice import read_validation_ids, rows_with_ids
+
+    ids = read_validation_ids(model_dir) if Path(model_dir).is_dir() else None
+    rows = rows_with_ids(training, ids) if ids is not None else np.zeros(0, dtype=np.int64)
+    if len(rows) >= 2:
+        return posts_at(training, rows), "held-out"
+    seeded = np.sort(np.random.default_rng(VALIDATION_SEED).permutation(len(training))[:VALIDATION_POSTS])
+    return posts_at(training, seeded), "training"
+
+
 def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int,
-                          terms: int, scale: float, weight: float) -> tuple[float, float, dict[str, float]]:
-    """(idf power, hybrid weight) with the best mean recall@10 on the character and artist cases of ``posts``,
-    and every pair's mean (module docstring)."""
+                          terms: int, scale: float, weights: Sequence[float]) -> tuple[float, float, dict[str, float]]:
+    """(idf power, hybrid weight among ``weights``) with the best mean recall@10 on the character and artist
+    cases of ``posts``, and every pair's mean (module docstring)."""
     dense, lexical, labels = [], {power: [] for power in IDF_POWERS}, []
     for category in VALIDATION_CATEGORIES:
         cases = [({k: v for k, v in post.items() if k != category}, post[category]) for post in posts
@@ -88,4 +104,4 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
         for power in IDF_POWERS:
             lexical[power].append(embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False))
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
-    return choose_search_settings(dense, lexical, labels, weights=(weight,))
+    return choose_search_settings(dense, lexical, labels, weights=weights)

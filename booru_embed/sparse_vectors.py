@@ -22,10 +22,11 @@ gets an all-zero row (it can only be found by the dense vector).
 Why a power: on the generated corpora, the flat weights (power 0) found same-character posts best
 (characters are told by their common traits, and rare incidental tags mislead a cosine) and full idf
 (power 1) same-artist posts best, so the index and the evaluation choose the power, with the fusion
-weight fixed, on training posts (``IDF_POWERS``); ``IDF_POWER`` is the default of ``embed_sparse``.
+weight, on the model's held-out validation posts (``IDF_POWERS``); ``IDF_POWER`` is the default of
+``embed_sparse``.
 
 Fusion (``fuse``): the hybrid score is the convex combination ``(1 - a) cos_dense + a cos_sparse``
-(``a = FUSION_WEIGHT``) of the two cosines (Bruch, Gai and Ingber, ACM TOIS 2023: a convex combination of normalised scores beat
+(``a`` chosen on the validation posts, ``FUSION_WEIGHT`` without them) of the two cosines (Bruch, Gai and Ingber, ACM TOIS 2023: a convex combination of normalised scores beat
 reciprocal rank fusion, with one weight tuned on a few labelled queries). Both cosines are bounded, so
 they need no per-query normalisation, and the combination is the inner product of the concatenation
 ``[sqrt(1 - a) dense, sqrt(a) sparse]`` of unit rows (``hybrid_rows``): exact scoring and the evaluation
@@ -44,11 +45,12 @@ from .ranking import masked_log_softmax
 EXPANSION_TERMS = 16  # expansion tags kept per post: bounded non-zeros, past the head's confident guesses
 EXPANSION_SCALE = 4.0  # the number of tags a post is assumed to miss (see the module docstring)
 FUSION_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # a grid for choose_fusion_weight
-# The sparse share a of the hybrid, fixed: chosen on TRAINING posts it came out too low (0.7-0.8), because
-# the dense embedding was trained contrastively on exactly those posts with same-subject partners, so it
-# finds their characters 2.5 times as well as on unseen posts (many-characters seed 0: 0.29 vs 0.11).
-# 0.9 was read off the test splits of the choosing settings default and many-characters (seed 0); on
-# sparse-traits, where the dense side is the stronger one, 0.5 would have been best (docs/search.md).
+# The sparse share a of the hybrid for a model WITHOUT a held-out validation slice (trained with
+# --validation-posts 0, or before the slice existed); with one, index and evaluate choose a on FUSION_WEIGHTS.
+# Chosen on TRAINING posts it came out too low (0.7-0.8), because the dense embedding was trained
+# contrastively on exactly those posts with same-subject partners, so it finds their characters 2.5 times
+# as well as on unseen posts (many-characters seed 0: 0.29 vs 0.11). 0.9 was read off the test splits of
+# the choosing settings default and many-characters (seed 0; docs/search.md).
 FUSION_WEIGHT = 0.9
 IDF_POWERS = (0.0, 0.5, 1.0)  # the grid the idf power is chosen on (module docstring)
 IDF_POWER = 0.5  # embed_sparse's default: between what characters (0) and artists (1) preferred

@@ -41,6 +41,8 @@ def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None
     info = json.loads((exact_dir / "index_info.json").read_text())
     sparse_info = info["sparse"]
     assert 0.0 <= info["fusion_weight"] <= 1.0 and sparse_info["idf_power"] in (0.0, 0.5, 1.0)
+    # the tiny model has no held-out slice: seeded training posts choose the power, the weight stays fixed
+    assert sparse_info["validation"] == "training" and sparse_info["validation_posts"] == len(tiny_posts())
     assert set(sparse_info["validation_recall@10"]) == {"p0.w0.9", "p0.5.w0.9", "p1.w0.9"} and info["fusion_weight"] == 0.9
     assert sparse_info["terms"] > 0 and sparse_info["nonzeros_per_post"] > 1
     index = PostIndex.load(exact_dir)
@@ -94,6 +96,21 @@ def test_the_fusion_weight_is_a_flag_of_index(model_dir: Path, capsys: pytest.Ca
     assert main(["index", str(model_dir), "--dataset", str(model_dir.parent / "data"), "--output",
                  str(model_dir.parent / "bad"), "--fusion-weight", "1.5"]) == 2
     assert "--fusion-weight: the fusion weight must lie in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_a_held_out_slice_chooses_the_fusion_weight_on_its_posts(tmp_path: Path) -> None:
+    from booru_embed.data.validation_slice import write_validation_ids
+    from booru_embed.sparse_vectors import FUSION_WEIGHTS
+
+    model_dir = build_tiny_model(tmp_path)
+    held_out = np.arange(0, 120, 4)  # post ids of the train split; 999 is in none and is passed over
+    write_validation_ids(model_dir, np.append(held_out, 999), seed=0)
+    info = json.loads((build(model_dir, "chosen", "--kind", "exact") / "index_info.json").read_text())
+    sparse_info = info["sparse"]
+    assert sparse_info["validation"] == "held-out" and sparse_info["validation_posts"] == len(held_out)
+    recalls = sparse_info["validation_recall@10"]
+    assert {f"p{p:g}.w{w:g}" for p in (0.0, 0.5, 1.0) for w in FUSION_WEIGHTS} == set(recalls)
+    assert recalls[f"p{sparse_info['idf_power']:g}.w{info['fusion_weight']:g}"] == max(recalls.values())
 
 
 def test_search_mode_on_the_command_line(exact_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,6 +83,10 @@ def test_train_writes_a_loadable_model_folder(small_corpus, tmp_path):
     assert saved["max_steps"] == 4 and saved["batch_size"] == 32
     metrics = json.loads((out / "eval_metrics.json").read_text())
     assert 0 <= metrics["model.masked.micro_f1"] <= 1 and "baseline.masked.micro_f1" in metrics
+    # the search settings are chosen on the posts held out of training
+    held_out = json.loads((out / "validation_posts.json").read_text())["ids"]
+    assert metrics["validation.held_out"] == 1.0 and metrics["count.validation.posts"] == len(held_out) > 0
+    assert any(key.startswith("validation.hybrid.p0.w0.5.") for key in metrics)  # the whole weight grid is tried
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForPreTraining"].endswith("BooruEmbedForPreTraining")
     assert (out / "model.safetensors").is_file()
@@ -95,6 +99,24 @@ def test_train_writes_a_loadable_model_folder(small_corpus, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).embeddings, result.model.eval()(**inputs).embeddings)
     assert AutoModel.from_pretrained(out, trust_remote_code=True) is not None
+
+
+def test_the_validation_slice_is_held_out_of_training_and_recorded(small_corpus, tmp_path):
+    import datasets
+
+    from booru_embed.data.validation_slice import read_validation_ids
+
+    out = tmp_path / "model"
+    fit(config_for(small_corpus, out, max_steps=1, validation_posts=1000))
+    train = datasets.load_from_disk(str(small_corpus[0]))["train"]
+    held = read_validation_ids(out)
+    assert len(held) == int(0.05 * len(train)) and len(set(held.tolist())) == len(held)  # capped at a twentieth
+    assert set(held.tolist()) <= set(train["id"])
+    trained_on = datasets.load_from_disk(str(out / "cache" / "train_encoded"))["id"]
+    assert len(trained_on) == len(train) - len(held) and not set(trained_on) & set(held.tolist())
+    fit(config_for(small_corpus, tmp_path / "all", max_steps=1, validation_posts=0))
+    assert read_validation_ids(tmp_path / "all") is None
+    assert len(datasets.load_from_disk(str(tmp_path / "all" / "cache" / "train_encoded"))) == len(train)
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(small_corpus, tmp_path):

@@ -6,7 +6,9 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+from ..data.validation_slice import read_validation_ids
 from ..errors import UsageError
 from .evaluator import Evaluator, encode_sample
 from .metrics import peak_memory_mb
@@ -70,6 +72,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         max_posts=max_posts,
         baseline_posts=baseline_posts,
         train_total=len(splits["train"]),
+        validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(model_dir)),
     )
     loaded["time.encode.seconds"] = time.perf_counter() - started - evaluator.recorded["time.baseline.seconds"]
     loaded["memory.encode.peak_mb"] = peak_memory_mb()
@@ -80,6 +83,15 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         Path(output_json).write_text(text)
     (model_dir / "eval_metrics.json").write_text(text)
     return metrics
+
+
+def held_out_posts(tokenizer: Any, train: Any, ids: Any) -> Any:
+    """The encoded posts of ``train`` whose ids are the model's validation slice (``ids``), or None when it has none."""
+    from ..data.bulk_encoding import encode_dataset
+    from ..data.validation_slice import rows_with_ids
+
+    rows = rows_with_ids(train, ids) if ids is not None else []
+    return encode_dataset(tokenizer, train.select(rows)) if len(rows) else None
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -83,12 +83,15 @@ class Evaluator:
     posts are drawn with the seed (all when there are fewer). The training posts are only counted, from
     the flat Arrow columns into sparse matrices: the memory is set by ``baseline_posts``, never by the
     size of the split. ``train_total`` is the size of the split they were drawn from when the caller
-    drew them first (recorded in the metrics).
+    drew them first (recorded in the metrics). ``validation_posts`` (the model's held-out slice of the
+    training split, ``data.validation_slice``) are where the hybrid search's settings are chosen; without
+    them, seeded posts of the baseline's sample and a fixed fusion weight (``hybrid_retrieval``).
     """
 
     def __init__(self, info: Any, train_posts: Sequence[Any] | Any, test_posts: Sequence[Any] | Any,
                  tag_to_id: Callable[[str], int | None], max_posts: int | None = None, seed: int = SEED,
-                 baseline_posts: int | None = None, train_total: int | None = None) -> None:
+                 baseline_posts: int | None = None, train_total: int | None = None,
+                 validation_posts: Sequence[Any] | Any | None = None) -> None:
         self.info = info
         self.candidates = info.tag_candidates()
         self.tag_to_id = tag_to_id
@@ -107,6 +110,10 @@ class Evaluator:
             _post_classes(ids, categories, starts, CATEGORY_IDS["score"], score_class, info.vocab_size),
             len(info.rating_token_ids), len(info.score_token_ids),
         )
+        self.validation = None  # (posts, vocab) incidence of the held-out slice's counted tags, or None
+        if validation_posts is not None and len(validation_posts):
+            ids, _, lengths_v = _flat(validation_posts, None)
+            self.validation = incidence_matrix(ids, lengths_v, info.vocab_size, counted=self.candidates[ids])
         self.recorded = {
             "count.baseline.posts": float(len(lengths)),
             "count.baseline.train_posts": float(train_total if train_total is not None else len(train_posts)),

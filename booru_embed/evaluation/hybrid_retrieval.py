@@ -5,10 +5,12 @@ character or artist tags removed; a hit is a neighbour among the 10 nearest shar
 
 - ``sparse.``: the model's sparse tag vectors (``sparse_vectors.sparse_rows``: idf of the present tags,
   the masked-tag head's expected tags), cosine;
-- ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``, ``a`` (``hybrid.fusion_weight``) the fixed
-  ``sparse_vectors.FUSION_WEIGHT``, and the sparse vector's idf power (``hybrid.idf_power``, also used by
-  ``sparse.``) chosen on a validation slice of TRAINING posts (``choose_search_settings``), never on the
-  test split;
+- ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``; ``a`` (``hybrid.fusion_weight``) and the sparse
+  vector's idf power (``hybrid.idf_power``, also used by ``sparse.``) are chosen on the model's held-out
+  validation slice (``data.validation_slice``: training posts it never trained on) by
+  ``choose_search_settings``, never on the test split; a model without the slice gets the fixed
+  ``sparse_vectors.FUSION_WEIGHT`` and the power chosen on seeded posts of the baseline's training sample
+  (``validation.held_out`` says which);
 - ``bm25.``: BM25 over the visible tags, Lucene's variant as bm25s computes it, with a term frequency
   of 1: ``sum over shared tags of idf(t) / (1 + k1 (1 - b + b |d| / avgdl))``, ``idf = log(1 + (N - n +
   0.5) / (n + 0.5))``, N, n and avgdl from the baseline's training sample, for each ``b`` of ``BM25_B`` as ``.b{b}``, and the best of them unsuffixed (an optimistic
@@ -102,9 +104,11 @@ def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any
     return dense, {power: sparse.vstack(p).tocsr() if p else empty for power, p in parts.items()}
 
 
-def validation_cases(evaluator: Any, category: int, rows: np.ndarray) -> tuple[list[tuple[None, np.ndarray]], list[set[int]]]:
-    """Retrieval cases from training posts ``rows`` of the baseline's sample (tags only: no rating, no score)."""
-    incidence, cats = evaluator.baseline.incidence, evaluator.info.token_categories
+def validation_cases(evaluator: Any, incidence: Any, category: int,
+                     rows: np.ndarray) -> tuple[list[tuple[None, np.ndarray]], list[set[int]]]:
+    """Retrieval cases from posts ``rows`` of an incidence matrix (the held-out slice's or the baseline's
+    sample; tags only: no rating, no score)."""
+    cats = evaluator.info.token_categories
     posts, labels = [], []
     for row in rows:
         tags = incidence.indices[incidence.indptr[row] : incidence.indptr[row + 1]].astype(np.int64)
@@ -115,22 +119,26 @@ def validation_cases(evaluator: Any, category: int, rows: np.ndarray) -> tuple[l
     return posts, labels
 
 
-def settings_on_training(evaluator: Any, runner: ModelRunner, out: dict[str, float]) -> tuple[float, float]:
-    """Choose the sparse vector's idf power and the hybrid's weight on ``VALIDATION_POSTS`` seeded training
-    posts; record both and every pair's validation recall."""
-    total = evaluator.baseline.incidence.shape[0]
-    rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
+def search_settings(evaluator: Any, runner: ModelRunner, out: dict[str, float]) -> tuple[float, float]:
+    """Choose the sparse vector's idf power and the hybrid's weight on the held-out validation slice (or, without
+    one, the power alone on ``VALIDATION_POSTS`` seeded training posts); record both and every pair's recall."""
+    held_out = evaluator.validation is not None
+    incidence = evaluator.validation if held_out else evaluator.baseline.incidence
+    rows = np.arange(incidence.shape[0])
+    if not held_out:
+        rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(len(rows))[:VALIDATION_POSTS])
     dense, lexical, labels = [], {power: [] for power in IDF_POWERS}, []
     for name in CATEGORIES:
-        posts, ls = validation_cases(evaluator, CATEGORY_IDS[name], rows)
+        posts, ls = validation_cases(evaluator, incidence, CATEGORY_IDS[name], rows)
         if len(posts) >= 2:
             d, by_power = model_vectors(evaluator, runner, posts)
             dense.append(d), labels.append(ls)
             for power, vectors in by_power.items():
                 lexical[power].append(vectors)
-    power, weight, means = choose_search_settings(dense, lexical, labels)
+    power, weight, means = choose_search_settings(dense, lexical, labels,
+                                                  FUSION_WEIGHTS if held_out else (FUSION_WEIGHT,))
     out["hybrid.fusion_weight"], out["hybrid.idf_power"] = weight, power
-    out["count.validation.posts"] = float(len(rows))
+    out["count.validation.posts"], out["validation.held_out"] = float(len(rows)), float(held_out)
     for name, mean in means.items():
         out[f"validation.hybrid.{name}.recall@10"] = mean
     return power, weight
@@ -172,7 +180,7 @@ def lexical_and_hybrid_retrieval(evaluator: Any, runner: ModelRunner | None, out
 
     ``width`` is the SVD's rank: the model's embedding size. Without a model only BM25 and the SVD are measured.
     """
-    power, weight = settings_on_training(evaluator, runner, out) if runner is not None else (None, None)
+    power, weight = search_settings(evaluator, runner, out) if runner is not None else (None, None)
     seen, projection = svd_projection(evaluator, width)
     out["svd.width"] = float(projection.shape[1])
     for name in CATEGORIES:

@@ -136,6 +136,9 @@ class TrainingConfig:
     keep_checkpoints: int = _opt(2, "checkpoints kept (older ones are deleted)")
     eval_every: int = _opt(0, "optimizer steps between evaluations on the test split; 0 evaluates only at the end")
     eval_posts: int = _opt(1000, "test posts used by the evaluations during and at the end of training; 0 skips")
+    validation_posts: int = _opt(2000, "training posts held out of training (at most a twentieth of the train split; ids in "
+                                       "MODEL_DIR/validation_posts.json): index and evaluate choose the hybrid "
+                                       "search's settings on them; 0 holds none out")
     eval_truth: str | None = _opt(None, "ground-truth JSON of a generated corpus: the evaluations add trait recovery")
     progress: bool = _opt(True, "show a progress bar")
 
@@ -151,6 +154,7 @@ class TrainingConfig:
             (self.num_epochs >= 1, "num_epochs must be >= 1"),
             (self.stop_after_steps >= 0, "stop_after_steps must be >= 0"),
             (self.max_tags >= 1, "max_tags must be >= 1"),
+            (self.validation_posts >= 0, "validation_posts must be >= 0"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.rare_subject_oversampling >= 0, "rare_subject_oversampling must be >= 0"),
             (self.embedding_init in EMBEDDING_INITS, f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}"),

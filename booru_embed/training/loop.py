@@ -86,10 +86,13 @@ def build_model(config: TrainingConfig, tokenizer: Any) -> Any:
 
 
 def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any) -> Any:
-    """The tokenized training split, cached under MODEL_DIR/cache and memory-mapped from there."""
+    """The tokenized training split less the validation slice (``data.validation_slice``, its ids written to
+    MODEL_DIR), cached under MODEL_DIR/cache and memory-mapped from there."""
     import datasets
+    import numpy as np
 
     from ..data.bulk_encoding import encode_dataset
+    from ..data.validation_slice import held_out_rows, write_validation_ids
 
     try:
         splits = datasets.load_from_disk(str(config.dataset))
@@ -98,11 +101,17 @@ def encoded_train_split(config: TrainingConfig, tokenizer: Any, accelerator: Any
     if "train" not in splits:
         raise UsageError(f"{config.dataset} has no `train` split")
     train = splits["train"]
+    held_out = held_out_rows(len(train), config.validation_posts, config.seed)
     cache = Path(config.output) / "cache" / "train_encoded"
     key = {"dataset": str(Path(config.dataset).resolve()), "fingerprint": train._fingerprint,
-           "vocab": len(tokenizer), "tokenizer": str(Path(config.tokenizer).resolve())}
+           "vocab": len(tokenizer), "tokenizer": str(Path(config.tokenizer).resolve()),
+           "held_out": [len(held_out), config.seed]}
     key_file = cache / "cache_key.json"
     if accelerator.is_main_process:
+        ids = train.select(held_out).select_columns(["id"])["id"] if len(held_out) else []
+        write_validation_ids(Path(config.output), np.asarray(ids, dtype=np.int64), config.seed)
+        if len(held_out):
+            train = train.select(np.setdiff1d(np.arange(len(train)), held_out))
         if not (key_file.is_file() and json.loads(key_file.read_text()) == key):
             shutil.rmtree(cache, ignore_errors=True)
             tmp = cache.with_name(cache.name + ".tmp")
@@ -246,17 +255,22 @@ def make_loader(config: TrainingConfig, train_encoded: Any, info: Any, accelerat
 
 def build_evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_encoded: Any) -> Any:
     """An ``Evaluator`` over ``eval_posts`` test posts, its baseline counted on a seeded sample of
-    ``EVAL_BASELINE_POSTS`` training posts (straight from the encoded Arrow columns), or None."""
+    ``EVAL_BASELINE_POSTS`` training posts (straight from the encoded Arrow columns), its search settings
+    chosen on the validation slice held out of training, or None."""
     import datasets
 
+    from ..data.validation_slice import read_validation_ids
     from ..evaluation import Evaluator, encode_sample
+    from ..evaluation.command import held_out_posts
 
-    test = datasets.load_from_disk(str(config.dataset)).get("test")
+    splits = datasets.load_from_disk(str(config.dataset))
+    test = splits.get("test")
     if test is None or len(test) == 0 or config.eval_posts == 0:
         return None
     return Evaluator(
         info, train_encoded, encode_sample(tokenizer, test, config.eval_posts, "test"), tokenizer.tag_to_id,
         max_posts=config.eval_posts, baseline_posts=EVAL_BASELINE_POSTS,
+        validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(config.output)),
     )
 
 
