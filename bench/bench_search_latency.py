@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_index import clustered_unit_vectors  # noqa: E402
 
-from booru_embed.index import FORMAT, PostIndex, _shard_paths, _top_rows, build_faiss_index, choose_kind, index_parameters  # noqa: E402
+from booru_embed.index import FORMAT, PostIndex, shard_paths, _top_rows, build_faiss_index, choose_kind, index_parameters  # noqa: E402
 from booru_embed.sparse_index import SPARSE_FILE, SparsePostings, save_postings  # noqa: E402
 from booru_embed.sparse_vectors import idf_weights, unit_rows  # noqa: E402
 
@@ -93,7 +93,7 @@ def main() -> None:
         (folder / "shards").mkdir()
         started = time.perf_counter()
         vectors, centres = clustered_unit_vectors(args.posts, DIM, max(1, args.posts // 100), rng)
-        np.save(_shard_paths(folder, 0)["vectors"], vectors)
+        np.save(shard_paths(folder, 0)["vectors"], vectors)
         lexical, idf = sparse_posts(args.posts, args.vocab, args.tags, args.terms, rng, None)
         figures = save_postings(folder / SPARSE_FILE, [lexical])
         del lexical

@@ -183,7 +183,7 @@ def build_faiss_index(kind: str, chunks: Sequence[np.ndarray], parameters: dict[
 # ----------------------------------------------------------------------------------------------
 # Building from a DATA_DIR
 # ----------------------------------------------------------------------------------------------
-def _shard_paths(folder: Path, number: int) -> dict[str, Path]:
+def shard_paths(folder: Path, number: int) -> dict[str, Path]:
     """The four files of shard ``number``: vectors, sparse vectors, post ids, tag strings."""
     stem = folder / "shards" / f"{number:05d}"
     return {"vectors": stem.with_suffix(".npy"), "sparse": stem.with_suffix(".sparse.npz"),
@@ -192,7 +192,7 @@ def _shard_paths(folder: Path, number: int) -> dict[str, Path]:
 
 def _shard_done(folder: Path, number: int) -> bool:
     """Whether shard ``number`` is complete: its vectors (written last) and its sparse vectors exist."""
-    paths = _shard_paths(folder, number)
+    paths = shard_paths(folder, number)
     return paths["vectors"].is_file() and paths["sparse"].is_file()
 
 
@@ -298,7 +298,7 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
                 ids.append(chunk_ids)
                 tags.extend(post_tags(post) for post in posts)
                 bar.update(len(posts))
-            paths = _shard_paths(output, number)
+            paths = shard_paths(output, number)
             _save_atomic(paths["ids"], lambda p: _write_npy(p, np.concatenate(ids)))
             _save_atomic(paths["tags"], lambda p: _write_tags(p, tags))
             _save_atomic(paths["sparse"], lambda p: _write_npz(p, sparse.vstack(lexical).tocsr()))
@@ -309,12 +309,13 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
 def _load_shard_ids(output: Path, count: int, shard_size: int) -> np.ndarray:
     """The post ids of all shards, in row order."""
     shards = range(math.ceil(count / shard_size))
-    return np.concatenate([np.load(_shard_paths(output, n)["ids"]) for n in shards])
+    return np.concatenate([np.load(shard_paths(output, n)["ids"]) for n in shards])
 
 
 def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path, dim: int | None = None,
                 split: str = "train", kind: str = "auto", batch_size: int = 256, resume: bool = False,
                 shard_size: int = SHARD_SIZE, device: str | None = None, fusion_weight: float | None = None,
+                qdrant: str | None = None, qdrant_collection: str | None = None,
                 **parameters: int | None) -> dict[str, Any]:
     """Embed ``split`` of DATA_DIR with MODEL_DIR into INDEX_DIR ``output`` and build its search index.
 
@@ -322,7 +323,9 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     or ivf; ``parameters`` override the kind's defaults (see ``index_parameters``); ``fusion_weight`` fixes the
     sparse share of the hybrid score stored with the index; None (the default) chooses it on the model's
     validation slice (``sparse_index.validation_slice``), or takes ``sparse_vectors.FUSION_WEIGHT`` for a
-    model that has none. With ``resume``,
+    model that has none. ``qdrant`` (a server URL or a local folder) also writes the posts' dense and
+    sparse vectors to the Qdrant collection ``qdrant_collection`` (default: INDEX_DIR's folder name;
+    ``qdrant_store``). With ``resume``,
     shards already embedded are kept and the index is rebuilt from them. Returns ``index_info.json``'s content.
     """
     from .embedder import load_for_command
@@ -364,7 +367,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     if not np.array_equal(ids, _split_ids(table)):
         raise UsageError(f"{output}: the shards' post ids differ from split {split!r} of {data_dir}: remove the folder")
     started = time.perf_counter()
-    shards = [np.load(_shard_paths(output, n)["vectors"], mmap_mode="r") for n in range(math.ceil(count / shard_size))]
+    shards = [np.load(shard_paths(output, n)["vectors"], mmap_mode="r") for n in range(math.ceil(count / shard_size))]
     index = build_faiss_index(kind, shards, chosen, progress=True)
     _save_atomic(output / "index.faiss", lambda p: faiss.write_index(index, str(p)))
     _save_atomic(output / "ids.npy", lambda p: _write_npy(p, ids))
@@ -375,6 +378,12 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
             "faiss_version": faiss.__version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _save_atomic(output / "index_info.json",
                  lambda p: p.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
+    if qdrant:
+        from .qdrant_store import write_qdrant
+
+        info["qdrant"] = write_qdrant(output, qdrant, qdrant_collection or output.resolve().name)
+        _save_atomic(output / "index_info.json",
+                     lambda p: p.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
     return info
 
 
@@ -383,7 +392,7 @@ def _build_sparse_part(output: Path, count: int, shard_size: int) -> dict[str, A
     from scipy import sparse
 
     started = time.perf_counter()
-    shards = [sparse.load_npz(_shard_paths(output, n)["sparse"]) for n in range(math.ceil(count / shard_size))]
+    shards = [sparse.load_npz(shard_paths(output, n)["sparse"]) for n in range(math.ceil(count / shard_size))]
     return {"file": SPARSE_FILE, **save_postings(output / SPARSE_FILE, shards),
             "seconds": round(time.perf_counter() - started, 2)}
 
@@ -525,7 +534,7 @@ class PostIndex:
         """The stored unit embeddings, one memory-mapped (rows, dim) array per shard."""
         if self._vectors is None:
             shards = math.ceil(len(self) / int(self.info["shard_size"]))
-            self._vectors = [np.load(_shard_paths(self.folder, n)["vectors"], mmap_mode="r") for n in range(shards)]
+            self._vectors = [np.load(shard_paths(self.folder, n)["vectors"], mmap_mode="r") for n in range(shards)]
         return self._vectors
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
@@ -550,7 +559,7 @@ class PostIndex:
 
         number, offset = divmod(row, int(self.info["shard_size"]))
         if number not in self._tags:
-            path = _shard_paths(self.folder, number)["tags"]
+            path = shard_paths(self.folder, number)["tags"]
             if not path.is_file():
                 raise UsageError(f"{self.folder}: {path.name} is missing from shards/ (the hits' tags live there)")
             self._tags[number] = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
@@ -595,13 +604,17 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion-weight", type=float,
                         help="sparse share a of the hybrid score (1 - a) cos_dense + a cos_sparse (default: chosen on "
                              f"the model's held-out validation posts; {FUSION_WEIGHT} for a model without them)")
+    parser.add_argument("--qdrant", metavar="TARGET",
+                        help="also write the dense and sparse vectors to a Qdrant collection: a server URL "
+                             "(http://host:6333) or a local folder (qdrant-client's local mode)")
+    parser.add_argument("--qdrant-collection", metavar="NAME", help="the collection (default: INDEX_DIR's folder name)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
 def run_index(args: argparse.Namespace) -> int:
     """Run ``booru-embed index``."""
     info = build_index(args.model_dir, args.dataset, args.output, dim=args.dim, split=args.split, kind=args.kind,
-                       fusion_weight=args.fusion_weight,
+                       fusion_weight=args.fusion_weight, qdrant=args.qdrant, qdrant_collection=args.qdrant_collection,
                        batch_size=args.batch_size, resume=args.resume, shard_size=args.shard_size,
                        device=args.device, m=args.m, ef_construction=args.ef_construction,
                        ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe)
@@ -610,8 +623,11 @@ def run_index(args: argparse.Namespace) -> int:
           + (f" ({parameters})" if parameters else "")
           + f"; embedded {info['shards_embedded_this_run']} shard(s) in {info['embed_seconds']} s, "
           f"index built in {info['index_seconds']} s; sparse vectors: {info['sparse']['nonzeros_per_post']} "
-          f"non-zeros a post, idf power {info['sparse']['idf_power']:g} (chosen on training posts), "
-          f"hybrid weight {info['fusion_weight']:g}")
+          f"non-zeros a post, idf power {info['sparse']['idf_power']:g} and hybrid weight {info['fusion_weight']:g} "
+          f"(chosen on {info['sparse']['validation']} posts)")
+    if "qdrant" in info:
+        print(f"wrote {info['qdrant']['points']} points to Qdrant collection {info['qdrant']['collection']!r} "
+              f"at {info['qdrant']['target']}")
     return 0
 
 

@@ -113,6 +113,43 @@ def test_a_held_out_slice_chooses_the_fusion_weight_on_its_posts(tmp_path: Path)
     assert recalls[f"p{sparse_info['idf_power']:g}.w{info['fusion_weight']:g}"] == max(recalls.values())
 
 
+def test_qdrant_holds_both_vectors_and_searches_like_the_index(model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("qdrant_client")
+    from booru_embed.qdrant_store import open_client, search_qdrant
+
+    folder = build(model_dir, "with-qdrant", "--kind", "exact", "--qdrant", str(tmp_path / "qdrant"),
+                   "--qdrant-collection", "posts")
+    info = json.loads((folder / "index_info.json").read_text())
+    assert info["qdrant"] == {"target": str(tmp_path / "qdrant"), "collection": "posts", "points": len(tiny_posts())}
+    index = PostIndex.load(folder)
+    queries = [post_tags(p) for p in tiny_posts()[3:6]]
+    sparse_info = info["sparse"]
+    lexical = unit_rows(index.embedder.embed_sparse(queries, terms=sparse_info["terms"], scale=sparse_info["scale"],
+                                                    power=sparse_info["idf_power"]))
+    dense = index.embedder.embed(queries, dim=index.dim)
+    client = open_client(str(tmp_path / "qdrant"))
+    try:
+        stored = client.retrieve("posts", [7], with_vectors=True)[0]  # post id 7 is row 7 of the index
+        assert stored.payload["tags"] == post_tags(tiny_posts()[7])
+        np.testing.assert_allclose(stored.vector["dense"], index._shard_vectors()[0][7], atol=1e-6)
+        row = index.postings.matrix.tocsr()[7]
+        assert stored.vector["sparse"].indices == row.indices.tolist()
+        np.testing.assert_allclose(stored.vector["sparse"].values, row.data, atol=1e-6)
+        for mode in ("dense", "sparse", "hybrid"):
+            for row, hits in enumerate(index.search(queries, top_k=5, mode=mode)):
+                got = search_qdrant(client, "posts", dense[row], lexical[row], index.fusion_weight, top_k=5, mode=mode)
+                # the same scores in the same order (posts with equal scores may swap places), each with its own tags
+                np.testing.assert_allclose([score for _, score, _ in got], [h.score for h in hits], atol=1e-4)
+                by_id = {h.id: h.tags for h in index.search(queries, top_k=len(index), mode="dense")[row]}
+                assert all(by_id[post_id] == tags for post_id, _, tags in got)
+    finally:
+        client.close()
+    # a rerun upserts the same points
+    build(model_dir, "with-qdrant", "--kind", "exact", "--resume", "--qdrant", str(tmp_path / "qdrant"),
+          "--qdrant-collection", "posts")
+    assert json.loads((folder / "index_info.json").read_text())["qdrant"]["points"] == len(tiny_posts())
+
+
 def test_search_mode_on_the_command_line(exact_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     query = post_tags(tiny_posts()[9])
     for mode in ("dense", "sparse", "hybrid"):
