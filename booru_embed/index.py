@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -381,10 +381,22 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     if qdrant:
         from .qdrant_store import write_qdrant
 
-        info["qdrant"] = write_qdrant(output, qdrant, qdrant_collection or output.resolve().name)
+        info["qdrant"] = write_qdrant(_shard_contents(output, count, shard_size), qdrant,
+                                      qdrant_collection or output.resolve().name, dim, count)
         _save_atomic(output / "index_info.json",
                      lambda p: p.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
     return info
+
+
+def _shard_contents(output: Path, count: int, shard_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, Any, list[str]]]:
+    """Each shard's post ids, unit embeddings, sparse vectors (CSR) and tag strings, in order."""
+    import pyarrow as pa
+    from scipy import sparse
+
+    for number in range(math.ceil(count / shard_size)):
+        paths = shard_paths(output, number)
+        tags = pa.ipc.open_file(pa.memory_map(str(paths["tags"]))).read_all()["tags"].to_pylist()
+        yield np.load(paths["ids"]), np.load(paths["vectors"]), sparse.load_npz(paths["sparse"]).tocsr(), tags
 
 
 def _build_sparse_part(output: Path, count: int, shard_size: int) -> dict[str, Any]:

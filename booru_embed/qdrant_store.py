@@ -15,7 +15,7 @@ fusions, RRF and DBSF, rank differently).
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,35 +61,26 @@ def _ensure_collection(client: Any, collection: str, dim: int) -> None:
         sparse_vectors_config={SPARSE: models.SparseVectorParams()})
 
 
-def write_qdrant(index_dir: str | Path, target: str, collection: str, progress: bool = True) -> dict[str, Any]:
-    """Upsert every post of a built INDEX_DIR into a Qdrant collection (module docstring); returns its figures.
+def write_qdrant(shards: Iterable[tuple[np.ndarray, np.ndarray, Any, list[str]]], target: str, collection: str,
+                 dim: int, total: int, progress: bool = True) -> dict[str, Any]:
+    """Upsert an index's posts into a Qdrant collection (module docstring); returns its figures.
 
-    Upserting by post id makes a rerun rewrite the same points. Raises ``UsageError`` for an index built
-    without sparse vectors or a collection holding other vectors.
+    ``shards`` yields, per index shard, the post ids, their unit embeddings (n, ``dim``), their sparse
+    vectors (CSR) and their tag strings; ``total`` is the number of posts (for the progress bar).
+    Upserting by post id makes a rerun rewrite the same points. Raises ``UsageError`` for a collection
+    holding other vectors.
     """
-    import json
-
     from qdrant_client import models
-    from scipy import sparse
     from tqdm.auto import tqdm
 
-    from .index import shard_paths
     from .sparse_vectors import unit_rows
 
-    index_dir = Path(index_dir)
-    info = json.loads((index_dir / "index_info.json").read_text(encoding="utf-8"))
-    if "sparse" not in info:
-        raise UsageError(f"{index_dir} has no sparse vectors: rebuild it with booru-embed index")
     client = open_client(target)
     try:
-        _ensure_collection(client, collection, int(info["dim"]))
-        shards = math.ceil(int(info["count"]) / int(info["shard_size"]))
-        with tqdm(total=int(info["count"]), desc="qdrant", unit="post", disable=not progress) as bar:
-            for number in range(shards):
-                paths = shard_paths(index_dir, number)
-                ids, dense = np.load(paths["ids"]), np.load(paths["vectors"])
-                lexical = unit_rows(sparse.load_npz(paths["sparse"]).tocsr())
-                tags = _shard_tags(paths["tags"])
+        _ensure_collection(client, collection, dim)
+        with tqdm(total=total, desc="qdrant", unit="post", disable=not progress) as bar:
+            for ids, dense, lexical, tags in shards:
+                lexical = unit_rows(lexical.tocsr())
                 for start in range(0, len(ids), UPLOAD_BATCH):
                     rows = range(start, min(start + UPLOAD_BATCH, len(ids)))
                     client.upsert(collection, points=[
@@ -101,13 +92,6 @@ def write_qdrant(index_dir: str | Path, target: str, collection: str, progress: 
     finally:
         client.close()
     return {"target": target, "collection": collection, "points": int(points)}
-
-
-def _shard_tags(path: Path) -> list[str]:
-    """The tag strings of one index shard."""
-    import pyarrow as pa
-
-    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()["tags"].to_pylist()
 
 
 def search_qdrant(client: Any, collection: str, dense: np.ndarray, lexical: Any, weight: float, top_k: int = 10,
