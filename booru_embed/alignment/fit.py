@@ -258,7 +258,7 @@ def make_phases(model: Any, is_tag: np.ndarray, external: np.ndarray, targets: P
     come from ``train_rows``. A ``tags`` aligner is a tag head over the whole vocabulary here; ``command``
     keeps its rows of tags seen in at least ``min_tag_pairs`` training pairs.
     """
-    from .model import TAG_ARCH, Aligner, TagHead
+    from .model import TAG_ARCH, Aligner, TagHead, set_standardisation
 
     device = next(model.parameters()).device
     data = TrainingData(external, targets, train_rows, holdout_rows)
@@ -275,15 +275,14 @@ def make_phases(model: Any, is_tag: np.ndarray, external: np.ndarray, targets: P
 
     def tag_head() -> TagHead:
         head = TagHead(external.shape[1], vocab, base_rates)
-        head.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        head.input_scale.copy_(1.0 / torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+        set_standardisation(head, mean, std)
         return head.to(device)
 
     if settings.arch == TAG_ARCH:
         head = tag_head()
         return [Phase("aligner", head, probe_loss(head, bce), data, settings, folder, device)], counts
     aligner = Aligner(settings.arch, external.shape[1], int(model.config.embedding_dim), settings.hidden_dim)
-    aligner.set_standardisation(mean, std)
+    set_standardisation(aligner, mean, std)
     aligner.to(device)
     phases = [Phase("aligner", aligner, aligner_loss(aligner, bce, settings), data, settings, folder, device)]
     if settings.probe:

@@ -51,12 +51,6 @@ class Aligner(nn.Module):
             y = y + self.out(nn.functional.gelu(self.hidden(x)))
         return y
 
-    @torch.no_grad()
-    def set_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """Use ``(x - mean) / std`` as the input (std floored so constant dimensions stay finite)."""
-        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.input_scale.copy_(1.0 / torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
-
 
 class TagHead(nn.Module):
     """Standardised external vector -> logits of tags (one linear layer): what a tagger's head does.
@@ -98,6 +92,13 @@ class TagHead(nn.Module):
         head.load_state_dict({"input_mean": self.input_mean, "input_scale": self.input_scale,
                               "weight.weight": self.weight.weight[index], "bias.weight": self.bias.weight[index]})
         return head.eval()
+
+
+@torch.no_grad()
+def set_standardisation(module: Aligner | TagHead, mean: np.ndarray, std: np.ndarray) -> None:
+    """Make ``module`` read ``(x - mean) / std`` (std floored so constant dimensions stay finite)."""
+    module.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+    module.input_scale.copy_(1.0 / torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
 
 
 def build_aligner(config: dict[str, Any]) -> Aligner | TagHead:
