@@ -11,8 +11,9 @@ Uses the corpora and trained runs cached by ``bench/bench_recipe.py`` (``WORKDIR
   dense embedding (and its 64-d prefix), the sparse vector and the hybrid, with the hybrid's margin over
   the best counting baseline, paired by seed.
 - ``--sweep``: how the expansion's ``terms`` and ``scale`` change sparse and hybrid recall on the
-  evaluation's validation slice of TRAINING posts (never the test split; the hybrid's weight is picked
-  on the same posts, which favours the dense side, see docs/search.md).
+  model's held-out validation slice (never the test split; the hybrid's weight is picked on the same
+  posts), or, for a model trained without one, on seeded TRAINING posts, which favours the dense side
+  (docs/search.md).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def sweep(corpus: Path, run: str) -> dict[tuple[int, float], dict[str, float]]:
     import datasets
     from transformers import AutoModelForPreTraining
 
+    from booru_embed.data.validation_slice import read_validation_ids
+    from booru_embed.evaluation.command import held_out_posts
     from booru_embed.evaluation.evaluator import Evaluator, encode_sample
     from booru_embed.evaluation.hybrid_retrieval import CASE_BATCH, VALIDATION_POSTS, choose_fusion_weight, validation_cases
     from booru_embed.evaluation.metrics import retrieval_recall_at_k
@@ -100,13 +103,17 @@ def sweep(corpus: Path, run: str) -> dict[tuple[int, float], dict[str, float]]:
     info = TokenInfo.from_tokenizer(tokenizer)
     splits = datasets.load_from_disk(str(corpus / "data"))
     evaluator = Evaluator(info, encode_sample(tokenizer, splits["train"], None, "train"),
-                          encode_sample(tokenizer, splits["test"], 100, "test"), tokenizer.tag_to_id, max_posts=100)
+                          encode_sample(tokenizer, splits["test"], 100, "test"), tokenizer.tag_to_id, max_posts=100,
+                          validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(model_dir)))
     runner = ModelRunner(model, info)
     total = evaluator.baseline.incidence.shape[0]
     rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
     cases = {}
     for name in ("character", "artist"):
-        posts, labels = validation_cases(evaluator, evaluator.baseline.incidence, CATEGORY_IDS[name], rows)
+        if evaluator.validation is not None:
+            posts, labels = evaluator.retrieval_cases(CATEGORY_IDS[name], evaluator.validation)
+        else:
+            posts, labels = validation_cases(evaluator, evaluator.baseline.incidence, CATEGORY_IDS[name], rows)
         dense = runner.run([evaluator._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
         logits = np.concatenate([runner.run([evaluator._sequence(p, tags, mask=True) for p, tags in posts[s : s + CASE_BATCH]],
                                             "mlm")["mlm"] for s in range(0, len(posts), CASE_BATCH)])

@@ -46,7 +46,7 @@ from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
 from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_settings, save_postings, validation_slice
-from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, unit_rows
+from .sparse_vectors import EXPANSION_SCALE, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -273,8 +273,9 @@ def _check_resume(output: Path, plan: dict[str, Any], resume: bool) -> None:
 
 
 def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, shard_size: int,
-                  batch_size: int, power: float) -> tuple[int, float]:
-    """Embed every shard not yet on disk; return how many were embedded and the seconds it took."""
+                  batch_size: int, power: float, terms: int) -> tuple[int, float]:
+    """Embed every shard not yet on disk (sparse vectors with idf ``power`` and ``terms`` expansion tags);
+    return how many were embedded and the seconds it took."""
     from scipy import sparse
     from tqdm.auto import tqdm
 
@@ -291,7 +292,7 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
                 posts, chunk_ids = _posts(table, chunk, min(stop, chunk + EMBED_CHUNK))
                 try:
                     parts.append(embedder.embed(posts, dim=dim, batch_size=batch_size, progress=False))
-                    lexical.append(embedder.embed_sparse(posts, terms=EXPANSION_TERMS, scale=EXPANSION_SCALE,
+                    lexical.append(embedder.embed_sparse(posts, terms=terms, scale=EXPANSION_SCALE,
                                                          power=power, batch_size=batch_size, progress=False))
                 except ValueError as error:
                     raise UsageError(f"rows {chunk}-{chunk + len(posts) - 1}: {error}") from None
@@ -357,12 +358,12 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     started = time.perf_counter()
     posts, source = validation_slice(model_dir, training)
     weights = (fusion_weight,) if fusion_weight is not None else FUSION_WEIGHTS if source == "held-out" else (FUSION_WEIGHT,)
-    power, weight, means = choose_index_settings(embedder, posts, dim, EXPANSION_TERMS, EXPANSION_SCALE, weights)
-    settings = {"terms": EXPANSION_TERMS, "scale": EXPANSION_SCALE, "idf_power": power, "fusion_weight": weight,
+    (power, terms), weight, means = choose_index_settings(embedder, posts, dim, EXPANSION_SCALE, weights)
+    settings = {"terms": terms, "scale": EXPANSION_SCALE, "idf_power": power, "fusion_weight": weight,
                 "validation": source, "validation_posts": len(posts),
                 "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
                 "validation_seconds": round(time.perf_counter() - started, 2)}
-    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power)
+    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power, terms)
     ids = _load_shard_ids(output, count, shard_size)
     if not np.array_equal(ids, _split_ids(table)):
         raise UsageError(f"{output}: the shards' post ids differ from split {split!r} of {data_dir}: remove the folder")
@@ -635,7 +636,7 @@ def run_index(args: argparse.Namespace) -> int:
           + (f" ({parameters})" if parameters else "")
           + f"; embedded {info['shards_embedded_this_run']} shard(s) in {info['embed_seconds']} s, "
           f"index built in {info['index_seconds']} s; sparse vectors: {info['sparse']['nonzeros_per_post']} "
-          f"non-zeros a post, idf power {info['sparse']['idf_power']:g} and hybrid weight {info['fusion_weight']:g} "
+          f"non-zeros a post, idf power {info['sparse']['idf_power']:g}, {info['sparse']['terms']} expansion terms and hybrid weight {info['fusion_weight']:g} "
           f"(chosen on {info['sparse']['validation']} posts)")
     if "qdrant" in info:
         print(f"wrote {info['qdrant']['points']} points to Qdrant collection {info['qdrant']['collection']!r} "

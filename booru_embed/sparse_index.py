@@ -5,11 +5,11 @@ every post as a scipy CSC matrix (posts x vocabulary): column ``t`` is tag ``t``
 posts holding or expected to hold it, with their weights), so a query's cosine to every post is the
 sum of its few columns scaled by its weights, exact, with scipy (``SparsePostings.scores``).
 
-The sparse vectors' idf power (``sparse_vectors``) and the hybrid's weight ``a`` in
+The sparse vectors' idf power and expansion terms (``sparse_vectors.SPARSE_SETTINGS``) and the hybrid's weight ``a`` in
 ``(1 - a) cos_dense + a cos_sparse`` are chosen when the index is built, before the posts are embedded,
 never on the test split (``choose_index_settings``): each validation post with a character (artist) tag
 and another tag is a query without its character (artist) tags, a hit a neighbour among the 10 nearest
-sharing one, and the pair whose hybrid has the best mean recall@10 over the two is stored in
+sharing one, and the combination whose hybrid has the best mean recall@10 over the two is stored in
 ``index_info.json``. The validation posts (``validation_slice``) are the model's held-out slice of the
 training split (``data.validation_slice``), posts it never trained on; a model without one (trained
 with ``--validation-posts 0``, or not a local folder) falls back to ``VALIDATION_POSTS`` seeded training
@@ -27,7 +27,7 @@ import numpy as np
 
 from .evaluation.hybrid_retrieval import VALIDATION_POSTS, choose_search_settings
 from .modeling.categories_booru_embed import TAG_CATEGORIES
-from .sparse_vectors import IDF_POWERS, unit_rows
+from .sparse_vectors import SPARSE_SETTINGS, unit_rows
 
 if TYPE_CHECKING:
     from .embedder import BooruEmbedder
@@ -88,11 +88,11 @@ def validation_slice(model_dir: str | Path, training: Any) -> tuple[list[dict[st
     return posts_at(training, seeded), "training"
 
 
-def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int,
-                          terms: int, scale: float, weights: Sequence[float]) -> tuple[float, float, dict[str, float]]:
-    """(idf power, hybrid weight among ``weights``) with the best mean recall@10 on the character and artist
-    cases of ``posts``, and every pair's mean (module docstring)."""
-    dense, lexical, labels = [], {power: [] for power in IDF_POWERS}, []
+def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int, scale: float,
+                          weights: Sequence[float]) -> tuple[tuple[float, int], float, dict[str, float]]:
+    """((idf power, expansion terms), hybrid weight among ``weights``) with the best mean recall@10 on the
+    character and artist cases of ``posts``, and every combination's mean (module docstring)."""
+    dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
     for category in VALIDATION_CATEGORIES:
         cases = [({k: v for k, v in post.items() if k != category}, post[category]) for post in posts
                  if post.get(category) and any(post.get(c) for c in TAG_CATEGORIES if c != category)]
@@ -101,7 +101,8 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
         queries = [query for query, _ in cases]
         number: dict[str, int] = {}  # tag name -> label number
         dense.append(embedder.embed(queries, dim=dim, progress=False))
-        for power in IDF_POWERS:
-            lexical[power].append(embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False))
+        for power, terms in SPARSE_SETTINGS:
+            lexical[(power, terms)].append(embedder.embed_sparse(queries, terms=terms, scale=scale, power=power,
+                                                                 progress=False))
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
     return choose_search_settings(dense, lexical, labels, weights=weights)

@@ -21,9 +21,10 @@ gets an all-zero row (it can only be found by the dense vector).
 
 Why a power: on the generated corpora, the flat weights (power 0) found same-character posts best
 (characters are told by their common traits, and rare incidental tags mislead a cosine) and full idf
-(power 1) same-artist posts best, so the index and the evaluation choose the power, with the fusion
-weight, on the model's held-out validation posts (``IDF_POWERS``); ``IDF_POWER`` is the default of
-``embed_sparse``.
+(power 1) same-artist posts best, so the index and the evaluation choose the vector's settings, with
+the fusion weight, on the model's held-out validation posts (``SPARSE_SETTINGS``: each idf power with
+expansion, and the plain TF-IDF vector, so that where expansion only blurs exact rare tags the choice
+can fall back to counting); ``IDF_POWER`` is the default of ``embed_sparse``.
 
 Fusion (``fuse``): the hybrid score is the convex combination ``(1 - a) cos_dense + a cos_sparse``
 (``a`` chosen on the validation posts, ``FUSION_WEIGHT`` without them) of the two cosines (Bruch, Gai and Ingber, ACM TOIS 2023: a convex combination of normalised scores beat
@@ -52,7 +53,9 @@ FUSION_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # a grid for cho
 # as well as on unseen posts (many-characters seed 0: 0.29 vs 0.11). 0.9 was read off the test splits of
 # the choosing settings default and many-characters (seed 0; docs/search.md).
 FUSION_WEIGHT = 0.9
-IDF_POWERS = (0.0, 0.5, 1.0)  # the grid the idf power is chosen on (module docstring)
+# (idf power, expansion terms) pairs the index and the evaluation choose among (module docstring); the last
+# is the TF-IDF vector itself: with it and a fusion weight of 1 the hybrid ranks exactly as TF-IDF does
+SPARSE_SETTINGS = ((0.0, EXPANSION_TERMS), (0.5, EXPANSION_TERMS), (1.0, EXPANSION_TERMS), (1.0, 0))
 IDF_POWER = 0.5  # embed_sparse's default: between what characters (0) and artists (1) preferred
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from booru_embed.cli import main
 from booru_embed.errors import UsageError
+from booru_embed.evaluation.hybrid_retrieval import setting_name
 from booru_embed.index import PostIndex, post_tags
-from booru_embed.sparse_vectors import fuse, unit_rows
+from booru_embed.sparse_vectors import SPARSE_SETTINGS, fuse, unit_rows
 from tiny_model import build_tiny_model, tiny_posts
 
 pytest.importorskip("faiss", reason="faiss-cpu (the index extra) is not installed")
@@ -40,11 +41,11 @@ def exact_dir(model_dir: Path) -> Path:
 def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None:
     info = json.loads((exact_dir / "index_info.json").read_text())
     sparse_info = info["sparse"]
-    assert 0.0 <= info["fusion_weight"] <= 1.0 and sparse_info["idf_power"] in (0.0, 0.5, 1.0)
-    # the tiny model has no held-out slice: seeded training posts choose the power, the weight stays fixed
+    assert (sparse_info["idf_power"], sparse_info["terms"]) in SPARSE_SETTINGS
+    # the tiny model has no held-out slice: seeded training posts choose the vector's settings, the weight stays fixed
     assert sparse_info["validation"] == "training" and sparse_info["validation_posts"] == len(tiny_posts())
-    assert set(sparse_info["validation_recall@10"]) == {"p0.w0.9", "p0.5.w0.9", "p1.w0.9"} and info["fusion_weight"] == 0.9
-    assert sparse_info["terms"] > 0 and sparse_info["nonzeros_per_post"] > 1
+    assert set(sparse_info["validation_recall@10"]) == {setting_name(p, t, 0.9) for p, t in SPARSE_SETTINGS}
+    assert info["fusion_weight"] == 0.9 and sparse_info["nonzeros_per_post"] > 1
     index = PostIndex.load(exact_dir)
     assert index.default_mode == "hybrid" and index.fusion_weight == info["fusion_weight"]
     stored = index.postings.matrix.tocsr()
@@ -91,7 +92,8 @@ def test_an_approximate_kind_fuses_the_same_hits_as_exact_on_a_small_index(model
 def test_the_fusion_weight_is_a_flag_of_index(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = build(model_dir, "weighted", "--kind", "exact", "--fusion-weight", "0.5")
     info = json.loads((folder / "index_info.json").read_text())
-    assert info["fusion_weight"] == 0.5 and set(info["sparse"]["validation_recall@10"]) == {"p0.w0.5", "p0.5.w0.5", "p1.w0.5"}
+    assert info["fusion_weight"] == 0.5 and set(info["sparse"]["validation_recall@10"]) == {
+        setting_name(p, t, 0.5) for p, t in SPARSE_SETTINGS}
     assert PostIndex.load(folder).fusion_weight == 0.5
     assert main(["index", str(model_dir), "--dataset", str(model_dir.parent / "data"), "--output",
                  str(model_dir.parent / "bad"), "--fusion-weight", "1.5"]) == 2
@@ -109,8 +111,9 @@ def test_a_held_out_slice_chooses_the_fusion_weight_on_its_posts(tmp_path: Path)
     sparse_info = info["sparse"]
     assert sparse_info["validation"] == "held-out" and sparse_info["validation_posts"] == len(held_out)
     recalls = sparse_info["validation_recall@10"]
-    assert {f"p{p:g}.w{w:g}" for p in (0.0, 0.5, 1.0) for w in FUSION_WEIGHTS} == set(recalls)
-    assert recalls[f"p{sparse_info['idf_power']:g}.w{info['fusion_weight']:g}"] == max(recalls.values())
+    assert {setting_name(p, t, w) for p, t in SPARSE_SETTINGS for w in FUSION_WEIGHTS} == set(recalls)
+    chosen = setting_name(sparse_info["idf_power"], sparse_info["terms"], info["fusion_weight"])
+    assert recalls[chosen] == max(recalls.values())
 
 
 def test_qdrant_holds_both_vectors_and_searches_like_the_index(model_dir: Path, tmp_path: Path) -> None:

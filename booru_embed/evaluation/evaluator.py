@@ -110,10 +110,8 @@ class Evaluator:
             _post_classes(ids, categories, starts, CATEGORY_IDS["score"], score_class, info.vocab_size),
             len(info.rating_token_ids), len(info.score_token_ids),
         )
-        self.validation = None  # (posts, vocab) incidence of the held-out slice's counted tags, or None
-        if validation_posts is not None and len(validation_posts):
-            ids, _, lengths_v = _flat(validation_posts, None)
-            self.validation = incidence_matrix(ids, lengths_v, info.vocab_size, counted=self.candidates[ids])
+        # the held-out slice's posts (rating and score kept, like the test posts'), or None
+        self.validation = _as_posts(validation_posts, None) if validation_posts is not None and len(validation_posts) else None
         self.recorded = {
             "count.baseline.posts": float(len(lengths)),
             "count.baseline.train_posts": float(train_total if train_total is not None else len(train_posts)),
@@ -185,11 +183,13 @@ class Evaluator:
             cases.append((post, visible, set(known[hidden].tolist())))
         return cases
 
-    def retrieval_cases(self, category: int) -> tuple[list[tuple[Any, np.ndarray]], list[set[int]]]:
-        """The retrieval cases of ``category``: (test post, its tags without that category's) and the removed tags."""
+    def retrieval_cases(self, category: int, posts_from: Sequence[Any] | None = None,
+                        ) -> tuple[list[tuple[Any, np.ndarray]], list[set[int]]]:
+        """The retrieval cases of ``category``: (post, its tags without that category's) and the removed tags,
+        from the test posts (or ``posts_from``, e.g. the validation slice's)."""
         cats = self.info.token_categories
         posts, labels = [], []
-        for post in self.test:
+        for post in self.test if posts_from is None else posts_from:
             known = self._known(post)
             removed = known[cats[known] == category]
             if len(removed):

@@ -6,11 +6,12 @@ character or artist tags removed; a hit is a neighbour among the 10 nearest shar
 - ``sparse.``: the model's sparse tag vectors (``sparse_vectors.sparse_rows``: idf of the present tags,
   the masked-tag head's expected tags), cosine;
 - ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``; ``a`` (``hybrid.fusion_weight``) and the sparse
-  vector's idf power (``hybrid.idf_power``, also used by ``sparse.``) are chosen on the model's held-out
-  validation slice (``data.validation_slice``: training posts it never trained on) by
-  ``choose_search_settings``, never on the test split; a model without the slice gets the fixed
-  ``sparse_vectors.FUSION_WEIGHT`` and the power chosen on seeded posts of the baseline's training sample
-  (``validation.held_out`` says which);
+  vector's idf power and expansion terms (``hybrid.idf_power``, ``hybrid.expansion_terms``, also used by
+  ``sparse.``; ``sparse_vectors.SPARSE_SETTINGS``) are chosen on the model's held-out validation slice
+  (``data.validation_slice``: training posts it never trained on, made into cases exactly as the test
+  posts are, rating and score included) by ``choose_search_settings``, never on the test split; a model
+  without the slice gets the fixed ``sparse_vectors.FUSION_WEIGHT`` and the vector's settings chosen on
+  seeded posts of the baseline's training sample (tags only; ``validation.held_out`` says which);
 - ``bm25.``: BM25 over the visible tags, Lucene's variant as bm25s computes it, with a term frequency
   of 1: ``sum over shared tags of idf(t) / (1 + k1 (1 - b + b |d| / avgdl))``, ``idf = log(1 + (N - n +
   0.5) / (n + 0.5))``, N, n and avgdl from the baseline's training sample, for each ``b`` of ``BM25_B`` as ``.b{b}``, and the best of them unsuffixed (an optimistic
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..cooccurrence import top_eigenpairs
 from ..modeling.categories_booru_embed import CATEGORY_IDS
-from ..sparse_vectors import FUSION_WEIGHT, FUSION_WEIGHTS, IDF_POWERS, fuse, hybrid_rows, sparse_rows, unit_rows
+from ..sparse_vectors import FUSION_WEIGHT, FUSION_WEIGHTS, SPARSE_SETTINGS, fuse, hybrid_rows, sparse_rows, unit_rows
 from .metrics import retrieval_recall_at_k
 from .runner import ModelRunner
 
@@ -68,46 +69,53 @@ def choose_fusion_weight(dense: Sequence[np.ndarray], lexical: Sequence[Any], la
     return best, means
 
 
-def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[float, Sequence[Any]],
-                           labels: Sequence[Sequence[set[int]]], weights: Sequence[float] = (FUSION_WEIGHT,),
-                           ) -> tuple[float, float, dict[str, float]]:
-    """(idf power, fusion weight among ``weights``) with the best mean recall@10 of the hybrid, and every
-    pair's mean as ``p{p}.w{w}``.
+def setting_name(power: float, terms: int, weight: float) -> str:
+    """``p{power}.t{terms}.w{weight}``: how the validation recalls of one search setting are named."""
+    return f"p{power:g}.t{terms}.w{weight:g}"
 
-    ``lexical[power]`` holds the sparse vectors of each case set at that idf power; ties go to the
-    first power of the grid and the smaller weight. The weight defaults to the fixed ``FUSION_WEIGHT``
+
+def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[tuple[float, int], Sequence[Any]],
+                           labels: Sequence[Sequence[set[int]]], weights: Sequence[float] = (FUSION_WEIGHT,),
+                           ) -> tuple[tuple[float, int], float, dict[str, float]]:
+    """((idf power, expansion terms), fusion weight among ``weights``) with the best mean recall@10 of the
+    hybrid, and every combination's mean, named by ``setting_name``.
+
+    ``lexical[(power, terms)]`` holds the sparse vectors of each case set with those settings; ties go to
+    the first settings of the grid and the smaller weight. The weight defaults to the fixed ``FUSION_WEIGHT``
     (``sparse_vectors`` says why it is not chosen on training posts).
     """
     best, means = None, {}
-    for power, vectors in lexical.items():
+    for (power, terms), vectors in lexical.items():
         weight, by_weight = choose_fusion_weight(dense, vectors, labels, weights)
-        means.update({f"p{power:g}.w{w:g}": m for w, m in by_weight.items()})
+        means.update({setting_name(power, terms, w): m for w, m in by_weight.items()})
         if best is None or by_weight[weight] > best[2]:
-            best = (power, weight, by_weight[weight])
+            best = ((power, terms), weight, by_weight[weight])
     return best[0], best[1], means
 
 
 def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any, np.ndarray]],
-                  powers: Sequence[float] = IDF_POWERS) -> tuple[np.ndarray, dict[float, Any]]:
-    """Dense embeddings, and sparse vectors at each idf power, of (post or None, visible tags) pairs."""
+                  settings: Sequence[tuple[float, int]] = SPARSE_SETTINGS,
+                  ) -> tuple[np.ndarray, dict[tuple[float, int], Any]]:
+    """Dense embeddings, and sparse vectors with each (idf power, expansion terms), of (post or None,
+    visible tags) pairs."""
     from scipy import sparse
 
     dense = runner.run([evaluator._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
-    parts: dict[float, list[Any]] = {power: [] for power in powers}
+    parts: dict[tuple[float, int], list[Any]] = {setting: [] for setting in settings}
     for start in range(0, len(posts), CASE_BATCH):
         chunk = posts[start : start + CASE_BATCH]
         logits = runner.run([evaluator._sequence(p, tags, mask=True) for p, tags in chunk], "mlm")["mlm"]
-        for power in powers:
-            parts[power].append(sparse_rows([tags for _, tags in chunk], logits, evaluator.candidates,
-                                            evaluator.baseline.idf, power=power))
+        for power, terms in settings:
+            parts[(power, terms)].append(sparse_rows([tags for _, tags in chunk], logits, evaluator.candidates,
+                                                     evaluator.baseline.idf, terms=terms, power=power))
     empty = sparse.csr_matrix((0, evaluator.info.vocab_size), dtype=np.float32)
-    return dense, {power: sparse.vstack(p).tocsr() if p else empty for power, p in parts.items()}
+    return dense, {setting: sparse.vstack(p).tocsr() if p else empty for setting, p in parts.items()}
 
 
 def validation_cases(evaluator: Any, incidence: Any, category: int,
                      rows: np.ndarray) -> tuple[list[tuple[None, np.ndarray]], list[set[int]]]:
-    """Retrieval cases from posts ``rows`` of an incidence matrix (the held-out slice's or the baseline's
-    sample; tags only: no rating, no score)."""
+    """Retrieval cases from posts ``rows`` of an incidence matrix (the baseline's training sample, for a
+    model without a held-out slice; tags only: no rating, no score)."""
     cats = evaluator.info.token_categories
     posts, labels = [], []
     for row in rows:
@@ -119,29 +127,36 @@ def validation_cases(evaluator: Any, incidence: Any, category: int,
     return posts, labels
 
 
-def search_settings(evaluator: Any, runner: ModelRunner, out: dict[str, float]) -> tuple[float, float]:
-    """Choose the sparse vector's idf power and the hybrid's weight on the held-out validation slice (or, without
-    one, the power alone on ``VALIDATION_POSTS`` seeded training posts); record both and every pair's recall."""
+def search_settings(evaluator: Any, runner: ModelRunner,
+                    out: dict[str, float]) -> tuple[tuple[float, int], float]:
+    """Choose the sparse vector's (idf power, expansion terms) and the hybrid's weight on the held-out
+    validation slice (or, without one, the vector's settings alone on ``VALIDATION_POSTS`` seeded training
+    posts); record them and every combination's recall."""
     held_out = evaluator.validation is not None
-    incidence = evaluator.validation if held_out else evaluator.baseline.incidence
-    rows = np.arange(incidence.shape[0])
-    if not held_out:
-        rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(len(rows))[:VALIDATION_POSTS])
-    dense, lexical, labels = [], {power: [] for power in IDF_POWERS}, []
+    if held_out:
+        count = len(evaluator.validation)
+    else:
+        total = evaluator.baseline.incidence.shape[0]
+        rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
+        count = len(rows)
+    dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
     for name in CATEGORIES:
-        posts, ls = validation_cases(evaluator, incidence, CATEGORY_IDS[name], rows)
+        if held_out:
+            posts, ls = evaluator.retrieval_cases(CATEGORY_IDS[name], evaluator.validation)
+        else:
+            posts, ls = validation_cases(evaluator, evaluator.baseline.incidence, CATEGORY_IDS[name], rows)
         if len(posts) >= 2:
-            d, by_power = model_vectors(evaluator, runner, posts)
+            d, by_setting = model_vectors(evaluator, runner, posts)
             dense.append(d), labels.append(ls)
-            for power, vectors in by_power.items():
-                lexical[power].append(vectors)
-    power, weight, means = choose_search_settings(dense, lexical, labels,
-                                                  FUSION_WEIGHTS if held_out else (FUSION_WEIGHT,))
-    out["hybrid.fusion_weight"], out["hybrid.idf_power"] = weight, power
-    out["count.validation.posts"], out["validation.held_out"] = float(len(rows)), float(held_out)
+            for setting, vectors in by_setting.items():
+                lexical[setting].append(vectors)
+    setting, weight, means = choose_search_settings(dense, lexical, labels,
+                                                    FUSION_WEIGHTS if held_out else (FUSION_WEIGHT,))
+    out["hybrid.fusion_weight"], (out["hybrid.idf_power"], out["hybrid.expansion_terms"]) = weight, setting
+    out["count.validation.posts"], out["validation.held_out"] = float(count), float(held_out)
     for name, mean in means.items():
         out[f"validation.hybrid.{name}.recall@10"] = mean
-    return power, weight
+    return setting, weight
 
 
 def bm25_sides(evaluator: Any, visible: Sequence[np.ndarray], b: float, k1: float = BM25_K1) -> tuple[Any, Any]:
@@ -180,7 +195,7 @@ def lexical_and_hybrid_retrieval(evaluator: Any, runner: ModelRunner | None, out
 
     ``width`` is the SVD's rank: the model's embedding size. Without a model only BM25 and the SVD are measured.
     """
-    power, weight = search_settings(evaluator, runner, out) if runner is not None else (None, None)
+    setting, weight = search_settings(evaluator, runner, out) if runner is not None else (None, None)
     seen, projection = svd_projection(evaluator, width)
     out["svd.width"] = float(projection.shape[1])
     for name in CATEGORIES:
@@ -198,8 +213,8 @@ def lexical_and_hybrid_retrieval(evaluator: Any, runner: ModelRunner | None, out
         out[f"svd.retrieval.{name}.recall@10"] = retrieval_recall_at_k(np.asarray(tfidf[:, seen] @ projection), labels)[0]
         if runner is None:
             continue
-        dense, by_power = model_vectors(evaluator, runner, posts, powers=(power,))
-        lexical = by_power[power]
+        dense, by_setting = model_vectors(evaluator, runner, posts, settings=(setting,))
+        lexical = by_setting[setting]
         out[f"sparse.retrieval.{name}.recall@10"] = retrieval_recall_at_k(lexical, labels)[0]
         out[f"hybrid.retrieval.{name}.recall@10"] = retrieval_recall_at_k(hybrid_rows(dense, lexical, weight), labels)[0]
         out[f"sparse.retrieval.{name}.nonzeros_per_post"] = float(lexical.nnz / lexical.shape[0])
