@@ -269,7 +269,15 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
     assert metrics["model.retrieval.character.recall@10"] > metrics["tagvec.retrieval.character.recall@10"] + 0.03
     for name in ("character", "artist"):
         assert metrics[f"model.retrieval.{name}.dim64.recall@10"] >= 0.95 * metrics[f"model.retrieval.{name}.recall@10"]
+        # the hybrid (settings chosen on the held-out slice) is no worse than the better of TF-IDF and BM25:
+        # recipe R4, `default` seeds 0-2, +0.009 +- 0.004 / -0.003 +- 0.003 (docs/search.md)
+        assert metrics[f"hybrid.retrieval.{name}.recall@10"] >= counting_recall(metrics, name) - 0.02, name
     assert_readback_keeps_the_post(metrics)
+
+
+def counting_recall(metrics: dict[str, float], name: str) -> float:
+    """The better of TF-IDF's and BM25's (best b) retrieval recall@10 for ``name`` (character or artist)."""
+    return max(metrics[f"baseline.retrieval.{name}.recall@10"], metrics[f"bm25.retrieval.{name}.recall@10"])
 
 
 def assert_readback_keeps_the_post(metrics: dict[str, float]) -> None:
@@ -303,17 +311,17 @@ def test_tiny_recipe_on_the_sparse_traits_setting(tmp_path):
     metrics = evaluate(train(config), root / "data", tmp_path / "metrics.json", truth=truth)
     # Search is the hybrid of the dense and the sparse vector (docs/search.md). Recipe R2 traded the dense vector's
     # character retrieval here for read-back (docs/readback.md): this corpus, seed 0, R2 measured dense 0.173 /
-    # 0.154 (character / artist) against the tag vectors' 0.174 / 0.125 (the previous recipe: 0.235 / 0.190), the
-    # hybrid 0.236 / 0.134 against the better of TF-IDF and BM25, 0.228 / 0.123 (~780 and ~980 queries: paired
-    # standard errors of about 0.015 and 0.013). Asserted: the artist margin over tag vectors, the hybrid no
-    # worse than counting, the 64-d prefix.
+    # 0.154 (character / artist) against the tag vectors' 0.174 / 0.125 (the previous recipe: 0.235 / 0.190).
+    # With its settings chosen on the held-out slice (R4, seeds 0-2 of the bench's corpus) the hybrid beats the
+    # better of TF-IDF and BM25 by +0.049 +- 0.002 / +0.051 +- 0.012, +0.046 / +0.036 on seed 0 (~780 and ~980
+    # queries: paired standard errors of about 0.015 and 0.013). Asserted: the artist margin over tag vectors,
+    # the hybrid's margin over counting, the 64-d prefix.
     assert metrics["model.retrieval.artist.recall@10"] > metrics["tagvec.retrieval.artist.recall@10"] + 0.015
     for name in ("character", "artist"):
         dense = metrics[f"model.retrieval.{name}.recall@10"]
         assert dense > 5 * metrics[f"chance.retrieval.{name}.recall@10"], name
         assert metrics[f"model.retrieval.{name}.dim64.recall@10"] >= 0.95 * dense
-        counting = max(metrics[f"baseline.retrieval.{name}.recall@10"], metrics[f"bm25.retrieval.{name}.recall@10"])
-        assert metrics[f"hybrid.retrieval.{name}.recall@10"] >= counting - 0.01, name
+        assert metrics[f"hybrid.retrieval.{name}.recall@10"] >= counting_recall(metrics, name) + 0.02, name
     assert metrics["model.masked.micro_f1"] > metrics["baseline.masked.micro_f1"] + 0.04
     assert metrics["model.implications.recall@5"] > metrics["baseline.implications.recall@5"] + 0.3
     assert_readback_keeps_the_post(metrics)
