@@ -6,6 +6,10 @@ The "distinctive" ranking is Danbooru's related-tags normalisation in the model'
 co-occurrence cosine n(a,b)/sqrt(n(a)n(b)) is P(b|a)/sqrt(P(b)) up to a constant, so a tag is ranked by
 log p(tag | tag set) - 1/2 log p(tag | no tags): what is typical of this tag set before what is common
 everywhere (``highres``, ``1girl``).
+
+Both estimate the same quantity, log P(b|a) - 1/2 log P(b) up to a constant, so they can be averaged:
+``with_counts`` is the geometric mean of the model's estimate and the co-occurrence cosine's, with equal
+weights (no weight is tuned), for a tool that has the training posts' counts at hand.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 DISTINCTIVE_PRIOR_WEIGHT = 0.5  # the square root of the prior in the cosine's denominator
+COSINE_FLOOR = 1e-4  # the cosine a pair never counted together gets in ``with_counts`` (a finite log)
 
 
 def masked_log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -26,3 +31,13 @@ def masked_log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 def distinctive_scores(log_probabilities: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
     """log p(tag | tag set) - 1/2 log p(tag | no tags): the related-tags ranking (module docstring)."""
     return log_probabilities - DISTINCTIVE_PRIOR_WEIGHT * log_prior
+
+
+def with_counts(distinctive: np.ndarray, related: np.ndarray) -> np.ndarray:
+    """The mean of the model's distinctive scores and the log of the related-tags score (the co-occurrence
+    cosine, summed over the tag set's tags), floored at ``COSINE_FLOOR`` (module docstring); float32, and
+    entries where ``distinctive`` is -inf stay -inf."""
+    fused = np.log(np.maximum(np.asarray(related, dtype=np.float32), np.float32(COSINE_FLOOR)))
+    fused += np.asarray(distinctive, dtype=np.float32)  # -inf stays -inf
+    fused *= np.float32(0.5)
+    return fused

@@ -290,6 +290,20 @@ def test_traits_report_the_rarest_quarter_of_characters_on_their_own():
     assert out["count.traits.rarest_quarter.max_posts"] == 5.0  # the quarter is character 23 alone
     assert out["model.traits.rarest_quarter.r_precision"] == 0.0 < out["model.traits.r_precision"]
     assert out["baseline.traits.rarest_quarter.r_precision"] == 1.0  # counts find its traits from 5 posts
+    # the model with the counts: the counts lift the traits the model does not know, the model's knowledge stays
+    assert out["with_counts.traits.r_precision"] == 1.0 == out["with_counts.traits.rarest_quarter.r_precision"]
+
+
+def test_with_counts_averages_the_two_log_scores_and_keeps_excluded_tags_out():
+    from booru_embed.ranking import COSINE_FLOOR, with_counts
+
+    distinctive = np.array([[-np.inf, -1.0, -2.0, -3.0]], dtype=np.float32)
+    related = np.array([[0.9, 0.0, 0.5, 1.0]], dtype=np.float32)
+    fused = with_counts(distinctive, related)
+    assert fused.dtype == np.float32 and np.isneginf(fused[0, 0])  # an excluded tag stays excluded
+    np.testing.assert_allclose(fused[0, 1:], 0.5 * np.array([-1.0 + np.log(COSINE_FLOOR), -2.0 + np.log(0.5), -3.0]),
+                               rtol=1e-6)
+    assert np.argsort(-fused[0])[0] == 2  # neither side's favourite wins alone: the mean decides
 
 
 class PrefixRunner:

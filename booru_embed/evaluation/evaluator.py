@@ -19,7 +19,7 @@ import numpy as np
 from ..cooccurrence import in_row_blocks, incidence_matrix
 from ..data.bulk_encoding import encode_dataset
 from ..modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
-from ..ranking import distinctive_scores, masked_log_softmax
+from ..ranking import distinctive_scores, masked_log_softmax, with_counts
 from ..sequences import Post, build_sequence, flat_posts
 from .baselines import CooccurrenceBaseline
 from .hybrid_retrieval import lexical_and_hybrid_retrieval
@@ -288,6 +288,8 @@ class Evaluator:
         P(b | a) / sqrt(P(b)) up to a constant; the model's score is its counterpart,
         log p(b | names) - 1/2 log p(b | no tags), both from the masked-tag head. The model's plain
         log p(b | names) ranking, which favours tags common everywhere, is reported as ``traits_plain``.
+        ``with_counts.traits`` ranks by the mean of the two (``ranking.with_counts``): what a tool that
+        also keeps the training posts' co-counts could suggest.
         """
         cases = []
         for character, entry in truth.get("characters", {}).items():
@@ -304,25 +306,22 @@ class Evaluator:
         posts_of = self.baseline.counts[[int(vis[0]) for _, vis, _ in cases]]  # training posts of each character
         rarest = posts_of <= np.quantile(posts_of, 0.25)
         out["count.traits.rarest_quarter.max_posts"] = float(posts_of[rarest].max())
-        for who in ("model", "baseline"):
-            if who == "model" and runner is None:
-                continue
-            allowed = np.repeat(general[None], len(cases), axis=0)
-            for row, (_, vis, _) in enumerate(cases):
-                allowed[row, vis] = False
-            if who == "model":
-                sequences = [self._sequence(p, vis, rating=False, mask=True) for p, vis, _ in cases]
-                sequences.append(self._sequence(None, np.zeros(0, dtype=np.int64), rating=False, mask=True))
-                logits = runner.run(sequences, "mlm")["mlm"]
-                plain = masked_log_softmax(logits[:-1], allowed)
-                prior = masked_log_softmax(logits[-1:], general[None])
-                self._rank_traits(plain, cases, "model.traits_plain", out, rarest)
-                with np.errstate(invalid="ignore"):  # -inf - -inf outside the candidates, masked next
-                    normalised = np.where(allowed, distinctive_scores(plain, prior), -np.inf)
-                self._rank_traits(normalised, cases, "model.traits", out, rarest)
-            else:
-                scores = np.where(allowed, self.baseline.suggest_scores([vis for _, vis, _ in cases]), -np.inf)
-                self._rank_traits(scores, cases, "baseline.traits", out, rarest)
+        allowed = np.repeat(general[None], len(cases), axis=0)
+        for row, (_, vis, _) in enumerate(cases):
+            allowed[row, vis] = False
+        cosine = self.baseline.suggest_scores([vis for _, vis, _ in cases])
+        self._rank_traits(np.where(allowed, cosine, -np.inf), cases, "baseline.traits", out, rarest)
+        if runner is not None:
+            sequences = [self._sequence(p, vis, rating=False, mask=True) for p, vis, _ in cases]
+            sequences.append(self._sequence(None, np.zeros(0, dtype=np.int64), rating=False, mask=True))
+            logits = runner.run(sequences, "mlm")["mlm"]
+            plain = masked_log_softmax(logits[:-1], allowed)
+            prior = masked_log_softmax(logits[-1:], general[None])
+            self._rank_traits(plain, cases, "model.traits_plain", out, rarest)
+            with np.errstate(invalid="ignore"):  # -inf - -inf outside the candidates, masked next
+                normalised = np.where(allowed, distinctive_scores(plain, prior), -np.inf)
+            self._rank_traits(normalised, cases, "model.traits", out, rarest)
+            self._rank_traits(with_counts(normalised, cosine), cases, "with_counts.traits", out, rarest)
         out["count.traits.characters"] = float(len(cases))
 
     @staticmethod
