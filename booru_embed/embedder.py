@@ -32,7 +32,7 @@ from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
 from .modeling.normalization_booru_embed import ParsedTagSet, parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
-from .ranking import distinctive_scores, masked_log_softmax
+from .ranking import distinctive_scores, masked_log_softmax, with_counts
 from .sequences import padded_inputs
 from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, sparse_rows
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from .modeling.normalization_booru_embed import NormalizedTags
+    from .related_tags import RelatedTags
 
 TagSet = str | Sequence[str] | Mapping[str, Any]
 PROGRESS_MIN_POSTS = 2048  # below this, embedding is quick and a progress bar is noise
@@ -360,7 +361,8 @@ class BooruEmbedder:
         return self._idf
 
     def suggest(self, tagset: TagSet, top_k: int = 10, categories: Iterable[str] | None = None,
-                expand_implications: bool = True, distinctive: bool = False) -> list[tuple[str, float]]:
+                expand_implications: bool = True, distinctive: bool = False,
+                related: RelatedTags | None = None) -> list[tuple[str, float]]:
         """Missing tags for ``tagset``, ranked: ``[(tag, score), ...]`` with ``score`` a probability.
 
         Never returns a tag already present, nor special, unknown, rating or score tokens. ``categories``
@@ -370,21 +372,25 @@ class BooruEmbedder:
         ``distinctive`` ranks like Danbooru's related tags instead of by probability: by
         p(tag | tagset) / sqrt(p(tag | no tags)), the model's counterpart of the co-occurrence cosine,
         so tags typical of this tag set come before tags common everywhere (``highres``, ``1girl``);
-        the scores stay probabilities.
+        the scores stay probabilities. ``related`` (a ``related_tags.RelatedTags`` counted from your posts,
+        with ``distinctive``) ranks by the mean of that score and the log of the counts' related-tags
+        score (``ranking.with_counts``): the counts add partners the model has not learned.
         """
         if isinstance(tagset, (list, tuple)) and not all(isinstance(tag, str) for tag in tagset):
             raise ValueError("suggest takes one tag set; a list must hold tag strings")
-        return self.suggest_many([tagset], top_k, categories, expand_implications, distinctive)[0]
+        return self.suggest_many([tagset], top_k, categories, expand_implications, distinctive, related=related)[0]
 
     def suggest_many(self, tagsets: Iterable[TagSet], top_k: int = 10, categories: Iterable[str] | None = None,
                      expand_implications: bool = True, distinctive: bool = False,
-                     batch_size: int = SUGGEST_BATCH) -> list[list[tuple[str, float]]]:
+                     batch_size: int = SUGGEST_BATCH, related: RelatedTags | None = None) -> list[list[tuple[str, float]]]:
         """``suggest`` for each of ``tagsets`` (same arguments, same answers), the model run on
         ``batch_size`` tag sets per forward pass instead of one: what a tool completing many posts calls."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if related is not None and not distinctive:
+            raise ValueError("related= ranks on the related-tags scale: pass distinctive=True with it")
         allowed = self._category_filter(categories)
         sequences = self._ids(list(tagsets))
         if any(len(ids) == 1 for ids in sequences):
@@ -393,12 +399,16 @@ class BooruEmbedder:
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start: start + batch_size]
             for ids, logits in zip(chunk, self._mask_logits_batch(chunk)):
-                answers.append(self._ranked_suggestions(ids, logits, top_k, allowed, expand_implications, distinctive))
+                counted = None if related is None else related.scores(ids)
+                answers.append(self._ranked_suggestions(ids, logits, top_k, allowed, expand_implications,
+                                                        distinctive, counted))
         return answers
 
     def _ranked_suggestions(self, ids: list[int], logits: np.ndarray, top_k: int, allowed: np.ndarray,
-                            expand_implications: bool, distinctive: bool) -> list[tuple[str, float]]:
-        """suggest's answer for one tag set's token ids, from its masked-tag logits."""
+                            expand_implications: bool, distinctive: bool,
+                            related: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """suggest's answer for one tag set's token ids, from its masked-tag logits (and its related-tags
+        scores, ``related``, to average in)."""
         candidates = self._is_tag.copy()
         candidates[ids] = False
         log_probabilities = masked_log_softmax(logits.astype(np.float64), candidates)
@@ -406,6 +416,8 @@ class BooruEmbedder:
         ranking = log_probabilities.copy()
         if distinctive:
             ranking[usable] = distinctive_scores(ranking[usable], self._log_prior()[usable])
+        if related is not None:
+            ranking[usable] = with_counts(ranking[usable], related[usable])
         ranking[~usable] = -np.inf
         chosen = _top(ranking, int(min(top_k, usable.sum())))
         ranked = [(self.tokenizer.convert_ids_to_tokens(int(i)), float(np.exp(log_probabilities[i]))) for i in chosen]

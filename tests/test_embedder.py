@@ -118,6 +118,33 @@ def test_suggest_distinctive_ranks_by_probability_over_sqrt_prior(embedder: Boor
     assert [tag for tag, _ in distinctive] != sorted(plain, key=plain.get, reverse=True)
 
 
+def test_suggest_with_related_counts_averages_the_two_rankings(embedder: BooruEmbedder, model_dir: Path) -> None:
+    from scipy import sparse
+
+    from booru_embed.ranking import with_counts
+    from booru_embed.related_tags import RelatedTags
+
+    tokenizer = embedder.tokenizer
+    present = "1girl smile"
+    model_only = embedder.suggest(present, top_k=1000, expand_implications=False, distinctive=True)
+    last = model_only[-1][0]  # the model's least likely tag: the counts say it always comes with smile
+    size = len(tokenizer.token_categories)
+    smile, last_id = tokenizer.convert_tokens_to_ids("smile"), tokenizer.convert_tokens_to_ids(last)
+    cosine = sparse.csr_matrix(([1.0], ([smile], [last_id])), shape=(size, size), dtype=np.float32)
+    fused = embedder.suggest(present, top_k=1000, expand_implications=False, distinctive=True,
+                             related=RelatedTags(cosine))
+    assert fused[0][0] == last and dict(fused) == pytest.approx(dict(model_only))  # reordered, same probabilities
+    # the rest keep the model's order: their counts are all at the floor
+    assert [t for t, _ in fused[1:]] == [t for t, _ in model_only if t != last]
+    scores = RelatedTags(cosine).scores(tokenizer(present)["input_ids"])
+    assert scores[last_id] == 1.0 and scores.sum() == 1.0 and with_counts(np.zeros(1), scores[[last_id]])[0] == 0.0
+    with pytest.raises(ValueError, match="distinctive=True"):
+        embedder.suggest(present, related=RelatedTags(cosine))
+    counted = RelatedTags.from_split(model_dir.parent / "data", tokenizer)  # the tiny corpus' own counts
+    assert counted.cosine.shape == (size, size) and counted.cosine.nnz > 0
+    assert embedder.suggest(present, top_k=3, distinctive=True, related=counted)
+
+
 def test_suggest_expands_implications(embedder: BooruEmbedder) -> None:
     # The tiny model stores cat_ears -> animal_ears -> animal_features and usada_pekora -> rabbit_ears.
     suggestions = embedder.suggest("1girl cat_ears", top_k=5)
