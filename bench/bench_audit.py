@@ -9,6 +9,8 @@ and its mean reciprocal rank (MRR), as mean and spread (std) over ``--seeds`` in
   model pmi         p(tag | rest) / p(tag | no tags)
   related tags      sum of the tag's cosines n(a,b)/sqrt(n(a)n(b)) to the post's other tags (training
                     split counts; evaluation.CooccurrenceBaseline), ties broken at random
+  model with counts the mean of log(model distinctive) and log(related tags) (ranking.with_counts, the
+                    ranking of suggest(..., distinctive=True, related=...))
   chance            a random order: hit@1 = 1/n, MRR = H(n)/n, averaged over the posts
 Contradicting traits (with ``--truth``, the generator's posts.truth.json): for every character with a
 hair colour, the post {character, copyright, its traits} plus each other hair colour of the
@@ -33,9 +35,10 @@ from booru_embed.data.synthetic import HAIR_COLOURS
 from booru_embed.embedder import BooruEmbedder
 from booru_embed.evaluation import Evaluator, posts_from_encoded
 from booru_embed.modeling.categories_booru_embed import CATEGORY_NAMES, TAG_CATEGORIES
+from booru_embed.ranking import with_counts
 from booru_embed.sequences import TokenInfo
 
-METHODS = ("model p", "model distinctive", "model pmi", "related tags", "chance")
+METHODS = ("model p", "model distinctive", "model pmi", "related tags", "model with counts", "chance")
 
 
 def ranks(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -54,7 +57,8 @@ def fit_scores(embedder: BooruEmbedder, baseline, tagset: dict, names: list[str]
     prior = np.exp(np.asarray(embedder._log_prior())[ids])  # p(tag | no tags), as score_tags(distinctive=True) uses
     dist = prob / np.sqrt(prior)
     cosine_sum = baseline.suggest_scores([np.asarray(ids)])[0][ids]  # the cosine's diagonal is zero
-    return {"model p": prob, "model distinctive": dist, "model pmi": prob / prior, "related tags": cosine_sum}
+    return {"model p": prob, "model distinctive": dist, "model pmi": prob / prior, "related tags": cosine_sum,
+            "model with counts": with_counts(np.log(dist), cosine_sum)}
 
 
 def inject(rows: list[dict], embedder: BooruEmbedder, seed: int, min_tags: int) -> list[tuple[dict, list[str], int]]:
