@@ -1,6 +1,6 @@
 """Query latency (one core, top 10) and index size of dense, sparse and hybrid search at Danbooru's scale.
 
-    python bench/bench_search_latency.py [--posts 1000000] [--vocab 150000] [--tags 25] [--terms 16] [--queries 200]
+    python bench/bench_search_latency.py [--posts 1000000] [--vocab 150000] [--tags 25] [--terms 16] [--queries 200] [--no-seismic]
 
 Embedding a million posts with a model takes far longer than searching them, so the index holds
 generated vectors that look like the real ones: the dense side is ``bench_index.clustered_unit_vectors``
@@ -11,10 +11,14 @@ and posting-list lengths of ``booru-embed index``'s ``sparse.npz``. Queries are 
 same generators.
 
 Searching goes through ``PostIndex`` itself (the code ``booru-embed search`` runs, the model call
-aside): ``dense`` is faiss (exact up to 200k posts, IVF above, as ``--kind auto`` builds), ``sparse``
-the exact CSC inverted-index scoring, ``hybrid`` the fusion of both (exact kind: every post's two
-scores; IVF: both sides' ``HYBRID_CANDIDATES`` best, scored exactly). Times are CPU seconds of one
-thread per query (median), so a shared machine's queue does not count; the ratio is against dense.
+aside): ``dense`` is faiss (exact up to 200k posts, IVF above, as ``--kind auto`` builds); ``sparse`` and
+``hybrid`` run once with each sparse engine (``sparse_index``): ``exact`` scores the CSC inverted index,
+``seismic`` (pyseismic-lsr) proposes candidates that are scored exactly; ``hybrid`` fuses both sides
+(exact kind: every post's two scores; IVF: both sides' ``HYBRID_CANDIDATES`` best, scored exactly). The
+Seismic rows give their recall@10 against the exact engine's top 10 (same dense side). Times are CPU
+seconds of one thread per query (median), so a shared machine's queue does not count; the ratio is
+against dense. The Seismic index is built with 2 threads (its build time and the process's peak RSS
+after it are printed).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_index import clustered_unit_vectors  # noqa: E402
 
-from booru_embed.index import FORMAT, PostIndex, shard_paths, _top_rows, build_faiss_index, choose_kind, index_parameters  # noqa: E402
-from booru_embed.sparse_index import SPARSE_FILE, SparsePostings, save_postings  # noqa: E402
+from booru_embed.index import FORMAT, PostIndex, build_faiss_index, choose_kind, index_parameters, shard_paths  # noqa: E402
+from booru_embed.sparse_index import (SEISMIC_CANDIDATES, SEISMIC_FILE, SEISMIC_SEARCH, SPARSE_FILE, SeismicPostings,  # noqa: E402
+                                      SparsePostings, build_seismic, save_postings, top_rows)
 from booru_embed.sparse_vectors import idf_weights, unit_rows  # noqa: E402
 
 DIM = 64
@@ -76,6 +81,8 @@ def timed_ms(work, queries: int) -> float:
 
 def main() -> None:
     """Build one index of generated vectors and print the latency and size table."""
+    import resource
+
     import faiss
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,6 +92,9 @@ def main() -> None:
     parser.add_argument("--terms", type=int, default=16, help="expansion tags a post")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-seismic", action="store_true", help="leave out the Seismic engine")
+    parser.add_argument("--seismic-candidates", default=str(SEISMIC_CANDIDATES),
+                        help=f"comma-separated candidate counts to try (default: {SEISMIC_CANDIDATES})")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(args.seed)
@@ -95,7 +105,7 @@ def main() -> None:
         vectors, centres = clustered_unit_vectors(args.posts, DIM, max(1, args.posts // 100), rng)
         np.save(shard_paths(folder, 0)["vectors"], vectors)
         lexical, idf = sparse_posts(args.posts, args.vocab, args.tags, args.terms, rng, None)
-        figures = save_postings(folder / SPARSE_FILE, [lexical])
+        figures = save_postings(folder, [lexical], "exact")
         del lexical
         kind = choose_kind("auto", args.posts)
         parameters = index_parameters(kind, args.posts)
@@ -105,34 +115,59 @@ def main() -> None:
         del vectors, index
         info = {"format": FORMAT, "dim": DIM, "kind": kind, "parameters": parameters, "count": args.posts,
                 "shard_size": args.posts, "model_dir": "-", "fusion_weight": 0.5,
-                "sparse": {"terms": args.terms, "scale": 4.0}}
+                "sparse": {"terms": args.terms, "scale": 4.0, "engine": "exact"}}
         (folder / "index_info.json").write_text(json.dumps(info))
         np.save(folder / "ids.npy", np.arange(args.posts))
         build_seconds = time.perf_counter() - started
         index = PostIndex.load(folder)
+        engines = {"exact": index.postings}
+        seismic_note = ""
+        if not args.no_seismic:
+            forward = index.postings.matrix.tocsr()
+            started = time.perf_counter()
+            built = build_seismic(forward)
+            seismic_seconds = time.perf_counter() - started
+            built.save(str(folder / SEISMIC_FILE))
+            seismic_bytes = (folder / f"{SEISMIC_FILE}.index.seismic").stat().st_size
+            for candidates in (int(c) for c in args.seismic_candidates.split(",")):
+                engines[f"seismic ({candidates})"] = SeismicPostings(forward, built, {**SEISMIC_SEARCH,
+                                                                                    "candidates": candidates})
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+            seismic_note = (f"; Seismic ({SEISMIC_SEARCH}) built in {seismic_seconds:.0f} s, "
+                            f"{seismic_bytes / 1e6:.0f} MB on disk; peak RSS {peak:.1f} GB")
         dense_queries, _ = clustered_unit_vectors(args.queries, DIM, 1, rng, centres=centres)
         sparse_queries = unit_rows(sparse_posts(args.queries, args.vocab, args.tags, args.terms, rng, idf)[0]).tocsr()
-        postings: SparsePostings = index.postings
 
         def dense(i: int) -> None:
             index.index.search(dense_queries[i : i + 1], 10)
 
-        def lexical_search(i: int) -> None:
-            _top_rows(postings.scores(sparse_queries[i]), 10)
+        rows = {("dense", "-"): (timed_ms(dense, args.queries), None, dense_bytes)}
+        exact_top: dict[str, list[set[int]]] = {}
+        for engine, postings in engines.items():
+            index.postings = postings
+            found = {"sparse": [], "hybrid": []}
 
-        def hybrid(i: int) -> None:
-            index._hybrid(dense_queries[i], postings.scores(sparse_queries[i]), 10)
+            def lexical_search(i: int) -> None:
+                found["sparse"].append(set(postings.top(sparse_queries[i], 10)[0].tolist()))
 
-        rows = {"dense": timed_ms(dense, args.queries), "sparse": timed_ms(lexical_search, args.queries),
-                "hybrid": timed_ms(hybrid, args.queries)}
+            def hybrid(i: int) -> None:
+                found["hybrid"].append(set(index._hybrid(dense_queries[i], sparse_queries[i], 10)[0].tolist()))
+
+            for mode, work in (("sparse", lexical_search), ("hybrid", hybrid)):
+                ms = timed_ms(work, args.queries)
+                exact_top.setdefault(mode, found[mode])  # the exact engine runs first
+                recall = float(np.mean([len(a & b) / max(len(b), 1) for a, b in zip(found[mode], exact_top[mode])]))
+                size = figures["bytes"] + (seismic_bytes if engine != "exact" else 0) + (dense_bytes if mode == "hybrid" else 0)
+                rows[(mode, engine)] = (ms, recall, size)
     print(f"{args.posts:,} posts, vocabulary {args.vocab:,}, {figures['nonzeros_per_post']} non-zeros a post "
           f"(~{args.tags} present + {args.terms} expansion), dense {DIM}-d {kind} ({parameters}); "
-          f"built in {build_seconds:.0f} s; faiss {faiss.__version__}, 1 thread; {args.queries} queries")
-    print("| mode | median ms / query (CPU, 1 thread) | vs dense | index size MB |")
-    print("|---|---|---|---|")
-    sizes = {"dense": dense_bytes, "sparse": figures["bytes"], "hybrid": dense_bytes + figures["bytes"]}
-    for mode, ms in rows.items():
-        print(f"| {mode} | {ms:.2f} | {ms / rows['dense']:.1f}x | {sizes[mode] / 1e6:.0f} |")
+          f"built in {build_seconds:.0f} s; faiss {faiss.__version__}, 1 thread; {args.queries} queries{seismic_note}")
+    print("| mode | sparse engine | median ms / query (CPU, 1 thread) | vs dense | recall@10 vs exact | index size MB |")
+    print("|---|---|---|---|---|---|")
+    base = rows[("dense", "-")][0]
+    for (mode, engine), (ms, recall, size) in rows.items():
+        shown = "-" if recall is None else f"{recall:.3f}"
+        print(f"| {mode} | {engine} | {ms:.2f} | {ms / base:.1f}x | {shown} | {size / 1e6:.0f} |")
 
 
 if __name__ == "__main__":

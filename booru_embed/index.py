@@ -45,7 +45,8 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
-from .sparse_index import SPARSE_FILE, SparsePostings, choose_index_settings, save_postings, validation_slice
+from .sparse_index import (SEISMIC_MIN_POSTS, SPARSE_ENGINES, SPARSE_FILE, SeismicPostings, SparsePostings, choose_engine, choose_index_settings,
+                           load_postings, save_postings, top_rows, validation_slice)
 from .sparse_vectors import EXPANSION_SCALE, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, unit_rows
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ def _load_shard_ids(output: Path, count: int, shard_size: int) -> np.ndarray:
 def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path, dim: int | None = None,
                 split: str = "train", kind: str = "auto", batch_size: int = 256, resume: bool = False,
                 shard_size: int = SHARD_SIZE, device: str | None = None, fusion_weight: float | None = None,
-                qdrant: str | None = None, qdrant_collection: str | None = None,
+                qdrant: str | None = None, qdrant_collection: str | None = None, sparse_engine: str = "auto",
                 **parameters: int | None) -> dict[str, Any]:
     """Embed ``split`` of DATA_DIR with MODEL_DIR into INDEX_DIR ``output`` and build its search index.
 
@@ -326,7 +327,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     validation slice (``sparse_index.validation_slice``), or takes ``sparse_vectors.FUSION_WEIGHT`` for a
     model that has none. ``qdrant`` (a server URL or a local folder) also writes the posts' dense and
     sparse vectors to the Qdrant collection ``qdrant_collection`` (default: INDEX_DIR's folder name;
-    ``qdrant_store``). With ``resume``,
+    ``qdrant_store``). ``sparse_engine`` is auto, exact or seismic (``sparse_index``). With ``resume``,
     shards already embedded are kept and the index is rebuilt from them. Returns ``index_info.json``'s content.
     """
     from .embedder import load_for_command
@@ -343,6 +344,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     table = _open_split(data_dir, split)
     count = table.num_rows
     kind = choose_kind(kind, count)
+    engine = choose_engine(sparse_engine, count)
     chosen = index_parameters(kind, count, **parameters)
     embedder = load_for_command(str(model_dir), device)
     try:
@@ -372,7 +374,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     index = build_faiss_index(kind, shards, chosen, progress=True)
     _save_atomic(output / "index.faiss", lambda p: faiss.write_index(index, str(p)))
     _save_atomic(output / "ids.npy", lambda p: _write_npy(p, ids))
-    sparse_info = {**settings, **_build_sparse_part(output, count, shard_size)}
+    sparse_info = {**settings, **_build_sparse_part(output, count, shard_size, engine)}
     info = {**plan, "kind": kind, "parameters": chosen, "shards_embedded_this_run": embedded,
             "embed_seconds": round(embed_seconds, 2), "index_seconds": round(time.perf_counter() - started, 2),
             "sparse": sparse_info, "fusion_weight": sparse_info.pop("fusion_weight"),
@@ -400,13 +402,14 @@ def _shard_contents(output: Path, count: int, shard_size: int) -> Iterator[tuple
         yield np.load(paths["ids"]), np.load(paths["vectors"]), sparse.load_npz(paths["sparse"]).tocsr(), tags
 
 
-def _build_sparse_part(output: Path, count: int, shard_size: int) -> dict[str, Any]:
-    """Write ``sparse.npz``, the inverted index, from the shards' sparse vectors; return its figures."""
+def _build_sparse_part(output: Path, count: int, shard_size: int, engine: str) -> dict[str, Any]:
+    """Write ``sparse.npz`` (and the Seismic index, for that ``engine``) from the shards' sparse vectors;
+    return their figures."""
     from scipy import sparse
 
     started = time.perf_counter()
     shards = [sparse.load_npz(shard_paths(output, n)["sparse"]) for n in range(math.ceil(count / shard_size))]
-    return {"file": SPARSE_FILE, **save_postings(output / SPARSE_FILE, shards),
+    return {"file": SPARSE_FILE, **save_postings(output, shards, engine),
             "seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -426,7 +429,7 @@ class PostIndex:
     """An INDEX_DIR loaded for search: ``PostIndex.load(INDEX_DIR).search(tagsets, top_k)``."""
 
     def __init__(self, folder: Path, info: dict[str, Any], index: Any, ids: np.ndarray,
-                 model_dir: str, device: str | None, postings: SparsePostings | None = None) -> None:
+                 model_dir: str, device: str | None, postings: SparsePostings | SeismicPostings | None = None) -> None:
         """Wrap loaded parts (use ``load``); the model is loaded on the first ``search``.
 
         ``postings`` is the sparse half (None for an index built before it existed: dense search only).
@@ -466,8 +469,8 @@ class PostIndex:
         if "sparse" in info:
             if not (folder / SPARSE_FILE).is_file():
                 raise UsageError(f"{folder} is an unfinished index ({SPARSE_FILE} is missing): run booru-embed index --resume")
-            postings = SparsePostings.load(folder / SPARSE_FILE)
-            if postings.matrix.shape[0] != len(ids):
+            postings = load_postings(folder, info["sparse"])
+            if len(postings) != len(ids):
                 raise UsageError(f"{folder}: {SPARSE_FILE} and ids.npy disagree: rebuild the index")
         return cls(folder, info, index, ids, str(model_dir or info["model_dir"]), device, postings)
 
@@ -500,10 +503,11 @@ class PostIndex:
         """The ``top_k`` posts nearest to each tag set, best first (one list per tag set).
 
         ``mode`` (default ``default_mode``): ``dense`` ranks by the embedding's cosine (faiss), ``sparse``
-        by the sparse tag vectors' cosine (exact, over the inverted index; only posts sharing a weighted
-        tag are returned), ``hybrid`` by ``(1 - a) cos_dense + a cos_sparse`` with the index's
-        ``fusion_weight`` ``a``. An exact index fuses the scores of every post; the approximate kinds
-        fuse those of the ``HYBRID_CANDIDATES`` best posts of each side, both scores computed exactly.
+        by the sparse tag vectors' cosine (the index's sparse engine, ``sparse_index``: exact over the
+        inverted index, or Seismic's candidates scored exactly; only posts sharing a weighted tag are
+        returned), ``hybrid`` by ``(1 - a) cos_dense + a cos_sparse`` with the index's ``fusion_weight``
+        ``a``. An exact index fuses the scores of every post; the approximate kinds fuse those of the
+        ``HYBRID_CANDIDATES`` best posts of each side, both scores computed exactly.
         """
         mode = self.default_mode if mode is None else mode
         if mode not in MODES:
@@ -520,27 +524,29 @@ class PostIndex:
         dense = self.embedder.embed(tagsets, dim=self.dim) if mode == "hybrid" else None
         results = []
         for row in range(queries.shape[0]):
-            lexical = self.postings.scores(queries[row])
             if dense is None:
-                rows = _top_rows(lexical, top_k)
-                rows = rows[lexical[rows] > 0]
-                results.append(self._hits(rows, lexical[rows]))
+                results.append(self._hits(*self.postings.top(queries[row], top_k)))
             else:
-                rows, scores = self._hybrid(dense[row], lexical, top_k)
-                results.append(self._hits(rows, scores))
+                results.append(self._hits(*self._hybrid(dense[row], queries[row], top_k)))
         return results
 
-    def _hybrid(self, query: np.ndarray, lexical: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``top_k`` rows by fused score and their scores, for one dense query and its sparse cosines."""
+    def _hybrid(self, query: np.ndarray, sparse_query: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``top_k`` rows by fused score and their scores, for one dense query and its sparse row."""
+        # the exact engine gets every post's sparse cosine in one pass; Seismic scores only the candidates
+        every = isinstance(self.postings, SparsePostings) or self.kind == "exact"
+        lexical = self.postings.scores(sparse_query) if every else None
         if self.kind == "exact":
             candidates = np.arange(len(self))
             dense = np.concatenate([shard @ query for shard in self._shard_vectors()])  # every post's cosine
         else:
             _, found = self.index.search(query[None].astype(np.float32), min(HYBRID_CANDIDATES, len(self)))
-            candidates = np.union1d(found[0][found[0] >= 0], _top_rows(lexical, HYBRID_CANDIDATES))
+            best_sparse = top_rows(lexical, HYBRID_CANDIDATES) if every else self.postings.top(sparse_query,
+                                                                                              HYBRID_CANDIDATES)[0]
+            candidates = np.union1d(found[0][found[0] >= 0], best_sparse)
             dense = _gather(self._shard_vectors(), candidates) @ query
-        fused = fuse(dense, lexical[candidates], self.fusion_weight)
-        best = _top_rows(fused, top_k)
+        fused = fuse(dense, lexical[candidates] if every else self.postings.scores_at(sparse_query, candidates),
+                     self.fusion_weight)
+        best = top_rows(fused, top_k)
         return candidates[best], fused[best]
 
     def _shard_vectors(self) -> list[np.ndarray]:
@@ -585,13 +591,6 @@ def _check_top_k(top_k: int) -> None:
         raise ValueError(f"top_k must be an integer of at least 1, got {top_k!r}")
 
 
-def _top_rows(scores: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the ``count`` largest scores, largest first (ties in index order)."""
-    count = min(count, len(scores))
-    chosen = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
-    return chosen[np.lexsort((chosen, -scores[chosen]))]
-
-
 # ----------------------------------------------------------------------------------------------
 # Commands
 # ----------------------------------------------------------------------------------------------
@@ -621,6 +620,9 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the dense and sparse vectors to a Qdrant collection: a server URL "
                              "(http://host:6333) or a local folder (qdrant-client's local mode)")
     parser.add_argument("--qdrant-collection", metavar="NAME", help="the collection (default: INDEX_DIR's folder name)")
+    parser.add_argument("--sparse-engine", default="auto", choices=SPARSE_ENGINES,
+                        help=f"sparse search: exact (scipy) or seismic (pyseismic-lsr, approximate); auto: seismic "
+                             f"above {SEISMIC_MIN_POSTS:,} posts when installed (default: auto)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
@@ -628,6 +630,7 @@ def run_index(args: argparse.Namespace) -> int:
     """Run ``booru-embed index``."""
     info = build_index(args.model_dir, args.dataset, args.output, dim=args.dim, split=args.split, kind=args.kind,
                        fusion_weight=args.fusion_weight, qdrant=args.qdrant, qdrant_collection=args.qdrant_collection,
+                       sparse_engine=args.sparse_engine,
                        batch_size=args.batch_size, resume=args.resume, shard_size=args.shard_size,
                        device=args.device, m=args.m, ef_construction=args.ef_construction,
                        ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe)
@@ -635,7 +638,8 @@ def run_index(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {info['count']} posts, {info['dim']} dims, {info['kind']} index"
           + (f" ({parameters})" if parameters else "")
           + f"; embedded {info['shards_embedded_this_run']} shard(s) in {info['embed_seconds']} s, "
-          f"index built in {info['index_seconds']} s; sparse vectors: {info['sparse']['nonzeros_per_post']} "
+          f"index built in {info['index_seconds']} s; sparse vectors ({info['sparse']['engine']} engine): "
+          f"{info['sparse']['nonzeros_per_post']} "
           f"non-zeros a post, idf power {info['sparse']['idf_power']:g}, {info['sparse']['terms']} expansion terms and hybrid weight {info['fusion_weight']:g} "
           f"(chosen on {info['sparse']['validation']} posts)")
     if "qdrant" in info:

@@ -1,9 +1,18 @@
-"""The sparse half of a search index: an inverted index of the posts' sparse tag vectors, and their idf power.
+"""The sparse half of a search index: the posts' sparse tag vectors, their search engine, and their settings.
 
 ``INDEX_DIR/sparse.npz`` holds the unit-normalised sparse vectors (``BooruEmbedder.embed_sparse``) of
-every post as a scipy CSC matrix (posts x vocabulary): column ``t`` is tag ``t``'s posting list (the
-posts holding or expected to hold it, with their weights), so a query's cosine to every post is the
-sum of its few columns scaled by its weights, exact, with scipy (``SparsePostings.scores``).
+every post (posts x vocabulary). Two engines search them (``SPARSE_ENGINES``, ``index --sparse-engine``):
+
+- ``exact``: the matrix is stored as CSC, so column ``t`` is tag ``t``'s posting list (the posts holding
+  or expected to hold it, with their weights), and a query's cosine to every post is the sum of its few
+  columns scaled by its weights, exact, with scipy (``SparsePostings``). Its cost is the length of the
+  query tags' posting lists, which grows with the posts: ~12 ms at 1M posts, ~100 ms at 5.8M.
+- ``seismic``: pyseismic-lsr's Seismic index (Bruch, Nardini, Rulli, Venturini, SIGIR 2024: posting
+  lists pruned to their largest weights, cut into blocks with summary vectors that let a query skip
+  most blocks) in ``sparse.index.seismic`` finds ``SEISMIC_CANDIDATES`` candidates, which are then
+  scored exactly from the matrix, stored as CSR (the forward index; ``SeismicPostings``). Approximate:
+  a post can be missed, never mis-scored. ``auto`` (the default) picks it above ``SEISMIC_MIN_POSTS``
+  posts when pyseismic-lsr is installed (the ``index`` extra).
 
 The sparse vectors' idf power and expansion terms (``sparse_vectors.SPARSE_SETTINGS``) and the hybrid's weight ``a`` in
 ``(1 - a) cos_dense + a cos_sparse`` are chosen when the index is built, before the posts are embedded,
@@ -19,6 +28,7 @@ than it is.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,40 +43,166 @@ if TYPE_CHECKING:
     from .embedder import BooruEmbedder
 
 SPARSE_FILE = "sparse.npz"
+SEISMIC_FILE = "sparse"  # pyseismic-lsr appends ``.index.seismic``
+SPARSE_ENGINES = ("auto", "exact", "seismic")
+SEISMIC_MIN_POSTS = 2_000_000  # auto engine: exact scoring up to here (~25 ms a query), Seismic above
+SEISMIC_CANDIDATES = 200  # posts Seismic proposes per query, then scored exactly
+# Seismic's settings (bench/bench_search_latency.py measured them at 1M and 5.8M posts, docs/search.md):
+# posting lists pruned to 3,500 postings a tag on average, blocks summarised to 40 % of their energy; a query
+# uses its 40 heaviest tags and skips a block only when its summary's score is under 0.3 of the heap's worst.
+# At 1M generated posts: recall@10 against exact scoring 0.98 in ~1.6 ms, 1.3 GB on disk (60 % of the energy:
+# 1.00 in ~3.5 ms, 1.7 GB; 20 tags and 0.7: 0.88-0.93)
+SEISMIC_BUILD = {"n_postings": 3500, "summary_energy": 0.4}
+SEISMIC_SEARCH = {"query_cut": 40, "heap_factor": 0.3}
 VALIDATION_CATEGORIES = ("character", "artist")
 VALIDATION_SEED = 0
 
 
-def save_postings(path: Path, shards: Sequence[Any]) -> dict[str, float]:
-    """Write the unit rows of the stacked shard matrices as a CSC inverted index; return its size figures."""
+def choose_engine(engine: str, count: int) -> str:
+    """The sparse engine to build: ``engine`` itself, or for ``auto`` Seismic above ``SEISMIC_MIN_POSTS`` posts
+    when pyseismic-lsr is installed, else exact. UsageError for an unknown name or a missing pyseismic-lsr."""
+    from .errors import UsageError
+
+    if engine not in SPARSE_ENGINES:
+        raise UsageError(f"--sparse-engine must be one of {', '.join(SPARSE_ENGINES)}, got {engine!r}")
+    installed = _seismic() is not None
+    if engine == "seismic" and not installed:
+        raise UsageError("--sparse-engine seismic needs pyseismic-lsr: pip install 'booru-embed[index]'")
+    if engine == "auto":
+        return "seismic" if count > SEISMIC_MIN_POSTS and installed else "exact"
+    return engine
+
+
+def _seismic() -> Any:
+    """The ``seismic`` module of pyseismic-lsr, or None when it is not installed."""
+    try:
+        import seismic
+    except ImportError:
+        return None
+    return seismic
+
+
+def save_postings(folder: Path, shards: Sequence[Any], engine: str = "exact") -> dict[str, Any]:
+    """Write the unit rows of the stacked shard matrices as ``sparse.npz`` (CSC for ``exact``, CSR plus the
+    Seismic index for ``seismic``); return the engine and its size figures."""
     from scipy import sparse
 
-    matrix = unit_rows(sparse.vstack(list(shards)).tocsr()).tocsc()
+    matrix = unit_rows(sparse.vstack(list(shards)).tocsr())
+    matrix = matrix.tocsc() if engine == "exact" else matrix.tocsr()
     matrix.sort_indices()
+    path = folder / SPARSE_FILE
     sparse.save_npz(path, matrix, compressed=False)
-    return {"nonzeros": int(matrix.nnz), "nonzeros_per_post": round(matrix.nnz / max(matrix.shape[0], 1), 2),
-            "bytes": int(path.stat().st_size)}
+    figures: dict[str, Any] = {"engine": engine, "nonzeros": int(matrix.nnz),
+                               "nonzeros_per_post": round(matrix.nnz / max(matrix.shape[0], 1), 2),
+                               "bytes": int(path.stat().st_size)}
+    if engine == "seismic":
+        started = time.perf_counter()
+        index = build_seismic(matrix)
+        index.save(str(folder / SEISMIC_FILE))
+        figures["seismic"] = {**SEISMIC_BUILD, **SEISMIC_SEARCH, "candidates": SEISMIC_CANDIDATES,
+                              "bytes": int((folder / f"{SEISMIC_FILE}.index.seismic").stat().st_size),
+                              "seconds": round(time.perf_counter() - started, 2)}
+    return figures
+
+
+def build_seismic(matrix: Any) -> Any:
+    """A pyseismic-lsr index (large-vocabulary variant) of the CSR rows of ``matrix``, row ``i`` as document ``"i"``."""
+    seismic = _seismic()
+    dataset = seismic.SeismicDatasetLV()
+    dataset.add_documents_by_id([str(row) for row in range(matrix.shape[0])], matrix.indices.astype(np.int64),
+                                matrix.data.astype(np.float32), matrix.indptr.astype(np.int64))
+    return seismic.SeismicIndexLV.build_from_dataset(dataset, **SEISMIC_BUILD)
+
+
+def load_postings(folder: Path, info: dict[str, Any]) -> SparsePostings | SeismicPostings:
+    """The sparse engine an index was built with (``info`` is index_info.json's ``sparse`` part)."""
+    from scipy import sparse
+
+    matrix = sparse.load_npz(folder / SPARSE_FILE)
+    if info.get("engine", "exact") == "exact":
+        return SparsePostings(matrix.tocsc())
+    seismic = _seismic()
+    if seismic is None:
+        from .errors import UsageError
+
+        raise UsageError(f"{folder} was built with the Seismic sparse engine: pip install 'booru-embed[index]'")
+    index = seismic.SeismicIndexLV.load(str(folder / f"{SEISMIC_FILE}.index.seismic"))
+    return SeismicPostings(matrix.tocsr(), index, info.get("seismic", SEISMIC_SEARCH))
 
 
 class SparsePostings:
-    """The loaded inverted index: exact sparse cosines of queries to every post."""
+    """The exact engine: sparse cosines of a query to every post, from the CSC inverted index."""
 
     def __init__(self, matrix: Any) -> None:
-        """Wrap a (posts, vocab) CSC matrix of unit rows (use ``load``)."""
+        """Wrap a (posts, vocab) CSC matrix of unit rows (use ``load_postings``)."""
         self.matrix = matrix
 
-    @classmethod
-    def load(cls, path: Path) -> SparsePostings:
-        """Read ``sparse.npz`` as written by ``save_postings``."""
-        from scipy import sparse
-
-        return cls(sparse.load_npz(path).tocsc())
+    def __len__(self) -> int:
+        """The number of posts."""
+        return int(self.matrix.shape[0])
 
     def scores(self, query: Any) -> np.ndarray:
         """(posts,) float32 cosine of one query row (a 1 x vocab sparse matrix, unit norm or zero) to every post."""
         row = query.tocsr()
         columns = self.matrix[:, row.indices]  # the query tags' posting lists
         return np.asarray(columns @ row.data.astype(np.float32)).ravel()
+
+    def top(self, query: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cosines) of the ``count`` posts nearest to one query row, best first, zero cosines left out."""
+        scores = self.scores(query)
+        rows = top_rows(scores, count)
+        rows = rows[scores[rows] > 0]
+        return rows, scores[rows]
+
+
+class SeismicPostings:
+    """The Seismic engine: candidates from the pruned index, their cosines exact from the CSR forward index."""
+
+    def __init__(self, matrix: Any, index: Any, search: dict[str, Any]) -> None:
+        """Wrap the (posts, vocab) CSR matrix of unit rows, the loaded Seismic index and its search settings."""
+        self.matrix, self.index = matrix, index
+        self.query_cut, self.heap_factor = int(search["query_cut"]), float(search["heap_factor"])
+        self.candidates = int(search.get("candidates", SEISMIC_CANDIDATES))
+        self._string = _seismic().get_seismic_string()
+
+    def __len__(self) -> int:
+        """The number of posts."""
+        return int(self.matrix.shape[0])
+
+    def scores(self, query: Any) -> np.ndarray:
+        """(posts,) float32 exact cosine of one query row to every post (a pass over the whole forward index)."""
+        return np.asarray(self.matrix @ query.tocsr().T.toarray().astype(np.float32)).ravel()
+
+    def scores_at(self, query: Any, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) float32 exact cosines of one query row to posts ``rows``."""
+        if not len(rows):
+            return np.zeros(0, dtype=np.float32)
+        row = query.tocsr()
+        dense = np.zeros(self.matrix.shape[1], dtype=np.float32)
+        dense[row.indices] = row.data
+        return np.asarray(self.matrix[rows] @ dense, dtype=np.float32).ravel()
+
+    def top(self, query: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, exact cosines) of the best of Seismic's candidates for one query row, best first, at most
+        ``count``, zero cosines left out."""
+        row = query.tocsr()
+        if row.nnz == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        components = np.array([str(c) for c in row.indices], dtype=self._string)
+        found = self.index.search("q", components, row.data.astype(np.float32), max(count, self.candidates),
+                                  self.query_cut, self.heap_factor)
+        rows = np.unique(np.array([int(doc) for _, _, doc in found], dtype=np.int64))
+        scores = self.scores_at(row, rows)
+        best = top_rows(scores, count)
+        best = best[scores[best] > 0]
+        return rows[best], scores[best]
+
+
+def top_rows(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest scores, largest first (ties in index order)."""
+    count = min(count, len(scores))
+    chosen = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
+    return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
 def posts_at(table: Any, rows: np.ndarray) -> list[dict[str, Any]]:

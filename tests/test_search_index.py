@@ -89,6 +89,37 @@ def test_an_approximate_kind_fuses_the_same_hits_as_exact_on_a_small_index(model
         assert [h.id for h in got] == [h.id for h in want]  # 200 candidates a side cover all 120 posts
 
 
+def test_the_seismic_engine_finds_what_exact_scoring_finds_on_a_small_index(model_dir: Path, exact_dir: Path) -> None:
+    pytest.importorskip("seismic", reason="pyseismic-lsr (the index extra) is not installed")
+    from booru_embed.sparse_index import SEISMIC_FILE, SeismicPostings
+
+    folder = build(model_dir, "seismic", "--kind", "ivf", "--nlist", "4", "--nprobe", "4", "--sparse-engine", "seismic")
+    info = json.loads((folder / "index_info.json").read_text())
+    assert info["sparse"]["engine"] == "seismic" and (folder / f"{SEISMIC_FILE}.index.seismic").is_file()
+    seismic, exact = PostIndex.load(folder), PostIndex.load(exact_dir)
+    assert isinstance(seismic.postings, SeismicPostings) and len(seismic.postings) == 120
+    queries = [post_tags(p) for p in tiny_posts()[:8]] + ["no_such_tag"]
+    for mode in ("sparse", "hybrid"):
+        for got, want in zip(seismic.search(queries, top_k=10, mode=mode), exact.search(queries, top_k=10, mode=mode)):
+            # 200 candidates cover all 120 posts, each scored exactly: the same hits and scores
+            assert [h.id for h in got] == [h.id for h in want], mode
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+
+def test_the_sparse_engine_is_chosen_by_size_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from booru_embed import sparse_index
+
+    monkeypatch.setattr(sparse_index, "_seismic", lambda: object())
+    assert sparse_index.choose_engine("auto", sparse_index.SEISMIC_MIN_POSTS) == "exact"
+    assert sparse_index.choose_engine("auto", sparse_index.SEISMIC_MIN_POSTS + 1) == "seismic"
+    with pytest.raises(UsageError, match="--sparse-engine must be one of auto, exact, seismic"):
+        sparse_index.choose_engine("wand", 10)
+    monkeypatch.setattr(sparse_index, "_seismic", lambda: None)
+    assert sparse_index.choose_engine("auto", 10**8) == "exact"  # not installed: exact scoring at any size
+    with pytest.raises(UsageError, match="needs pyseismic-lsr"):
+        sparse_index.choose_engine("seismic", 10)
+
+
 def test_the_fusion_weight_is_a_flag_of_index(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = build(model_dir, "weighted", "--kind", "exact", "--fusion-weight", "0.5")
     info = json.loads((folder / "index_info.json").read_text())
