@@ -29,7 +29,7 @@ than it is.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ SEISMIC_FILE = "sparse"  # pyseismic-lsr appends ``.index.seismic``
 SPARSE_ENGINES = ("auto", "exact", "seismic")
 SEISMIC_MIN_POSTS = 2_000_000  # auto engine: exact scoring up to here (~25 ms a query), Seismic above
 SEISMIC_CANDIDATES = 200  # posts Seismic proposes per query, then scored exactly
+SEISMIC_ADD_ROWS = 500_000  # rows handed to Seismic's dataset at once
 # Seismic's settings (bench/bench_search_latency.py measured them at 1M and 5.8M posts, docs/search.md):
 # posting lists pruned to 3,500 postings a tag on average, blocks summarised to 40 % of their energy; a query
 # uses its 40 heaviest tags and skips a block only when its summary's score is under 0.3 of the heap's worst.
@@ -82,9 +83,10 @@ def _seismic() -> Any:
     return seismic
 
 
-def save_postings(folder: Path, shards: Sequence[Any], engine: str = "exact") -> dict[str, Any]:
+def save_postings(folder: Path, shards: Iterable[Any], engine: str = "exact") -> dict[str, Any]:
     """Write the unit rows of the stacked shard matrices as ``sparse.npz`` (CSC for ``exact``, CSR plus the
-    Seismic index for ``seismic``); return the engine and its size figures."""
+    Seismic index for ``seismic``); return the engine and its size figures. Pass the shards as an iterator
+    that holds no other reference to them, so that only the stacked matrix stays in memory."""
     from scipy import sparse
 
     matrix = unit_rows(sparse.vstack(list(shards)).tocsr())
@@ -97,7 +99,10 @@ def save_postings(folder: Path, shards: Sequence[Any], engine: str = "exact") ->
                                "bytes": int(path.stat().st_size)}
     if engine == "seismic":
         started = time.perf_counter()
-        index = build_seismic(matrix)
+        dataset = seismic_dataset(matrix)
+        del matrix  # Seismic holds its own copy from here on
+        index = _seismic().SeismicIndexLV.build_from_dataset(dataset, **SEISMIC_BUILD)
+        del dataset
         index.save(str(folder / SEISMIC_FILE))
         figures["seismic"] = {**SEISMIC_BUILD, **SEISMIC_SEARCH, "candidates": SEISMIC_CANDIDATES,
                               "bytes": int((folder / f"{SEISMIC_FILE}.index.seismic").stat().st_size),
@@ -105,13 +110,20 @@ def save_postings(folder: Path, shards: Sequence[Any], engine: str = "exact") ->
     return figures
 
 
+def seismic_dataset(matrix: Any) -> Any:
+    """A pyseismic-lsr dataset (large-vocabulary variant) of the CSR rows of ``matrix``, row ``i`` as document ``"i"``."""
+    dataset = _seismic().SeismicDatasetLV()
+    for start in range(0, matrix.shape[0], SEISMIC_ADD_ROWS):  # bounded int64 copies of the indices
+        rows = matrix[start : start + SEISMIC_ADD_ROWS]
+        dataset.add_documents_by_id([str(row) for row in range(start, start + rows.shape[0])],
+                                    rows.indices.astype(np.int64), rows.data.astype(np.float32),
+                                    rows.indptr.astype(np.int64))
+    return dataset
+
+
 def build_seismic(matrix: Any) -> Any:
-    """A pyseismic-lsr index (large-vocabulary variant) of the CSR rows of ``matrix``, row ``i`` as document ``"i"``."""
-    seismic = _seismic()
-    dataset = seismic.SeismicDatasetLV()
-    dataset.add_documents_by_id([str(row) for row in range(matrix.shape[0])], matrix.indices.astype(np.int64),
-                                matrix.data.astype(np.float32), matrix.indptr.astype(np.int64))
-    return seismic.SeismicIndexLV.build_from_dataset(dataset, **SEISMIC_BUILD)
+    """A pyseismic-lsr index of the CSR rows of ``matrix`` with ``SEISMIC_BUILD``, row ``i`` as document ``"i"``."""
+    return _seismic().SeismicIndexLV.build_from_dataset(seismic_dataset(matrix), **SEISMIC_BUILD)
 
 
 def load_postings(folder: Path, info: dict[str, Any]) -> SparsePostings | SeismicPostings:
