@@ -101,3 +101,49 @@ def test_evaluate_reports_every_search_side_and_the_counting_baselines_agree() -
     assert out["hybrid.expansion_terms"] in (0, EXPANSION_TERMS)  # chosen with the idf power
     # 4 visible tags + the chosen expansion
     assert out["sparse.retrieval.character.nonzeros_per_post"] == 4 + out["hybrid.expansion_terms"]
+
+
+
+def noisy(n: int, seed: int) -> list[Post]:
+    """Character 20 + c with ONE of its traits 10 + 2c, 11 + 2c, two random general tags and a random artist."""
+    rng = np.random.default_rng(seed)
+    posts = []
+    for _ in range(n):
+        c = int(rng.integers(4))
+        noise = rng.choice(np.arange(10, 20), size=2, replace=False)
+        tags = np.unique([20 + c, 10 + 2 * c + int(rng.integers(2)), *noise.tolist(), 28 + int(rng.integers(4))])
+        posts.append(Post(rating=3, score=7, tags=tags, tag_categories=CATEGORIES[tags]))
+    return posts
+
+
+class RecordingRunner(UniformRunner):
+    """``UniformRunner`` that keeps the sequences it is given."""
+
+    def __init__(self) -> None:
+        self.sequences: list = []
+
+    def run(self, sequences, *want):
+        self.sequences.extend(sequences)
+        return super().run(sequences, *want)
+
+
+def test_the_held_out_slice_offers_tf_idf_itself_and_sees_rating_and_score() -> None:
+    from booru_embed.evaluation.hybrid_retrieval import search_settings, setting_name
+    from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS
+    from booru_embed.sparse_vectors import SPARSE_SETTINGS, unit_rows
+
+    evaluator = Evaluator(INFO, noisy(400, 0), noisy(120, 1), {}.get, max_posts=100, validation_posts=noisy(200, 2))
+    runner, out = RecordingRunner(), {}
+    setting, weight = search_settings(evaluator, runner, out)
+    assert setting in SPARSE_SETTINGS and out["validation.held_out"] == 1.0
+    # the candidate without expansion at weight 1 ranks exactly as TF-IDF does on the same cases
+    tfidf = []
+    for name in ("character", "artist"):
+        posts, labels = evaluator.retrieval_cases(CATEGORY_IDS[name], evaluator.validation)
+        visible = [tags[evaluator.candidates[tags]] for _, tags in posts]
+        tfidf.append(retrieval_recall_at_k(unit_rows(evaluator.baseline.tfidf(visible)), labels)[0])
+    assert 0.0 < np.mean(tfidf) < 1.0  # the noise leaves something to find
+    assert out[f"validation.hybrid.{setting_name(1.0, 0, 1.0)}.recall@10"] == pytest.approx(np.mean(tfidf))
+    assert max(v for k, v in out.items() if k.startswith("validation.hybrid.")) >= np.mean(tfidf)
+    # the slice's queries are built like the test cases: the post's rating (3) and score (7) are in the input
+    assert runner.sequences and all({3, 7} <= set(np.asarray(ids).tolist()) for ids, _ in runner.sequences)
