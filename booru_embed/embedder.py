@@ -605,6 +605,9 @@ def add_suggest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--categories", help="only these categories, comma separated (e.g. general,character)")
     parser.add_argument("--distinctive", action="store_true",
                         help="rank like related tags: typical of this tag set before common everywhere")
+    parser.add_argument("--related", metavar="DATA_DIR",
+                        help="also count related tags on DATA_DIR's train split and rank by the mean of both "
+                             "(implies --distinctive; docs/usage.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
@@ -618,9 +621,14 @@ def run_suggest(args: argparse.Namespace) -> int:
         raise UsageError("the tag set is empty: give at least one tag")
     embedder = load_for_command(args.model_dir, args.device)
     unknown = embedder.unknown_tags(args.tags)
+    related = None
+    if args.related:
+        from .related_tags import RelatedTags
+
+        related = RelatedTags.from_split(args.related, embedder.tokenizer, flag="--related")
     try:
         suggestions = embedder.suggest(args.tags, top_k=args.top_k, categories=categories,
-                                        distinctive=args.distinctive)
+                                        distinctive=args.distinctive or related is not None, related=related)
     except ValueError as error:
         raise UsageError(str(error)) from None
     rows = [{"tag": tag, "score": round(score, 6), "category": embedder.category_of(tag)}

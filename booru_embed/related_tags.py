@@ -32,16 +32,16 @@ class RelatedTags:
 
     @classmethod
     def from_split(cls, data_dir: str | Path, tokenizer: Any, split: str = "train",
-                   max_posts: int | None = MAX_POSTS) -> RelatedTags:
+                   max_posts: int | None = MAX_POSTS, flag: str = "--dataset") -> RelatedTags:
         """Count ``split`` of DATA_DIR (a seeded sample of ``max_posts`` posts; None: all) with ``tokenizer``'s
-        vocabulary; only tag tokens count (``TokenInfo.tag_candidates``)."""
-        import datasets
-
+        vocabulary; only tag tokens count (``TokenInfo.tag_candidates``). A folder that is not a DATA_DIR
+        with that split raises ``UsageError`` naming ``flag``."""
         from .cooccurrence import cosine_matrix
         from .data.bulk_encoding import encode_dataset
+        from .data.splits import open_split
         from .sequences import TokenInfo
 
-        table = datasets.load_from_disk(str(data_dir))[split]
+        table = open_split(Path(data_dir), split, flag)
         if max_posts is not None and len(table) > max_posts:
             rows = np.sort(np.random.default_rng(SAMPLE_SEED).permutation(len(table))[:max_posts])
             table = table.select(rows)

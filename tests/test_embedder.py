@@ -231,12 +231,22 @@ def test_suggest_command(model_dir: Path, capsys: pytest.CaptureFixture) -> None
     expected = [tag for tag, _ in embedder.suggest("1girl smile", top_k=5, distinctive=True)]
     assert main(["suggest", str(model_dir), "1girl smile", "--top-k", "5", "--distinctive", "--json"]) == 0
     assert [row["tag"] for row in json.loads(capsys.readouterr().out)["suggestions"]] == expected
+    from booru_embed.related_tags import RelatedTags
+
+    related = RelatedTags.from_split(model_dir.parent / "data", embedder.tokenizer)
+    alone = expected
+    expected = [tag for tag, _ in embedder.suggest("1girl smile", top_k=5, distinctive=True, related=related)]
+    assert expected != alone  # the tiny corpus' counts reorder the model's list
+    assert main(["suggest", str(model_dir), "1girl smile", "--top-k", "5", "--related", str(model_dir.parent / "data"),
+                 "--json"]) == 0  # --related implies --distinctive
+    assert [row["tag"] for row in json.loads(capsys.readouterr().out)["suggestions"]] == expected
 
 
 @pytest.mark.parametrize("argv, message", [
     (["", "--top-k", "3"], "tag set is empty"),
     (["1girl", "--categories", "rating"], "--categories"),
     (["1girl", "--top-k", "0"], "--top-k"),
+    (["1girl", "--related", "/no/such/data_dir"], "--related"),
 ])
 def test_suggest_command_bad_input(model_dir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
     assert main(["suggest", str(model_dir), *argv]) == 2
