@@ -39,7 +39,7 @@ from bench_index import clustered_unit_vectors  # noqa: E402
 
 from booru_embed.index import FORMAT, PostIndex, build_faiss_index, choose_kind, index_parameters, shard_paths  # noqa: E402
 from booru_embed.sparse_index import (SEISMIC_CANDIDATES, SEISMIC_FILE, SEISMIC_SEARCH, SPARSE_FILE, SeismicPostings,  # noqa: E402
-                                      SparsePostings, build_seismic, save_postings, top_rows)
+                                      SparsePostings, build_seismic, save_postings, seismic_path, top_rows)
 from booru_embed.sparse_vectors import idf_weights, unit_rows  # noqa: E402
 
 DIM = 64
@@ -127,13 +127,14 @@ def main() -> None:
             started = time.perf_counter()
             built = build_seismic(forward)
             seismic_seconds = time.perf_counter() - started
-            built.save(str(folder / SEISMIC_FILE))
-            seismic_bytes = (folder / f"{SEISMIC_FILE}.index.seismic").stat().st_size
+            for part, index_part in enumerate(built):
+                index_part.save(str(folder / SEISMIC_FILE.format(part=part)))
+            seismic_bytes = sum(seismic_path(folder, part).stat().st_size for part in range(len(built)))
             for candidates in (int(c) for c in args.seismic_candidates.split(",")):
                 engines[f"seismic ({candidates})"] = SeismicPostings(forward, built, {**SEISMIC_SEARCH,
                                                                                     "candidates": candidates})
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-            seismic_note = (f"; Seismic ({SEISMIC_SEARCH}) built in {seismic_seconds:.0f} s, "
+            seismic_note = (f"; Seismic ({SEISMIC_SEARCH}, {len(built)} part(s)) built in {seismic_seconds:.0f} s, "
                             f"{seismic_bytes / 1e6:.0f} MB on disk; peak RSS {peak:.1f} GB")
         dense_queries, _ = clustered_unit_vectors(args.queries, DIM, 1, rng, centres=centres)
         sparse_queries = unit_rows(sparse_posts(args.queries, args.vocab, args.tags, args.terms, rng, idf)[0]).tocsr()

@@ -9,8 +9,9 @@ every post (posts x vocabulary). Two engines search them (``SPARSE_ENGINES``, ``
   query tags' posting lists, which grows with the posts: ~12 ms at 1M posts, ~100 ms at 5.8M.
 - ``seismic``: pyseismic-lsr's Seismic index (Bruch, Nardini, Rulli, Venturini, SIGIR 2024: posting
   lists pruned to their largest weights, cut into blocks with summary vectors that let a query skip
-  most blocks) in ``sparse.index.seismic`` finds ``SEISMIC_CANDIDATES`` candidates, which are then
-  scored exactly from the matrix, stored as CSR (the forward index; ``SeismicPostings``). Approximate:
+  most blocks) in ``sparse.{part}.index.seismic`` (one per ``SEISMIC_PART_POSTS`` posts) finds
+  ``SEISMIC_CANDIDATES`` candidates per part, which are then scored exactly from the matrix, stored as
+  CSR (the forward index; ``SeismicPostings``). Approximate:
   a post can be missed, never mis-scored. ``auto`` (the default) picks it above ``SEISMIC_MIN_POSTS``
   posts when pyseismic-lsr is installed (the ``index`` extra).
 
@@ -43,11 +44,14 @@ if TYPE_CHECKING:
     from .embedder import BooruEmbedder
 
 SPARSE_FILE = "sparse.npz"
-SEISMIC_FILE = "sparse"  # pyseismic-lsr appends ``.index.seismic``
+SEISMIC_FILE = "sparse.{part}"  # one Seismic index per part of the posts; pyseismic-lsr appends ``.index.seismic``
 SPARSE_ENGINES = ("auto", "exact", "seismic")
 SEISMIC_MIN_POSTS = 2_000_000  # auto engine: exact scoring up to here (~25 ms a query), Seismic above
 SEISMIC_CANDIDATES = 200  # posts Seismic proposes per query, then scored exactly
 SEISMIC_ADD_ROWS = 500_000  # rows handed to Seismic's dataset at once
+# posts per Seismic index: building one holds ~2.3 GB per million posts (15.2 GB for all 5.8M at once), so
+# larger collections are split into parts built one after the other and searched one after the other
+SEISMIC_PART_POSTS = 3_000_000
 # Seismic's settings (bench/bench_search_latency.py measured them at 1M and 5.8M posts, docs/search.md):
 # posting lists pruned to 3,500 postings a tag on average, blocks summarised to 40 % of their energy; a query
 # uses its 40 heaviest tags and skips a block only when its summary's score is under 0.3 of the heap's worst.
@@ -99,31 +103,43 @@ def save_postings(folder: Path, shards: Iterable[Any], engine: str = "exact") ->
                                "bytes": int(path.stat().st_size)}
     if engine == "seismic":
         started = time.perf_counter()
-        dataset = seismic_dataset(matrix)
-        del matrix  # Seismic holds its own copy from here on
-        index = _seismic().SeismicIndexLV.build_from_dataset(dataset, **SEISMIC_BUILD)
-        del dataset
-        index.save(str(folder / SEISMIC_FILE))
+        parts = seismic_parts(matrix.shape[0])
+        for part, (start, stop) in enumerate(parts):  # one at a time: a part's build memory is freed before the next
+            seismic_part(matrix, start, stop).save(str(folder / SEISMIC_FILE.format(part=part)))
         figures["seismic"] = {**SEISMIC_BUILD, **SEISMIC_SEARCH, "candidates": SEISMIC_CANDIDATES,
-                              "bytes": int((folder / f"{SEISMIC_FILE}.index.seismic").stat().st_size),
+                              "parts": len(parts),
+                              "bytes": sum(int(seismic_path(folder, part).stat().st_size) for part in range(len(parts))),
                               "seconds": round(time.perf_counter() - started, 2)}
     return figures
 
 
-def seismic_dataset(matrix: Any) -> Any:
-    """A pyseismic-lsr dataset (large-vocabulary variant) of the CSR rows of ``matrix``, row ``i`` as document ``"i"``."""
+def seismic_path(folder: Path, part: int) -> Path:
+    """The file of Seismic index ``part`` in INDEX_DIR ``folder``."""
+    return folder / f"{SEISMIC_FILE.format(part=part)}.index.seismic"
+
+
+def seismic_parts(posts: int) -> list[tuple[int, int]]:
+    """(start, stop) rows of each Seismic part: ``SEISMIC_PART_POSTS`` posts or fewer, of equal sizes."""
+    count = max(1, -(-posts // SEISMIC_PART_POSTS))
+    bounds = np.linspace(0, posts, count + 1).round().astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def seismic_part(matrix: Any, start: int, stop: int) -> Any:
+    """A pyseismic-lsr index (large-vocabulary variant, ``SEISMIC_BUILD``) of CSR rows ``start:stop`` of
+    ``matrix``, row ``i`` as document ``"i"``."""
     dataset = _seismic().SeismicDatasetLV()
-    for start in range(0, matrix.shape[0], SEISMIC_ADD_ROWS):  # bounded int64 copies of the indices
-        rows = matrix[start : start + SEISMIC_ADD_ROWS]
-        dataset.add_documents_by_id([str(row) for row in range(start, start + rows.shape[0])],
+    for low in range(start, stop, SEISMIC_ADD_ROWS):  # bounded int64 copies of the indices
+        rows = matrix[low : min(stop, low + SEISMIC_ADD_ROWS)]
+        dataset.add_documents_by_id([str(row) for row in range(low, low + rows.shape[0])],
                                     rows.indices.astype(np.int64), rows.data.astype(np.float32),
                                     rows.indptr.astype(np.int64))
-    return dataset
+    return _seismic().SeismicIndexLV.build_from_dataset(dataset, **SEISMIC_BUILD)
 
 
-def build_seismic(matrix: Any) -> Any:
-    """A pyseismic-lsr index of the CSR rows of ``matrix`` with ``SEISMIC_BUILD``, row ``i`` as document ``"i"``."""
-    return _seismic().SeismicIndexLV.build_from_dataset(seismic_dataset(matrix), **SEISMIC_BUILD)
+def build_seismic(matrix: Any) -> list[Any]:
+    """The Seismic indexes of all rows of ``matrix``, one per part (``seismic_parts``), held in memory."""
+    return [seismic_part(matrix, start, stop) for start, stop in seismic_parts(matrix.shape[0])]
 
 
 def load_postings(folder: Path, info: dict[str, Any]) -> SparsePostings | SeismicPostings:
@@ -138,8 +154,9 @@ def load_postings(folder: Path, info: dict[str, Any]) -> SparsePostings | Seismi
         from .errors import UsageError
 
         raise UsageError(f"{folder} was built with the Seismic sparse engine: pip install 'booru-embed[index]'")
-    index = seismic.SeismicIndexLV.load(str(folder / f"{SEISMIC_FILE}.index.seismic"))
-    return SeismicPostings(matrix.tocsr(), index, info.get("seismic", SEISMIC_SEARCH))
+    settings = info.get("seismic", SEISMIC_SEARCH)
+    indexes = [seismic.SeismicIndexLV.load(str(seismic_path(folder, part))) for part in range(settings.get("parts", 1))]
+    return SeismicPostings(matrix.tocsr(), indexes, settings)
 
 
 class SparsePostings:
@@ -170,9 +187,10 @@ class SparsePostings:
 class SeismicPostings:
     """The Seismic engine: candidates from the pruned index, their cosines exact from the CSR forward index."""
 
-    def __init__(self, matrix: Any, index: Any, search: dict[str, Any]) -> None:
-        """Wrap the (posts, vocab) CSR matrix of unit rows, the loaded Seismic index and its search settings."""
-        self.matrix, self.index = matrix, index
+    def __init__(self, matrix: Any, indexes: list[Any], search: dict[str, Any]) -> None:
+        """Wrap the (posts, vocab) CSR matrix of unit rows, the loaded Seismic index of each part and the
+        search settings."""
+        self.matrix, self.indexes = matrix, indexes
         self.query_cut, self.heap_factor = int(search["query_cut"]), float(search["heap_factor"])
         self.candidates = int(search.get("candidates", SEISMIC_CANDIDATES))
         self._string = _seismic().get_seismic_string()
@@ -201,9 +219,10 @@ class SeismicPostings:
         if row.nnz == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         components = np.array([str(c) for c in row.indices], dtype=self._string)
-        found = self.index.search("q", components, row.data.astype(np.float32), max(count, self.candidates),
-                                  self.query_cut, self.heap_factor)
-        rows = np.unique(np.array([int(doc) for _, _, doc in found], dtype=np.int64))
+        found = [int(doc) for index in self.indexes  # each part proposes its own candidates
+                 for _, _, doc in index.search("q", components, row.data.astype(np.float32),
+                                               max(count, self.candidates), self.query_cut, self.heap_factor)]
+        rows = np.unique(np.array(found, dtype=np.int64))
         scores = self.scores_at(row, rows)
         best = top_rows(scores, count)
         best = best[scores[best] > 0]

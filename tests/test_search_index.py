@@ -89,15 +89,20 @@ def test_an_approximate_kind_fuses_the_same_hits_as_exact_on_a_small_index(model
         assert [h.id for h in got] == [h.id for h in want]  # 200 candidates a side cover all 120 posts
 
 
-def test_the_seismic_engine_finds_what_exact_scoring_finds_on_a_small_index(model_dir: Path, exact_dir: Path) -> None:
+def test_the_seismic_engine_finds_what_exact_scoring_finds_on_a_small_index(
+        model_dir: Path, exact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("seismic", reason="pyseismic-lsr (the index extra) is not installed")
-    from booru_embed.sparse_index import SEISMIC_FILE, SeismicPostings
+    from booru_embed import sparse_index
+    from booru_embed.sparse_index import SeismicPostings, seismic_path
 
+    monkeypatch.setattr(sparse_index, "SEISMIC_PART_POSTS", 50)  # 120 posts: three parts of 40
     folder = build(model_dir, "seismic", "--kind", "ivf", "--nlist", "4", "--nprobe", "4", "--sparse-engine", "seismic")
     info = json.loads((folder / "index_info.json").read_text())
-    assert info["sparse"]["engine"] == "seismic" and (folder / f"{SEISMIC_FILE}.index.seismic").is_file()
+    assert info["sparse"]["engine"] == "seismic" and info["sparse"]["seismic"]["parts"] == 3
+    assert all(seismic_path(folder, part).is_file() for part in range(3))
     seismic, exact = PostIndex.load(folder), PostIndex.load(exact_dir)
     assert isinstance(seismic.postings, SeismicPostings) and len(seismic.postings) == 120
+    assert len(seismic.postings.indexes) == 3 and sparse_index.seismic_parts(120) == [(0, 40), (40, 80), (80, 120)]
     queries = [post_tags(p) for p in tiny_posts()[:8]] + ["no_such_tag"]
     for mode in ("sparse", "hybrid"):
         for got, want in zip(seismic.search(queries, top_k=10, mode=mode), exact.search(queries, top_k=10, mode=mode)):
