@@ -621,7 +621,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
                              "(http://host:6333) or a local folder (qdrant-client's local mode)")
     parser.add_argument("--qdrant-collection", metavar="NAME", help="the collection (default: INDEX_DIR's folder name)")
     parser.add_argument("--sparse-engine", default="auto", choices=SPARSE_ENGINES,
-                        help=f"sparse search: exact (scipy) or seismic (pyseismic-lsr, approximate, ~15 GB to build "
+                        help=f"sparse search: exact (scipy) or seismic (pyseismic-lsr, approximate, ~10 GB to build "
                              f"at 5.8M posts); auto: seismic above {SEISMIC_MIN_POSTS:,} posts when installed "
                              f"(default: auto)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
