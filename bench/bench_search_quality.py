@@ -89,10 +89,9 @@ def sweep(corpus: Path, run: str) -> dict[tuple[int, float], dict[str, float]]:
     from booru_embed.data.validation_slice import read_validation_ids
     from booru_embed.evaluation.command import held_out_posts
     from booru_embed.evaluation.evaluator import Evaluator, encode_sample
-    from booru_embed.evaluation.hybrid_retrieval import CASE_BATCH, VALIDATION_POSTS, choose_fusion_weight, validation_cases
+    from booru_embed.evaluation.hybrid_retrieval import CASE_BATCH, choose_fusion_weight, slice_cases
     from booru_embed.evaluation.metrics import retrieval_recall_at_k
     from booru_embed.evaluation.runner import ModelRunner
-    from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS
     from booru_embed.modeling.tokenization_booru_embed import BooruEmbedTokenizer
     from booru_embed.sequences import TokenInfo
     from booru_embed.sparse_vectors import sparse_rows
@@ -106,14 +105,8 @@ def sweep(corpus: Path, run: str) -> dict[tuple[int, float], dict[str, float]]:
                           encode_sample(tokenizer, splits["test"], 100, "test"), tokenizer.tag_to_id, max_posts=100,
                           validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(model_dir)))
     runner = ModelRunner(model, info)
-    total = evaluator.baseline.incidence.shape[0]
-    rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
     cases = {}
-    for name in ("character", "artist"):
-        if evaluator.validation is not None:
-            posts, labels = evaluator.retrieval_cases(CATEGORY_IDS[name], evaluator.validation)
-        else:
-            posts, labels = validation_cases(evaluator, evaluator.baseline.incidence, CATEGORY_IDS[name], rows)
+    for name, (posts, labels) in slice_cases(evaluator)[1].items():
         dense = runner.run([evaluator._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
         logits = np.concatenate([runner.run([evaluator._sequence(p, tags, mask=True) for p, tags in posts[s : s + CASE_BATCH]],
                                             "mlm")["mlm"] for s in range(0, len(posts), CASE_BATCH)])

@@ -127,24 +127,28 @@ def validation_cases(evaluator: Any, incidence: Any, category: int,
     return posts, labels
 
 
+def slice_cases(evaluator: Any) -> tuple[int, dict[str, tuple[list[tuple[Any, np.ndarray]], list[set[int]]]]]:
+    """(posts in the slice, each of ``CATEGORIES``' retrieval cases): the held-out validation slice's posts
+    made into cases as the test posts are, or, without a slice, ``VALIDATION_POSTS`` seeded posts of the
+    baseline's training sample (tags only)."""
+    if evaluator.validation is not None:
+        return len(evaluator.validation), {name: evaluator.retrieval_cases(CATEGORY_IDS[name], evaluator.validation)
+                                           for name in CATEGORIES}
+    total = evaluator.baseline.incidence.shape[0]
+    rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
+    return len(rows), {name: validation_cases(evaluator, evaluator.baseline.incidence, CATEGORY_IDS[name], rows)
+                       for name in CATEGORIES}
+
+
 def search_settings(evaluator: Any, runner: ModelRunner,
                     out: dict[str, float]) -> tuple[tuple[float, int], float]:
     """Choose the sparse vector's (idf power, expansion terms) and the hybrid's weight on the held-out
     validation slice (or, without one, the vector's settings alone on ``VALIDATION_POSTS`` seeded training
     posts); record them and every combination's recall."""
     held_out = evaluator.validation is not None
-    if held_out:
-        count = len(evaluator.validation)
-    else:
-        total = evaluator.baseline.incidence.shape[0]
-        rows = np.sort(np.random.default_rng([evaluator.seed, 5]).permutation(total)[:VALIDATION_POSTS])
-        count = len(rows)
+    count, cases = slice_cases(evaluator)
     dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
-    for name in CATEGORIES:
-        if held_out:
-            posts, ls = evaluator.retrieval_cases(CATEGORY_IDS[name], evaluator.validation)
-        else:
-            posts, ls = validation_cases(evaluator, evaluator.baseline.incidence, CATEGORY_IDS[name], rows)
+    for posts, ls in cases.values():
         if len(posts) >= 2:
             d, by_setting = model_vectors(evaluator, runner, posts)
             dense.append(d), labels.append(ls)
