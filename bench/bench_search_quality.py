@@ -40,6 +40,7 @@ SIDES = (  # (label, key of evaluate's metrics with {name} for character / artis
     ("sparse (model)", "sparse.retrieval.{name}.recall@10"),
     ("hybrid (model)", "hybrid.retrieval.{name}.recall@10"),
 )
+CHOSEN = ("hybrid.idf_power", "hybrid.expansion_terms", "hybrid.subject_weight", "hybrid.fusion_weight")
 SWEEP_TERMS = (0, 4, 16, 64)
 SWEEP_SCALES = (1.0, 4.0, 16.0, 64.0)
 
@@ -65,7 +66,10 @@ def mean_sd(values: list[float]) -> str:
 
 def table(setting: str, runs: list[dict[str, float]]) -> str:
     """One markdown table of retrieval recall@10 per side, and the hybrid's paired margins."""
-    lines = [f"\n{setting} ({len(runs)} seed(s)); hybrid weight: {mean_sd([r.get('hybrid.fusion_weight') for r in runs])}",
+    chosen = "; ".join(", ".join(f"{r[key]:g}" for key in CHOSEN if key in r) for r in runs)
+    weight = mean_sd([r.get('hybrid.fusion_weight') for r in runs])
+    lines = [f"\n{setting} ({len(runs)} seed(s)); hybrid weight: {weight}; "
+             f"chosen (idf power, terms, subject weight, weight) per seed: {chosen}",
              "| side | character r@10 | artist r@10 |", "|---|---|---|"]
     for label, key in SIDES:
         cells = [mean_sd([r.get(key.format(name=name)) for r in runs]) for name in ("character", "artist")]

@@ -34,7 +34,8 @@ from .modeling.normalization_booru_embed import ParsedTagSet, parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
 from .ranking import distinctive_scores, masked_log_softmax, with_counts
 from .sequences import padded_inputs
-from .sparse_vectors import EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, sparse_rows
+from .sparse_vectors import (EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, sparse_rows,
+                             subject_column_weights)
 
 if TYPE_CHECKING:
     import torch
@@ -313,14 +314,16 @@ class BooruEmbedder:
         return out
 
     def embed_sparse(self, tagsets: TagSet | Iterable[TagSet], terms: int = EXPANSION_TERMS,
-                     scale: float = EXPANSION_SCALE, power: float = IDF_POWER, batch_size: int = 256,
-                     progress: bool | None = None) -> Any:
+                     scale: float = EXPANSION_SCALE, power: float = IDF_POWER, subject_weight: float = 1.0,
+                     batch_size: int = 256, progress: bool | None = None) -> Any:
         """Sparse tag vectors (n, vocab), a float32 ``scipy.sparse.csr_matrix`` with non-negative values.
 
         Each row weighs the post's vocabulary tags by ``idf^power`` (their training idf; power 1 is the
         TF-IDF weight, 0 the binary set) and adds the ``terms`` tags the masked-tag head expects most, at
         ``idf^power * min(1, scale * p(tag | tags))``,
-        never a present tag (``sparse_vectors`` derives the weights). One forward pass per tag set: its
+        never a present tag (``sparse_vectors`` derives the weights); the character and artist columns are
+        then multiplied by ``subject_weight`` (``sparse_vectors.subject_column_weights``; the index stores the
+        weight its validation posts chose). One forward pass per tag set: its
         tags plus one ``<mask>``, the input of ``suggest``. Tags outside the vocabulary have no column
         (they still shape the expansion through their unknown-tag token); a tag set without a single
         vocabulary tag gets an all-zero row. Raises ValueError for an empty tag set.
@@ -329,6 +332,7 @@ class BooruEmbedder:
         from tqdm.auto import tqdm
 
         sequences = self._checked_ids(tagsets, batch_size)
+        column_weights = subject_column_weights(self._categories, subject_weight) if subject_weight != 1.0 else None
         parts, rows = [], []
         order = np.argsort([len(s) for s in sequences], kind="stable")
         show = len(sequences) >= PROGRESS_MIN_POSTS if progress is None else progress
@@ -338,7 +342,8 @@ class BooruEmbedder:
                 batch = [sequences[i] for i in chunk]
                 logits = self._mask_logits_batch(batch) if terms else None
                 parts.append(sparse_rows([np.asarray(ids) for ids in batch], logits, self._is_tag,
-                                         self.idf, terms=terms, scale=scale, power=power))
+                                         self.idf, terms=terms, scale=scale, power=power,
+                                         column_weights=column_weights))
                 rows.append(chunk)
                 bar.update(len(chunk))
         if not parts:

@@ -274,9 +274,9 @@ def _check_resume(output: Path, plan: dict[str, Any], resume: bool) -> None:
 
 
 def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, shard_size: int,
-                  batch_size: int, power: float, terms: int) -> tuple[int, float]:
-    """Embed every shard not yet on disk (sparse vectors with idf ``power`` and ``terms`` expansion tags);
-    return how many were embedded and the seconds it took."""
+                  batch_size: int, power: float, terms: int, subject_weight: float) -> tuple[int, float]:
+    """Embed every shard not yet on disk (sparse vectors with idf ``power``, ``terms`` expansion tags and
+    ``subject_weight``); return how many were embedded and the seconds it took."""
     from scipy import sparse
     from tqdm.auto import tqdm
 
@@ -293,8 +293,9 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
                 posts, chunk_ids = _posts(table, chunk, min(stop, chunk + EMBED_CHUNK))
                 try:
                     parts.append(embedder.embed(posts, dim=dim, batch_size=batch_size, progress=False))
-                    lexical.append(embedder.embed_sparse(posts, terms=terms, scale=EXPANSION_SCALE,
-                                                         power=power, batch_size=batch_size, progress=False))
+                    lexical.append(embedder.embed_sparse(posts, terms=terms, scale=EXPANSION_SCALE, power=power,
+                                                         subject_weight=subject_weight, batch_size=batch_size,
+                                                         progress=False))
                 except ValueError as error:
                     raise UsageError(f"rows {chunk}-{chunk + len(posts) - 1}: {error}") from None
                 ids.append(chunk_ids)
@@ -360,12 +361,15 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     started = time.perf_counter()
     posts, source = validation_slice(model_dir, training)
     weights = (fusion_weight,) if fusion_weight is not None else FUSION_WEIGHTS if source == "held-out" else (FUSION_WEIGHT,)
-    (power, terms), weight, means = choose_index_settings(embedder, posts, dim, EXPANSION_SCALE, weights)
-    settings = {"terms": terms, "scale": EXPANSION_SCALE, "idf_power": power, "fusion_weight": weight,
+    (power, terms, subject_weight), weight, means = choose_index_settings(embedder, posts, dim, EXPANSION_SCALE,
+                                                                          weights)
+    settings = {"terms": terms, "scale": EXPANSION_SCALE, "idf_power": power, "subject_weight": subject_weight,
+                "fusion_weight": weight,
                 "validation": source, "validation_posts": len(posts),
                 "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
                 "validation_seconds": round(time.perf_counter() - started, 2)}
-    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power, terms)
+    embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power, terms,
+                                            subject_weight)
     ids = _load_shard_ids(output, count, shard_size)
     if not np.array_equal(ids, _split_ids(table)):
         raise UsageError(f"{output}: the shards' post ids differ from split {split!r} of {data_dir}: remove the folder")
@@ -520,7 +524,8 @@ class PostIndex:
             return self.search_embeddings(self.embedder.embed(tagsets, dim=self.dim), top_k)
         sparse_info = self.info["sparse"]
         queries = unit_rows(self.embedder.embed_sparse(tagsets, terms=sparse_info["terms"], scale=sparse_info["scale"],
-                                                       power=sparse_info["idf_power"]))
+                                                       power=sparse_info["idf_power"],
+                                                       subject_weight=sparse_info.get("subject_weight", 1.0)))
         dense = self.embedder.embed(tagsets, dim=self.dim) if mode == "hybrid" else None
         results = []
         for row in range(queries.shape[0]):
@@ -641,7 +646,8 @@ def run_index(args: argparse.Namespace) -> int:
           + f"; embedded {info['shards_embedded_this_run']} shard(s) in {info['embed_seconds']} s, "
           f"index built in {info['index_seconds']} s; sparse vectors ({info['sparse']['engine']} engine): "
           f"{info['sparse']['nonzeros_per_post']} "
-          f"non-zeros a post, idf power {info['sparse']['idf_power']:g}, {info['sparse']['terms']} expansion terms and hybrid weight {info['fusion_weight']:g} "
+          f"non-zeros a post, idf power {info['sparse']['idf_power']:g}, {info['sparse']['terms']} expansion terms, "
+          f"subject weight {info['sparse']['subject_weight']:g} and hybrid weight {info['fusion_weight']:g} "
           f"(chosen on {info['sparse']['validation']} posts)")
     if "qdrant" in info:
         print(f"wrote {info['qdrant']['points']} points to Qdrant collection {info['qdrant']['collection']!r} "

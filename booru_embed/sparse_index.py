@@ -15,16 +15,15 @@ every post (posts x vocabulary). Two engines search them (``SPARSE_ENGINES``, ``
   a post can be missed, never mis-scored. ``auto`` (the default) picks it above ``SEISMIC_MIN_POSTS``
   posts when pyseismic-lsr is installed (the ``index`` extra).
 
-The sparse vectors' idf power and expansion terms (``sparse_vectors.SPARSE_SETTINGS``) and the hybrid's weight ``a`` in
-``(1 - a) cos_dense + a cos_sparse`` are chosen when the index is built, before the posts are embedded,
-never on the test split (``choose_index_settings``): each validation post with a character (artist) tag
-and another tag is a query without its character (artist) tags, a hit a neighbour among the 10 nearest
-sharing one, and the combination whose hybrid has the best mean recall@10 over the two is stored in
+The sparse vectors' idf power, expansion terms and subject weight (``sparse_vectors.SPARSE_SETTINGS``) and the
+hybrid's weight ``a`` in ``(1 - a) cos_dense + a cos_sparse`` are chosen when the index is built, before the
+posts are embedded, never on the test split (``choose_index_settings``): each validation post with a character
+(artist) tag and another tag is a query without its character (artist) tags, a hit a neighbour among the 10
+nearest sharing one, and the combination whose hybrid has the best mean recall@10 over the two is stored in
 ``index_info.json``. The validation posts (``validation_slice``) are the model's held-out slice of the
-training split (``data.validation_slice``), posts it never trained on; a model without one (trained
-with ``--validation-posts 0``, or not a local folder) falls back to ``VALIDATION_POSTS`` seeded training
-posts and the fixed ``FUSION_WEIGHT``, since on posts the model trained on the dense side looks stronger
-than it is.
+training split (``data.validation_slice``), posts it never trained on; a model without one (trained with
+``--validation-posts 0``, or not a local folder) falls back to ``VALIDATION_POSTS`` seeded training posts and
+the fixed ``FUSION_WEIGHT``, since on posts the model trained on the dense side looks stronger than it is.
 """
 
 from __future__ import annotations
@@ -38,7 +37,8 @@ import numpy as np
 
 from .evaluation.hybrid_retrieval import VALIDATION_POSTS, choose_search_settings
 from .modeling.categories_booru_embed import TAG_CATEGORIES
-from .sparse_vectors import SPARSE_SETTINGS, unit_rows
+from .sparse_vectors import (SPARSE_SETTINGS, SUBJECT_WEIGHTS, VECTOR_SETTINGS, subject_column_weights, unit_rows,
+                             weigh_columns)
 
 if TYPE_CHECKING:
     from .embedder import BooruEmbedder
@@ -256,10 +256,14 @@ def validation_slice(model_dir: str | Path, training: Any) -> tuple[list[dict[st
 
 
 def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int, scale: float,
-                          weights: Sequence[float]) -> tuple[tuple[float, int], float, dict[str, float]]:
-    """((idf power, expansion terms), hybrid weight among ``weights``) with the best mean recall@10 on the
-    character and artist cases of ``posts``, and every combination's mean (module docstring)."""
+                          weights: Sequence[float]) -> tuple[tuple[float, int, float], float, dict[str, float]]:
+    """((idf power, expansion terms, subject weight), hybrid weight among ``weights``) with the best mean
+    recall@10 on the character and artist cases of ``posts``, and every combination's mean (module docstring).
+
+    Each (power, terms) pair is embedded once; its subject weights scale that matrix's columns."""
     dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
+    categories = np.asarray(embedder.tokenizer.token_categories)
+    column_weights = {subject: subject_column_weights(categories, subject) for subject in SUBJECT_WEIGHTS}
     for category in VALIDATION_CATEGORIES:
         cases = [({k: v for k, v in post.items() if k != category}, post[category]) for post in posts
                  if post.get(category) and any(post.get(c) for c in TAG_CATEGORIES if c != category)]
@@ -268,8 +272,9 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
         queries = [query for query, _ in cases]
         number: dict[str, int] = {}  # tag name -> label number
         dense.append(embedder.embed(queries, dim=dim, progress=False))
-        for power, terms in SPARSE_SETTINGS:
-            lexical[(power, terms)].append(embedder.embed_sparse(queries, terms=terms, scale=scale, power=power,
-                                                                 progress=False))
+        for power, terms in VECTOR_SETTINGS:
+            vectors = embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False)
+            for subject in SUBJECT_WEIGHTS:
+                lexical[(power, terms, subject)].append(weigh_columns(vectors, column_weights[subject]))
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
     return choose_search_settings(dense, lexical, labels, weights=weights)

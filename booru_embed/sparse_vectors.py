@@ -26,6 +26,13 @@ the fusion weight, on the model's held-out validation posts (``SPARSE_SETTINGS``
 expansion, and the plain TF-IDF vector, so that where expansion only blurs exact rare tags the choice
 can fall back to counting); ``IDF_POWER`` is the default of ``embed_sparse``.
 
+Why a subject weight: a search for posts like a given one usually lacks what it looks for (the
+character, the artist) and holds the other subject tags, which are rare and so dominate an idf-weighted
+vector: a query without its character ranks the same artist's posts first, whatever they show. The
+finished vector's character and artist columns are therefore multiplied by ``subject_weight``
+(``SUBJECT_WEIGHTS``, chosen on the validation posts with the other settings; 1 leaves the vector as
+it is), as BM25F weighs a document's fields. The expansion tags are picked before the weighting.
+
 Fusion (``fuse``): the hybrid score is the convex combination ``(1 - a) cos_dense + a cos_sparse``
 (``a`` chosen on the validation posts, ``FUSION_WEIGHT`` without them) of the two cosines (Bruch, Gai and Ingber, ACM TOIS 2023: a convex combination of normalised scores beat
 reciprocal rank fusion, with one weight tuned on a few labelled queries). Both cosines are bounded, so
@@ -41,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from .modeling.categories_booru_embed import CATEGORY_IDS
 from .ranking import masked_log_softmax
 
 EXPANSION_TERMS = 16  # expansion tags kept per post: bounded non-zeros, past the head's confident guesses
@@ -55,7 +63,11 @@ FUSION_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # a grid for cho
 FUSION_WEIGHT = 0.9
 # (idf power, expansion terms) pairs the index and the evaluation choose among (module docstring); the last
 # is the TF-IDF vector itself: with it and a fusion weight of 1 the hybrid ranks exactly as TF-IDF does
-SPARSE_SETTINGS = ((0.0, EXPANSION_TERMS), (0.5, EXPANSION_TERMS), (1.0, EXPANSION_TERMS), (1.0, 0))
+VECTOR_SETTINGS = ((0.0, EXPANSION_TERMS), (0.5, EXPANSION_TERMS), (1.0, EXPANSION_TERMS), (1.0, 0))
+SUBJECT_CATEGORIES = ("character", "artist")  # the columns ``subject_weight`` scales (module docstring)
+SUBJECT_WEIGHTS = (1.0, 0.5)  # the subject weights the validation posts choose among
+# (idf power, expansion terms, subject weight) triples the index and the evaluation choose among
+SPARSE_SETTINGS = tuple((power, terms, subject) for power, terms in VECTOR_SETTINGS for subject in SUBJECT_WEIGHTS)
 IDF_POWER = 0.5  # embed_sparse's default: between what characters (0) and artists (1) preferred
 
 
@@ -66,13 +78,15 @@ def idf_weights(counts: Sequence[int] | np.ndarray, num_posts: int) -> np.ndarra
 
 
 def sparse_rows(present: Sequence[np.ndarray], logits: np.ndarray | None, candidates: np.ndarray, idf: np.ndarray,
-                terms: int = EXPANSION_TERMS, scale: float = EXPANSION_SCALE, power: float = IDF_POWER) -> Any:
+                terms: int = EXPANSION_TERMS, scale: float = EXPANSION_SCALE, power: float = IDF_POWER,
+                column_weights: np.ndarray | None = None) -> Any:
     """(posts, vocab) float32 CSR sparse vectors: ``idf^power`` of the present tags plus the expansion terms.
 
     ``present`` holds each post's vocabulary token ids (non-candidates such as rating or unknown-tag
     tokens are ignored); ``logits`` (posts, vocab) the masked-tag logits of each post's tags plus one
     ``<mask>`` (None, or ``terms`` 0: no expansion); ``candidates`` (vocab,) the tokens a vector may hold.
-    A post without a candidate tag gets an empty row (module docstring).
+    A post without a candidate tag gets an empty row (module docstring). ``column_weights`` (vocab,), e.g.
+    ``subject_column_weights``, multiplies every column of the finished vectors (``weigh_columns``).
     """
     from scipy import sparse
 
@@ -101,7 +115,24 @@ def sparse_rows(present: Sequence[np.ndarray], logits: np.ndarray | None, candid
     matrix = sparse.csr_matrix((np.concatenate(values).astype(np.float32),
                                 (np.concatenate(rows), np.concatenate(cols))), shape=(len(tags), len(candidates)))
     matrix.sort_indices()
-    return matrix
+    return matrix if column_weights is None else weigh_columns(matrix, column_weights)
+
+
+def subject_column_weights(token_categories: np.ndarray, subject_weight: float) -> np.ndarray:
+    """(vocab,) float32: ``subject_weight`` for the tokens of ``SUBJECT_CATEGORIES``, 1 for every other token."""
+    if subject_weight < 0:
+        raise ValueError(f"the subject weight must be non-negative, got {subject_weight}")
+    subjects = np.isin(np.asarray(token_categories), [CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES])
+    return np.where(subjects, np.float32(subject_weight), np.float32(1.0)).astype(np.float32)
+
+
+def weigh_columns(matrix: Any, column_weights: np.ndarray) -> Any:
+    """A CSR copy of the sparse ``matrix`` (rows, vocab) with each column multiplied by its ``column_weights``."""
+    from scipy import sparse
+
+    weighted = sparse.csr_matrix(matrix, dtype=np.float32, copy=True)
+    weighted.data *= np.asarray(column_weights, dtype=np.float32)[weighted.indices]
+    return weighted
 
 
 def unit_rows(matrix: Any) -> Any:

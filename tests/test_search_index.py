@@ -41,16 +41,17 @@ def exact_dir(model_dir: Path) -> Path:
 def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None:
     info = json.loads((exact_dir / "index_info.json").read_text())
     sparse_info = info["sparse"]
-    assert (sparse_info["idf_power"], sparse_info["terms"]) in SPARSE_SETTINGS
+    assert (sparse_info["idf_power"], sparse_info["terms"], sparse_info["subject_weight"]) in SPARSE_SETTINGS
     # the tiny model has no held-out slice: seeded training posts choose the vector's settings, the weight stays fixed
     assert sparse_info["validation"] == "training" and sparse_info["validation_posts"] == len(tiny_posts())
-    assert set(sparse_info["validation_recall@10"]) == {setting_name(p, t, 0.9) for p, t in SPARSE_SETTINGS}
+    assert set(sparse_info["validation_recall@10"]) == {setting_name(*setting, 0.9) for setting in SPARSE_SETTINGS}
     assert info["fusion_weight"] == 0.9 and sparse_info["nonzeros_per_post"] > 1
     index = PostIndex.load(exact_dir)
     assert index.default_mode == "hybrid" and index.fusion_weight == info["fusion_weight"]
     stored = index.postings.matrix.tocsr()
     expected = unit_rows(index.embedder.embed_sparse([post_tags(p) for p in tiny_posts()], terms=sparse_info["terms"],
-                                                     scale=sparse_info["scale"], power=sparse_info["idf_power"]))
+                                                     scale=sparse_info["scale"], power=sparse_info["idf_power"],
+                                                     subject_weight=sparse_info["subject_weight"]))
     np.testing.assert_allclose(stored.toarray(), expected.toarray(), atol=1e-5)
     assert stored.shape[0] == 120 and np.allclose(np.sqrt(stored.multiply(stored).sum(axis=1)), 1.0, atol=1e-5)
 
@@ -62,7 +63,8 @@ def test_each_mode_ranks_by_its_own_score(exact_dir: Path) -> None:
     dense = index.embedder.embed(queries)
     lexical = unit_rows(index.embedder.embed_sparse(queries, terms=index.info["sparse"]["terms"],
                                                     scale=index.info["sparse"]["scale"],
-                                                    power=index.info["sparse"]["idf_power"]))
+                                                    power=index.info["sparse"]["idf_power"],
+                                                    subject_weight=index.info["sparse"]["subject_weight"]))
     vectors = np.concatenate(index._shard_vectors())
     stored = index.postings.matrix.tocsr()
     for mode in ("dense", "sparse", "hybrid"):
@@ -129,7 +131,7 @@ def test_the_fusion_weight_is_a_flag_of_index(model_dir: Path, capsys: pytest.Ca
     folder = build(model_dir, "weighted", "--kind", "exact", "--fusion-weight", "0.5")
     info = json.loads((folder / "index_info.json").read_text())
     assert info["fusion_weight"] == 0.5 and set(info["sparse"]["validation_recall@10"]) == {
-        setting_name(p, t, 0.5) for p, t in SPARSE_SETTINGS}
+        setting_name(*setting, 0.5) for setting in SPARSE_SETTINGS}
     assert PostIndex.load(folder).fusion_weight == 0.5
     assert main(["index", str(model_dir), "--dataset", str(model_dir.parent / "data"), "--output",
                  str(model_dir.parent / "bad"), "--fusion-weight", "1.5"]) == 2
@@ -147,8 +149,9 @@ def test_a_held_out_slice_chooses_the_fusion_weight_on_its_posts(tmp_path: Path)
     sparse_info = info["sparse"]
     assert sparse_info["validation"] == "held-out" and sparse_info["validation_posts"] == len(held_out)
     recalls = sparse_info["validation_recall@10"]
-    assert {setting_name(p, t, w) for p, t in SPARSE_SETTINGS for w in FUSION_WEIGHTS} == set(recalls)
-    chosen = setting_name(sparse_info["idf_power"], sparse_info["terms"], info["fusion_weight"])
+    assert {setting_name(*setting, w) for setting in SPARSE_SETTINGS for w in FUSION_WEIGHTS} == set(recalls)
+    chosen = setting_name(sparse_info["idf_power"], sparse_info["terms"], sparse_info["subject_weight"],
+                          info["fusion_weight"])
     assert recalls[chosen] == max(recalls.values())
 
 
@@ -164,7 +167,8 @@ def test_qdrant_holds_both_vectors_and_searches_like_the_index(model_dir: Path, 
     queries = [post_tags(p) for p in tiny_posts()[3:6]]
     sparse_info = info["sparse"]
     lexical = unit_rows(index.embedder.embed_sparse(queries, terms=sparse_info["terms"], scale=sparse_info["scale"],
-                                                    power=sparse_info["idf_power"]))
+                                                    power=sparse_info["idf_power"],
+                                                    subject_weight=sparse_info["subject_weight"]))
     dense = index.embedder.embed(queries, dim=index.dim)
     client = open_client(str(tmp_path / "qdrant"))
     try:

@@ -143,7 +143,7 @@ def test_the_held_out_slice_offers_tf_idf_itself_and_sees_rating_and_score() -> 
         visible = [tags[evaluator.candidates[tags]] for _, tags in posts]
         tfidf.append(retrieval_recall_at_k(unit_rows(evaluator.baseline.tfidf(visible)), labels)[0])
     assert 0.0 < np.mean(tfidf) < 1.0  # the noise leaves something to find
-    assert out[f"validation.hybrid.{setting_name(1.0, 0, 1.0)}.recall@10"] == pytest.approx(np.mean(tfidf))
+    assert out[f"validation.hybrid.{setting_name(1.0, 0, 1.0, 1.0)}.recall@10"] == pytest.approx(np.mean(tfidf))
     assert max(v for k, v in out.items() if k.startswith("validation.hybrid.")) >= np.mean(tfidf)
     # the slice's queries are built like the test cases: the post's rating (3) and score (7) are in the input
     assert runner.sequences and all({3, 7} <= set(np.asarray(ids).tolist()) for ids, _ in runner.sequences)

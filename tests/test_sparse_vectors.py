@@ -11,7 +11,9 @@ import pytest
 from scipy import sparse
 
 from booru_embed.embedder import BooruEmbedder
-from booru_embed.sparse_vectors import fuse, hybrid_rows, idf_weights, sparse_rows, unit_rows
+from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS
+from booru_embed.sparse_vectors import (fuse, hybrid_rows, idf_weights, sparse_rows, subject_column_weights,
+                                        unit_rows)
 from tiny_model import build_tiny_model
 
 POSTS = ["1girl solo smile", "skirt", "1girl long_hair blue_hair cat_ears usada_pekora hololive rating:g",
@@ -78,6 +80,34 @@ def test_expansion_follows_the_masked_head_and_batches_agree(embedder: BooruEmbe
     assert added <= suggested  # ... so the expansion is the heaviest-idf tags among the head's guesses
     alone = sparse.vstack([embedder.embed_sparse(p, terms=4) for p in POSTS]).toarray()
     np.testing.assert_allclose(embedder.embed_sparse(POSTS, terms=4, batch_size=2).toarray(), alone, atol=1e-6)
+
+
+def test_the_subject_weight_scales_the_character_and_artist_columns_only(embedder: BooruEmbedder) -> None:
+    plain = embedder.embed_sparse(POSTS, terms=4)
+    halved = embedder.embed_sparse(POSTS, terms=4, subject_weight=0.5)
+    categories = np.asarray(embedder.tokenizer.token_categories)
+    subjects = np.isin(categories, [CATEGORY_IDS["character"], CATEGORY_IDS["artist"]])
+    assert halved.indices.tolist() == plain.indices.tolist()  # the same tags: expansion is picked before weighting
+    touched = subjects[plain.indices]
+    assert touched.any() and (~touched).any()  # usada_pekora, hatsune_miku, artist_3 and plain tags
+    np.testing.assert_allclose(halved.data[touched], 0.5 * plain.data[touched], rtol=1e-6)
+    np.testing.assert_array_equal(halved.data[~touched], plain.data[~touched])
+    with pytest.raises(ValueError, match="subject weight must be non-negative"):
+        embedder.embed_sparse(POSTS, subject_weight=-1.0)
+
+
+def test_a_lower_subject_weight_lets_shared_traits_outrank_a_shared_artist() -> None:
+    """A query without its character: one post shares its rare artist, the other two common traits. The
+    idf-weighted cosine ranks the artist's post first; with the artist column halved, the traits' post."""
+    categories = np.array([CATEGORY_IDS["general"]] * 3 + [CATEGORY_IDS["artist"]])  # 0, 1, 2 traits; 3 an artist
+    idf = np.array([1.0, 1.0, 1.0, 2.0], dtype=np.float32)
+    present = [np.array([0, 1, 3]), np.array([2, 3]), np.array([0, 1, 2])]  # query, artist's post, traits' post
+    candidates = np.ones(4, dtype=bool)
+    for weight, best in ((1.0, 1), (0.5, 2)):
+        rows = unit_rows(sparse_rows(present, None, candidates, idf, terms=0, power=1.0,
+                                     column_weights=subject_column_weights(categories, weight)))
+        scores = (rows[0] @ rows[1:].T).toarray()[0]
+        assert 1 + int(np.argmax(scores)) == best
 
 
 def test_empty_and_unknown_tag_sets(embedder: BooruEmbedder) -> None:

@@ -86,7 +86,7 @@ def test_train_writes_a_loadable_model_folder(small_corpus, tmp_path):
     # the search settings are chosen on the posts held out of training
     held_out = json.loads((out / "validation_posts.json").read_text())["ids"]
     assert metrics["validation.held_out"] == 1.0 and metrics["count.validation.posts"] == len(held_out) > 0
-    assert any(key.startswith("validation.hybrid.p0.t16.w0.5.") for key in metrics)  # the whole weight grid is tried
+    assert any(key.startswith("validation.hybrid.p0.t16.s0.5.w0.5.") for key in metrics)  # the whole weight grid is tried
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForPreTraining"].endswith("BooruEmbedForPreTraining")
     assert (out / "model.safetensors").is_file()

@@ -4,12 +4,13 @@ The cases are the evaluation's retrieval cases (``Evaluator.retrieval_cases``: t
 character or artist tags removed; a hit is a neighbour among the 10 nearest sharing one). Sides:
 
 - ``sparse.``: the model's sparse tag vectors (``sparse_vectors.sparse_rows``: idf of the present tags,
-  the masked-tag head's expected tags), cosine;
+  the masked-tag head's expected tags, the character and artist columns scaled by a subject weight), cosine;
 - ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``; ``a`` (``hybrid.fusion_weight``) and the sparse
-  vector's idf power and expansion terms (``hybrid.idf_power``, ``hybrid.expansion_terms``, also used by
-  ``sparse.``; ``sparse_vectors.SPARSE_SETTINGS``) are chosen on the model's held-out validation slice
-  (``data.validation_slice``: training posts it never trained on, made into cases exactly as the test
-  posts are, rating and score included) by ``choose_search_settings``, never on the test split; a model
+  vector's idf power, expansion terms and subject weight (``hybrid.idf_power``, ``hybrid.expansion_terms``,
+  ``hybrid.subject_weight``, also used by ``sparse.``; ``sparse_vectors.SPARSE_SETTINGS``) are chosen on the
+  model's held-out validation slice (``data.validation_slice``: training posts it never trained on, made
+  into cases exactly as the test posts are, rating and score included) by ``choose_search_settings``,
+  never on the test split; a model
   without the slice gets the fixed ``sparse_vectors.FUSION_WEIGHT`` and the vector's settings chosen on
   seeded posts of the baseline's training sample (tags only; ``validation.held_out`` says which);
 - ``bm25.``: BM25 over the visible tags, Lucene's variant as bm25s computes it, with a term frequency
@@ -33,7 +34,8 @@ import numpy as np
 
 from ..cooccurrence import top_eigenpairs
 from ..modeling.categories_booru_embed import CATEGORY_IDS
-from ..sparse_vectors import FUSION_WEIGHT, FUSION_WEIGHTS, SPARSE_SETTINGS, fuse, hybrid_rows, sparse_rows, unit_rows
+from ..sparse_vectors import (FUSION_WEIGHT, FUSION_WEIGHTS, SPARSE_SETTINGS, fuse, hybrid_rows, sparse_rows,
+                              subject_column_weights, unit_rows, weigh_columns)
 from .metrics import retrieval_recall_at_k
 from .runner import ModelRunner
 
@@ -69,47 +71,52 @@ def choose_fusion_weight(dense: Sequence[np.ndarray], lexical: Sequence[Any], la
     return best, means
 
 
-def setting_name(power: float, terms: int, weight: float) -> str:
-    """``p{power}.t{terms}.w{weight}``: how the validation recalls of one search setting are named."""
-    return f"p{power:g}.t{terms}.w{weight:g}"
+def setting_name(power: float, terms: int, subject_weight: float, weight: float) -> str:
+    """``p{power}.t{terms}.s{subject weight}.w{weight}``: how the validation recalls of one search setting are named."""
+    return f"p{power:g}.t{terms}.s{subject_weight:g}.w{weight:g}"
 
 
-def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[tuple[float, int], Sequence[Any]],
+def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[tuple[float, int, float], Sequence[Any]],
                            labels: Sequence[Sequence[set[int]]], weights: Sequence[float] = (FUSION_WEIGHT,),
-                           ) -> tuple[tuple[float, int], float, dict[str, float]]:
-    """((idf power, expansion terms), fusion weight among ``weights``) with the best mean recall@10 of the
-    hybrid, and every combination's mean, named by ``setting_name``.
+                           ) -> tuple[tuple[float, int, float], float, dict[str, float]]:
+    """((idf power, expansion terms, subject weight), fusion weight among ``weights``) with the best mean
+    recall@10 of the hybrid, and every combination's mean, named by ``setting_name``.
 
-    ``lexical[(power, terms)]`` holds the sparse vectors of each case set with those settings; ties go to
-    the first settings of the grid and the smaller weight. The weight defaults to the fixed ``FUSION_WEIGHT``
-    (``sparse_vectors`` says why it is not chosen on training posts).
+    ``lexical[(power, terms, subject weight)]`` holds the sparse vectors of each case set with those
+    settings; ties go to the first settings of the grid and the smaller weight. The weight defaults to the
+    fixed ``FUSION_WEIGHT`` (``sparse_vectors`` says why it is not chosen on training posts).
     """
     best, means = None, {}
-    for (power, terms), vectors in lexical.items():
+    for setting, vectors in lexical.items():
         weight, by_weight = choose_fusion_weight(dense, vectors, labels, weights)
-        means.update({setting_name(power, terms, w): m for w, m in by_weight.items()})
+        means.update({setting_name(*setting, w): m for w, m in by_weight.items()})
         if best is None or by_weight[weight] > best[2]:
-            best = ((power, terms), weight, by_weight[weight])
+            best = (setting, weight, by_weight[weight])
     return best[0], best[1], means
 
 
 def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any, np.ndarray]],
-                  settings: Sequence[tuple[float, int]] = SPARSE_SETTINGS,
-                  ) -> tuple[np.ndarray, dict[tuple[float, int], Any]]:
-    """Dense embeddings, and sparse vectors with each (idf power, expansion terms), of (post or None,
-    visible tags) pairs."""
+                  settings: Sequence[tuple[float, int, float]] = SPARSE_SETTINGS,
+                  ) -> tuple[np.ndarray, dict[tuple[float, int, float], Any]]:
+    """Dense embeddings, and sparse vectors with each (idf power, expansion terms, subject weight), of
+    (post or None, visible tags) pairs (the vectors of one power and terms are weighted per subject weight)."""
     from scipy import sparse
 
     dense = runner.run([evaluator._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
-    parts: dict[tuple[float, int], list[Any]] = {setting: [] for setting in settings}
+    vector_settings = list(dict.fromkeys((power, terms) for power, terms, _ in settings))
+    parts: dict[tuple[float, int], list[Any]] = {setting: [] for setting in vector_settings}
     for start in range(0, len(posts), CASE_BATCH):
         chunk = posts[start : start + CASE_BATCH]
         logits = runner.run([evaluator._sequence(p, tags, mask=True) for p, tags in chunk], "mlm")["mlm"]
-        for power, terms in settings:
+        for power, terms in vector_settings:
             parts[(power, terms)].append(sparse_rows([tags for _, tags in chunk], logits, evaluator.candidates,
                                                      evaluator.baseline.idf, terms=terms, power=power))
     empty = sparse.csr_matrix((0, evaluator.info.vocab_size), dtype=np.float32)
-    return dense, {setting: sparse.vstack(p).tocsr() if p else empty for setting, p in parts.items()}
+    rows = {setting: sparse.vstack(p).tocsr() if p else empty for setting, p in parts.items()}
+    categories = evaluator.info.token_categories
+    return dense, {(power, terms, subject): weigh_columns(rows[(power, terms)],
+                                                          subject_column_weights(categories, subject))
+                   for power, terms, subject in settings}
 
 
 def validation_cases(evaluator: Any, incidence: Any, category: int,
@@ -141,9 +148,9 @@ def slice_cases(evaluator: Any) -> tuple[int, dict[str, tuple[list[tuple[Any, np
 
 
 def search_settings(evaluator: Any, runner: ModelRunner,
-                    out: dict[str, float]) -> tuple[tuple[float, int], float]:
-    """Choose the sparse vector's (idf power, expansion terms) and the hybrid's weight on the held-out
-    validation slice (or, without one, the vector's settings alone on ``VALIDATION_POSTS`` seeded training
+                    out: dict[str, float]) -> tuple[tuple[float, int, float], float]:
+    """Choose the sparse vector's (idf power, expansion terms, subject weight) and the hybrid's weight on the
+    held-out validation slice (or, without one, the vector's settings alone on ``VALIDATION_POSTS`` seeded training
     posts); record them and every combination's recall."""
     held_out = evaluator.validation is not None
     count, cases = slice_cases(evaluator)
@@ -156,7 +163,8 @@ def search_settings(evaluator: Any, runner: ModelRunner,
                 lexical[setting].append(vectors)
     setting, weight, means = choose_search_settings(dense, lexical, labels,
                                                     FUSION_WEIGHTS if held_out else (FUSION_WEIGHT,))
-    out["hybrid.fusion_weight"], (out["hybrid.idf_power"], out["hybrid.expansion_terms"]) = weight, setting
+    out["hybrid.fusion_weight"] = weight
+    out["hybrid.idf_power"], out["hybrid.expansion_terms"], out["hybrid.subject_weight"] = setting
     out["count.validation.posts"], out["validation.held_out"] = float(count), float(held_out)
     for name, mean in means.items():
         out[f"validation.hybrid.{name}.recall@10"] = mean
