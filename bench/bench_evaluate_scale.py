@@ -157,7 +157,7 @@ def main() -> None:
                                              args.workdir / f"metrics_{label.replace(' ', '_').replace(',', '')}.json",
                                              max_posts, args.baseline_posts, code)
         results[code, size, max_posts] = (wall, cpu, peak)
-        for stage in ("load", "encode", "baseline", "masked", "readback", "retrieval"):
+        for stage in ("load", "encode", "baseline", "masked", "readback", "retrieval", "search_retrieval"):
             if f"time.{stage}.seconds" in metrics:
                 print(f"  {label}: {stage:<26} {metrics[f'time.{stage}.seconds']:>8.1f} "
                       f"{metrics.get(f'memory.{stage}.peak_mb', float('nan')):>8.0f}")
