@@ -267,11 +267,14 @@ def test_tiny_recipe_beats_the_baseline_on_a_generated_corpus(tmp_path):
     # same-character retrieval, ~1000 queries (standard error ~0.015): 0.353 vs 0.273 for the tag vectors
     # (seed 0); the first 64 dimensions keep what the full 128 find (0.354)
     assert metrics["model.retrieval.character.recall@10"] > metrics["tagvec.retrieval.character.recall@10"] + 0.03
-    for name in ("character", "artist"):
+    # the hybrid (settings chosen on the held-out slice) against the better of TF-IDF and BM25: recipe R5,
+    # `default` seeds 0-2 of the bench's corpus, +0.039 +- 0.011 / +0.015 +- 0.003 (R4, without the subject
+    # weight: +0.009 / -0.003; docs/search.md); this corpus, 2026-12-07: +0.032 / +0.003 (~780 and ~980
+    # queries: paired standard errors of about 0.01). Characters must gain; artists may not lose beyond the noise.
+    margins = {"character": 0.01, "artist": -0.02}
+    for name, margin in margins.items():
         assert metrics[f"model.retrieval.{name}.dim64.recall@10"] >= 0.95 * metrics[f"model.retrieval.{name}.recall@10"]
-        # the hybrid (settings chosen on the held-out slice) is no worse than the better of TF-IDF and BM25:
-        # recipe R4, `default` seeds 0-2, +0.009 +- 0.004 / -0.003 +- 0.003 (docs/search.md)
-        assert metrics[f"hybrid.retrieval.{name}.recall@10"] >= counting_recall(metrics, name) - 0.02, name
+        assert metrics[f"hybrid.retrieval.{name}.recall@10"] >= counting_recall(metrics, name) + margin, name
     assert_readback_keeps_the_post(metrics)
 
 
