@@ -61,12 +61,14 @@ FUSION_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # a grid for cho
 # as well as on unseen posts (many-characters seed 0: 0.29 vs 0.11). 0.9 was read off the test splits of
 # the choosing settings default and many-characters (seed 0; docs/search.md).
 FUSION_WEIGHT = 0.9
-# (idf power, expansion terms) pairs the index and the evaluation choose among (module docstring); the last
-# is the TF-IDF vector itself: with it and a fusion weight of 1 the hybrid ranks exactly as TF-IDF does
+# (idf power, expansion terms) pairs of the vectors the index and the evaluation choose among, each with every
+# subject weight (module docstring); the last is the TF-IDF vector itself: with it, a subject weight of 1 and a
+# fusion weight of 1 the hybrid ranks exactly as TF-IDF does
 VECTOR_SETTINGS = ((0.0, EXPANSION_TERMS), (0.5, EXPANSION_TERMS), (1.0, EXPANSION_TERMS), (1.0, 0))
 SUBJECT_CATEGORIES = ("character", "artist")  # the columns ``subject_weight`` scales (module docstring)
 SUBJECT_WEIGHTS = (1.0, 0.5)  # the subject weights the validation posts choose among
-# (idf power, expansion terms, subject weight) triples the index and the evaluation choose among
+# (idf power, expansion terms, subject weight) triples the index and the evaluation choose among; a subject
+# weight of 1 comes first, so a tie keeps the unweighted vector
 SPARSE_SETTINGS = tuple((power, terms, subject) for power, terms in VECTOR_SETTINGS for subject in SUBJECT_WEIGHTS)
 IDF_POWER = 0.5  # embed_sparse's default: between what characters (0) and artists (1) preferred
 
