@@ -45,8 +45,9 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
-from .sparse_index import (SEISMIC_MIN_POSTS, SPARSE_ENGINES, SPARSE_FILE, SeismicPostings, SparsePostings, choose_engine, choose_index_settings,
-                           load_postings, save_postings, top_rows, validation_slice)
+from .sparse_index import (SEISMIC_MIN_POSTS, SPARSE_ENGINES, SPARSE_FILE, SeismicPostings, SparsePostings,
+                           choose_engine, choose_index_settings, load_postings, save_postings, top_rows,
+                           validation_slice)
 from .sparse_vectors import EXPANSION_SCALE, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, unit_rows
 
 if TYPE_CHECKING:

@@ -37,8 +37,7 @@ import numpy as np
 
 from .evaluation.hybrid_retrieval import VALIDATION_POSTS, choose_search_settings
 from .modeling.categories_booru_embed import TAG_CATEGORIES
-from .sparse_vectors import (SPARSE_SETTINGS, SUBJECT_WEIGHTS, VECTOR_SETTINGS, subject_column_weights, unit_rows,
-                             weigh_columns)
+from .sparse_vectors import SPARSE_SETTINGS, VECTOR_SETTINGS, subject_weighted, unit_rows
 
 if TYPE_CHECKING:
     from .embedder import BooruEmbedder
@@ -263,7 +262,6 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
     Each (power, terms) pair is embedded once; its subject weights scale that matrix's columns."""
     dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
     categories = np.asarray(embedder.tokenizer.token_categories)
-    column_weights = {subject: subject_column_weights(categories, subject) for subject in SUBJECT_WEIGHTS}
     for category in VALIDATION_CATEGORIES:
         cases = [({k: v for k, v in post.items() if k != category}, post[category]) for post in posts
                  if post.get(category) and any(post.get(c) for c in TAG_CATEGORIES if c != category)]
@@ -272,9 +270,9 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
         queries = [query for query, _ in cases]
         number: dict[str, int] = {}  # tag name -> label number
         dense.append(embedder.embed(queries, dim=dim, progress=False))
-        for power, terms in VECTOR_SETTINGS:
-            vectors = embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False)
-            for subject in SUBJECT_WEIGHTS:
-                lexical[(power, terms, subject)].append(weigh_columns(vectors, column_weights[subject]))
+        vectors = {(power, terms): embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False)
+                   for power, terms in VECTOR_SETTINGS}
+        for setting, weighted in subject_weighted(vectors, categories).items():
+            lexical[setting].append(weighted)
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
     return choose_search_settings(dense, lexical, labels, weights=weights)

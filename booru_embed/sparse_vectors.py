@@ -128,6 +128,16 @@ def subject_column_weights(token_categories: np.ndarray, subject_weight: float) 
     return np.where(subjects, np.float32(subject_weight), np.float32(1.0)).astype(np.float32)
 
 
+def subject_weighted(vectors: dict[tuple[float, int], Any], token_categories: np.ndarray,
+                     settings: Sequence[tuple[float, int, float]] = SPARSE_SETTINGS,
+                     ) -> dict[tuple[float, int, float], Any]:
+    """The sparse vectors of each (idf power, expansion terms, subject weight) of ``settings``: those of
+    ``vectors[(power, terms)]`` with the subject columns scaled (weight 1: the matrix itself)."""
+    weights = {subject: subject_column_weights(token_categories, subject) for _, _, subject in settings}
+    return {(power, terms, subject): vectors[(power, terms)] if subject == 1.0
+            else weigh_columns(vectors[(power, terms)], weights[subject]) for power, terms, subject in settings}
+
+
 def weigh_columns(matrix: Any, column_weights: np.ndarray) -> Any:
     """A CSR copy of the sparse ``matrix`` (rows, vocab) with each column multiplied by its ``column_weights``."""
     from scipy import sparse

@@ -35,7 +35,7 @@ import numpy as np
 from ..cooccurrence import top_eigenpairs
 from ..modeling.categories_booru_embed import CATEGORY_IDS
 from ..sparse_vectors import (FUSION_WEIGHT, FUSION_WEIGHTS, SPARSE_SETTINGS, fuse, hybrid_rows, sparse_rows,
-                              subject_column_weights, unit_rows, weigh_columns)
+                              subject_weighted, unit_rows)
 from .metrics import retrieval_recall_at_k
 from .runner import ModelRunner
 
@@ -72,7 +72,7 @@ def choose_fusion_weight(dense: Sequence[np.ndarray], lexical: Sequence[Any], la
 
 
 def setting_name(power: float, terms: int, subject_weight: float, weight: float) -> str:
-    """``p{power}.t{terms}.s{subject weight}.w{weight}``: how the validation recalls of one search setting are named."""
+    """``p{power}.t{terms}.s{subject weight}.w{weight}``: the name of one search setting's validation recall."""
     return f"p{power:g}.t{terms}.s{subject_weight:g}.w{weight:g}"
 
 
@@ -113,10 +113,7 @@ def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any
                                                      evaluator.baseline.idf, terms=terms, power=power))
     empty = sparse.csr_matrix((0, evaluator.info.vocab_size), dtype=np.float32)
     rows = {setting: sparse.vstack(p).tocsr() if p else empty for setting, p in parts.items()}
-    categories = evaluator.info.token_categories
-    return dense, {(power, terms, subject): weigh_columns(rows[(power, terms)],
-                                                          subject_column_weights(categories, subject))
-                   for power, terms, subject in settings}
+    return dense, subject_weighted(rows, evaluator.info.token_categories, settings)
 
 
 def validation_cases(evaluator: Any, incidence: Any, category: int,
@@ -150,8 +147,8 @@ def slice_cases(evaluator: Any) -> tuple[int, dict[str, tuple[list[tuple[Any, np
 def search_settings(evaluator: Any, runner: ModelRunner,
                     out: dict[str, float]) -> tuple[tuple[float, int, float], float]:
     """Choose the sparse vector's (idf power, expansion terms, subject weight) and the hybrid's weight on the
-    held-out validation slice (or, without one, the vector's settings alone on ``VALIDATION_POSTS`` seeded training
-    posts); record them and every combination's recall."""
+    held-out validation slice (or, without one, the vector's settings alone on ``VALIDATION_POSTS`` seeded
+    training posts); record them and every combination's recall."""
     held_out = evaluator.validation is not None
     count, cases = slice_cases(evaluator)
     dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
