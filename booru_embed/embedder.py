@@ -35,7 +35,7 @@ from .onnx_backend import ONNX_FILE, OnnxModel
 from .ranking import distinctive_scores, masked_log_softmax, with_counts
 from .sequences import padded_inputs
 from .sparse_vectors import (EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, sparse_rows,
-                             subject_column_weights)
+                             subject_column_weights, subject_lift_weights)
 
 if TYPE_CHECKING:
     import torch
@@ -315,7 +315,8 @@ class BooruEmbedder:
 
     def embed_sparse(self, tagsets: TagSet | Iterable[TagSet], terms: int = EXPANSION_TERMS,
                      scale: float = EXPANSION_SCALE, power: float = IDF_POWER, subject_weight: float = 1.0,
-                     batch_size: int = 256, progress: bool | None = None) -> Any:
+                     lift_weights: np.ndarray | None = None, batch_size: int = 256,
+                     progress: bool | None = None) -> Any:
         """Sparse tag vectors (n, vocab), a float32 ``scipy.sparse.csr_matrix`` with non-negative values.
 
         Each row weighs the post's vocabulary tags by ``idf^power`` (their training idf; power 1 is the
@@ -323,8 +324,10 @@ class BooruEmbedder:
         ``idf^power * min(1, scale * p(tag | tags))``,
         never a present tag (``sparse_vectors`` derives the weights); the character and artist columns are
         then multiplied by ``subject_weight`` (``sparse_vectors.subject_column_weights``; the index stores the
-        weight its validation posts chose). One forward pass per tag set: its
-        tags plus one ``<mask>``, the input of ``suggest``. Tags outside the vocabulary have no column
+        weight its validation posts chose), and, with ``lift_weights`` (vocab,), every column by its weight:
+        the subject lift counted on a collection's posts (``sparse_vectors.subject_lift_weights``; an index
+        stores the lift of its training posts, ``PostIndex.sparse_queries`` applies it). One forward pass per
+        tag set: its tags plus one ``<mask>``, the input of ``suggest``. Tags outside the vocabulary have no column
         (they still shape the expansion through their unknown-tag token); a tag set without a single
         vocabulary tag gets an all-zero row. Raises ValueError for an empty tag set.
         """
@@ -333,6 +336,12 @@ class BooruEmbedder:
 
         sequences = self._checked_ids(tagsets, batch_size)
         column_weights = subject_column_weights(self._categories, subject_weight) if subject_weight != 1.0 else None
+        if lift_weights is not None:
+            lift_weights = np.asarray(lift_weights, dtype=np.float32)
+            if lift_weights.shape != (len(self._is_tag),):
+                raise ValueError(f"lift_weights must have one weight per token ({len(self._is_tag)}), "
+                                 f"got shape {lift_weights.shape}")
+            column_weights = lift_weights if column_weights is None else column_weights * lift_weights
         parts, rows = [], []
         order = np.argsort([len(s) for s in sequences], kind="stable")
         show = len(sequences) >= PROGRESS_MIN_POSTS if progress is None else progress
@@ -350,6 +359,22 @@ class BooruEmbedder:
             return sparse.csr_matrix((0, len(self._is_tag)), dtype=np.float32)
         inverse = np.argsort(np.concatenate(rows), kind="stable")
         return sparse.vstack(parts).tocsr()[inverse]
+
+    def subject_lift(self, tagsets: TagSet | Iterable[TagSet]) -> np.ndarray:
+        """(vocab,) float32 subject lift weights counted on ``tagsets`` (``sparse_vectors.subject_lift_weights``:
+        how much more often posts sharing a tag share a character or artist), for ``embed_sparse(lift_weights=...)``.
+
+        Count them on the posts that will be searched (as ``booru-embed index`` counts its training posts);
+        tags outside the vocabulary are not counted.
+        """
+        from scipy import sparse
+
+        sequences = [np.unique(np.asarray(ids, dtype=np.int64)) for ids in self._ids(self._as_list(tagsets))]
+        sequences = [ids[self._is_tag[ids]] for ids in sequences]
+        rows = np.repeat(np.arange(len(sequences)), [len(ids) for ids in sequences])
+        columns = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
+        incidence = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(sequences), len(self._is_tag)))
+        return subject_lift_weights(incidence, self._categories)
 
     @property
     def idf(self) -> np.ndarray:

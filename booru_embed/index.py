@@ -20,12 +20,12 @@ is the cosine for the unit rows ``embed`` returns:
 - ``hnsw`` (``IndexHNSWFlat``): a proximity graph, no training. On the benchmark's generated 1M vectors it cost
   5.6 times IVF's build time and gave lower recall at equal latency, so it is only chosen by ``--kind``.
 
-``INDEX_DIR`` holds ``index.faiss``, ``sparse.npz`` (the inverted index), ``ids.npy`` (post id of each
-row), ``index_info.json`` (model folder, dim, split, kind, parameters, count, build times, the sparse
-part's settings and the fusion weight) and ``shards/``, which search reads the hits'
-tags from and ``--resume`` rebuilds another ``--kind`` from without embedding again. The tags travel
-with the index (about as many bytes as the vectors), so search needs neither the DATA_DIR nor its
-exact version, only the model to embed the query.
+``INDEX_DIR`` holds ``index.faiss``, ``sparse.npz`` (the inverted index), ``subject_lift.npy`` (the training
+posts' subject lift, ``sparse_index.training_lift``), ``ids.npy`` (post id of each row), ``index_info.json``
+(model folder, dim, split, kind, parameters, count, build times, the sparse part's settings and the fusion
+weight) and ``shards/``, which search reads the hits' tags from and ``--resume`` rebuilds another ``--kind``
+from without embedding again. The tags travel with the index (about as many bytes as the vectors), so search
+needs neither the DATA_DIR nor its exact version, only the model to embed the query.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ import numpy as np
 from .data.splits import open_split
 from .errors import UsageError, read_json_file
 from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
-from .sparse_index import (SEISMIC_MIN_POSTS, SPARSE_ENGINES, SPARSE_FILE, SeismicPostings, SparsePostings,
-                           choose_engine, choose_index_settings, load_postings, save_postings, top_rows,
-                           validation_slice)
-from .sparse_vectors import EXPANSION_SCALE, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, unit_rows
+from .sparse_index import (LIFT_FILE, SEISMIC_MIN_POSTS, SPARSE_ENGINES, SPARSE_FILE, SeismicPostings,
+                           SparsePostings, choose_engine, choose_index_settings, load_postings, save_postings,
+                           top_rows, training_lift, validation_slice)
+from .sparse_vectors import EXPANSION_SCALE, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, lift_columns, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -275,9 +275,10 @@ def _check_resume(output: Path, plan: dict[str, Any], resume: bool) -> None:
 
 
 def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, shard_size: int,
-                  batch_size: int, power: float, terms: int, subject_weight: float) -> tuple[int, float]:
-    """Embed every shard not yet on disk (sparse vectors with idf ``power``, ``terms`` expansion tags and
-    ``subject_weight``); return how many were embedded and the seconds it took."""
+                  batch_size: int, power: float, terms: int, subject_weight: float,
+                  lift_weights: np.ndarray | None) -> tuple[int, float]:
+    """Embed every shard not yet on disk (sparse vectors with idf ``power``, ``terms`` expansion tags,
+    ``subject_weight`` and ``lift_weights`` or none); return how many were embedded and the seconds it took."""
     from scipy import sparse
     from tqdm.auto import tqdm
 
@@ -295,8 +296,8 @@ def _embed_shards(embedder: BooruEmbedder, table: Any, output: Path, dim: int, s
                 try:
                     parts.append(embedder.embed(posts, dim=dim, batch_size=batch_size, progress=False))
                     lexical.append(embedder.embed_sparse(posts, terms=terms, scale=EXPANSION_SCALE, power=power,
-                                                         subject_weight=subject_weight, batch_size=batch_size,
-                                                         progress=False))
+                                                         subject_weight=subject_weight, lift_weights=lift_weights,
+                                                         batch_size=batch_size, progress=False))
                 except ValueError as error:
                     raise UsageError(f"rows {chunk}-{chunk + len(posts) - 1}: {error}") from None
                 ids.append(chunk_ids)
@@ -360,17 +361,21 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
     (output / "index_info.json").unlink(missing_ok=True)  # a rebuild cut short must not look finished
     training = table if split == "train" else _open_split(data_dir, "train")
     started = time.perf_counter()
-    posts, source = validation_slice(model_dir, training)
+    posts, source, held_out_ids = validation_slice(model_dir, training)
     weights = (fusion_weight,) if fusion_weight is not None else FUSION_WEIGHTS if source == "held-out" else (FUSION_WEIGHT,)
-    (power, terms, subject_weight), weight, means = choose_index_settings(embedder, posts, dim, EXPANSION_SCALE,
-                                                                          weights)
+    # the held-out posts choose the settings as unseen posts, so their subjects stay out of the lift; seeded
+    # training posts are posts the model trained on anyway, and leaving them out could leave no post to count
+    lift = training_lift(embedder.tokenizer, training, held_out_ids if source == "held-out" else held_out_ids[:0])
+    _save_atomic(output / LIFT_FILE, lambda p: _write_npy(p, lift))
+    (power, terms, subject_weight, lift_exponent), weight, means = choose_index_settings(
+        embedder, posts, dim, EXPANSION_SCALE, weights, lift)
     settings = {"terms": terms, "scale": EXPANSION_SCALE, "idf_power": power, "subject_weight": subject_weight,
-                "fusion_weight": weight,
+                "lift": lift_exponent, "lift_file": LIFT_FILE, "fusion_weight": weight,
                 "validation": source, "validation_posts": len(posts),
                 "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
                 "validation_seconds": round(time.perf_counter() - started, 2)}
     embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power, terms,
-                                            subject_weight)
+                                            subject_weight, lift_columns(lift, lift_exponent))
     ids = _load_shard_ids(output, count, shard_size)
     if not np.array_equal(ids, _split_ids(table)):
         raise UsageError(f"{output}: the shards' post ids differ from split {split!r} of {data_dir}: remove the folder")
@@ -523,10 +528,7 @@ class PostIndex:
         _check_top_k(top_k)
         if mode == "dense":
             return self.search_embeddings(self.embedder.embed(tagsets, dim=self.dim), top_k)
-        sparse_info = self.info["sparse"]
-        queries = unit_rows(self.embedder.embed_sparse(tagsets, terms=sparse_info["terms"], scale=sparse_info["scale"],
-                                                       power=sparse_info["idf_power"],
-                                                       subject_weight=sparse_info.get("subject_weight", 1.0)))
+        queries = self.sparse_queries(tagsets)
         dense = self.embedder.embed(tagsets, dim=self.dim) if mode == "hybrid" else None
         results = []
         for row in range(queries.shape[0]):
@@ -535,6 +537,17 @@ class PostIndex:
             else:
                 results.append(self._hits(*self._hybrid(dense[row], queries[row], top_k)))
         return results
+
+    def sparse_queries(self, tagsets: TagSet | Iterable[TagSet]) -> Any:
+        """Unit sparse vectors (n, vocab) CSR of tag sets with the index's settings (idf power, expansion terms,
+        subject weight and, where it chose one, its training posts' subject lift), as its posts have them."""
+        sparse_info = self.info["sparse"]
+        lift = float(sparse_info.get("lift", 0.0))  # an index built before the lift has none
+        lift_weights = lift_columns(np.load(self.folder / sparse_info["lift_file"]), lift) if lift else None
+        return unit_rows(self.embedder.embed_sparse(tagsets, terms=sparse_info["terms"], scale=sparse_info["scale"],
+                                                    power=sparse_info["idf_power"],
+                                                    subject_weight=sparse_info.get("subject_weight", 1.0),
+                                                    lift_weights=lift_weights))
 
     def _hybrid(self, query: np.ndarray, sparse_query: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``top_k`` rows by fused score and their scores, for one dense query and its sparse row."""
@@ -648,7 +661,9 @@ def run_index(args: argparse.Namespace) -> int:
           f"index built in {info['index_seconds']} s; sparse vectors ({info['sparse']['engine']} engine): "
           f"{info['sparse']['nonzeros_per_post']} "
           f"non-zeros a post, idf power {info['sparse']['idf_power']:g}, {info['sparse']['terms']} expansion terms, "
-          f"subject weight {info['sparse']['subject_weight']:g} and hybrid weight {info['fusion_weight']:g} "
+          f"subject weight {info['sparse']['subject_weight']:g}, "
+          f"{'with' if info['sparse']['lift'] else 'without'} the subject lift and "
+          f"hybrid weight {info['fusion_weight']:g} "
           f"(chosen on {info['sparse']['validation']} posts)")
     if "qdrant" in info:
         print(f"wrote {info['qdrant']['points']} points to Qdrant collection {info['qdrant']['collection']!r} "

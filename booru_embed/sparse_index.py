@@ -15,15 +15,20 @@ every post (posts x vocabulary). Two engines search them (``SPARSE_ENGINES``, ``
   a post can be missed, never mis-scored. ``auto`` (the default) picks it above ``SEISMIC_MIN_POSTS``
   posts when pyseismic-lsr is installed (the ``index`` extra).
 
-The sparse vectors' idf power, expansion terms and subject weight (``sparse_vectors.SPARSE_SETTINGS``) and the
-hybrid's weight ``a`` in ``(1 - a) cos_dense + a cos_sparse`` are chosen when the index is built, before the
-posts are embedded, never on the test split (``choose_index_settings``): each validation post with a character
-(artist) tag and another tag is a query without its character (artist) tags, a hit a neighbour among the 10
-nearest sharing one, and the combination whose hybrid has the best mean recall@10 over the two is stored in
-``index_info.json``. The validation posts (``validation_slice``) are the model's held-out slice of the
-training split (``data.validation_slice``), posts it never trained on; a model without one (trained with
-``--validation-posts 0``, or not a local folder) falls back to ``VALIDATION_POSTS`` seeded training posts and
-the fixed ``FUSION_WEIGHT``, since on posts the model trained on the dense side looks stronger than it is.
+The sparse vectors' idf power, expansion terms, subject weight and lift exponent
+(``sparse_vectors.SPARSE_SETTINGS``) and the hybrid's weight ``a`` in ``(1 - a) cos_dense + a cos_sparse`` are
+chosen when the index is built, before the posts are embedded, never on the test split
+(``choose_index_settings``): each validation post with a character (artist) tag and another tag is a query
+without its character (artist) tags, a hit a neighbour among the 10 nearest sharing one, and the combination
+whose hybrid has the best mean recall@10 over the two is stored in ``index_info.json``. The validation posts
+(``validation_slice``) are the model's held-out slice of the training split (``data.validation_slice``), posts
+it never trained on; a model without one (trained with ``--validation-posts 0``, or not a local folder) falls
+back to ``VALIDATION_POSTS`` seeded training posts and the fixed ``FUSION_WEIGHT``, since on posts the model
+trained on the dense side looks stronger than it is. The subject lift
+(``sparse_vectors.subject_lift_weights``) is counted on the training split without the held-out posts
+(``training_lift``: the seeded sample of ``LIFT_POSTS`` that ``evaluate``'s baseline counts; the seeded
+fallback posts are counted, the model trained on them anyway) and stored as ``INDEX_DIR/subject_lift.npy``,
+which the queries use as the posts did.
 """
 
 from __future__ import annotations
@@ -35,14 +40,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .evaluation.command import BASELINE_POSTS
 from .evaluation.hybrid_retrieval import VALIDATION_POSTS, choose_search_settings
 from .modeling.categories_booru_embed import TAG_CATEGORIES
-from .sparse_vectors import SPARSE_SETTINGS, VECTOR_SETTINGS, subject_weighted, unit_rows
+from .sparse_vectors import VECTOR_SETTINGS, available_settings, column_weighted, subject_lift_weights, unit_rows
 
 if TYPE_CHECKING:
     from .embedder import BooruEmbedder
 
 SPARSE_FILE = "sparse.npz"
+LIFT_FILE = "subject_lift.npy"  # (vocab,) float32 subject lift weights of the training posts
+LIFT_POSTS = BASELINE_POSTS  # training posts the subject lift is counted on: evaluate's baseline sample
 SEISMIC_FILE = "sparse.{part}"  # one Seismic index per part of the posts; pyseismic-lsr appends ``.index.seismic``
 SPARSE_ENGINES = ("auto", "exact", "seismic")
 SEISMIC_MIN_POSTS = 2_000_000  # auto engine: exact scoring up to here (~25 ms a query), Seismic above
@@ -241,26 +249,46 @@ def posts_at(table: Any, rows: np.ndarray) -> list[dict[str, Any]]:
     return table.select(rows).select_columns(columns).to_list()
 
 
-def validation_slice(model_dir: str | Path, training: Any) -> tuple[list[dict[str, Any]], str]:
-    """(posts, source) the search settings are chosen on: the model's held-out posts found in ``training``
-    (source ``held-out``), else ``VALIDATION_POSTS`` seeded posts of ``training`` (source ``training``)."""
+def validation_slice(model_dir: str | Path, training: Any) -> tuple[list[dict[str, Any]], str, np.ndarray]:
+    """(posts, source, their post ids) the search settings are chosen on: the model's held-out posts found in
+    ``training`` (source ``held-out``), else ``VALIDATION_POSTS`` seeded posts of ``training`` (source ``training``)."""
     from .data.validation_slice import read_validation_ids, rows_with_ids
 
     ids = read_validation_ids(model_dir) if Path(model_dir).is_dir() else None
     rows = rows_with_ids(training, ids) if ids is not None else np.zeros(0, dtype=np.int64)
-    if len(rows) >= 2:
-        return posts_at(training, rows), "held-out"
-    seeded = np.sort(np.random.default_rng(VALIDATION_SEED).permutation(len(training))[:VALIDATION_POSTS])
-    return posts_at(training, seeded), "training"
+    source = "held-out"
+    if len(rows) < 2:
+        rows = np.sort(np.random.default_rng(VALIDATION_SEED).permutation(len(training))[:VALIDATION_POSTS])
+        source = "training"
+    post_ids = np.asarray(training.select(rows).select_columns(["id"]).with_format("numpy")[:]["id"], dtype=np.int64)
+    return posts_at(training, rows), source, post_ids
+
+
+def training_lift(tokenizer: Any, training: Any, held_out_ids: np.ndarray) -> np.ndarray:
+    """(vocab,) subject lift weights (``sparse_vectors.subject_lift_weights``) of the training split's posts, the
+    seeded sample of ``LIFT_POSTS`` that ``evaluate`` counts, without the posts ``held_out_ids``."""
+    from .cooccurrence import incidence_matrix
+    from .evaluation.evaluator import encode_sample
+    from .sequences import TokenInfo, flat_posts
+
+    info = TokenInfo.from_tokenizer(tokenizer)
+    table = encode_sample(tokenizer, training, LIFT_POSTS, "train").with_format("arrow")[:]
+    held_out = np.flatnonzero(np.isin(table["id"].to_numpy(), held_out_ids))
+    ids, _, lengths = flat_posts(table)
+    incidence = incidence_matrix(ids, lengths, info.vocab_size, counted=info.tag_candidates()[ids])
+    return subject_lift_weights(incidence, info.token_categories, exclude_rows=held_out)
 
 
 def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int, scale: float,
-                          weights: Sequence[float]) -> tuple[tuple[float, int, float], float, dict[str, float]]:
-    """((idf power, expansion terms, subject weight), hybrid weight among ``weights``) with the best mean
-    recall@10 on the character and artist cases of ``posts``, and every combination's mean (module docstring).
+                          weights: Sequence[float], lift_weights: np.ndarray | None = None,
+                          ) -> tuple[tuple[float, int, float, float], float, dict[str, float]]:
+    """((idf power, expansion terms, subject weight, lift exponent), hybrid weight among ``weights``) with the
+    best mean recall@10 on the character and artist cases of ``posts``, and every combination's mean (module
+    docstring); the settings with the lift only when ``lift_weights`` are given.
 
-    Each (power, terms) pair is embedded once; its subject weights scale that matrix's columns."""
-    dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
+    Each (power, terms) pair is embedded once; its subject weights and lift scale that matrix's columns."""
+    settings = available_settings(lift_weights)
+    dense, lexical, labels = [], {setting: [] for setting in settings}, []
     categories = np.asarray(embedder.tokenizer.token_categories)
     for category in VALIDATION_CATEGORIES:
         cases = [({k: v for k, v in post.items() if k != category}, post[category]) for post in posts
@@ -272,7 +300,7 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
         dense.append(embedder.embed(queries, dim=dim, progress=False))
         vectors = {(power, terms): embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False)
                    for power, terms in VECTOR_SETTINGS}
-        for setting, weighted in subject_weighted(vectors, categories).items():
+        for setting, weighted in column_weighted(vectors, categories, lift_weights, settings).items():
             lexical[setting].append(weighted)
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
     return choose_search_settings(dense, lexical, labels, weights=weights)

@@ -33,6 +33,21 @@ finished vector's character and artist columns are therefore multiplied by ``sub
 (``SUBJECT_WEIGHTS``, chosen on the validation posts with the other settings; 1 leaves the vector as
 it is), as BM25F weighs a document's fields. The expansion tags are picked before the weighting.
 
+Why a subject lift: idf says how rare a tag is, not whether it tells subjects apart (a rare incidental
+tag is rare in every character's posts). The *subject lift* of a tag t says how much more often two
+posts that both carry t share a character or an artist than two posts do at all:
+
+    lift(t) = P(two posts share a subject | both have t) / P(two posts share a subject)
+
+counted on training posts (``subject_lift_weights``: over pairs of distinct posts, smoothed toward 1 by
+``LIFT_SMOOTHING`` pairs). The column weight ``sqrt(max(log lift(t), 0) + LIFT_FLOOR)`` makes the inner
+product of two vectors the sum of the shared tags' log lifts, the evidence a naive-Bayes reading gives
+for the two posts sharing a subject; the floor keeps tags that say nothing about subjects (lift at or
+below 1) in the vector with a small weight, so a tag set of such tags still has a direction. A subject
+tag's own lift is the largest (its posts always share it). The vector's settings carry it as an
+exponent (``LIFT_EXPONENTS``: 0 leaves the idf vector, 1 multiplies each column by its lift weight),
+chosen on the validation posts with the others; the lift is counted on training posts outside them.
+
 Fusion (``fuse``): the hybrid score is the convex combination ``(1 - a) cos_dense + a cos_sparse``
 (``a`` chosen on the validation posts, ``FUSION_WEIGHT`` without them) of the two cosines (Bruch, Gai and Ingber, ACM TOIS 2023: a convex combination of normalised scores beat
 reciprocal rank fusion, with one weight tuned on a few labelled queries). Both cosines are bounded, so
@@ -67,9 +82,13 @@ FUSION_WEIGHT = 0.9
 VECTOR_SETTINGS = ((0.0, EXPANSION_TERMS), (0.5, EXPANSION_TERMS), (1.0, EXPANSION_TERMS), (1.0, 0))
 SUBJECT_CATEGORIES = ("character", "artist")  # the columns ``subject_weight`` scales (module docstring)
 SUBJECT_WEIGHTS = (1.0, 0.5)  # the subject weights the validation posts choose among
-# (idf power, expansion terms, subject weight) triples the index and the evaluation choose among; a subject
-# weight of 1 comes first, so a tie keeps the unweighted vector
-SPARSE_SETTINGS = tuple((power, terms, subject) for power, terms in VECTOR_SETTINGS for subject in SUBJECT_WEIGHTS)
+LIFT_EXPONENTS = (0.0, 1.0)  # without and with the subject lift weights (module docstring)
+LIFT_SMOOTHING = 2.0  # pairs of posts at the overall share-a-subject rate added to every tag's pairs
+LIFT_FLOOR = 0.1  # the squared weight of a tag whose lift is at most 1
+# (idf power, expansion terms, subject weight, lift exponent) settings the index and the evaluation choose
+# among; a subject weight of 1 and no lift come first, so a tie keeps the plain vector
+SPARSE_SETTINGS = tuple((power, terms, subject, lift) for power, terms in VECTOR_SETTINGS
+                        for subject in SUBJECT_WEIGHTS for lift in LIFT_EXPONENTS)
 IDF_POWER = 0.5  # embed_sparse's default: between what characters (0) and artists (1) preferred
 
 
@@ -128,14 +147,79 @@ def subject_column_weights(token_categories: np.ndarray, subject_weight: float) 
     return np.where(subjects, np.float32(subject_weight), np.float32(1.0)).astype(np.float32)
 
 
-def subject_weighted(vectors: dict[tuple[float, int], Any], token_categories: np.ndarray,
-                     settings: Sequence[tuple[float, int, float]] = SPARSE_SETTINGS,
-                     ) -> dict[tuple[float, int, float], Any]:
-    """The sparse vectors of each (idf power, expansion terms, subject weight) of ``settings``: those of
-    ``vectors[(power, terms)]`` with the subject columns scaled (weight 1: the matrix itself)."""
-    weights = {subject: subject_column_weights(token_categories, subject) for _, _, subject in settings}
-    return {(power, terms, subject): vectors[(power, terms)] if subject == 1.0
-            else weigh_columns(vectors[(power, terms)], weights[subject]) for power, terms, subject in settings}
+def subject_lift_weights(incidence: Any, token_categories: np.ndarray, smoothing: float = LIFT_SMOOTHING,
+                         floor: float = LIFT_FLOOR, exclude_rows: np.ndarray | None = None,
+                         chunk: int = 4096) -> np.ndarray:
+    """(vocab,) float32 column weights ``sqrt(max(log lift(t), 0) + floor)`` (module docstring) from the binary
+    (posts, vocab) ``incidence`` of training posts, without its rows ``exclude_rows``; the subjects are the
+    tokens of ``SUBJECT_CATEGORIES``.
+
+    For a tag t on n posts, of which n_k carry subject k: ``lift = ((sum_k n_k (n_k - 1)) / (n (n - 1)))
+    / rate``, the pairs of its posts that share a subject over all its pairs, against ``rate``, the same
+    share over all posts; ``smoothing`` pairs at ``rate`` are added to every tag, so a tag on one post has
+    lift 1 (as has a tag without a pair when ``smoothing`` is 0). Memory: one float32 copy of
+    ``incidence`` (column-major, so its transpose is the tags' posting lists at no cost) and the
+    (vocab, ``chunk``) co-counts of ``chunk`` subjects at a time.
+    """
+    from scipy import sparse
+
+    by_post = sparse.csc_matrix(incidence, dtype=np.float32, copy=True)
+    by_post.data[:] = 1.0
+    if exclude_rows is not None and len(exclude_rows):
+        by_post.data[np.isin(by_post.indices, exclude_rows)] = 0.0
+        by_post.eliminate_zeros()
+    posts = by_post.shape[0] - (len(np.unique(exclude_rows)) if exclude_rows is not None else 0)
+    vocab = by_post.shape[1]
+    subjects = np.flatnonzero(np.isin(np.asarray(token_categories)[:vocab],
+                                      [CATEGORY_IDS[name] for name in SUBJECT_CATEGORIES]))
+    counts = np.diff(by_post.indptr).astype(np.float64)  # posts of each tag
+    same = np.zeros(vocab)
+    by_tag = by_post.T  # (vocab, posts) CSR: a view of the same arrays
+    for start in range(0, len(subjects), chunk):
+        together = (by_tag @ by_post[:, subjects[start : start + chunk]]).tocsr()  # (vocab, chunk) co-counts
+        data = together.data.astype(np.float64)
+        together.data = (data * (data - 1.0)).astype(np.float32)
+        same += np.asarray(together.sum(axis=1, dtype=np.float64)).ravel()
+    subject_counts = counts[subjects]
+    rate = (subject_counts * (subject_counts - 1)).sum() / max(posts * (posts - 1), 1)
+    if rate <= 0:  # no two posts share a subject: nothing tells subjects apart
+        return np.full(vocab, np.sqrt(floor), dtype=np.float32)
+    pairs = counts * (counts - 1) + smoothing
+    lift = np.divide(same + smoothing * rate, pairs * rate, out=np.ones(vocab), where=pairs > 0)  # no pair: 1
+    return np.sqrt(np.maximum(np.log(lift), 0.0) + floor).astype(np.float32)
+
+
+def column_weighted(vectors: dict[tuple[float, int], Any], token_categories: np.ndarray,
+                    lift_weights: np.ndarray | None,
+                    settings: Sequence[tuple[float, int, float, float]] = SPARSE_SETTINGS,
+                    ) -> dict[tuple[float, int, float, float], Any]:
+    """The sparse vectors of each (idf power, expansion terms, subject weight, lift exponent) of ``settings``:
+    those of ``vectors[(power, terms)]`` with each column scaled by its subject weight times its
+    ``lift_weights`` (``subject_lift_weights``) to the lift exponent (weight 1, exponent 0: the matrix itself).
+    Raises ValueError for a lift exponent without ``lift_weights``."""
+    result = {}
+    for power, terms, subject, lift in settings:
+        weights = subject_column_weights(token_categories, subject) if subject != 1.0 else None
+        lifted = lift_columns(lift_weights, lift)
+        if lifted is not None:
+            weights = lifted if weights is None else weights * lifted
+        matrix = vectors[(power, terms)]
+        result[(power, terms, subject, lift)] = matrix if weights is None else weigh_columns(matrix, weights)
+    return result
+
+
+def lift_columns(lift_weights: np.ndarray | None, exponent: float) -> np.ndarray | None:
+    """The column weights of a lift ``exponent`` (``LIFT_EXPONENTS``): ``lift_weights ** exponent``, None at 0."""
+    if not exponent:
+        return None
+    if lift_weights is None:
+        raise ValueError("a setting with the subject lift needs the lift weights")
+    return np.asarray(lift_weights, dtype=np.float32) ** np.float32(exponent)
+
+
+def available_settings(lift_weights: np.ndarray | None) -> tuple[tuple[float, int, float, float], ...]:
+    """``SPARSE_SETTINGS``, without those that use the subject lift when there are no ``lift_weights``."""
+    return tuple(s for s in SPARSE_SETTINGS if lift_weights is not None or not s[3])
 
 
 def weigh_columns(matrix: Any, column_weights: np.ndarray) -> Any:

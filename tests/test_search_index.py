@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from booru_embed.cli import main
+from booru_embed.data.splits import open_split
 from booru_embed.errors import UsageError
 from booru_embed.evaluation.hybrid_retrieval import setting_name
 from booru_embed.index import PostIndex, post_tags
+from booru_embed.sparse_index import training_lift
 from booru_embed.sparse_vectors import SPARSE_SETTINGS, fuse, unit_rows
 from tiny_model import build_tiny_model, tiny_posts
 
@@ -41,7 +43,8 @@ def exact_dir(model_dir: Path) -> Path:
 def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None:
     info = json.loads((exact_dir / "index_info.json").read_text())
     sparse_info = info["sparse"]
-    assert (sparse_info["idf_power"], sparse_info["terms"], sparse_info["subject_weight"]) in SPARSE_SETTINGS
+    chosen = (sparse_info["idf_power"], sparse_info["terms"], sparse_info["subject_weight"], sparse_info["lift"])
+    assert chosen in SPARSE_SETTINGS and sparse_info["lift_file"] == "subject_lift.npy"
     # the tiny model has no held-out slice: seeded training posts choose the vector's settings, the weight stays fixed
     assert sparse_info["validation"] == "training" and sparse_info["validation_posts"] == len(tiny_posts())
     assert set(sparse_info["validation_recall@10"]) == {setting_name(*setting, 0.9) for setting in SPARSE_SETTINGS}
@@ -49,10 +52,19 @@ def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None
     index = PostIndex.load(exact_dir)
     assert index.default_mode == "hybrid" and index.fusion_weight == info["fusion_weight"]
     stored = index.postings.matrix.tocsr()
+    # the stored lift is the training posts' (the seeded validation posts left out), applied where it was chosen
+    lift = np.load(exact_dir / "subject_lift.npy")
+    training = open_split(Path(index.model_dir).parent / "data", "train")
+    assert lift.shape == (len(index.embedder.tokenizer),)
+    assert lift.max() > lift.min()  # the subjects told some tags apart
+    np.testing.assert_allclose(lift, training_lift(index.embedder.tokenizer, training, np.zeros(0, dtype=np.int64)))
     expected = unit_rows(index.embedder.embed_sparse([post_tags(p) for p in tiny_posts()], terms=sparse_info["terms"],
                                                      scale=sparse_info["scale"], power=sparse_info["idf_power"],
-                                                     subject_weight=sparse_info["subject_weight"]))
+                                                     subject_weight=sparse_info["subject_weight"],
+                                                     lift_weights=lift if sparse_info["lift"] else None))
     np.testing.assert_allclose(stored.toarray(), expected.toarray(), atol=1e-5)
+    np.testing.assert_allclose(index.sparse_queries([post_tags(p) for p in tiny_posts()]).toarray(),
+                               expected.toarray(), atol=1e-5)
     assert stored.shape[0] == 120 and np.allclose(np.sqrt(stored.multiply(stored).sum(axis=1)), 1.0, atol=1e-5)
 
 
@@ -61,10 +73,7 @@ def test_each_mode_ranks_by_its_own_score(exact_dir: Path) -> None:
     posts = tiny_posts()
     queries = [post_tags(posts[i]) for i in (3, 50, 118)]
     dense = index.embedder.embed(queries)
-    lexical = unit_rows(index.embedder.embed_sparse(queries, terms=index.info["sparse"]["terms"],
-                                                    scale=index.info["sparse"]["scale"],
-                                                    power=index.info["sparse"]["idf_power"],
-                                                    subject_weight=index.info["sparse"]["subject_weight"]))
+    lexical = index.sparse_queries(queries)
     vectors = np.concatenate(index._shard_vectors())
     stored = index.postings.matrix.tocsr()
     for mode in ("dense", "sparse", "hybrid"):
@@ -148,10 +157,16 @@ def test_a_held_out_slice_chooses_the_fusion_weight_on_its_posts(tmp_path: Path)
     info = json.loads((build(model_dir, "chosen", "--kind", "exact") / "index_info.json").read_text())
     sparse_info = info["sparse"]
     assert sparse_info["validation"] == "held-out" and sparse_info["validation_posts"] == len(held_out)
+    # the held-out posts' subjects stay out of the lift the settings are chosen with
+    training = open_split(model_dir.parent / "data", "train")
+    tokenizer = PostIndex.load(model_dir.parent / "chosen").embedder.tokenizer
+    stored = np.load(model_dir.parent / "chosen" / "subject_lift.npy")
+    np.testing.assert_allclose(stored, training_lift(tokenizer, training, held_out))
+    assert not np.allclose(stored, training_lift(tokenizer, training, held_out[:0]))
     recalls = sparse_info["validation_recall@10"]
     assert {setting_name(*setting, w) for setting in SPARSE_SETTINGS for w in FUSION_WEIGHTS} == set(recalls)
     chosen = setting_name(sparse_info["idf_power"], sparse_info["terms"], sparse_info["subject_weight"],
-                          info["fusion_weight"])
+                          sparse_info["lift"], info["fusion_weight"])
     assert recalls[chosen] == max(recalls.values())
 
 
@@ -165,10 +180,7 @@ def test_qdrant_holds_both_vectors_and_searches_like_the_index(model_dir: Path, 
     assert info["qdrant"] == {"target": str(tmp_path / "qdrant"), "collection": "posts", "points": len(tiny_posts())}
     index = PostIndex.load(folder)
     queries = [post_tags(p) for p in tiny_posts()[3:6]]
-    sparse_info = info["sparse"]
-    lexical = unit_rows(index.embedder.embed_sparse(queries, terms=sparse_info["terms"], scale=sparse_info["scale"],
-                                                    power=sparse_info["idf_power"],
-                                                    subject_weight=sparse_info["subject_weight"]))
+    lexical = index.sparse_queries(queries)
     dense = index.embedder.embed(queries, dim=index.dim)
     client = open_client(str(tmp_path / "qdrant"))
     try:

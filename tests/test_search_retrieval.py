@@ -92,8 +92,9 @@ def test_evaluate_reports_every_search_side_and_the_counting_baselines_agree() -
     lexical_and_hybrid_retrieval(evaluator, UniformRunner(), out, width=4)
     tfidf: dict[str, float] = {}
     evaluator.retrieval(None, tfidf, 6, "character")
-    for side in ("bm25", "svd", "sparse", "hybrid"):
+    for side in ("bm25", "lift", "svd", "sparse", "hybrid"):
         assert 0.0 <= out[f"{side}.retrieval.character.recall@10"] <= 1.0
+    assert out["lift.retrieval.character.recall@10"] == 1.0  # the lift keeps the tags that name the character
     # the general tags name the character: every counting side finds it, so must the sparse vector
     assert tfidf["baseline.retrieval.character.recall@10"] == 1.0 == out["bm25.retrieval.character.recall@10"]
     assert out["sparse.retrieval.character.recall@10"] == 1.0
@@ -143,7 +144,30 @@ def test_the_held_out_slice_offers_tf_idf_itself_and_sees_rating_and_score() -> 
         visible = [tags[evaluator.candidates[tags]] for _, tags in posts]
         tfidf.append(retrieval_recall_at_k(unit_rows(evaluator.baseline.tfidf(visible)), labels)[0])
     assert 0.0 < np.mean(tfidf) < 1.0  # the noise leaves something to find
-    assert out[f"validation.hybrid.{setting_name(1.0, 0, 1.0, 1.0)}.recall@10"] == pytest.approx(np.mean(tfidf))
+    assert out[f"validation.hybrid.{setting_name(1.0, 0, 1.0, 0.0, 1.0)}.recall@10"] == pytest.approx(np.mean(tfidf))
     assert max(v for k, v in out.items() if k.startswith("validation.hybrid.")) >= np.mean(tfidf)
     # the slice's queries are built like the test cases: the post's rating (3) and score (7) are in the input
     assert runner.sequences and all({3, 7} <= set(np.asarray(ids).tolist()) for ids, _ in runner.sequences)
+
+
+def test_the_subject_lift_is_counted_without_the_held_out_posts() -> None:
+    from booru_embed.cooccurrence import incidence_matrix
+    from booru_embed.sequences import flat_posts
+    from booru_embed.sparse_vectors import subject_lift_weights
+    from test_evaluation import encoded_table
+
+    train = noisy(400, 0)
+    table = encoded_table(train)
+    table = table.append_column("id", __import__("pyarrow").array(np.arange(1000, 1400)))
+    held_out = np.arange(1000, 1400, 3)  # every third post's id
+    evaluator = Evaluator(INFO, table, noisy(120, 1), {}.get, max_posts=100, held_out_ids=held_out)
+    kept = table.filter(~np.isin(table["id"].to_numpy(), held_out))  # the held-out posts dropped before counting
+    ids, _, lengths = flat_posts(kept)
+    expected = subject_lift_weights(incidence_matrix(ids, lengths, len(CATEGORIES), counted=INFO.tag_candidates()[ids]),
+                                    CATEGORIES)
+    np.testing.assert_allclose(evaluator.lift_weights, expected)
+    everything = Evaluator(INFO, table, noisy(120, 1), {}.get, max_posts=100).lift_weights
+    assert not np.allclose(everything, expected)
+    # a character's own traits tell it apart: each trait's lift weight is above every noise-only tag's floor
+    lift = evaluator.lift_weights
+    assert lift[10:18].min() > np.sqrt(0.1) and lift[20:24].min() > lift[10:18].max()

@@ -12,8 +12,8 @@ from scipy import sparse
 
 from booru_embed.embedder import BooruEmbedder
 from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS
-from booru_embed.sparse_vectors import (fuse, hybrid_rows, idf_weights, sparse_rows, subject_column_weights,
-                                        unit_rows)
+from booru_embed.sparse_vectors import (LIFT_FLOOR, column_weighted, fuse, hybrid_rows, idf_weights, sparse_rows,
+                                        subject_column_weights, subject_lift_weights, unit_rows)
 from tiny_model import build_tiny_model
 
 POSTS = ["1girl solo smile", "skirt", "1girl long_hair blue_hair cat_ears usada_pekora hololive rating:g",
@@ -108,6 +108,82 @@ def test_a_lower_subject_weight_lets_shared_traits_outrank_a_shared_artist() -> 
                                      column_weights=subject_column_weights(categories, weight)))
         scores = (rows[0] @ rows[1:].T).toarray()[0]
         assert 1 + int(np.argmax(scores)) == best
+
+
+def test_the_subject_lift_counts_pairs_of_posts_that_share_a_subject() -> None:
+    general, character = CATEGORY_IDS["general"], CATEGORY_IDS["character"]
+    categories = np.array([general] * 4 + [character] * 2)  # 0-3 general tags, 4 and 5 characters
+    posts = [[0, 1, 4], [0, 1, 4], [0, 2, 5], [0, 2, 5], [0, 1, 5], [3, 4]]
+    incidence = sparse.csr_matrix((np.ones(sum(map(len, posts))), (np.repeat(np.arange(6), [len(p) for p in posts]),
+                                                                    np.concatenate(posts))), shape=(6, 6))
+    weights = subject_lift_weights(incidence, categories, smoothing=0.0)
+    np.testing.assert_allclose(subject_lift_weights(incidence, categories, smoothing=0.0, chunk=1), weights)
+    rate = (3 * 2 + 3 * 2) / (6 * 5)  # characters 4 and 5 on three posts each
+    lift = {0: (2 * 1 + 3 * 2) / (5 * 4) / rate,  # tag 0: on posts 0-4, two of character 4 and three of 5
+            1: 2 * 1 / (3 * 2) / rate, 2: 2 * 1 / (2 * 1) / rate, 3: 1.0, 4: 1 / rate, 5: 1 / rate}
+    for tag, value in lift.items():
+        assert weights[tag] == pytest.approx(np.sqrt(max(np.log(value), 0.0) + LIFT_FLOOR), rel=1e-5), tag
+    # tag 2 always comes with character 5; tag 1 (two posts of 4, one of 5) shares a subject less than posts do
+    assert weights[2] > weights[1] == weights[0] == pytest.approx(np.sqrt(LIFT_FLOOR))
+    # smoothed, a tag on a single post (3) says nothing: lift 1, the floor
+    assert subject_lift_weights(incidence, categories)[3] == pytest.approx(np.sqrt(LIFT_FLOOR))
+    # no two posts share a subject: every weight is the floor
+    alone = subject_lift_weights(incidence[[0, 2]], categories)
+    np.testing.assert_allclose(alone, np.sqrt(LIFT_FLOOR), rtol=1e-6)
+
+
+def test_the_lift_finds_a_character_by_its_traits_where_idf_follows_rare_incidental_tags() -> None:
+    """Characters 0-3 (tokens 40-43), each told by a common trait (tokens 0-3); 30 rare incidental tags
+    (4-33), each on two posts of DIFFERENT characters. A query without its character: TF-IDF's heaviest
+    tag is the rare incidental one, which leads to the other character; the lift weighs the trait."""
+    rng = np.random.default_rng(0)
+    categories = np.array([CATEGORY_IDS["general"]] * 40 + [CATEGORY_IDS["character"]] * 4)
+    characters = np.repeat(np.arange(4), 30)
+    rng.shuffle(characters)
+    tags = [[int(c), 40 + int(c)] for c in characters]
+    for incidental in range(4, 34):  # on one post of character a and one of character b != a
+        a, b = rng.choice(4, size=2, replace=False)
+        for c in (a, b):
+            tags[int(rng.choice(np.flatnonzero(characters == c)))].append(incidental)
+    rows = np.repeat(np.arange(len(tags)), [len(t) for t in tags])
+    incidence = sparse.csr_matrix((np.ones(len(rows)), (rows, np.concatenate(tags))), shape=(len(tags), 44))
+    visible = [np.array([t for t in post if t < 40]) for post in tags]
+    queries = [i for i, post in enumerate(visible) if len(post) > 1]  # those with an incidental tag
+    idf = idf_weights(np.asarray(incidence.sum(axis=0)).ravel(), len(tags))
+    candidates = np.ones(44, dtype=bool)
+    plain = sparse_rows(visible, None, candidates, idf, terms=0, power=1.0)
+    lifted = column_weighted({(1.0, 0): plain}, categories, subject_lift_weights(incidence, categories),
+                             [(1.0, 0, 1.0, 1.0)])[(1.0, 0, 1.0, 1.0)]
+
+    def nearest_is_same(vectors: sparse.csr_matrix) -> float:
+        scores = (unit_rows(vectors) @ unit_rows(vectors).T).toarray()
+        np.fill_diagonal(scores, -1)
+        return float(np.mean([characters[np.argmax(scores[q])] == characters[q] for q in queries]))
+
+    assert nearest_is_same(plain) < 0.2 and nearest_is_same(lifted) == 1.0
+    with pytest.raises(ValueError, match="needs the lift weights"):
+        column_weighted({(1.0, 0): plain}, categories, None, [(1.0, 0, 1.0, 1.0)])
+
+
+def test_lift_weights_scale_the_columns_of_embed_sparse(embedder: BooruEmbedder) -> None:
+    plain = embedder.embed_sparse(POSTS, terms=4)
+    lift = np.random.default_rng(0).uniform(0.5, 2.0, len(embedder.tokenizer)).astype(np.float32)
+    lifted = embedder.embed_sparse(POSTS, terms=4, subject_weight=0.5, lift_weights=lift)
+    expected = plain.multiply(subject_column_weights(embedder.tokenizer.token_categories, 0.5) * lift).tocsr()
+    np.testing.assert_allclose(lifted.toarray(), expected.toarray(), rtol=1e-6)
+    with pytest.raises(ValueError, match="one weight per token"):
+        embedder.embed_sparse(POSTS, lift_weights=lift[:-1])
+
+
+def test_the_embedder_counts_the_subject_lift_of_its_own_posts(embedder: BooruEmbedder) -> None:
+    posts = ["usada_pekora long_hair smile"] * 3 + ["hatsune_miku blue_hair smile no_such_tag"] * 3
+    lift = embedder.subject_lift(posts)
+    token = embedder.tokenizer.tag_to_id
+    assert lift.shape == (len(embedder.tokenizer),)
+    # smile is on every post: pairs of its posts share a character as often as any pair does (lift 1)
+    assert lift[token("smile")] == pytest.approx(np.sqrt(LIFT_FLOOR))
+    assert lift[token("long_hair")] > lift[token("smile")] and lift[token("blue_hair")] > lift[token("smile")]
+    assert lift[token("usada_pekora")] >= lift[token("long_hair")]  # a character's own tag tells it best
 
 
 def test_empty_and_unknown_tag_sets(embedder: BooruEmbedder) -> None:

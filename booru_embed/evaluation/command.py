@@ -73,6 +73,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         baseline_posts=baseline_posts,
         train_total=len(splits["train"]),
         validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(model_dir)),
+        held_out_ids=read_validation_ids(model_dir),
     )
     loaded["time.encode.seconds"] = time.perf_counter() - started - evaluator.recorded["time.baseline.seconds"]
     loaded["memory.encode.peak_mb"] = peak_memory_mb()

@@ -21,6 +21,7 @@ from ..data.bulk_encoding import encode_dataset
 from ..modeling.categories_booru_embed import CATEGORY_IDS, TAG_CATEGORIES
 from ..ranking import distinctive_scores, masked_log_softmax, with_counts
 from ..sequences import Post, build_sequence, flat_posts
+from ..sparse_vectors import subject_lift_weights
 from .baselines import CooccurrenceBaseline
 from .hybrid_retrieval import lexical_and_hybrid_retrieval
 from .metrics import TOP_K, RankingAccumulator, peak_memory_mb, recall_at_k, retrieval_recall_at_k, top_k
@@ -86,12 +87,14 @@ class Evaluator:
     drew them first (recorded in the metrics). ``validation_posts`` (the model's held-out slice of the
     training split, ``data.validation_slice``) are where the hybrid search's settings are chosen; without
     them, seeded posts of the baseline's sample and a fixed fusion weight (``hybrid_retrieval``).
+    ``held_out_ids`` are those posts' ids: the sparse vector's subject lift is counted on the baseline's
+    posts without them (an encoded split has the ``id`` column; a list of ``Post`` has no ids, and all count).
     """
 
     def __init__(self, info: Any, train_posts: Sequence[Any] | Any, test_posts: Sequence[Any] | Any,
                  tag_to_id: Callable[[str], int | None], max_posts: int | None = None, seed: int = SEED,
                  baseline_posts: int | None = None, train_total: int | None = None,
-                 validation_posts: Sequence[Any] | Any | None = None) -> None:
+                 validation_posts: Sequence[Any] | Any | None = None, held_out_ids: np.ndarray | None = None) -> None:
         self.info = info
         self.candidates = info.tag_candidates()
         self.tag_to_id = tag_to_id
@@ -128,6 +131,8 @@ class Evaluator:
         self.groups["top2000"] = self.candidates & popular
         self.groups["rest"] = self.candidates & ~popular
         self._linear_code: LinearCode | None = None
+        self._lift_excluded = _rows_with_ids(train_posts, train_rows, held_out_ids)  # baseline rows the lift skips
+        self._lift_weights: np.ndarray | None = None
 
     def _known(self, post: Any) -> np.ndarray:
         return np.unique(post.tags[self.candidates[post.tags]])
@@ -167,6 +172,15 @@ class Evaluator:
         if self._linear_code is None or self._linear_code.basis.shape[1] < width:
             self._linear_code = LinearCode(self.baseline.incidence, width, self.seed)
         return self._linear_code
+
+    @property
+    def lift_weights(self) -> np.ndarray:
+        """(vocab,) subject lift weights of the baseline's training posts outside the held-out slice
+        (``sparse_vectors.subject_lift_weights``), computed once."""
+        if self._lift_weights is None:
+            self._lift_weights = subject_lift_weights(self.baseline.incidence, self.info.token_categories,
+                                                      exclude_rows=self._lift_excluded)
+        return self._lift_weights
 
     def masked_cases(self) -> list[tuple[Any, np.ndarray, set[int]]]:
         """Each test post with >= 2 known tags hides a seeded random 25% of them (at least one)."""
@@ -414,6 +428,21 @@ def _as_posts(posts: Sequence[Any] | Any, rows: np.ndarray | None) -> list[Any]:
         return list(posts) if rows is None else [posts[i] for i in rows]
     table = _arrow_table(posts)
     return posts_from_encoded(table if rows is None else table.take(rows))
+
+
+def _rows_with_ids(posts: Sequence[Any] | Any, rows: np.ndarray | None, ids: np.ndarray | None) -> np.ndarray | None:
+    """Positions among ``rows`` (all when None) of an encoded split whose post id is in ``ids``; None without
+    ``ids``, for a list of ``Post`` (it has no ids) or a split without the ``id`` column."""
+    if ids is None or isinstance(posts, (list, tuple)):
+        return None
+    import pyarrow as pa
+
+    table = posts if isinstance(posts, pa.Table) else posts.with_format("arrow")[:]
+    if "id" not in table.column_names:
+        return None
+    post_ids = table["id"].to_numpy()
+    post_ids = post_ids if rows is None else post_ids[rows]
+    return np.flatnonzero(np.isin(post_ids, ids))
 
 
 def _flat(posts: Sequence[Any] | Any, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -4,10 +4,12 @@ The cases are the evaluation's retrieval cases (``Evaluator.retrieval_cases``: t
 character or artist tags removed; a hit is a neighbour among the 10 nearest sharing one). Sides:
 
 - ``sparse.``: the model's sparse tag vectors (``sparse_vectors.sparse_rows``: idf of the present tags,
-  the masked-tag head's expected tags, the character and artist columns scaled by a subject weight), cosine;
+  the masked-tag head's expected tags, the character and artist columns scaled by a subject weight, every
+  column optionally by its subject lift counted on the baseline's posts outside the slice), cosine;
 - ``hybrid.``: ``(1 - a) cos_dense + a cos_sparse``; ``a`` (``hybrid.fusion_weight``) and the sparse
-  vector's idf power, expansion terms and subject weight (``hybrid.idf_power``, ``hybrid.expansion_terms``,
-  ``hybrid.subject_weight``, also used by ``sparse.``; ``sparse_vectors.SPARSE_SETTINGS``) are chosen on the
+  vector's idf power, expansion terms, subject weight and lift exponent (``hybrid.idf_power``,
+  ``hybrid.expansion_terms``, ``hybrid.subject_weight``, ``hybrid.lift``, also used by ``sparse.``;
+  ``sparse_vectors.SPARSE_SETTINGS``) are chosen on the
   model's held-out validation slice (``data.validation_slice``: training posts it never trained on, made
   into cases exactly as the test posts are, rating and score included) by ``choose_search_settings``,
   never on the test split; a model
@@ -17,6 +19,8 @@ character or artist tags removed; a hit is a neighbour among the 10 nearest shar
   of 1: ``sum over shared tags of idf(t) / (1 + k1 (1 - b + b |d| / avgdl))``, ``idf = log(1 + (N - n +
   0.5) / (n + 0.5))``, N, n and avgdl from the baseline's training sample, for each ``b`` of ``BM25_B`` as ``.b{b}``, and the best of them unsuffixed (an optimistic
   baseline: its ``b`` is picked on the test cases);
+- ``lift.``: counting with the subject lift and no model: the TF-IDF vector with every column times its
+  lift weight (idf power 1, no expansion, subject weight 1), which says what the lift gives without the model;
 - ``svd.``: the rank-``width`` truncated SVD of the training sample's TF-IDF matrix (unit rows), the
   linear dense vector of the model's width: a case is its unit TF-IDF row times the top right singular
   vectors (``cooccurrence.top_eigenpairs``, which never forms the Gram matrix).
@@ -34,8 +38,8 @@ import numpy as np
 
 from ..cooccurrence import top_eigenpairs
 from ..modeling.categories_booru_embed import CATEGORY_IDS
-from ..sparse_vectors import (FUSION_WEIGHT, FUSION_WEIGHTS, SPARSE_SETTINGS, fuse, hybrid_rows, sparse_rows,
-                              subject_weighted, unit_rows)
+from ..sparse_vectors import (FUSION_WEIGHT, FUSION_WEIGHTS, SPARSE_SETTINGS, column_weighted, fuse, hybrid_rows,
+                              sparse_rows, unit_rows)
 from .metrics import retrieval_recall_at_k
 from .runner import ModelRunner
 
@@ -71,18 +75,20 @@ def choose_fusion_weight(dense: Sequence[np.ndarray], lexical: Sequence[Any], la
     return best, means
 
 
-def setting_name(power: float, terms: int, subject_weight: float, weight: float) -> str:
-    """``p{power}.t{terms}.s{subject weight}.w{weight}``: the name of one search setting's validation recall."""
-    return f"p{power:g}.t{terms}.s{subject_weight:g}.w{weight:g}"
+def setting_name(power: float, terms: int, subject_weight: float, lift: float, weight: float) -> str:
+    """``p{power}.t{terms}.s{subject weight}.l{lift exponent}.w{weight}``: the name of one search setting's
+    validation recall."""
+    return f"p{power:g}.t{terms}.s{subject_weight:g}.l{lift:g}.w{weight:g}"
 
 
-def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[tuple[float, int, float], Sequence[Any]],
+def choose_search_settings(dense: Sequence[np.ndarray],
+                           lexical: dict[tuple[float, int, float, float], Sequence[Any]],
                            labels: Sequence[Sequence[set[int]]], weights: Sequence[float] = (FUSION_WEIGHT,),
-                           ) -> tuple[tuple[float, int, float], float, dict[str, float]]:
-    """((idf power, expansion terms, subject weight), fusion weight among ``weights``) with the best mean
-    recall@10 of the hybrid, and every combination's mean, named by ``setting_name``.
+                           ) -> tuple[tuple[float, int, float, float], float, dict[str, float]]:
+    """((idf power, expansion terms, subject weight, lift exponent), fusion weight among ``weights``) with the
+    best mean recall@10 of the hybrid, and every combination's mean, named by ``setting_name``.
 
-    ``lexical[(power, terms, subject weight)]`` holds the sparse vectors of each case set with those
+    ``lexical[setting]`` holds the sparse vectors of each case set with those
     settings; ties go to the first settings of the grid and the smaller weight. The weight defaults to the
     fixed ``FUSION_WEIGHT`` (``sparse_vectors`` says why it is not chosen on training posts).
     """
@@ -96,14 +102,15 @@ def choose_search_settings(dense: Sequence[np.ndarray], lexical: dict[tuple[floa
 
 
 def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any, np.ndarray]],
-                  settings: Sequence[tuple[float, int, float]] = SPARSE_SETTINGS,
-                  ) -> tuple[np.ndarray, dict[tuple[float, int, float], Any]]:
-    """Dense embeddings, and sparse vectors with each (idf power, expansion terms, subject weight), of
-    (post or None, visible tags) pairs (the vectors of one power and terms are weighted per subject weight)."""
+                  settings: Sequence[tuple[float, int, float, float]] = SPARSE_SETTINGS,
+                  ) -> tuple[np.ndarray, dict[tuple[float, int, float, float], Any]]:
+    """Dense embeddings, and sparse vectors with each (idf power, expansion terms, subject weight, lift exponent)
+    of (post or None, visible tags) pairs (the vectors of one power and terms have their columns weighted per
+    subject weight and lift, ``sparse_vectors.column_weighted``, with the evaluator's lift weights)."""
     from scipy import sparse
 
     dense = runner.run([evaluator._sequence(p, tags) for p, tags in posts], "embeddings")["embeddings"]
-    vector_settings = list(dict.fromkeys((power, terms) for power, terms, _ in settings))
+    vector_settings = list(dict.fromkeys((power, terms) for power, terms, *_ in settings))
     parts: dict[tuple[float, int], list[Any]] = {setting: [] for setting in vector_settings}
     for start in range(0, len(posts), CASE_BATCH):
         chunk = posts[start : start + CASE_BATCH]
@@ -113,7 +120,8 @@ def model_vectors(evaluator: Any, runner: ModelRunner, posts: Sequence[tuple[Any
                                                      evaluator.baseline.idf, terms=terms, power=power))
     empty = sparse.csr_matrix((0, evaluator.info.vocab_size), dtype=np.float32)
     rows = {setting: sparse.vstack(p).tocsr() if p else empty for setting, p in parts.items()}
-    return dense, subject_weighted(rows, evaluator.info.token_categories, settings)
+    lift = evaluator.lift_weights if any(lift for *_, lift in settings) else None
+    return dense, column_weighted(rows, evaluator.info.token_categories, lift, settings)
 
 
 def validation_cases(evaluator: Any, incidence: Any, category: int,
@@ -145,10 +153,10 @@ def slice_cases(evaluator: Any) -> tuple[int, dict[str, tuple[list[tuple[Any, np
 
 
 def search_settings(evaluator: Any, runner: ModelRunner,
-                    out: dict[str, float]) -> tuple[tuple[float, int, float], float]:
-    """Choose the sparse vector's (idf power, expansion terms, subject weight) and the hybrid's weight on the
-    held-out validation slice (or, without one, the vector's settings alone on ``VALIDATION_POSTS`` seeded
-    training posts); record them and every combination's recall."""
+                    out: dict[str, float]) -> tuple[tuple[float, int, float, float], float]:
+    """Choose the sparse vector's (idf power, expansion terms, subject weight, lift exponent) and the hybrid's
+    weight on the held-out validation slice (or, without one, the vector's settings alone on
+    ``VALIDATION_POSTS`` seeded training posts); record them and every combination's recall."""
     held_out = evaluator.validation is not None
     count, cases = slice_cases(evaluator)
     dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
@@ -161,7 +169,7 @@ def search_settings(evaluator: Any, runner: ModelRunner,
     setting, weight, means = choose_search_settings(dense, lexical, labels,
                                                     FUSION_WEIGHTS if held_out else (FUSION_WEIGHT,))
     out["hybrid.fusion_weight"] = weight
-    out["hybrid.idf_power"], out["hybrid.expansion_terms"], out["hybrid.subject_weight"] = setting
+    out["hybrid.idf_power"], out["hybrid.expansion_terms"], out["hybrid.subject_weight"], out["hybrid.lift"] = setting
     out["count.validation.posts"], out["validation.held_out"] = float(count), float(held_out)
     for name, mean in means.items():
         out[f"validation.hybrid.{name}.recall@10"] = mean
@@ -200,9 +208,10 @@ def svd_projection(evaluator: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 def lexical_and_hybrid_retrieval(evaluator: Any, runner: ModelRunner | None, out: dict[str, float],
                                  width: int) -> None:
-    """Add the ``sparse``, ``hybrid``, ``bm25`` and ``svd`` retrieval recalls (module docstring) to ``out``.
+    """Add the ``sparse``, ``hybrid``, ``bm25``, ``lift`` and ``svd`` retrieval recalls (module docstring) to ``out``.
 
-    ``width`` is the SVD's rank: the model's embedding size. Without a model only BM25 and the SVD are measured.
+    ``width`` is the SVD's rank: the model's embedding size. Without a model only BM25, the lift and the SVD are
+    measured.
     """
     setting, weight = search_settings(evaluator, runner, out) if runner is not None else (None, None)
     seen, projection = svd_projection(evaluator, width)
@@ -219,6 +228,9 @@ def lexical_and_hybrid_retrieval(evaluator: Any, runner: ModelRunner | None, out
             out[f"bm25.retrieval.{name}.b{b:g}.recall@10"] = bm25[b]
         out[f"bm25.retrieval.{name}.recall@10"] = max(bm25.values())
         tfidf = unit_rows(evaluator.baseline.tfidf(visible)).tocsr()
+        lifted = sparse_rows(visible, None, evaluator.candidates, evaluator.baseline.idf, terms=0, power=1.0,
+                             column_weights=evaluator.lift_weights)
+        out[f"lift.retrieval.{name}.recall@10"] = retrieval_recall_at_k(lifted, labels)[0]
         out[f"svd.retrieval.{name}.recall@10"] = retrieval_recall_at_k(np.asarray(tfidf[:, seen] @ projection), labels)[0]
         if runner is None:
             continue

@@ -271,6 +271,7 @@ def build_evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_enc
         info, train_encoded, encode_sample(tokenizer, test, config.eval_posts, "test"), tokenizer.tag_to_id,
         max_posts=config.eval_posts, baseline_posts=EVAL_BASELINE_POSTS,
         validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(config.output)),
+        held_out_ids=read_validation_ids(config.output),
     )
 
 
