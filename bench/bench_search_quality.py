@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 SIDES = (  # (label, key of evaluate's metrics with {name} for character / artist)
     ("TF-IDF", "baseline.retrieval.{name}.recall@10"),
     ("BM25 (best b)", "bm25.retrieval.{name}.recall@10"),
+    ("TF-IDF x subject lift (no model)", "lift.retrieval.{name}.recall@10"),
     ("SVD of TF-IDF, model width", "svd.retrieval.{name}.recall@10"),
     ("tag vectors", "tagvec.retrieval.{name}.recall@10"),
     ("dense (model)", "model.retrieval.{name}.recall@10"),
@@ -40,7 +41,7 @@ SIDES = (  # (label, key of evaluate's metrics with {name} for character / artis
     ("sparse (model)", "sparse.retrieval.{name}.recall@10"),
     ("hybrid (model)", "hybrid.retrieval.{name}.recall@10"),
 )
-CHOSEN = ("hybrid.idf_power", "hybrid.expansion_terms", "hybrid.subject_weight", "hybrid.fusion_weight")
+CHOSEN = ("hybrid.idf_power", "hybrid.expansion_terms", "hybrid.subject_weight", "hybrid.lift", "hybrid.fusion_weight")
 SWEEP_TERMS = (0, 4, 16, 64)
 SWEEP_SCALES = (1.0, 4.0, 16.0, 64.0)
 
@@ -69,7 +70,7 @@ def table(setting: str, runs: list[dict[str, float]]) -> str:
     chosen = "; ".join(", ".join(f"{r[key]:g}" for key in CHOSEN if key in r) for r in runs)
     weight = mean_sd([r.get('hybrid.fusion_weight') for r in runs])
     lines = [f"\n{setting} ({len(runs)} seed(s)); hybrid weight: {weight}; "
-             f"chosen (idf power, terms, subject weight, weight) per seed: {chosen}",
+             f"chosen (idf power, terms, subject weight, lift, weight) per seed: {chosen}",
              "| side | character r@10 | artist r@10 |", "|---|---|---|"]
     for label, key in SIDES:
         cells = [mean_sd([r.get(key.format(name=name)) for r in runs]) for name in ("character", "artist")]
@@ -82,6 +83,9 @@ def table(setting: str, runs: list[dict[str, float]]) -> str:
                        for r in runs if f"{side}.retrieval.{name}.recall@10" in r]
             cells.append(mean_sd(margins))
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    cells = [mean_sd([r[f"hybrid.retrieval.{name}.recall@10"] - r[f"lift.retrieval.{name}.recall@10"]
+                      for r in runs if f"lift.retrieval.{name}.recall@10" in r]) for name in ("character", "artist")]
+    lines.append(f"| hybrid - TF-IDF x subject lift | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
