@@ -104,3 +104,30 @@ def test_initialise_counts_a_sample_of_at_most_max_posts():
     posts = datasets.Dataset.from_dict({"input_ids": POSTS, "category_ids": categories})
     assert initialise_from_cooccurrence(model, posts, seed=0, max_posts=1) < 7  # no post has all 7 tokens
     assert initialise_from_cooccurrence(model, posts, seed=0, max_posts=len(POSTS)) == 7
+
+
+def test_lift_rows_give_each_post_its_lift_weighted_tf_idf_code():
+    """At full rank a post's summed rows, over the norm of its weighted vector, are an isometric code of its
+    unit lift-weighted TF-IDF vector: the codes' inner products are those vectors' cosines."""
+    from booru_embed.modeling.categories_booru_embed import CATEGORY_IDS
+    from booru_embed.sparse_vectors import idf_weights, subject_lift_weights, unit_rows
+    from booru_embed.training.cooccurrence_init import lift_rows
+
+    character = CATEGORY_IDS["character"]
+    category_of = {**CATEGORY_OF, 16: character, 17: character}
+    posts = [[1, 3, 10, 11, 16], [1, 10, 11, 16], [1, 12, 13, 17], [1, 12, 13, 14, 17], [1, 10, 14, 16], [1, 15, 17]]
+    ids = np.array([t for post in posts for t in post])
+    categories = np.array([category_of[t] for t in ids])
+    lengths = np.array([len(p) for p in posts])
+    rows, seen = lift_rows(ids, categories, lengths, VOCAB, dim=16, seed=0)
+    assert np.flatnonzero(seen).tolist() == [3, 10, 11, 12, 13, 14, 15, 16, 17] and not rows[~seen].any()
+    incidence = sp.csr_matrix(np.array([[t in set(post) and t != 1 for t in range(VOCAB)] for post in posts], dtype=np.float32))
+    token_categories = np.zeros(VOCAB, dtype=np.int64)
+    token_categories[ids] = categories
+    counts = np.asarray(incidence.sum(axis=0)).ravel()
+    weights = idf_weights(counts, len(posts)) * subject_lift_weights(incidence, token_categories)
+    weighted = incidence.toarray() * weights
+    codes = incidence.toarray() @ rows / np.linalg.norm(weighted, axis=1, keepdims=True)
+    unit = np.asarray(unit_rows(weighted))
+    np.testing.assert_allclose(codes @ codes.T, unit @ unit.T, atol=1e-4)
+    assert weights[10] > weights[14]  # 10 comes with character 16 alone, 14 with both characters

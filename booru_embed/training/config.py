@@ -20,7 +20,7 @@ from ..errors import UsageError, read_json_file
 from ..resources import model_config_names, model_config_path
 
 LR_SCHEDULES = ("cosine", "wsd", "constant")
-EMBEDDING_INITS = ("random", "cooccurrence")
+EMBEDDING_INITS = ("random", "cooccurrence", "lift")
 TAG_BIAS_INITS = ("prior", "zero")
 READBACK_TARGETS = ("post", "own")
 READBACK_SIZE_WEIGHTS = ("uniform", "width")
@@ -78,7 +78,9 @@ class TrainingConfig:
     seed: int = _opt(0, "seed of weights, data order and masks (a resumed run repeats them exactly)")
     embedding_init: str = _opt("cooccurrence", "start of the token embeddings: cooccurrence (rows from the SVD of "
                                                "the training split's tag co-counts: related tags start close, which "
-                                               "rare tags with few gradient steps need) or random",
+                                               "rare tags with few gradient steps need), lift (rows from the SVD of "
+                                               "the posts' TF-IDF vectors times the subject lift, each row times its "
+                                               "tag's weight: a post's mean row starts at that vector's code) or random",
                                choices=EMBEDDING_INITS)
     tag_bias_init: str = _opt("prior", "start of the tag heads' biases: prior (each tag's base rate in the training "
                                        "split: log odds for read-back, log share for masked tags, so the read-back "

@@ -214,9 +214,10 @@ def initialise_weights(model: Any, config: TrainingConfig, tokenizer: Any, train
 
     from .cooccurrence_init import initialise_from_cooccurrence
 
-    if config.embedding_init == "cooccurrence":
+    if config.embedding_init in ("cooccurrence", "lift"):
         started = time.perf_counter()
-        rows = initialise_from_cooccurrence(model, train_encoded, config.seed) if accelerator.is_main_process else 0
+        rows = initialise_from_cooccurrence(model, train_encoded, config.seed, lift=config.embedding_init == "lift") \
+            if accelerator.is_main_process else 0
         if accelerator.num_processes > 1:
             with torch.no_grad():
                 for param in model.parameters():
