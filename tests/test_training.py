@@ -144,23 +144,26 @@ def test_rare_subject_oversampling_adds_draws_of_rare_posts(small_corpus, tmp_pa
     assert posts < draws <= 4 * posts
 
 
-def test_cooccurrence_init_starts_the_embeddings_from_the_training_split(small_corpus, tmp_path):
+@pytest.mark.parametrize("init", ["cooccurrence", "lift"])
+def test_cooccurrence_init_starts_the_embeddings_from_the_training_split(small_corpus, tmp_path, init):
     import datasets
     from safetensors.torch import load_file
 
     from booru_embed.sequences import flat_posts
     from booru_embed.cooccurrence import cooccurrence_embeddings
+    from booru_embed.training.cooccurrence_init import lift_rows
 
     untied = tmp_path / "untied.json"
     untied.write_text(json.dumps({**MICRO_MODEL, "tie_output_embeddings": False}))
     out = tmp_path / "model"
     result = fit(config_for(small_corpus, out, config=str(untied), max_steps=1, learning_rate=1e-7,
-                            embedding_init="cooccurrence"))
+                            embedding_init=init))
     assert result.finished
     table = datasets.load_from_disk(str(out / "cache" / "train_encoded")).data
     weights = load_file(out / "model.safetensors")
     vocab_size, dim = weights["model.embeddings.token_embeddings.weight"].shape
-    expected, seen = cooccurrence_embeddings(*flat_posts(table), vocab_size, dim, seed=0)
+    rows = {"cooccurrence": cooccurrence_embeddings, "lift": lift_rows}[init]
+    expected, seen = rows(*flat_posts(table), vocab_size, dim, seed=0)
     expected = torch.from_numpy(expected[seen])
     useful = expected.norm(dim=1) > 1e-3  # rows the rank-`dim` SVD captured
     for key in ("model.embeddings.token_embeddings.weight", "output_embeddings.weight"):
