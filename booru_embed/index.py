@@ -479,6 +479,10 @@ class PostIndex:
         if "sparse" in info:
             if not (folder / SPARSE_FILE).is_file():
                 raise UsageError(f"{folder} is an unfinished index ({SPARSE_FILE} is missing): run booru-embed index --resume")
+            lift_file = info["sparse"].get("lift_file", LIFT_FILE)
+            if info["sparse"].get("lift") and not (folder / lift_file).is_file():
+                raise UsageError(f"{folder} lacks {lift_file}, the subject lift its sparse vectors were built with: "
+                                 "rebuild the index")
             postings = load_postings(folder, info["sparse"])
             if len(postings) != len(ids):
                 raise UsageError(f"{folder}: {SPARSE_FILE} and ids.npy disagree: rebuild the index")

@@ -68,6 +68,19 @@ def test_the_index_holds_both_parts_and_reads_them_back(exact_dir: Path) -> None
     assert stored.shape[0] == 120 and np.allclose(np.sqrt(stored.multiply(stored).sum(axis=1)), 1.0, atol=1e-5)
 
 
+def test_an_index_without_its_subject_lift_file_is_a_usage_error(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(build(model_dir, "lifted", "--kind", "exact"), folder)
+    info = json.loads((folder / "index_info.json").read_text())
+    info["sparse"]["lift"] = 1.0  # as if the validation posts had chosen the lift
+    (folder / "index_info.json").write_text(json.dumps(info))
+    (folder / "subject_lift.npy").unlink()
+    with pytest.raises(UsageError, match="lacks subject_lift.npy"):
+        PostIndex.load(folder)
+
+
 def test_each_mode_ranks_by_its_own_score(exact_dir: Path) -> None:
     index = PostIndex.load(exact_dir)
     posts = tiny_posts()
