@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .cooccurrence import incidence_matrix
 from .data.splits import open_split
 from .errors import UsageError
 from .modeling.categories_booru_embed import CATEGORY_NAMES, SPECIAL_CATEGORY_ID, TAG_CATEGORIES
@@ -34,8 +35,8 @@ from .modeling.normalization_booru_embed import ParsedTagSet, parse_tagset
 from .onnx_backend import ONNX_FILE, OnnxModel
 from .ranking import distinctive_scores, masked_log_softmax, with_counts
 from .sequences import padded_inputs
-from .sparse_vectors import (EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, sparse_rows,
-                             subject_column_weights, subject_lift_weights)
+from .sparse_vectors import (EXPANSION_SCALE, EXPANSION_TERMS, IDF_POWER, idf_weights, setting_column_weights,
+                             sparse_rows, subject_lift_weights)
 
 if TYPE_CHECKING:
     import torch
@@ -335,13 +336,11 @@ class BooruEmbedder:
         from tqdm.auto import tqdm
 
         sequences = self._checked_ids(tagsets, batch_size)
-        column_weights = subject_column_weights(self._categories, subject_weight) if subject_weight != 1.0 else None
-        if lift_weights is not None:
-            lift_weights = np.asarray(lift_weights, dtype=np.float32)
-            if lift_weights.shape != (len(self._is_tag),):
-                raise ValueError(f"lift_weights must have one weight per token ({len(self._is_tag)}), "
-                                 f"got shape {lift_weights.shape}")
-            column_weights = lift_weights if column_weights is None else column_weights * lift_weights
+        if lift_weights is not None and np.shape(lift_weights) != (len(self._is_tag),):
+            raise ValueError(f"lift_weights must have one weight per token ({len(self._is_tag)}), "
+                             f"got shape {np.shape(lift_weights)}")
+        column_weights = setting_column_weights(self._categories, subject_weight, lift_weights,
+                                                1.0 if lift_weights is not None else 0.0)
         parts, rows = [], []
         order = np.argsort([len(s) for s in sequences], kind="stable")
         show = len(sequences) >= PROGRESS_MIN_POSTS if progress is None else progress
@@ -367,13 +366,10 @@ class BooruEmbedder:
         Count them on the posts that will be searched (as ``booru-embed index`` counts its training posts);
         tags outside the vocabulary are not counted.
         """
-        from scipy import sparse
-
-        sequences = [np.unique(np.asarray(ids, dtype=np.int64)) for ids in self._ids(self._as_list(tagsets))]
-        sequences = [ids[self._is_tag[ids]] for ids in sequences]
-        rows = np.repeat(np.arange(len(sequences)), [len(ids) for ids in sequences])
-        columns = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
-        incidence = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(sequences), len(self._is_tag)))
+        sequences = [np.asarray(ids, dtype=np.int64) for ids in self._ids(self._as_list(tagsets))]
+        ids = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
+        incidence = incidence_matrix(ids, np.array([len(s) for s in sequences], dtype=np.int64), len(self._is_tag),
+                                     counted=self._is_tag[ids])
         return subject_lift_weights(incidence, self._categories)
 
     @property

@@ -48,7 +48,7 @@ from .modeling.categories_booru_embed import PRIORITY_ORDER, TAG_CATEGORIES
 from .sparse_index import (LIFT_FILE, SEISMIC_MIN_POSTS, SPARSE_ENGINES, SPARSE_FILE, SeismicPostings,
                            SparsePostings, choose_engine, choose_index_settings, load_postings, save_postings,
                            top_rows, training_lift, validation_slice)
-from .sparse_vectors import EXPANSION_SCALE, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, lift_columns, unit_rows
+from .sparse_vectors import EXPANSION_SCALE, FUSION_WEIGHT, FUSION_WEIGHTS, check_weight, fuse, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -375,7 +375,7 @@ def build_index(model_dir: str | Path, data_dir: str | Path, output: str | Path,
                 "validation_recall@10": {name: round(mean, 4) for name, mean in means.items()},
                 "validation_seconds": round(time.perf_counter() - started, 2)}
     embedded, embed_seconds = _embed_shards(embedder, table, output, dim, shard_size, batch_size, power, terms,
-                                            subject_weight, lift_columns(lift, lift_exponent))
+                                            subject_weight, lift if lift_exponent else None)
     ids = _load_shard_ids(output, count, shard_size)
     if not np.array_equal(ids, _split_ids(table)):
         raise UsageError(f"{output}: the shards' post ids differ from split {split!r} of {data_dir}: remove the folder")
@@ -452,6 +452,7 @@ class PostIndex:
         self._embedder: BooruEmbedder | None = None
         self._tags: dict[int, pa.Table] = {}
         self._vectors: list[np.ndarray] | None = None
+        self._lift_weights: np.ndarray | None = None
 
     @classmethod
     def load(cls, folder: str | Path, model_dir: str | Path | None = None, device: str | None = None) -> PostIndex:
@@ -546,12 +547,18 @@ class PostIndex:
         """Unit sparse vectors (n, vocab) CSR of tag sets with the index's settings (idf power, expansion terms,
         subject weight and, where it chose one, its training posts' subject lift), as its posts have them."""
         sparse_info = self.info["sparse"]
-        lift = float(sparse_info.get("lift", 0.0))  # an index built before the lift has none
-        lift_weights = lift_columns(np.load(self.folder / sparse_info["lift_file"]), lift) if lift else None
         return unit_rows(self.embedder.embed_sparse(tagsets, terms=sparse_info["terms"], scale=sparse_info["scale"],
                                                     power=sparse_info["idf_power"],
                                                     subject_weight=sparse_info.get("subject_weight", 1.0),
-                                                    lift_weights=lift_weights))
+                                                    lift_weights=self.lift_weights))
+
+    @property
+    def lift_weights(self) -> np.ndarray | None:
+        """The subject lift weights the index's sparse vectors were built with (read once), or None when its
+        validation posts chose none (or it was built before the lift)."""
+        if self._lift_weights is None and self.info["sparse"].get("lift"):
+            self._lift_weights = np.load(self.folder / self.info["sparse"]["lift_file"])
+        return self._lift_weights
 
     def _hybrid(self, query: np.ndarray, sparse_query: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``top_k`` rows by fused score and their scores, for one dense query and its sparse row."""

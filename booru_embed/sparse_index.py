@@ -43,7 +43,7 @@ import numpy as np
 from .evaluation.command import BASELINE_POSTS
 from .evaluation.hybrid_retrieval import VALIDATION_POSTS, choose_search_settings
 from .modeling.categories_booru_embed import TAG_CATEGORIES
-from .sparse_vectors import VECTOR_SETTINGS, available_settings, column_weighted, subject_lift_weights, unit_rows
+from .sparse_vectors import SPARSE_SETTINGS, VECTOR_SETTINGS, column_weighted, subject_lift_weights, unit_rows
 
 if TYPE_CHECKING:
     from .embedder import BooruEmbedder
@@ -280,15 +280,14 @@ def training_lift(tokenizer: Any, training: Any, held_out_ids: np.ndarray) -> np
 
 
 def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any]], dim: int, scale: float,
-                          weights: Sequence[float], lift_weights: np.ndarray | None = None,
+                          weights: Sequence[float], lift_weights: np.ndarray,
                           ) -> tuple[tuple[float, int, float, float], float, dict[str, float]]:
     """((idf power, expansion terms, subject weight, lift exponent), hybrid weight among ``weights``) with the
     best mean recall@10 on the character and artist cases of ``posts``, and every combination's mean (module
-    docstring); the settings with the lift only when ``lift_weights`` are given.
+    docstring); ``lift_weights`` are the training posts' subject lift (``training_lift``).
 
     Each (power, terms) pair is embedded once; its subject weights and lift scale that matrix's columns."""
-    settings = available_settings(lift_weights)
-    dense, lexical, labels = [], {setting: [] for setting in settings}, []
+    dense, lexical, labels = [], {setting: [] for setting in SPARSE_SETTINGS}, []
     categories = np.asarray(embedder.tokenizer.token_categories)
     for category in VALIDATION_CATEGORIES:
         cases = [({k: v for k, v in post.items() if k != category}, post[category]) for post in posts
@@ -300,7 +299,7 @@ def choose_index_settings(embedder: BooruEmbedder, posts: Sequence[dict[str, Any
         dense.append(embedder.embed(queries, dim=dim, progress=False))
         vectors = {(power, terms): embedder.embed_sparse(queries, terms=terms, scale=scale, power=power, progress=False)
                    for power, terms in VECTOR_SETTINGS}
-        for setting, weighted in column_weighted(vectors, categories, lift_weights, settings).items():
+        for setting, weighted in column_weighted(vectors, categories, lift_weights).items():
             lexical[setting].append(weighted)
         labels.append([{number.setdefault(tag, len(number)) for tag in tags} for _, tags in cases])
     return choose_search_settings(dense, lexical, labels, weights=weights)

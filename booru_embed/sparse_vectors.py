@@ -199,27 +199,24 @@ def column_weighted(vectors: dict[tuple[float, int], Any], token_categories: np.
     Raises ValueError for a lift exponent without ``lift_weights``."""
     result = {}
     for power, terms, subject, lift in settings:
-        weights = subject_column_weights(token_categories, subject) if subject != 1.0 else None
-        lifted = lift_columns(lift_weights, lift)
-        if lifted is not None:
-            weights = lifted if weights is None else weights * lifted
+        weights = setting_column_weights(token_categories, subject, lift_weights, lift)
         matrix = vectors[(power, terms)]
         result[(power, terms, subject, lift)] = matrix if weights is None else weigh_columns(matrix, weights)
     return result
 
 
-def lift_columns(lift_weights: np.ndarray | None, exponent: float) -> np.ndarray | None:
-    """The column weights of a lift ``exponent`` (``LIFT_EXPONENTS``): ``lift_weights ** exponent``, None at 0."""
-    if not exponent:
-        return None
+def setting_column_weights(token_categories: np.ndarray, subject_weight: float, lift_weights: np.ndarray | None,
+                           lift_exponent: float) -> np.ndarray | None:
+    """(vocab,) float32 column weights of a subject weight and a lift exponent (``LIFT_EXPONENTS``): the subject
+    columns times ``subject_weight``, every column times its ``lift_weights ** lift_exponent``; None when both
+    leave the vector as it is. Raises ValueError for a lift exponent without ``lift_weights``."""
+    weights = subject_column_weights(token_categories, subject_weight) if subject_weight != 1.0 else None
+    if not lift_exponent:
+        return weights
     if lift_weights is None:
         raise ValueError("a setting with the subject lift needs the lift weights")
-    return np.asarray(lift_weights, dtype=np.float32) ** np.float32(exponent)
-
-
-def available_settings(lift_weights: np.ndarray | None) -> tuple[tuple[float, int, float, float], ...]:
-    """``SPARSE_SETTINGS``, without those that use the subject lift when there are no ``lift_weights``."""
-    return tuple(s for s in SPARSE_SETTINGS if lift_weights is not None or not s[3])
+    lifted = np.asarray(lift_weights, dtype=np.float32) ** np.float32(lift_exponent)
+    return lifted if weights is None else weights * lifted
 
 
 def weigh_columns(matrix: Any, column_weights: np.ndarray) -> Any:

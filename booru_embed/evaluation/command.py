@@ -62,6 +62,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         pairs = [(a, c) for a, consequents in tokenizer.implications.items() for c in consequents]
     if not pairs and truth_table:
         pairs = [(a, c) for a, c in truth_table.get("implications", [])]
+    held_out_ids = read_validation_ids(model_dir)
     loaded = {"time.load.seconds": time.perf_counter() - started, "memory.load.peak_mb": peak_memory_mb()}
     started = time.perf_counter()
     evaluator = Evaluator(
@@ -72,8 +73,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_json: str | Pat
         max_posts=max_posts,
         baseline_posts=baseline_posts,
         train_total=len(splits["train"]),
-        validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(model_dir)),
-        held_out_ids=read_validation_ids(model_dir),
+        validation_posts=held_out_posts(tokenizer, splits["train"], held_out_ids),
+        held_out_ids=held_out_ids,
     )
     loaded["time.encode.seconds"] = time.perf_counter() - started - evaluator.recorded["time.baseline.seconds"]
     loaded["memory.encode.peak_mb"] = peak_memory_mb()

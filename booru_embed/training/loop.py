@@ -268,11 +268,12 @@ def build_evaluator(config: TrainingConfig, tokenizer: Any, info: Any, train_enc
     test = splits.get("test")
     if test is None or len(test) == 0 or config.eval_posts == 0:
         return None
+    held_out_ids = read_validation_ids(config.output)
     return Evaluator(
         info, train_encoded, encode_sample(tokenizer, test, config.eval_posts, "test"), tokenizer.tag_to_id,
         max_posts=config.eval_posts, baseline_posts=EVAL_BASELINE_POSTS,
-        validation_posts=held_out_posts(tokenizer, splits["train"], read_validation_ids(config.output)),
-        held_out_ids=read_validation_ids(config.output),
+        validation_posts=held_out_posts(tokenizer, splits["train"], held_out_ids),
+        held_out_ids=held_out_ids,
     )
 
 
